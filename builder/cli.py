@@ -1,0 +1,278 @@
+"""The command line. The only module that prints; it turns errors into messages and exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import tomli_w
+
+from builder import __version__
+from builder import log as azlog
+from builder.errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_TERMINATED,
+    AzbuildError,
+    Terminated,
+    UsageError,
+)
+from builder.redact import redact
+
+log = logging.getLogger("azbuild.cli")
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _out(text: str = "") -> None:
+    sys.stdout.write(redact(text) + "\n")
+    sys.stdout.flush()
+
+
+def _err(text: str) -> None:
+    sys.stderr.write(redact(text) + "\n")
+    sys.stderr.flush()
+
+
+def _parse_vars(items: Sequence[str]) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise UsageError(f"--var expects NAME=VALUE, found {item!r}")
+        values[name.strip()] = value
+    return values
+
+
+def _load(args: argparse.Namespace, path: str, building: bool = False) -> Any:
+    from builder.template import check_local_inputs, load_template
+
+    loaded = load_template(
+        path, _parse_vars(args.var or []), [Path(p) for p in args.var_file or []]
+    )
+    for warning in check_local_inputs(loaded, building=building):
+        log.warning("%s", warning)
+    return loaded
+
+
+# --- commands -----------------------------------------------------------------------------
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    failures: list[str] = []
+    for path in args.templates:
+        try:
+            loaded = _load(args, path)
+        except AzbuildError as exc:
+            failures.append(f"{path}: {exc.message}")
+            continue
+        _out(f"{path}: valid ({loaded.template.distro.name} {loaded.template.distro.version})")
+    if failures:
+        raise UsageError("\n".join(failures))
+    return EXIT_OK
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    loaded = _load(args, args.template)
+    data = loaded.redacted_dict()
+    if args.format == "json":
+        _out(json.dumps(data, indent=2))
+    else:
+        _out(tomli_w.dumps(data).rstrip())
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from builder.models import Template
+
+    schema = Template.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "azbuild template"
+    _out(json.dumps(schema, indent=2))
+    return EXIT_OK
+
+
+def cmd_distros(args: argparse.Namespace) -> int:
+    from distros import all_distros
+
+    rows = [(c.name, c.pretty_name, c.family, ", ".join(c.versions)) for c in all_distros()]
+    if args.json:
+        _out(json.dumps([dict(zip(("name", "pretty_name", "family", "versions"),
+                                  (n, p, f, v.split(", ")), strict=True))
+                         for n, p, f, v in rows], indent=2))
+        return EXIT_OK
+    width = max(len(r[0]) for r in rows)
+    pretty = max(len(r[1]) for r in rows)
+    _out(f"{'name'.ljust(width)}  {'distribution'.ljust(pretty)}  versions")
+    for name, pretty_name, _family, versions in rows:
+        _out(f"{name.ljust(width)}  {pretty_name.ljust(pretty)}  {versions}")
+    return EXIT_OK
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from builder.pipeline import BuildOptions, build
+
+    loaded = _load(args, args.template, building=True)
+    options = BuildOptions(
+        force=args.force,
+        on_error=args.on_error,
+        output_dir=Path(args.output_dir) if args.output_dir else None,
+        connect=args.connect,
+        debug=args.debug,
+    )
+    code: int = build(loaded, options)
+    return code
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from builder.render import render
+
+    loaded = _load(args, args.template)
+    for written in render(loaded, Path(args.out)):
+        _out(str(written))
+    return EXIT_OK
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from builder.convert import convert_image
+
+    result = convert_image(Path(args.source), Path(args.destination), force=args.force)
+    _out(str(result))
+    return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from builder.check import run_check
+
+    report = run_check(Path(args.image), skip=args.skip or [])
+    _out(report.to_json() if args.json else report.to_table())
+    return EXIT_OK if report.ready else EXIT_FAILED
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from builder.gc import collect_garbage
+
+    for line in collect_garbage(remove=args.yes, connect=args.connect):
+        _out(line)
+    return EXIT_OK
+
+
+# --- parser -------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="verbose logs and tracebacks")
+    common.add_argument("--log-format", choices=("text", "json"), default=None,
+                        help="text (default) or JSON lines for CI jobs")
+
+    def with_vars(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--var", action="append", metavar="NAME=VALUE",
+                       help="set a template variable (repeatable)")
+        p.add_argument("--var-file", action="append", metavar="FILE.toml",
+                       help="read variables from a TOML file (repeatable)")
+
+    parser = argparse.ArgumentParser(
+        prog="azbuild", parents=[common],
+        description="Build Azure-ready Linux images from declarative TOML templates.",
+        epilog="exit codes: 0 success, 1 the work failed, 2 bad input, 130 Ctrl-C, 143 SIGTERM",
+    )
+    parser.add_argument("--version", action="version", version=f"azbuild {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+        p.set_defaults(handler=handler)
+        return p
+
+    p = command("build", cmd_build, "build an image from a template")
+    p.add_argument("template")
+    with_vars(p)
+    p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    p.add_argument("--on-error", choices=("cleanup", "abort"), default="cleanup",
+                   help="abort keeps the VM's disk and work directory for debugging")
+    p.add_argument("--output-dir", help="override output.directory")
+    p.add_argument("--connect", help="libvirt URI (overrides vm.connect)")
+
+    p = command("validate", cmd_validate, "check templates without building")
+    p.add_argument("templates", nargs="+", metavar="TEMPLATE")
+    with_vars(p)
+
+    p = command("inspect", cmd_inspect, "print the fully resolved template, secrets redacted")
+    p.add_argument("template")
+    with_vars(p)
+    p.add_argument("--format", choices=("toml", "json"), default="toml")
+
+    p = command("render", cmd_render, "write everything a build would feed the VM")
+    p.add_argument("template")
+    with_vars(p)
+    p.add_argument("--out", required=True, metavar="DIR", help="directory to write into")
+
+    p = command("schema", cmd_schema, "print the template's JSON Schema")
+    p = command("distros", cmd_distros, "list supported distros and versions")
+    p.add_argument("--json", action="store_true")
+
+    p = command("convert", cmd_convert, "convert a disk image to an Azure fixed VHD")
+    p.add_argument("source", metavar="SRC")
+    p.add_argument("destination", metavar="DST.vhd")
+    p.add_argument("--force", action="store_true", help="overwrite DST")
+
+    p = command("check", cmd_check, "check an image offline for Azure readiness")
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--skip", action="append", metavar="ID", help="skip a requirement (R01..R13)")
+
+    p = command("gc", cmd_gc, "list (and with --yes remove) leftover domains and work dirs")
+    p.add_argument("--yes", action="store_true", help="remove what is listed")
+    p.add_argument("--connect", help="libvirt URI")
+    return parser
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise Terminated()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on usage errors, 0 for --help
+        return int(exc.code or 0)
+    log_format = args.log_format or "text"
+    azlog.setup(debug=args.debug, log_format=log_format)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        handler: Handler = args.handler
+        return handler(args)
+    except AzbuildError as exc:
+        if args.debug:
+            log.exception("error")
+        _err(f"error: {exc.message}")
+        if exc.hint:
+            _err(f"hint: {exc.hint}")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        _err("error: interrupted by Ctrl-C; cleaned up")
+        return EXIT_INTERRUPTED
+    except Terminated:
+        _err("error: terminated by SIGTERM; cleaned up")
+        return EXIT_TERMINATED
+    except Exception as exc:  # a bug: say so plainly, traceback only with --debug
+        if args.debug:
+            log.exception("internal error")
+        _err(f"internal error: {type(exc).__name__}: {exc}")
+        _err("hint: rerun with --debug for a traceback, and please report it")
+        return EXIT_FAILED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,87 @@
+"""Logging setup: text (rich on a terminal) or JSON lines, secrets masked, step timing."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from builder.redact import RedactingFilter
+
+ROOT = "azbuild"
+log = logging.getLogger(ROOT)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key in ("step", "seconds"):
+            if hasattr(record, key):
+                entry[key] = getattr(record, key)
+        return json.dumps(entry)
+
+
+def setup(debug: bool = False, log_format: str = "text") -> None:
+    root = logging.getLogger(ROOT)
+    root.handlers.clear()
+    root.setLevel(logging.DEBUG)
+    root.propagate = False
+    handler: logging.Handler
+    if log_format == "json":
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter())
+    elif sys.stderr.isatty():
+        from rich.logging import RichHandler
+
+        handler = RichHandler(show_path=False, markup=False, rich_tracebacks=False)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s",
+                                               "%H:%M:%S"))
+    handler.setLevel(logging.DEBUG if debug else logging.INFO)
+    handler.addFilter(RedactingFilter())
+    root.addHandler(handler)
+
+
+def add_file_handler(path: str) -> logging.Handler:
+    """Everything, at debug level, into a file (the build's build.log)."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    handler.addFilter(RedactingFilter())
+    logging.getLogger(ROOT).addHandler(handler)
+    return handler
+
+
+@dataclass
+class StepTimer:
+    """Collects the duration of each step for the manifest and the final table."""
+
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        log.info("==> %s", name, extra={"step": name})
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            seconds = time.monotonic() - start
+            self.timings[name] = round(seconds, 3)
+            log.info("<== %s (%.1fs)", name, seconds, extra={"step": name, "seconds": seconds})
+
+    def table(self) -> str:
+        width = max((len(n) for n in self.timings), default=4)
+        lines = [f"{'step'.ljust(width)}  seconds"]
+        lines += [f"{n.ljust(width)}  {s:8.1f}" for n, s in self.timings.items()]
+        lines.append(f"{'total'.ljust(width)}  {sum(self.timings.values()):8.1f}")
+        return "\n".join(lines)

@@ -1,0 +1,270 @@
+"""The template's models: every default lives here, and the JSON Schema comes from here.
+
+Models are frozen and reject unknown keys, so a typo is an error at load time,
+never a surprise mid-build.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from builder.units import Duration, Size
+from distros import lookup
+
+REQUIREMENT_IDS = tuple(f"R{n:02d}" for n in range(1, 14))
+_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+_CHECKSUM_RE = re.compile(r"^(sha256:[0-9a-fA-F]{64}|sha512:[0-9a-fA-F]{128}|file:.+|none)$")
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class Variable(Model):
+    """A template variable; `sensitive` values never appear in any output."""
+
+    default: str | int | float | bool | None = None
+    sensitive: bool = False
+    description: str | None = None
+
+
+class Source(Model):
+    """Where the build starts: an installer ISO or an existing disk image (exactly one)."""
+
+    iso: str | None = Field(
+        None, description="installer ISO: a local path (relative to the template) or http(s) URL"
+    )
+    checksum: str | None = Field(
+        None,
+        description="'sha256:<hex>', 'sha512:<hex>', or 'file:<URL or path>' of a checksum file"
+        " (GNU or BSD format); required with `iso`",
+    )
+    disk_image: Path | None = Field(
+        None, description="an existing disk image (qcow2, raw or VHD) to start from instead"
+    )
+    installer_kernel: str | None = Field(
+        None, description="path of the installer kernel inside the ISO (default: the distro's)"
+    )
+    installer_initrd: str | None = Field(
+        None, description="path of the installer initrd inside the ISO (default: the distro's)"
+    )
+
+    @field_validator("checksum")
+    @classmethod
+    def _checksum_syntax(cls, value: str | None) -> str | None:
+        if value is not None and not _CHECKSUM_RE.match(value):
+            raise ValueError(
+                "expected 'sha256:<64 hex digits>', 'sha512:<128 hex digits>' or "
+                f"'file:<URL or path>', found {value!r}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Source:
+        if (self.iso is None) == (self.disk_image is None):
+            raise ValueError("set exactly one of `iso` or `disk_image`")
+        if self.iso is not None and self.checksum is None:
+            raise ValueError("`checksum` is required with `iso` ('sha256:<hex>' or 'file:<URL>')")
+        return self
+
+
+class DistroRef(Model):
+    name: str = Field(description="distro name; `azbuild distros` lists them")
+    version: str = Field(description="distro version, e.g. '9', 'stream9', '24.04', '12'")
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_as_text(cls, value: object) -> object:
+        return str(value) if isinstance(value, (int, float)) else value
+
+    @model_validator(mode="after")
+    def _supported(self) -> DistroRef:
+        lookup(self.name).parse_version(self.version)
+        return self
+
+
+class VM(Model):
+    cpus: Annotated[int, Field(ge=1, le=256)] = 2
+    memory: Size = Field(2 * 1024**3, description="guest memory")
+    disk_size: Size = Field(30 * 1024**3, description="OS disk size (the VHD's virtual size)")
+    accelerator: Literal["auto", "kvm", "tcg"] = Field(
+        "auto", description="auto uses KVM only when a guest kernel really runs under it"
+    )
+    firmware: Literal["bios", "uefi"] = Field(
+        "bios", description="bios = Azure Generation 1, uefi = Generation 2"
+    )
+    connect: str | None = Field(
+        None,
+        description="libvirt URI; default qemu:///system as root, qemu:///session otherwise",
+    )
+
+    @field_validator("memory")
+    @classmethod
+    def _memory_bounds(cls, value: int) -> int:
+        if value < 256 * 1024**2:
+            raise ValueError("memory must be at least 256MiB")
+        return value
+
+    @field_validator("disk_size")
+    @classmethod
+    def _disk_bounds(cls, value: int) -> int:
+        if value < 20 * 1024**2:
+            raise ValueError("disk_size must be at least 20MiB (Azure's minimum)")
+        if value > 2040 * 1024**3:
+            raise ValueError("disk_size must be at most 2040GiB (the VHD limit)")
+        return value
+
+
+class Install(Model):
+    """The unattended install from an ISO."""
+
+    timeout: Duration = Field(3600.0, description="bound on the whole install")
+    answer_file: Path | None = Field(
+        None, description="your own answer-file template instead of the distro's"
+    )
+    kernel_args: list[str] = Field(
+        default_factory=list, description="extra installer kernel arguments"
+    )
+    packages: list[str] = Field(default_factory=list, description="extra packages to install")
+    locale: str = "en_US.UTF-8"
+    keyboard: str = "us"
+    timezone: str = "UTC"
+    root_password: str | None = Field(
+        None, description="root password during the build (stored only as a SHA-512 hash)"
+    )
+
+
+class Communicator(Model):
+    type: Literal["ssh"] = "ssh"
+    username: str = Field("azbuild", description="the build's user in the guest")
+    password: str | None = Field(
+        None, description="log in with this password instead of the build's ephemeral key"
+    )
+    private_key_file: Path | None = Field(
+        None, description="log in with this key instead of the build's ephemeral key"
+    )
+    host_key_file: Path | None = Field(
+        None, description="pin this public host key (for disk images that bring their own)"
+    )
+    timeout: Duration = Field(1200.0, description="bound on the wait for SSH")
+    port: Annotated[int, Field(ge=1, le=65535)] = 22
+
+
+class ShellProvisioner(Model):
+    type: Literal["shell"]
+    inline: list[str] | None = None
+    script: Path | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    sudo: bool = Field(True, description="run as root through sudo")
+    timeout: Duration | None = None
+
+    @model_validator(mode="after")
+    def _one_body(self) -> ShellProvisioner:
+        if (self.inline is None) == (self.script is None):
+            raise ValueError("a shell provisioner needs exactly one of `inline` or `script`")
+        return self
+
+
+class FileProvisioner(Model):
+    type: Literal["file"]
+    source: Path
+    destination: str
+    mode: str | None = Field(None, pattern=r"^0?[0-7]{3,4}$", description="e.g. '0644'")
+    owner: str | None = None
+
+
+class RebootProvisioner(Model):
+    type: Literal["reboot"]
+    timeout: Duration = 600.0
+
+
+Provisioner = Annotated[
+    ShellProvisioner | FileProvisioner | RebootProvisioner, Field(discriminator="type")
+]
+
+
+class AgentSettings(Model):
+    """`/etc/waagent.conf` resource-disk settings (R10, waagent mode)."""
+
+    resource_disk_format: bool = True
+    resource_disk_filesystem: Literal["ext4", "ext3", "xfs", "btrfs"] = "ext4"
+    resource_disk_mount_point: str = "/mnt/resource"
+    enable_swap: bool = True
+    swap_size: Size = Field(2048 * 1024**2, description="swap on the resource disk")
+
+
+class Azure(Model):
+    provisioning: Literal["waagent", "cloud-init"] = Field(
+        "waagent", description="who provisions on first boot (R10)"
+    )
+    kernel_args_add: list[str] = Field(
+        default_factory=lambda: ["console=ttyS0", "earlyprintk=ttyS0", "rootdelay=300",
+                                 "net.ifnames=0"],
+        description="kernel arguments added to the bootloader defaults (R07)",
+    )
+    kernel_args_remove: list[str] = Field(
+        default_factory=lambda: ["rhgb", "quiet", "crashkernel=auto"],
+        description="kernel arguments removed from the bootloader defaults (R07)",
+    )
+    hyperv_modules: list[str] = Field(
+        default_factory=lambda: ["hv_vmbus", "hv_netvsc", "hv_storvsc"],
+        description="modules forced into every initrd (R05)",
+    )
+    agent: AgentSettings = Field(default_factory=AgentSettings)
+    skip: dict[str, str] = Field(
+        default_factory=dict,
+        description="requirements to leave alone, each with the reason: { R10 = \"...\" }",
+    )
+
+    @field_validator("skip")
+    @classmethod
+    def _known_ids(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, reason in value.items():
+            if key not in REQUIREMENT_IDS:
+                raise ValueError(f"unknown requirement {key!r}; use R01 to R13")
+            if not reason.strip():
+                raise ValueError(f"skipping {key} needs a reason")
+        return value
+
+
+class Shutdown(Model):
+    timeout: Duration = Field(300.0, description="bound on the wait for the guest to power off")
+
+
+OutputFormat = Literal["vhd", "raw"]
+
+
+def _default_formats() -> list[OutputFormat]:
+    return ["vhd"]
+
+
+class Output(Model):
+    directory: str = Field("output/${name}", description="where the artifacts go")
+    formats: list[OutputFormat] = Field(
+        default_factory=_default_formats, description="'vhd' (fixed VHD) and/or 'raw'", min_length=1
+    )
+
+
+class Template(Model):
+    """A complete, resolved azbuild template."""
+
+    name: str = Field(pattern=_NAME_RE, description="names the build, its domain and its output")
+    description: str | None = None
+    extends: list[str] = Field(
+        default_factory=list,
+        description="layers under this file: shipped names (gen2, cloud-init) or relative paths",
+    )
+    variables: dict[str, Variable | str | int | float | bool] = Field(default_factory=dict)
+    source: Source
+    distro: DistroRef
+    vm: VM = Field(default_factory=VM)
+    install: Install = Field(default_factory=Install)
+    communicator: Communicator = Field(default_factory=Communicator)
+    provision: list[Provisioner] = Field(default_factory=list)
+    azure: Azure = Field(default_factory=Azure)
+    shutdown: Shutdown = Field(default_factory=Shutdown)
+    output: Output = Field(default_factory=Output)

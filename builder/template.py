@@ -1,0 +1,533 @@
+"""Template loading: TOML layers (`extends`), variables, path resolution, validation.
+
+The result is a frozen `Template` plus what the rest of the program needs to
+know about where it came from. Every problem found is collected, so one run of
+`azbuild validate` shows all of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from builder import redact
+from builder.errors import TemplateError
+from builder.models import Template, Variable
+
+LAYER_PATH_ENV = "AZBUILD_TEMPLATE_PATH"
+_REF_RE = re.compile(r"\$\$\{|\$\{([^}]*)\}")
+
+# Keys holding local paths, resolved against the directory of the file that declares them.
+_PATH_KEYS = {
+    ("source", "disk_image"),
+    ("install", "answer_file"),
+    ("communicator", "private_key_file"),
+    ("communicator", "host_key_file"),
+}
+_PROVISIONER_PATH_KEYS = ("script", "source")
+# Fields that hold secrets whatever the template says about its variables.
+_SECRET_FIELDS = (("install", "root_password"), ("communicator", "password"))
+
+
+@dataclass
+class Layer:
+    path: Path
+    data: dict[str, Any]
+
+
+@dataclass
+class LoadedTemplate:
+    template: Template
+    path: Path
+    layers: list[Path]
+    variables: dict[str, Any]
+    sensitive_variables: set[str] = field(default_factory=set)
+    warnings: list[str] = field(default_factory=list)
+
+    def redacted_dict(self) -> dict[str, Any]:
+        """The resolved template as plain data, every secret masked."""
+        data = self.template.model_dump(mode="json", exclude_none=True)
+        data.pop("extends", None)
+        variables: dict[str, Any] = {}
+        for name, value in self.variables.items():
+            variables[name] = redact.MASK if name in self.sensitive_variables else value
+        data["variables"] = variables
+        for section, key in _SECRET_FIELDS:
+            if key in data.get(section, {}):
+                data[section][key] = redact.MASK
+        masked: dict[str, Any] = redact.redact_data(data)
+        return masked
+
+    def digest(self) -> str:
+        """sha256 of the resolved template without its secrets (for the manifest)."""
+        canonical = json.dumps(self.redacted_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def shipped_layers_dir() -> Path:
+    """Where the shipped layers are: package data when installed, templates/ in a checkout."""
+    try:
+        root = resources.files("builder.layers")
+        candidate = Path(str(root))
+        if (candidate / "gen2.toml").is_file():
+            return candidate
+    except ModuleNotFoundError:
+        pass
+    return Path(__file__).resolve().parent.parent / "templates"
+
+
+def layer_search_path() -> list[Path]:
+    extra = [Path(p) for p in os.environ.get(LAYER_PATH_ENV, "").split(os.pathsep) if p]
+    return [*extra, shipped_layers_dir()]
+
+
+def shipped_layer_names() -> list[str]:
+    return sorted(p.stem for p in shipped_layers_dir().glob("*.toml"))
+
+
+def load_template(
+    path: Path | str,
+    cli_vars: dict[str, str] | None = None,
+    var_files: list[Path] | None = None,
+) -> LoadedTemplate:
+    """Load, layer, interpolate and validate a template; raise TemplateError with every problem."""
+    path = Path(path)
+    problems: list[str] = []
+    if not path.is_file():
+        what = "is a directory" if path.is_dir() else "does not exist"
+        raise TemplateError([f"{path}: the template file {what}"])
+
+    layers = _collect_layers(path.resolve(), [], problems)
+    if problems:
+        raise TemplateError(problems)
+
+    declared, sensitive = _declared_variables(layers, problems)
+    overrides = _variable_overrides(var_files or [], problems)
+    overrides.update(cli_vars or {})
+    for name in overrides:
+        if name not in declared:
+            problems.append(f"--var {name}: no variable {name!r} is declared in the template")
+    values = _variable_values(declared, overrides, problems)
+    for name in sensitive:
+        if name in values:
+            redact.register(values[name])
+
+    merged: dict[str, Any] = {}
+    origins: dict[tuple[Any, ...], Path] = {}
+    for layer in layers:
+        data = {k: v for k, v in layer.data.items() if k not in ("extends", "variables")}
+        data = _interpolate(data, values, layer.path, (), problems)
+        _resolve_paths(data, layer.path.parent)
+        _merge(merged, data, origins, layer.path, ())
+    if isinstance(merged.get("name"), str):
+        merged = _replace_name(merged, merged["name"])
+    merged["variables"] = dict(values)
+    if problems:
+        raise TemplateError(problems)
+
+    # Register secrets held in fields before validation errors could quote them.
+    for section, key in _SECRET_FIELDS:
+        table = merged.get(section)
+        if isinstance(table, dict) and isinstance(table.get(key), str):
+            redact.register(table[key])
+
+    try:
+        template = Template.model_validate(merged)
+    except ValidationError as exc:
+        raise TemplateError(_describe_validation(exc, origins, path)) from None
+
+    loaded = LoadedTemplate(
+        template=template,
+        path=path.resolve(),
+        layers=[layer.path for layer in layers],
+        variables=values,
+        sensitive_variables=sensitive,
+    )
+    return loaded
+
+
+def check_local_inputs(loaded: LoadedTemplate, building: bool = False) -> list[str]:
+    """Problems with local files the template names; the source image is a warning unless building.
+
+    Returns warnings; raises TemplateError for missing inputs that must exist.
+    """
+    t = loaded.template
+    problems: list[str] = []
+    warnings: list[str] = []
+    where = loaded.path
+    for index, prov in enumerate(t.provision):
+        for key in _PROVISIONER_PATH_KEYS:
+            value = getattr(prov, key, None)
+            if isinstance(value, Path) and not value.exists():
+                problems.append(
+                    f"{where}: provision[{index}].{key}: file not found: {value}"
+                )
+    for section, key in sorted(_PATH_KEYS - {("source", "disk_image")}):
+        value = getattr(getattr(t, section), key)
+        if isinstance(value, Path) and not value.exists():
+            problems.append(f"{where}: {section}.{key}: file not found: {value}")
+    source_problems: list[str] = []
+    if t.source.disk_image is not None and not t.source.disk_image.exists():
+        source_problems.append(f"{where}: source.disk_image: file not found: {t.source.disk_image}")
+    if t.source.iso is not None and not _is_url(t.source.iso) and not Path(t.source.iso).exists():
+        source_problems.append(f"{where}: source.iso: file not found: {t.source.iso}")
+    if building:
+        problems.extend(source_problems)
+    else:
+        warnings.extend(p + " (needed at build time)" for p in source_problems)
+    if problems:
+        raise TemplateError(problems)
+    loaded.warnings.extend(warnings)
+    return warnings
+
+
+# --- layers -------------------------------------------------------------------------------
+
+
+def _read_toml(path: Path, problems: list[str]) -> dict[str, Any] | None:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        problems.append(f"{path}: cannot read: {exc.strerror}")
+        return None
+    if b"\x00" in raw:
+        problems.append(f"{path}: not a TOML file (it contains binary data)")
+        return None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        problems.append(f"{path}: not a TOML file (invalid UTF-8 at byte {exc.start})")
+        return None
+    if not text.strip():
+        problems.append(
+            f"{path}: the file is empty; a template needs at least name, source and distro"
+        )
+        return None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        problems.append(f"{path}: TOML syntax error: {exc}")
+        return None
+
+
+def _find_layer(ref: str, declaring: Path) -> Path | None:
+    if "/" in ref or ref.endswith(".toml"):
+        candidate = Path(ref).expanduser()
+        if not candidate.is_absolute():
+            candidate = declaring.parent / candidate
+        return candidate.resolve() if candidate.is_file() else None
+    for directory in layer_search_path():
+        candidate = directory / f"{ref}.toml"
+        if candidate.is_file():
+            return candidate.resolve()
+    return None
+
+
+def _collect_layers(path: Path, chain: list[Path], problems: list[str]) -> list[Layer]:
+    """Depth-first: a file's layers come before the file itself."""
+    if path in chain:
+        cycle = " -> ".join(str(p) for p in [*chain[chain.index(path):], path])
+        problems.append(f"{chain[-1]}: extends: cycle: {cycle}")
+        return []
+    data = _read_toml(path, problems)
+    if data is None:
+        return []
+    extends = data.get("extends", [])
+    if isinstance(extends, str):
+        extends = [extends]
+    if not isinstance(extends, list) or not all(isinstance(e, str) for e in extends):
+        problems.append(f"{path}: extends: expected a list of layer names or paths")
+        return [Layer(path, data)]
+    layers: list[Layer] = []
+    for ref in extends:
+        found = _find_layer(ref, path)
+        if found is None:
+            via = " -> ".join(str(p) for p in [*chain, path])
+            searched = ", ".join(str(d) for d in layer_search_path())
+            hint = (
+                f"relative to {path.parent}" if ("/" in ref or ref.endswith(".toml"))
+                else f"searched {searched}"
+            )
+            problems.append(f"{path}: extends: layer {ref!r} not found ({hint}); chain: {via}")
+            continue
+        layers.extend(_collect_layers(found, [*chain, path], problems))
+    layers.append(Layer(path, data))
+    return layers
+
+
+def _merge(
+    into: dict[str, Any],
+    data: dict[str, Any],
+    origins: dict[tuple[Any, ...], Path],
+    source: Path,
+    prefix: tuple[Any, ...],
+) -> None:
+    """Tables merge key by key (later wins); provisioner lists concatenate."""
+    for key, value in data.items():
+        here = (*prefix, key)
+        if prefix == () and key == "provision" and isinstance(value, list):
+            existing = into.setdefault("provision", [])
+            if isinstance(existing, list):
+                for item in value:
+                    origins[("provision", len(existing))] = source
+                    existing.append(item)
+                continue
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value, origins, source, here)
+            continue
+        into[key] = value
+        origins[here] = source
+        if isinstance(value, dict):
+            _record_origins(value, origins, source, here)
+
+
+def _record_origins(
+    data: dict[str, Any],
+    origins: dict[tuple[Any, ...], Path],
+    source: Path,
+    prefix: tuple[Any, ...],
+) -> None:
+    for key, value in data.items():
+        origins[(*prefix, key)] = source
+        if isinstance(value, dict):
+            _record_origins(value, origins, source, (*prefix, key))
+
+
+def _is_url(value: str) -> bool:
+    return value.startswith(("http://", "https://"))
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> None:
+    def absolute(value: Any) -> Any:
+        if isinstance(value, str) and value and not _is_url(value):
+            p = Path(value).expanduser()
+            return str(p if p.is_absolute() else (base / p))
+        return value
+
+    for section, key in _PATH_KEYS:
+        table = data.get(section)
+        if isinstance(table, dict) and key in table:
+            table[key] = absolute(table[key])
+    source = data.get("source")
+    if isinstance(source, dict):
+        if "iso" in source:
+            source["iso"] = absolute(source["iso"])
+        checksum = source.get("checksum")
+        if isinstance(checksum, str) and checksum.startswith("file:"):
+            source["checksum"] = "file:" + absolute(checksum[5:])
+    for prov in data.get("provision", []) if isinstance(data.get("provision"), list) else []:
+        if isinstance(prov, dict):
+            for key in _PROVISIONER_PATH_KEYS:
+                if key in prov and prov.get("type") in ("shell", "file"):
+                    prov[key] = absolute(prov[key])
+
+
+# --- variables ------------------------------------------------------------------------------
+
+
+def _declared_variables(
+    layers: list[Layer], problems: list[str]
+) -> tuple[dict[str, tuple[Variable, Path]], set[str]]:
+    declared: dict[str, tuple[Variable, Path]] = {}
+    for layer in layers:
+        table = layer.data.get("variables", {})
+        if not isinstance(table, dict):
+            problems.append(f"{layer.path}: variables: expected a table")
+            continue
+        for name, spec in table.items():
+            if isinstance(spec, dict):
+                try:
+                    var = Variable.model_validate(spec)
+                except ValidationError as exc:
+                    for err in exc.errors():
+                        loc = ".".join(str(p) for p in err["loc"])
+                        problems.append(
+                            f"{layer.path}: variables.{name}.{loc}: {err['msg']}"
+                        )
+                    continue
+            elif isinstance(spec, (str, int, float, bool)):
+                var = Variable(default=spec)
+            else:
+                problems.append(
+                    f"{layer.path}: variables.{name}: expected a value or a table "
+                    "{ default, sensitive, description }"
+                )
+                continue
+            previous = declared.get(name)
+            if previous is not None and previous[0].sensitive and not var.sensitive:
+                var = var.model_copy(update={"sensitive": True})
+            declared[name] = (var, layer.path)
+    sensitive = {name for name, (var, _) in declared.items() if var.sensitive}
+    return declared, sensitive
+
+
+def _variable_overrides(var_files: list[Path], problems: list[str]) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for var_file in var_files:
+        if not var_file.is_file():
+            problems.append(f"--var-file {var_file}: file not found")
+            continue
+        data = _read_toml(var_file, problems)
+        if data is None:
+            continue
+        for name, value in data.items():
+            if isinstance(value, (dict, list)):
+                problems.append(f"{var_file}: {name}: a variable value must be a plain value")
+            else:
+                overrides[name] = value
+    return overrides
+
+
+def _variable_values(
+    declared: dict[str, tuple[Variable, Path]],
+    overrides: dict[str, Any],
+    problems: list[str],
+) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name, (var, where) in declared.items():
+        if name in overrides:
+            values[name] = overrides[name]
+            continue
+        if var.default is None:
+            problems.append(
+                f"{where}: variables.{name}: no value; give it a default or pass --var {name}=..."
+            )
+            continue
+        value = var.default
+        if isinstance(value, str):
+            value = _interpolate(value, {}, where, ("variables", name), problems, env_only=True)
+        values[name] = value
+    return values
+
+
+def _interpolate(
+    data: Any,
+    values: dict[str, Any],
+    where: Path,
+    key_path: tuple[Any, ...],
+    problems: list[str],
+    env_only: bool = False,
+) -> Any:
+    if isinstance(data, dict):
+        return {
+            k: _interpolate(v, values, where, (*key_path, k), problems, env_only)
+            for k, v in data.items()
+        }
+    if isinstance(data, list):
+        return [
+            _interpolate(v, values, where, (*key_path, i), problems, env_only)
+            for i, v in enumerate(data)
+        ]
+    if not isinstance(data, str) or "${" not in data:
+        return data
+
+    dotted = _dotted(key_path)
+
+    def lookup(ref: str) -> Any:
+        kind, _, name = ref.partition(".")
+        if kind == "env" and name:
+            if name not in os.environ:
+                problems.append(
+                    f"{where}: {dotted}: environment variable {name} is not set"
+                )
+                return ""
+            return os.environ[name]
+        if kind == "var" and name and not env_only:
+            if name not in values:
+                known = ", ".join(sorted(values)) or "none"
+                problems.append(
+                    f"{where}: {dotted}: undefined variable {name!r} (declared: {known})"
+                )
+                return ""
+            return values[name]
+        if ref == "name" and not env_only:
+            return "${name}"  # filled in once the merged name is known
+        problems.append(
+            f"{where}: {dotted}: unknown reference ${{{ref}}}; use ${{var.NAME}}, "
+            "${env.NAME} or ${name}"
+        )
+        return ""
+
+    whole = re.fullmatch(r"\$\{([^}]*)\}", data)
+    if whole:
+        return lookup(whole.group(1).strip())
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(0) == "$${":
+            return "${"
+        return str(lookup(match.group(1).strip()))
+
+    return _REF_RE.sub(substitute, data)
+
+
+def _replace_name(data: Any, name: str) -> Any:
+    if isinstance(data, dict):
+        return {k: _replace_name(v, name) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_replace_name(v, name) for v in data]
+    if isinstance(data, str):
+        return data.replace("${name}", name)
+    return data
+
+
+# --- errors --------------------------------------------------------------------------------
+
+
+def _dotted(key_path: tuple[Any, ...]) -> str:
+    out = ""
+    for part in key_path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _describe_validation(
+    exc: ValidationError, origins: dict[tuple[Any, ...], Path], fallback: Path
+) -> list[str]:
+    problems = []
+    for err in exc.errors():
+        # Drop the discriminator tag pydantic inserts for tagged unions ("shell", "file", ...).
+        loc = tuple(
+            p for i, p in enumerate(err["loc"])
+            if not (i == 2 and err["loc"][0] == "provision" and isinstance(p, str)
+                    and p in ("shell", "file", "reboot"))
+        )
+        where = _origin(loc, origins) or fallback
+        message = err["msg"].removeprefix("Value error, ")
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            message = "unknown key"
+        elif kind == "missing":
+            message = "required key is missing"
+        elif kind == "union_tag_invalid":
+            message = "unknown provisioner type; expected 'shell', 'file' or 'reboot'"
+        elif kind == "union_tag_not_found":
+            message = "a provisioner needs `type` ('shell', 'file' or 'reboot')"
+        elif kind == "literal_error":
+            expected = err.get("ctx", {}).get("expected", "")
+            message = f"expected one of {expected}"
+        found = err.get("input")
+        detail = f"{where}: {_dotted(loc)}: {message}"
+        if kind not in ("missing", "model_type") and not isinstance(found, (dict, list)):
+            detail += f" (found: {found!r})"
+        problems.append(redact.redact(detail))
+    return problems
+
+
+def _origin(loc: tuple[Any, ...], origins: dict[tuple[Any, ...], Path]) -> Path | None:
+    for end in range(len(loc), 0, -1):
+        found = origins.get(tuple(loc[:end]))
+        if found is not None:
+            return found
+    return None

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Installs everything azbuild needs on Debian 12 as root, idempotently:
+# system packages, the virtualenv at .venv/, and the libvirt daemons.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(
+  qemu-system-x86 qemu-utils ovmf
+  libvirt-daemon-system libvirt-dev pkg-config python3-libvirt
+  python3-venv python3-dev gcc
+  libguestfs-tools python3-guestfs linux-image-amd64
+  debootstrap fdisk e2fsprogs dosfstools mtools xorriso cpio zstd busybox-static
+  grub-pc-bin grub-common openssh-client shellcheck git
+)
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+if [ "$(id -u)" -ne 0 ]; then
+  log "run as root: it installs system packages and starts libvirtd"
+  exit 2
+fi
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  log "installing system packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# The venv uses Debian's interpreter so that the libvirt and guestfs bindings
+# from python3-libvirt and python3-guestfs are importable (ENVIRONMENT.md).
+if [ ! -x .venv/bin/python ]; then
+  log "creating .venv"
+  /usr/bin/python3 -m venv --system-site-packages .venv
+fi
+stamp=.venv/.azbuild-installed
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! .venv/bin/python -c 'import builder' 2>/dev/null; then
+  log "installing azbuild into .venv"
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+  echo "$want" > "$stamp"
+fi
+
+# No systemd as PID 1 on these machines: start the daemons by hand when absent.
+# libvirtd refuses to create domains until virtlogd runs.
+if ! pgrep -x virtlogd >/dev/null; then
+  log "starting virtlogd"
+  virtlogd -d
+fi
+if ! pgrep -x libvirtd >/dev/null; then
+  log "starting libvirtd"
+  libvirtd -d
+fi
+for _ in $(seq 1 50); do
+  virsh -c qemu:///system version >/dev/null 2>&1 && break
+  sleep 0.2
+done
+virsh -c qemu:///system version >/dev/null || { log "libvirtd does not answer"; exit 1; }
+log "ready: $(.venv/bin/azbuild --version)"

@@ -1,0 +1,1 @@
+# Shipped TOML layers; installed as the package data builder.layers.
