@@ -1,0 +1,74 @@
+"""The result of an Azure-readiness check: one line per requirement, with evidence."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+Status = Literal["pass", "fail", "warn", "skip"]
+
+TITLES = {
+    "R01": "fixed-format VHD",
+    "R02": "virtual size a whole number of MiB, within bounds",
+    "R03": "standard partitions, no LVM on the OS disk",
+    "R04": "no swap on the OS disk",
+    "R05": "Hyper-V drivers in the initrd",
+    "R06": "kernel version policy",
+    "R07": "kernel command line for Azure",
+    "R08": "Azure Linux agent installed and enabled",
+    "R09": "SSH server installed and enabled",
+    "R10": "provisioning mode and resource disk settings",
+    "R11": "sudoers without targetpw or ALL ALL",
+    "R12": "generalised (deprovisioned)",
+    "R13": "shut down cleanly",
+}
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    id: str  # R01..R13, or another ID for extra findings (always warnings)
+    status: Status
+    evidence: str
+    title: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.title:
+            object.__setattr__(self, "title", TITLES.get(self.id, self.id))
+
+
+@dataclass
+class Report:
+    image: str
+    checks: list[CheckResult] = field(default_factory=list)
+
+    @property
+    def ready(self) -> bool:
+        """Ready means no R-requirement fails; warnings never change it."""
+        return not any(c.status == "fail" and c.id in TITLES for c in self.checks)
+
+    def failed(self) -> list[CheckResult]:
+        return [c for c in self.checks if c.status == "fail"]
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "image": self.image,
+            "ready": self.ready,
+            "checks": [
+                {k: v for k, v in asdict(c).items() if k in ("id", "status", "title", "evidence")}
+                for c in self.checks
+            ],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def to_table(self) -> str:
+        rows = [("ID", "requirement", "status", "evidence")]
+        rows += [(c.id, c.title, c.status.upper(), c.evidence) for c in self.checks]
+        widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        lines = [
+            "  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3] for r in rows
+        ]
+        verdict = "READY for Azure" if self.ready else "NOT READY for Azure"
+        return "\n".join([f"{self.image}: {verdict}", *lines])
