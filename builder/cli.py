@@ -21,6 +21,7 @@ from builder.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_TERMINATED,
+    EXIT_USAGE,
     AzbuildError,
     Terminated,
     UsageError,
@@ -39,6 +40,26 @@ def _out(text: str = "") -> None:
 def _err(text: str) -> None:
     sys.stderr.write(redact(text) + "\n")
     sys.stderr.flush()
+
+
+def _report(message: str, hint: str | None, log_format: str) -> None:
+    """Say what went wrong: a JSON line in JSON mode, red on a terminal, plain text otherwise."""
+    if log_format == "json":
+        extra = {"hint": hint} if hint else {}
+        log.error("%s", message, extra=extra)
+        return
+    if sys.stderr.isatty():
+        from rich.console import Console
+        from rich.text import Text
+
+        console = Console(stderr=True, highlight=False)
+        console.print(Text("error: ", style="bold red") + Text(redact(message)))
+        if hint:
+            console.print(Text("hint: ", style="bold yellow") + Text(redact(hint)))
+        return
+    _err(f"error: {message}")
+    if hint:
+        _err(f"hint: {hint}")
 
 
 def _parse_vars(items: Sequence[str]) -> dict[str, str]:
@@ -66,6 +87,7 @@ def _load(args: argparse.Namespace, path: str, building: bool = False) -> Any:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    _parse_vars(args.var or [])  # a malformed --var is one error, not one per template
     failures: list[str] = []
     for path in args.templates:
         try:
@@ -90,12 +112,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from builder.models import Template
+    from builder.models import template_json_schema
 
-    schema = Template.model_json_schema()
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "azbuild template"
-    _out(json.dumps(schema, indent=2))
+    _out(json.dumps(template_json_schema(), indent=2))
     return EXIT_OK
 
 
@@ -107,6 +126,15 @@ def cmd_distros(args: argparse.Namespace) -> int:
         _out(json.dumps([dict(zip(("name", "pretty_name", "family", "versions"),
                                   (n, p, f, v.split(", ")), strict=True))
                          for n, p, f, v in rows], indent=2))
+        return EXIT_OK
+    if sys.stdout.isatty():
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table("name", "distribution", "versions", box=None, header_style="bold")
+        for name, pretty_name, _family, versions in rows:
+            table.add_row(name, pretty_name, versions)
+        Console(highlight=False).print(table)
         return EXIT_OK
     width = max(len(r[0]) for r in rows)
     pretty = max(len(r[1]) for r in rows)
@@ -168,10 +196,13 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # Accepted before and after the command. SUPPRESS keeps a subcommand's parser from
+    # resetting what was given before the command (`azbuild --debug validate ...`).
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="verbose logs and tracebacks")
-    common.add_argument("--log-format", choices=("text", "json"), default=None,
-                        help="text (default) or JSON lines for CI jobs")
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="debug logs, and a traceback with every error")
+    common.add_argument("--log-format", choices=("text", "json"), default=argparse.SUPPRESS,
+                        help="text (default; rich on a terminal) or JSON lines on stderr")
 
     def with_vars(p: argparse.ArgumentParser) -> None:
         p.add_argument("--var", action="append", metavar="NAME=VALUE",
@@ -243,35 +274,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse exits 2 on usage errors, 0 for --help
-        return int(exc.code or 0)
-    log_format = args.log_format or "text"
+    except SystemExit as exc:  # argparse exits 2 on usage errors, 0 for --help and --version
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    # Both options default to SUPPRESS (see build_parser), so fill them in here.
+    args.debug = getattr(args, "debug", False)
+    args.log_format = getattr(args, "log_format", "text")
+    log_format: str = args.log_format
     azlog.setup(debug=args.debug, log_format=log_format)
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    # Ctrl-C raises KeyboardInterrupt even when the parent started us with SIGINT ignored
+    # (a shell's background job); SIGTERM raises Terminated. Both unwind the same way.
+    previous_term = signal.signal(signal.SIGTERM, _on_sigterm)
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         handler: Handler = args.handler
         return handler(args)
     except AzbuildError as exc:
         if args.debug:
-            log.exception("error")
-        _err(f"error: {exc.message}")
-        if exc.hint:
-            _err(f"hint: {exc.hint}")
+            log.debug("traceback of the error below", exc_info=True)
+        _report(exc.message, exc.hint, log_format)
         return exc.exit_code
     except KeyboardInterrupt:
-        _err("error: interrupted by Ctrl-C; cleaned up")
+        _report("interrupted by Ctrl-C; cleaned up", None, log_format)
         return EXIT_INTERRUPTED
     except Terminated:
-        _err("error: terminated by SIGTERM; cleaned up")
+        _report("terminated by SIGTERM; cleaned up", None, log_format)
         return EXIT_TERMINATED
     except Exception as exc:  # a bug: say so plainly, traceback only with --debug
         if args.debug:
-            log.exception("internal error")
-        _err(f"internal error: {type(exc).__name__}: {exc}")
-        _err("hint: rerun with --debug for a traceback, and please report it")
+            log.debug("traceback of the internal error below", exc_info=True)
+        _report(
+            f"internal error: {type(exc).__name__}: {exc}",
+            "rerun with --debug for a traceback, and please report it",
+            log_format,
+        )
         return EXIT_FAILED
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous_term)
+        signal.signal(signal.SIGINT, previous_int)
 
 
 if __name__ == "__main__":

@@ -24,9 +24,13 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for key in ("step", "seconds"):
+        for key in ("step", "seconds", "hint"):
             if hasattr(record, key):
                 entry[key] = getattr(record, key)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["traceback"] = record.exc_text
         return json.dumps(entry)
 
 

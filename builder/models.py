@@ -8,15 +8,32 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
+from pydantic_core import core_schema
 
-from builder.units import Duration, Size
+from builder.units import (
+    DURATION_FORMAT,
+    SIZE_FORMAT,
+    Duration,
+    Size,
+    format_duration,
+    format_size,
+)
 from distros import lookup
 
 REQUIREMENT_IDS = tuple(f"R{n:02d}" for n in range(1, 14))
 _NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+_MODE_RE = r"^0?[0-7]{3,4}$"
 _CHECKSUM_RE = re.compile(r"^(sha256:[0-9a-fA-F]{64}|sha512:[0-9a-fA-F]{128}|file:.+|none)$")
 
 
@@ -76,15 +93,26 @@ class DistroRef(Model):
     name: str = Field(description="distro name; `azbuild distros` lists them")
     version: str = Field(description="distro version, e.g. '9', 'stream9', '24.04', '12'")
 
+    @field_validator("name")
+    @classmethod
+    def _known_name(cls, value: str) -> str:
+        lookup(value)
+        return value
+
     @field_validator("version", mode="before")
     @classmethod
     def _version_as_text(cls, value: object) -> object:
-        return str(value) if isinstance(value, (int, float)) else value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        return value
 
-    @model_validator(mode="after")
-    def _supported(self) -> DistroRef:
-        lookup(self.name).parse_version(self.version)
-        return self
+    @field_validator("version")
+    @classmethod
+    def _supported_version(cls, value: str, info: ValidationInfo) -> str:
+        name = info.data.get("name")  # absent when the name itself was rejected
+        if isinstance(name, str):
+            lookup(name).parse_version(value)
+        return value
 
 
 class VM(Model):
@@ -173,8 +201,17 @@ class FileProvisioner(Model):
     type: Literal["file"]
     source: Path
     destination: str
-    mode: str | None = Field(None, pattern=r"^0?[0-7]{3,4}$", description="e.g. '0644'")
+    mode: str | None = Field(
+        None, json_schema_extra={"pattern": _MODE_RE}, description="octal file mode, e.g. '0644'"
+    )
     owner: str | None = None
+
+    @field_validator("mode")
+    @classmethod
+    def _octal_mode(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(_MODE_RE, value):
+            raise ValueError(f"expected an octal file mode such as '0644', found {value!r}")
+        return value
 
 
 class RebootProvisioner(Model):
@@ -223,11 +260,14 @@ class Azure(Model):
     @field_validator("skip")
     @classmethod
     def _known_ids(cls, value: dict[str, str]) -> dict[str, str]:
+        problems = []
         for key, reason in value.items():
             if key not in REQUIREMENT_IDS:
-                raise ValueError(f"unknown requirement {key!r}; use R01 to R13")
-            if not reason.strip():
-                raise ValueError(f"skipping {key} needs a reason")
+                problems.append(f"unknown requirement {key!r}; expected one of R01 to R13")
+            elif not reason.strip():
+                problems.append(f"skipping {key} needs a reason, found an empty one")
+        if problems:
+            raise ValueError("; ".join(problems))
         return value
 
 
@@ -252,7 +292,10 @@ class Output(Model):
 class Template(Model):
     """A complete, resolved azbuild template."""
 
-    name: str = Field(pattern=_NAME_RE, description="names the build, its domain and its output")
+    name: str = Field(
+        json_schema_extra={"pattern": _NAME_RE},
+        description="names the build, its domain and its output",
+    )
     description: str | None = None
     extends: list[str] = Field(
         default_factory=list,
@@ -268,3 +311,38 @@ class Template(Model):
     azure: Azure = Field(default_factory=Azure)
     shutdown: Shutdown = Field(default_factory=Shutdown)
     output: Output = Field(default_factory=Output)
+
+    @field_validator("name")
+    @classmethod
+    def _name_syntax(cls, value: str) -> str:
+        if not re.match(_NAME_RE, value):
+            raise ValueError(
+                "expected 1 to 63 letters, digits, '.', '_' or '-', starting with a letter"
+                f" or digit, found {value!r}"
+            )
+        return value
+
+
+class _SchemaGenerator(GenerateJsonSchema):
+    """Shows size and duration defaults as a template author writes them ('30GiB', '1h')."""
+
+    def default_schema(self, schema: core_schema.WithDefaultSchema) -> JsonSchemaValue:
+        json_schema = super().default_schema(schema)
+        default = json_schema.get("default")
+        kind = json_schema.get("format")
+        if isinstance(default, (int, float)) and not isinstance(default, bool):
+            if kind == SIZE_FORMAT:
+                json_schema["default"] = format_size(int(default))
+            elif kind == DURATION_FORMAT:
+                json_schema["default"] = format_duration(float(default))
+        return json_schema
+
+
+def template_json_schema() -> dict[str, Any]:
+    """The JSON Schema (Draft 2020-12) of a template, defaults included."""
+    schema = Template.model_json_schema(schema_generator=_SchemaGenerator)
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "azbuild template",
+        **{k: v for k, v in schema.items() if k != "title"},
+    }

@@ -6,6 +6,7 @@ process as text goes through `redact()`.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -13,12 +14,23 @@ MASK = "<sensitive>"
 _secrets: set[str] = set()
 
 
+MIN_LENGTH = 4
+
+
 def register(value: object) -> None:
+    """Mask this value, and the escaped forms it takes in reprs and JSON, from now on."""
     text = str(value) if value is not None else ""
     # Very short values would mask innocent text everywhere; they are still kept
     # out of structured output by the callers that know which fields are secret.
-    if len(text) >= 4:
-        _secrets.add(text)
+    if len(text) < MIN_LENGTH:
+        return
+    _secrets.add(text)
+    escaped_forms = (
+        repr(text)[1:-1], json.dumps(text)[1:-1], json.dumps(text, ensure_ascii=False)[1:-1]
+    )
+    for escaped in escaped_forms:
+        if len(escaped) >= MIN_LENGTH:
+            _secrets.add(escaped)
 
 
 def clear() -> None:
@@ -50,4 +62,11 @@ class RedactingFilter(logging.Filter):
         if _secrets:
             record.msg = redact(record.getMessage())
             record.args = None
+            # Formatters print exc_text as it is; render the traceback here, masked.
+            if record.exc_info and not record.exc_text:
+                record.exc_text = logging.Formatter().formatException(record.exc_info)
+            if record.exc_text:
+                record.exc_text = redact(record.exc_text)
+            if record.stack_info:
+                record.stack_info = redact(record.stack_info)
         return True

@@ -25,6 +25,9 @@ from builder.models import Template, Variable
 
 LAYER_PATH_ENV = "AZBUILD_TEMPLATE_PATH"
 _REF_RE = re.compile(r"\$\$\{|\$\{([^}]*)\}")
+# Stands for ${name} until the merged name is known; a private-use character cannot clash
+# with what a template author writes, unlike the literal "${name}" that "$${name}" produces.
+_NAME_PLACEHOLDER = "\ue000name\ue000"
 
 # Keys holding local paths, resolved against the directory of the file that declares them.
 _PATH_KEYS = {
@@ -106,16 +109,22 @@ def load_template(
         what = "is a directory" if path.is_dir() else "does not exist"
         raise TemplateError([f"{path}: the template file {what}"])
 
-    layers = _collect_layers(path.resolve(), [], problems)
+    layers = _unique(_collect_layers(path.resolve(), [], problems))
     if problems:
         raise TemplateError(problems)
 
     declared, sensitive = _declared_variables(layers, problems)
-    overrides = _variable_overrides(var_files or [], problems)
-    overrides.update(cli_vars or {})
+    overrides, override_origins = _variable_overrides(var_files or [], problems)
+    for name, value in (cli_vars or {}).items():
+        overrides[name] = value
+        override_origins[name] = f"--var {name}"
     for name in overrides:
         if name not in declared:
-            problems.append(f"--var {name}: no variable {name!r} is declared in the template")
+            known = ", ".join(sorted(declared)) or "none"
+            problems.append(
+                f"{override_origins[name]}: no variable {name!r} is declared in {path}"
+                f" or its layers (declared: {known})"
+            )
     values = _variable_values(declared, overrides, problems)
     for name in sensitive:
         if name in values:
@@ -128,8 +137,10 @@ def load_template(
         data = _interpolate(data, values, layer.path, (), problems)
         _resolve_paths(data, layer.path.parent)
         _merge(merged, data, origins, layer.path, ())
-    if isinstance(merged.get("name"), str):
+    if isinstance(merged.get("name"), str) and _NAME_PLACEHOLDER not in merged["name"]:
         merged = _replace_name(merged, merged["name"])
+    else:
+        merged = _drop_name_placeholder(merged)
     merged["variables"] = dict(values)
     if problems:
         raise TemplateError(problems)
@@ -180,6 +191,11 @@ def check_local_inputs(loaded: LoadedTemplate, building: bool = False) -> list[s
         source_problems.append(f"{where}: source.disk_image: file not found: {t.source.disk_image}")
     if t.source.iso is not None and not _is_url(t.source.iso) and not Path(t.source.iso).exists():
         source_problems.append(f"{where}: source.iso: file not found: {t.source.iso}")
+    checksum = t.source.checksum or ""
+    if checksum.startswith("file:") and not _is_url(checksum[5:]) and not Path(
+        checksum[5:]
+    ).exists():
+        source_problems.append(f"{where}: source.checksum: file not found: {checksum[5:]}")
     if building:
         problems.extend(source_problems)
     else:
@@ -215,8 +231,44 @@ def _read_toml(path: Path, problems: list[str]) -> dict[str, Any] | None:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        problems.append(f"{path}: TOML syntax error: {exc}")
+        problems.append(_describe_syntax_error(path, text, str(exc)))
         return None
+
+
+_TOML_POSITION_RE = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
+
+
+def _describe_syntax_error(path: Path, text: str, message: str) -> str:
+    """'file: line L, column C: TOML syntax error: <expected>, found <what is there>'.
+
+    The offending line itself is not quoted: it may hold a secret not yet registered.
+    """
+    match = _TOML_POSITION_RE.search(message)
+    if match is None:  # "(at end of document)" or a message without a position
+        head = message.replace(" (at end of document)", "")
+        lines = text.splitlines() or [""]
+        return (
+            f"{path}: line {len(lines)}, column {len(lines[-1]) + 1}: TOML syntax error: "
+            f"{_lower_first(head)}, found the end of the file"
+        )
+    line, column = int(match.group(1)), int(match.group(2))
+    head = message[: match.start()]
+    lines = text.split("\n")
+    row = lines[line - 1] if 0 < line <= len(lines) else ""
+    if column - 1 < len(row.rstrip("\r")):
+        found = repr(row[column - 1])
+    elif line >= len(lines) or (line == len(lines) - 1 and not lines[-1]):
+        found = "the end of the file"
+    else:
+        found = "the end of the line"
+    return (
+        f"{path}: line {line}, column {column}: TOML syntax error: {_lower_first(head)}, "
+        f"found {found}"
+    )
+
+
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:]
 
 
 def _find_layer(ref: str, declaring: Path) -> Path | None:
@@ -262,6 +314,17 @@ def _collect_layers(path: Path, chain: list[Path], problems: list[str]) -> list[
         layers.extend(_collect_layers(found, [*chain, path], problems))
     layers.append(Layer(path, data))
     return layers
+
+
+def _unique(layers: list[Layer]) -> list[Layer]:
+    """A layer reached twice (a diamond) applies once, at its first, lowest place."""
+    seen: set[Path] = set()
+    kept = []
+    for layer in layers:
+        if layer.path not in seen:
+            seen.add(layer.path)
+            kept.append(layer)
+    return kept
 
 
 def _merge(
@@ -370,21 +433,30 @@ def _declared_variables(
     return declared, sensitive
 
 
-def _variable_overrides(var_files: list[Path], problems: list[str]) -> dict[str, Any]:
+def _variable_overrides(
+    var_files: list[Path], problems: list[str]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Values from --var-file files (later files win) and, per name, where each came from."""
     overrides: dict[str, Any] = {}
+    origins: dict[str, str] = {}
     for var_file in var_files:
         if not var_file.is_file():
-            problems.append(f"--var-file {var_file}: file not found")
+            what = "is a directory" if var_file.is_dir() else "not found"
+            problems.append(f"--var-file {var_file}: file {what}")
             continue
         data = _read_toml(var_file, problems)
         if data is None:
             continue
         for name, value in data.items():
             if isinstance(value, (dict, list)):
-                problems.append(f"{var_file}: {name}: a variable value must be a plain value")
+                problems.append(
+                    f"{var_file}: {name}: expected a plain value (text, number or boolean),"
+                    f" found a {'table' if isinstance(value, dict) else 'list'}"
+                )
             else:
                 overrides[name] = value
-    return overrides
+                origins[name] = f"{var_file}: {name}"
+    return overrides, origins
 
 
 def _variable_values(
@@ -450,7 +522,13 @@ def _interpolate(
                 return ""
             return values[name]
         if ref == "name" and not env_only:
-            return "${name}"  # filled in once the merged name is known
+            return _NAME_PLACEHOLDER  # filled in once the merged name is known
+        if env_only and (kind == "var" or ref == "name"):
+            problems.append(
+                f"{where}: {dotted}: a variable's default can use only ${{env.NAME}},"
+                f" found ${{{ref}}}"
+            )
+            return ""
         problems.append(
             f"{where}: {dotted}: unknown reference ${{{ref}}}; use ${{var.NAME}}, "
             "${env.NAME} or ${name}"
@@ -475,8 +553,13 @@ def _replace_name(data: Any, name: str) -> Any:
     if isinstance(data, list):
         return [_replace_name(v, name) for v in data]
     if isinstance(data, str):
-        return data.replace("${name}", name)
+        return data.replace(_NAME_PLACEHOLDER, name)
     return data
+
+
+def _drop_name_placeholder(data: Any) -> Any:
+    """Without a valid name, `${name}` stays visible as written (the name's own error says why)."""
+    return _replace_name(data, "${name}")
 
 
 # --- errors --------------------------------------------------------------------------------
@@ -505,6 +588,8 @@ def _describe_validation(
         )
         where = _origin(loc, origins) or fallback
         message = err["msg"].removeprefix("Value error, ")
+        if message.startswith("Input should be "):
+            message = "expected " + message.removeprefix("Input should be ")
         kind = err["type"]
         if kind == "extra_forbidden":
             message = "unknown key"
@@ -519,10 +604,24 @@ def _describe_validation(
             message = f"expected one of {expected}"
         found = err.get("input")
         detail = f"{where}: {_dotted(loc)}: {message}"
-        if kind not in ("missing", "model_type") and not isinstance(found, (dict, list)):
-            detail += f" (found: {found!r})"
+        if kind not in ("missing", "extra_forbidden") and "found " not in message:
+            found_text = _kind_of(found)
+            if found_text not in message:  # some validators quote the value already
+                detail += f", found {found_text}"
         problems.append(redact.redact(detail))
     return problems
+
+
+def _kind_of(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, (int, float)):
+        return f"the number {value}"
+    return repr(value)
 
 
 def _origin(loc: tuple[Any, ...], origins: dict[tuple[Any, ...], Path]) -> Path | None:

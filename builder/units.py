@@ -68,6 +68,8 @@ def parse_duration(value: object) -> float:
     text = value.strip().replace(" ", "")
     if text.startswith("-"):
         raise ValueError(f"a duration cannot be negative, found {value!r}")
+    if re.fullmatch(r"\d+(?:\.\d+)?", text):
+        return float(text)  # a number in a string is seconds, as a bare number is
     pos, total = 0, 0.0
     for match in _DURATION_RE.finditer(text):
         if match.start() != pos:
@@ -102,12 +104,21 @@ def _duration_validator(value: Any) -> float:
     return parse_duration(value)
 
 
+# JSON Schema patterns accepting what the parsers accept (JSON Schema regexes have no
+# case-insensitive flag, hence the character classes). "format" marks the kind of value
+# for the schema's readers (docgen, editors); validators ignore unknown formats.
+SIZE_PATTERN = r"^\s*\d+(\.\d+)?\s*([KkMmGgTt]([Ii]?[Bb])?|[Bb])?\s*$"
+DURATION_PATTERN = r"^\s*(\d+(\.\d+)?|(\d+(\.\d+)?\s*(ms|s|m|h|d)\s*)+)$"
+SIZE_FORMAT = "size"
+DURATION_FORMAT = "duration"
+
 Size = Annotated[
     int,
     BeforeValidator(_size_validator),
     PlainSerializer(format_size, return_type=str),
     WithJsonSchema(
-        {"type": ["string", "integer"], "pattern": r"^\d+(\.\d+)?\s*([KMGT]i?B?|B)?$",
+        {"type": ["string", "integer"], "minimum": 0, "pattern": SIZE_PATTERN,
+         "format": SIZE_FORMAT,
          "description": "a size: bytes, or a number with a unit (KiB, MiB, GiB, TiB)"}
     ),
 ]
@@ -116,7 +127,8 @@ Duration = Annotated[
     BeforeValidator(_duration_validator),
     PlainSerializer(format_duration, return_type=str),
     WithJsonSchema(
-        {"type": ["string", "number"], "pattern": r"^(\d+(\.\d+)?(ms|s|m|h|d))+$",
+        {"type": ["string", "number"], "minimum": 0, "pattern": DURATION_PATTERN,
+         "format": DURATION_FORMAT,
          "description": "a duration: seconds, or e.g. '45m', '90s', '1h30m'"}
     ),
 ]
