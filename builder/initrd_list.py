@@ -296,17 +296,3 @@ def kernel_versions_in(entries: list[InitrdEntry]) -> set[str]:
             versions.add(parts[2])
     return versions
 
-
-def newc_archive(members: list[tuple[str, int, bytes]]) -> bytes:
-    """Write a newc cpio archive of (name, mode, data) members, with its trailer.
-    Used to build test initrds; the reader above is the product code."""
-    out = bytearray()
-    for ino, (name, mode, data) in enumerate([*members, (TRAILER, 0, b"")], start=1):
-        raw = name.encode("utf-8", "surrogateescape") + b"\x00"
-        fields = [ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(raw), 0]
-        head = b"070701" + b"".join(b"%08X" % f for f in fields)
-        out += head + raw
-        out += b"\x00" * (_align4(len(out)) - len(out))
-        out += data
-        out += b"\x00" * (_align4(len(out)) - len(out))
-    return bytes(out)

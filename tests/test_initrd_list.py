@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from builder.initrd import newc_archive
 from builder.initrd_list import (
     InitrdError,
     kernel_versions_in,
     list_initrd,
     module_name,
     modules_in,
-    newc_archive,
 )
 
 HV = "lib/modules/6.1.0-test/kernel/drivers/hv/hv_vmbus.ko"
@@ -83,10 +83,7 @@ def test_plain_cpio_lists_every_member(tmp_path: Path, fmt: str) -> None:
     ],
 )
 def test_early_microcode_then_compressed_main(tmp_path: Path, method: str, compress) -> None:  # type: ignore[no-untyped-def]
-    early = newc_archive(
-        [("kernel", 0o40755, b""), ("kernel/x86/microcode/GenuineIntel.bin", 0o100644, b"uc")]
-    )
-    early += b"\x00" * (512 - len(early) % 512)  # dracut/initramfs pad the early archive
+    early = newc_archive({"kernel/x86/microcode/GenuineIntel.bin": b"uc"})  # 512-padded
     main = compress(_cpio(_tree(tmp_path), "newc"))
     entries = list_initrd(early + main + b"\x00" * 16)
     assert {e.archive for e in entries} == {0, 1}
@@ -97,8 +94,8 @@ def test_early_microcode_then_compressed_main(tmp_path: Path, method: str, compr
 
 
 def test_two_archives_in_one_compressed_stream() -> None:
-    a = newc_archive([("a.ko", 0o100644, b"1")])
-    b = newc_archive([("dir/hv_netvsc.ko.zst", 0o100644, b"2")])
+    a = newc_archive({"a.ko": b"1"})
+    b = newc_archive({"dir/hv_netvsc.ko.zst": b"2"})
     entries = list_initrd(gzip.compress(a + b))
     assert modules_in(entries) == {"a", "hv_netvsc"}
 
@@ -108,7 +105,7 @@ def test_garbage_and_truncation_are_errors() -> None:
         list_initrd(b"this is not an initrd")
     with pytest.raises(InitrdError, match="empty"):
         list_initrd(b"\x00" * 64)
-    archive = newc_archive([("big", 0o100644, b"x" * 100)])
+    archive = newc_archive({"big": b"x" * 100})
     with pytest.raises(InitrdError, match="past the end"):
         list_initrd(archive[:150])
 
