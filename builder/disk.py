@@ -1,0 +1,226 @@
+"""Disk image files: what format a file holds, sparse copies, and atomic outputs."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from builder.errors import UsageError
+from builder.vhd import COOKIE, DISK_TYPE_DYNAMIC, DISK_TYPE_FIXED, FOOTER_SIZE, parse_footer
+
+log = logging.getLogger(__name__)
+
+FICLONE = 0x40049409  # _IOW(0x94, 9, int), linux/fs.h
+_CHUNK = 1 << 30  # bytes per copy_file_range call
+_BUFFER = 1 << 20  # bytes per read/write when the kernel cannot copy for us
+_NO_KERNEL_COPY = (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF)
+
+QCOW2_MAGIC = b"QFI\xfb"
+VHDX_MAGIC = b"vhdxfile"
+
+
+@dataclass(frozen=True)
+class ImageFormat:
+    """What an image file holds, judged from its bytes.
+
+    `name` is one of raw, qcow2, vhd-fixed, vhd-dynamic, vhd-differencing, vhdx;
+    `qemu_format` is the driver name qemu-img and libguestfs take (raw, qcow2, vpc, vhdx);
+    `evidence` says which bytes decided it."""
+
+    name: str
+    qemu_format: str
+    evidence: str
+
+
+def detect_image_format(path: Path) -> ImageFormat:
+    """Judge the format from magic numbers: qcow2 and VHDX at offset 0, a dynamic or
+    differencing VHD's footer copy at 0, a fixed VHD's footer in the last 512 bytes.
+    Anything else is raw. Never asks qemu to probe."""
+    with open(path, "rb") as f:
+        length = os.fstat(f.fileno()).st_size
+        head = f.read(FOOTER_SIZE)
+        tail = b""
+        if length >= FOOTER_SIZE:
+            f.seek(length - FOOTER_SIZE)
+            tail = f.read(FOOTER_SIZE)
+    if head[:4] == QCOW2_MAGIC:
+        return ImageFormat("qcow2", "qcow2", "qcow2 magic 'QFI\\xfb' at offset 0")
+    if head[:8] == VHDX_MAGIC:
+        return ImageFormat("vhdx", "vhdx", "VHDX signature 'vhdxfile' at offset 0")
+    header = parse_footer(head) if head[:8] == COOKIE and len(head) == FOOTER_SIZE else None
+    if header is not None and header.disk_type != DISK_TYPE_FIXED:
+        footer = header
+        name = "vhd-dynamic" if footer.disk_type == DISK_TYPE_DYNAMIC else "vhd-differencing"
+        return ImageFormat(
+            name, "vpc",
+            f"VHD footer copy at offset 0 (disk type {footer.disk_type}, "
+            f"{footer.disk_type_name}, data offset {footer.data_offset})",
+        )
+    if tail[:8] == COOKIE:
+        footer = parse_footer(tail)
+        offset = length - FOOTER_SIZE
+        if footer.disk_type == DISK_TYPE_FIXED:
+            return ImageFormat(
+                "vhd-fixed", "vpc", f"VHD footer cookie 'conectix' at offset {offset}"
+            )
+        return ImageFormat(
+            "vhd-dynamic" if footer.disk_type == DISK_TYPE_DYNAMIC else "vhd-differencing",
+            "vpc",
+            f"VHD footer at offset {offset} with disk type {footer.disk_type} "
+            f"({footer.disk_type_name}) and no header copy at offset 0",
+        )
+    return ImageFormat(
+        "raw", "raw", "no qcow2, VHDX or VHD signature at the start or in the last 512 bytes"
+    )
+
+
+def allocated_bytes(path: Path) -> int:
+    """Bytes the filesystem has allocated for `path` (st_blocks counts 512-byte units)."""
+    return os.stat(path).st_blocks * 512
+
+
+def _try_reflink(src_fd: int, dst_fd: int) -> bool:
+    try:
+        fcntl.ioctl(dst_fd, FICLONE, src_fd)
+    except OSError as exc:
+        log.debug("no reflink (%s); copying allocated ranges", exc.strerror)
+        return False
+    return True
+
+
+def _data_ranges(fd: int, length: int) -> Iterator[tuple[int, int]]:
+    """(start, end) of every allocated range below `length`, from SEEK_DATA/SEEK_HOLE."""
+    pos = 0
+    while pos < length:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # only a hole remains
+                return
+            raise
+        if start >= length:
+            return
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), length)
+        yield start, end
+        pos = end
+
+
+def _copy_range(src_fd: int, dst_fd: int, start: int, end: int, kernel: list[bool]) -> None:
+    pos = start
+    while pos < end:
+        count = min(end - pos, _CHUNK if kernel[0] else _BUFFER)
+        if kernel[0]:
+            try:
+                done = os.copy_file_range(src_fd, dst_fd, count, pos, pos)
+            except OSError as exc:
+                if exc.errno not in _NO_KERNEL_COPY:
+                    raise
+                log.debug("copy_file_range unavailable (%s); using read/write", exc.strerror)
+                kernel[0] = False
+                continue
+        else:
+            data = os.pread(src_fd, count, pos)
+            done = os.pwrite(dst_fd, data, pos) if data else 0
+        if done == 0:
+            raise OSError(errno.EIO, f"source ended early at offset {pos}, expected {end}")
+        pos += done
+
+
+def copy_sparse(src: Path, dst_fd: int, *, length: int | None = None) -> None:
+    """Copy the first `length` bytes (default: all) of `src` into the empty file `dst_fd`,
+    writing only the allocated ranges, so the copy stays as sparse as the source.
+
+    A whole-file copy is a reflink (FICLONE) when the filesystem offers it; otherwise each
+    allocated range goes through copy_file_range (in-kernel), or read/write as a last
+    resort. The destination ends up exactly `length` bytes long."""
+    with open(src, "rb") as f:
+        src_fd = f.fileno()
+        size = os.fstat(src_fd).st_size
+        if length is None:
+            length = size
+        if length > size:
+            raise ValueError(f"cannot copy {length} bytes from {src}: it has only {size}")
+        if length == size and length and _try_reflink(src_fd, dst_fd):
+            log.debug("reflinked %s (%d bytes)", src, length)
+            return
+        kernel = [True]
+        copied = 0
+        for start, end in _data_ranges(src_fd, length):
+            _copy_range(src_fd, dst_fd, start, end, kernel)
+            copied += end - start
+        os.ftruncate(dst_fd, length)
+        log.debug("copied %d allocated of %d bytes from %s", copied, length, src)
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def refuse_existing(dst: Path, *, force: bool) -> None:
+    """UsageError when `dst` cannot be written: it exists (without force), it is a
+    directory, or its directory is missing."""
+    if dst.is_dir():
+        raise UsageError(f"output {dst} is a directory", hint="name a file, e.g. DIR/disk.vhd")
+    if (dst.exists() or dst.is_symlink()) and not force:
+        raise UsageError(
+            f"output {dst} already exists", hint="pass --force to overwrite it"
+        )
+    if not dst.parent.is_dir():
+        raise UsageError(f"output directory {dst.parent} does not exist")
+
+
+def _temp_name(dst: Path) -> Path:
+    return dst.with_name(f".{dst.name}.{secrets.token_hex(4)}.tmp")
+
+
+def _commit(tmp: Path, dst: Path, *, force: bool) -> None:
+    if force:
+        os.replace(tmp, dst)
+        return
+    # No clobbering even if dst appeared meanwhile: link fails on an existing name.
+    try:
+        os.link(tmp, dst)
+    except FileExistsError:
+        raise UsageError(
+            f"output {dst} already exists", hint="pass --force to overwrite it"
+        ) from None
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
+            raise
+        os.rename(tmp, dst)  # a filesystem without hard links
+        return
+    os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def atomic_output(dst: Path, *, force: bool) -> Iterator[Path]:
+    """Yield an empty temporary file beside `dst`. On success it is fsynced and renamed to
+    `dst`; on any exception, KeyboardInterrupt included, it is removed and `dst` untouched.
+    An existing `dst` is refused (UsageError) unless `force`."""
+    refuse_existing(dst, force=force)
+    tmp = _temp_name(dst)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    os.close(fd)
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _commit(tmp, dst, force=force)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(dst.parent)
