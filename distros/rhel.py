@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from dataclasses import replace
+from typing import TYPE_CHECKING, ClassVar
 
 from distros import Distro, register
+
+if TYPE_CHECKING:
+    from distros.azure_prep import PrepFacts
 
 
 class RhelLike(Distro):
@@ -23,6 +27,37 @@ class RhelLike(Distro):
     def kickstart_version(self) -> str:
         return self.kickstart_versions[self.major]
 
+    # Azure preparation facts (distros/azure_prep.py); versions adjust them below.
+    package_query: ClassVar[str] = "rpm"
+    grub_mkconfig: ClassVar[str] = "grub2-mkconfig"
+    efi_vendor: ClassVar[str] = "redhat"  # /boot/efi/EFI/<vendor>/
+    initrd_image: ClassVar[str] = "/boot/initramfs-{kernel}.img"
+    initrd_lister: ClassVar[str] = "lsinitrd"
+    network_style: ClassVar[str] = "keyfile"  # NetworkManager keyfile for eth0
+
+    def adjust_azure_prep(self, facts: PrepFacts) -> PrepFacts:
+        """6: legacy GRUB, mkinitrd, SysV, no NetworkManager; 7: ifcfg files; 8: grubby
+        and NetworkManager reading ifcfg; 9: grubby, keyfiles, one grub.cfg for BIOS and UEFI."""
+        efi = f"/boot/efi/EFI/{self.efi_vendor}"
+        if self.major <= 6:
+            return replace(
+                facts, package_manager="yum", service_manager="sysv", bootloader="grub-legacy",
+                grub_config_bios="/boot/grub/grub.conf", grub_config_uefi=f"{efi}/grub.conf",
+                initrd_tool="mkinitrd", agent_extra_packages=("python-pyasn1",),
+                network="ifcfg", ifcfg_nm_controlled=False, network_service="network",
+                remove_network_manager=True, lis_check=True, cloud_init_supported=False,
+            )
+        if self.major == 7:
+            return replace(
+                facts, package_manager="yum", grub_config_uefi=f"{efi}/grub.cfg",
+                agent_extra_packages=("python-pyasn1",), network="ifcfg",
+                ifcfg_nm_controlled=False, network_service="network",
+            )
+        if self.major == 8:
+            return replace(facts, grub_config_uefi=f"{efi}/grub.cfg", grubby=True,
+                           network="ifcfg")
+        return replace(facts, grubby=True)
+
 
 @register
 class Rhel(RhelLike):
@@ -36,6 +71,7 @@ class CentOS(RhelLike):
     name = "centos"
     pretty_name = "CentOS"
     versions = ("6", "7", "stream8", "stream9")
+    efi_vendor = "centos"
 
 
 @register
@@ -43,6 +79,7 @@ class Rocky(RhelLike):
     name = "rocky"
     pretty_name = "Rocky Linux"
     versions = ("8", "9")
+    efi_vendor = "rocky"
 
 
 @register
@@ -51,6 +88,7 @@ class Alma(RhelLike):
     aliases = ("alma",)
     pretty_name = "AlmaLinux"
     versions = ("8", "9")
+    efi_vendor = "almalinux"
 
 
 @register

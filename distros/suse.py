@@ -15,6 +15,12 @@ class SuseLike(Distro):
     agent_service = "waagent"
     grub_cmdline_key = "GRUB_CMDLINE_LINUX_DEFAULT"
     package_manager = "zypper"
+    # Azure preparation facts (distros/azure_prep.py); UEFI reads /boot/grub2/grub.cfg too.
+    package_query = "rpm"
+    grub_mkconfig = "grub2-mkconfig"
+    initrd_image = "/boot/initrd-{kernel}"
+    initrd_lister = "lsinitrd"
+    network_style = "wicked"
 
 
 @register

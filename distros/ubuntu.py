@@ -22,3 +22,9 @@ class Ubuntu(Distro):
     grub_config = "/boot/grub/grub.cfg"
     initrd_tool = "initramfs-tools"
     package_manager = "apt"
+    # Azure preparation facts (distros/azure_prep.py).
+    package_query = "dpkg"
+    grub_mkconfig = "grub-mkconfig"
+    initrd_image = "/boot/initrd.img-{kernel}"
+    initrd_lister = "lsinitramfs"
+    network_style = "netplan"
