@@ -44,9 +44,13 @@ class Model(BaseModel):
 class Variable(Model):
     """A template variable; `sensitive` values never appear in any output."""
 
-    default: str | int | float | bool | None = None
-    sensitive: bool = False
-    description: str | None = None
+    default: str | int | float | bool | None = Field(
+        None, description="the value unless --var or --var-file sets one; none: it must be set"
+    )
+    sensitive: bool = Field(
+        False, description="mask the value as <sensitive> in every output"
+    )
+    description: str | None = Field(None, description="what the variable is for")
 
 
 class Source(Model):
@@ -90,6 +94,8 @@ class Source(Model):
 
 
 class DistroRef(Model):
+    """The distribution the image installs."""
+
     name: str = Field(description="distro name; `azbuild distros` lists them")
     version: str = Field(description="distro version, e.g. '9', 'stream9', '24.04', '12'")
 
@@ -116,7 +122,9 @@ class DistroRef(Model):
 
 
 class VM(Model):
-    cpus: Annotated[int, Field(ge=1, le=256)] = 2
+    """The build VM, and the size of the image's disk."""
+
+    cpus: Annotated[int, Field(ge=1, le=256)] = Field(2, description="virtual CPUs of the build VM")
     memory: Size = Field(2 * 1024**3, description="guest memory")
     disk_size: Size = Field(30 * 1024**3, description="OS disk size (the VHD's virtual size)")
     accelerator: Literal["auto", "kvm", "tcg"] = Field(
@@ -158,16 +166,18 @@ class Install(Model):
         default_factory=list, description="extra installer kernel arguments"
     )
     packages: list[str] = Field(default_factory=list, description="extra packages to install")
-    locale: str = "en_US.UTF-8"
-    keyboard: str = "us"
-    timezone: str = "UTC"
+    locale: str = Field("en_US.UTF-8", description="the installed system's locale")
+    keyboard: str = Field("us", description="the installed system's keyboard layout")
+    timezone: str = Field("UTC", description="the installed system's time zone")
     root_password: str | None = Field(
         None, description="root password during the build (stored only as a SHA-512 hash)"
     )
 
 
 class Communicator(Model):
-    type: Literal["ssh"] = "ssh"
+    """How azbuild logs in to the guest after the install."""
+
+    type: Literal["ssh"] = Field("ssh", description="only SSH for now")
     username: str = Field("azbuild", description="the build's user in the guest")
     password: str | None = Field(
         None, description="log in with this password instead of the build's ephemeral key"
@@ -179,16 +189,18 @@ class Communicator(Model):
         None, description="pin this public host key (for disk images that bring their own)"
     )
     timeout: Duration = Field(1200.0, description="bound on the wait for SSH")
-    port: Annotated[int, Field(ge=1, le=65535)] = 22
+    port: Annotated[int, Field(ge=1, le=65535)] = Field(22, description="SSH port in the guest")
 
 
 class ShellProvisioner(Model):
-    type: Literal["shell"]
-    inline: list[str] | None = None
-    script: Path | None = None
-    env: dict[str, str] = Field(default_factory=dict)
+    """Runs commands in the guest: `inline` or `script`, exactly one."""
+
+    type: Literal["shell"] = Field(description="the kind of provisioner")
+    inline: list[str] | None = Field(None, description="commands, run one after the other")
+    script: Path | None = Field(None, description="a local script, uploaded and run")
+    env: dict[str, str] = Field(default_factory=dict, description="environment variables")
     sudo: bool = Field(True, description="run as root through sudo")
-    timeout: Duration | None = None
+    timeout: Duration | None = Field(None, description="bound on this provisioner; none: no bound")
 
     @model_validator(mode="after")
     def _one_body(self) -> ShellProvisioner:
@@ -198,13 +210,15 @@ class ShellProvisioner(Model):
 
 
 class FileProvisioner(Model):
-    type: Literal["file"]
-    source: Path
-    destination: str
+    """Uploads a local file to the guest."""
+
+    type: Literal["file"] = Field(description="the kind of provisioner")
+    source: Path = Field(description="the local file")
+    destination: str = Field(description="absolute path in the guest")
     mode: str | None = Field(
         None, json_schema_extra={"pattern": _MODE_RE}, description="octal file mode, e.g. '0644'"
     )
-    owner: str | None = None
+    owner: str | None = Field(None, description="'user' or 'user:group' in the guest")
 
     @field_validator("mode")
     @classmethod
@@ -215,8 +229,10 @@ class FileProvisioner(Model):
 
 
 class RebootProvisioner(Model):
-    type: Literal["reboot"]
-    timeout: Duration = 600.0
+    """Reboots the guest and waits for SSH again."""
+
+    type: Literal["reboot"] = Field(description="the kind of provisioner")
+    timeout: Duration = Field(600.0, description="bound on the wait for SSH after the reboot")
 
 
 Provisioner = Annotated[
@@ -227,14 +243,18 @@ Provisioner = Annotated[
 class AgentSettings(Model):
     """`/etc/waagent.conf` resource-disk settings (R10, waagent mode)."""
 
-    resource_disk_format: bool = True
-    resource_disk_filesystem: Literal["ext4", "ext3", "xfs", "btrfs"] = "ext4"
-    resource_disk_mount_point: str = "/mnt/resource"
-    enable_swap: bool = True
-    swap_size: Size = Field(2048 * 1024**2, description="swap on the resource disk")
+    resource_disk_format: bool = Field(True, description="format and mount the resource disk")
+    resource_disk_filesystem: Literal["ext4", "ext3", "xfs", "btrfs"] = Field(
+        "ext4", description="its filesystem"
+    )
+    resource_disk_mount_point: str = Field("/mnt/resource", description="where it is mounted")
+    enable_swap: bool = Field(True, description="swap on the resource disk")
+    swap_size: Size = Field(2048 * 1024**2, description="size of that swap")
 
 
 class Azure(Model):
+    """How the guest is prepared for Azure; the requirement ids are those of `azbuild check`."""
+
     provisioning: Literal["waagent", "cloud-init"] = Field(
         "waagent", description="who provisions on first boot (R10)"
     )
@@ -251,7 +271,9 @@ class Azure(Model):
         default_factory=lambda: ["hv_vmbus", "hv_netvsc", "hv_storvsc"],
         description="modules forced into every initrd (R05)",
     )
-    agent: AgentSettings = Field(default_factory=AgentSettings)
+    agent: AgentSettings = Field(
+        default_factory=AgentSettings, description="the Azure Linux agent's settings"
+    )
     skip: dict[str, str] = Field(
         default_factory=dict,
         description="requirements to leave alone, each with the reason: { R10 = \"...\" }",
@@ -272,6 +294,8 @@ class Azure(Model):
 
 
 class Shutdown(Model):
+    """The guest's power-off at the end of the build."""
+
     timeout: Duration = Field(300.0, description="bound on the wait for the guest to power off")
 
 
@@ -283,6 +307,8 @@ def _default_formats() -> list[OutputFormat]:
 
 
 class Output(Model):
+    """The artifacts."""
+
     directory: str = Field("output/${name}", description="where the artifacts go")
     formats: list[OutputFormat] = Field(
         default_factory=_default_formats, description="'vhd' (fixed VHD) and/or 'raw'", min_length=1
@@ -296,12 +322,14 @@ class Template(Model):
         json_schema_extra={"pattern": _NAME_RE},
         description="names the build, its domain and its output",
     )
-    description: str | None = None
+    description: str | None = Field(None, description="free text, shown in the manifest")
     extends: list[str] = Field(
         default_factory=list,
         description="layers under this file: shipped names (gen2, cloud-init) or relative paths",
     )
-    variables: dict[str, Variable | str | int | float | bool] = Field(default_factory=dict)
+    variables: dict[str, Variable | str | int | float | bool] = Field(
+        default_factory=dict, description="template variables: plain values or tables"
+    )
     source: Source
     distro: DistroRef
     vm: VM = Field(default_factory=VM)
@@ -324,7 +352,14 @@ class Template(Model):
 
 
 class _SchemaGenerator(GenerateJsonSchema):
-    """Shows size and duration defaults as a template author writes them ('30GiB', '1h')."""
+    """Shows every default, including those made by factories (lists, tables), with sizes and
+    durations as a template author writes them ('30GiB', '1h')."""
+
+    def get_default_value(self, schema: core_schema.WithDefaultSchema) -> Any:
+        factory = schema.get("default_factory")
+        if factory is not None and not schema.get("default_factory_takes_data"):
+            return factory()  # type: ignore[call-arg]
+        return super().get_default_value(schema)
 
     def default_schema(self, schema: core_schema.WithDefaultSchema) -> JsonSchemaValue:
         json_schema = super().default_schema(schema)
