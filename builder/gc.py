@@ -1,0 +1,135 @@
+"""Finding (and with --yes removing) what killed builds left behind.
+
+Conventions this module defines:
+- every build's work directory under `paths.work_root()` holds `owner.pid`:
+  the owning process's PID on the first line and its start time (clock ticks
+  since boot, from /proc/PID/stat) on the second, so a recycled PID is not
+  mistaken for the owner (`claim_work_dir` writes it);
+- every domain azbuild starts is named `azbuild-...` and carries azbuild
+  metadata naming the owning PID (see builder/libvirt.py).
+A work directory or domain is leftover when its owner is gone. A domain with
+the prefix but no metadata is leftover too (nothing else should use the name).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import libvirt
+
+from builder.libvirt import (
+    DOMAIN_PREFIX,
+    connection_uri,
+    open_connection,
+    process_alive,
+    process_start_ticks,
+    read_metadata,
+)
+from builder.paths import work_root
+
+log = logging.getLogger(__name__)
+
+OWNER_FILE = "owner.pid"
+
+
+def claim_work_dir(work_dir: Path, pid: int | None = None) -> None:
+    """Mark `work_dir` as owned by `pid` (default: this process)."""
+    pid = pid or os.getpid()
+    ticks = process_start_ticks(pid)
+    text = f"{pid}\n{ticks}\n" if ticks is not None else f"{pid}\n"
+    tmp = work_dir / (OWNER_FILE + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, work_dir / OWNER_FILE)
+
+
+def read_owner(work_dir: Path) -> tuple[int, int | None] | None:
+    """(pid, start ticks or None) from `owner.pid`, or None when absent or unreadable."""
+    try:
+        lines = (work_dir / OWNER_FILE).read_text().split()
+        pid = int(lines[0])
+        ticks = int(lines[1]) if len(lines) > 1 else None
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid, ticks
+
+
+def _owner_alive(pid: int, ticks: int | None) -> bool:
+    return pid > 0 and process_alive(pid, ticks)
+
+
+def leftover_work_dirs(root: Path | None = None) -> list[tuple[Path, int]]:
+    """Work directories whose owning process is gone, with that PID."""
+    root = root or work_root()
+    found: list[tuple[Path, int]] = []
+    if not root.is_dir():
+        return found
+    for entry in sorted(root.iterdir()):
+        if not entry.is_dir() or entry.is_symlink():
+            continue
+        owner = read_owner(entry)
+        if owner is None:
+            log.debug("gc: %s has no readable %s; left alone", entry, OWNER_FILE)
+            continue
+        if not _owner_alive(*owner):
+            found.append((entry, owner[0]))
+    return found
+
+
+def _leftover_domains(conn: libvirt.virConnect) -> list[tuple[libvirt.virDomain, str]]:
+    found: list[tuple[libvirt.virDomain, str]] = []
+    for dom in conn.listAllDomains(0):
+        name = dom.name()
+        if not name.startswith(DOMAIN_PREFIX):
+            continue
+        try:
+            meta = read_metadata(dom.XMLDesc(0))
+        except libvirt.libvirtError:
+            continue  # gone meanwhile
+        if meta is None:
+            found.append((dom, "no azbuild metadata"))
+        elif not _owner_alive(meta.pid, meta.pid_start):
+            found.append((dom, f"pid {meta.pid} gone, template {meta.template}"))
+    return found
+
+
+def _remove_domain(dom: libvirt.virDomain) -> None:
+    try:
+        if dom.isActive():
+            dom.destroy()
+        if dom.isPersistent():
+            dom.undefine()
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+            raise
+
+
+def collect_garbage(remove: bool, connect: str | None) -> list[str]:
+    """Lines describing leftover azbuild domains and work directories; with `remove`,
+    destroy/remove them too. The CLI prints the lines."""
+    lines: list[str] = []
+    uri = connection_uri(connect)
+    conn = open_connection(uri)
+    try:
+        for dom, why in _leftover_domains(conn):
+            name = dom.name()
+            if remove:
+                _remove_domain(dom)
+                lines.append(f"domain {name} ({why}): destroyed")
+            else:
+                lines.append(f"domain {name} ({why}): leftover")
+    finally:
+        conn.close()
+    for path, pid in leftover_work_dirs():
+        if remove:
+            shutil.rmtree(path, ignore_errors=True)
+            lines.append(f"work dir {path} (pid {pid} gone): removed")
+        else:
+            lines.append(f"work dir {path} (pid {pid} gone): leftover")
+    if not lines:
+        lines.append(f"nothing to collect (libvirt {uri}, work dirs under {work_root()})")
+    elif not remove:
+        lines.append("run again with --yes to remove these")
+    return lines
