@@ -120,7 +120,7 @@ def load_public_key(path: Path) -> str:
 def load_private_key(path: Path, passphrase: str | None = None) -> paramiko.PKey:
     """A private key file of any type paramiko reads (the communicator's `private_key_file`)."""
     try:
-        return paramiko.PKey.from_path(path, passphrase=passphrase)
+        return paramiko.PKey.from_path(path, passphrase)
     except FileNotFoundError:
         raise UsageError(f"private key not found: {path}") from None
     except paramiko.PasswordRequiredException:
