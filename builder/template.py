@@ -156,6 +156,14 @@ def load_template(
     except ValidationError as exc:
         raise TemplateError(_describe_validation(exc, origins, path)) from None
 
+    output = merged.get("output")
+    if not (isinstance(output, dict) and "directory" in output):
+        # The model's default directory names the build too.
+        directory = template.output.directory.replace("${name}", template.name)
+        template = template.model_copy(
+            update={"output": template.output.model_copy(update={"directory": directory})}
+        )
+
     loaded = LoadedTemplate(
         template=template,
         path=path.resolve(),
