@@ -7,6 +7,7 @@ the one place they join the report.
 from __future__ import annotations
 
 import re
+import shlex
 import struct
 from pathlib import Path
 
@@ -52,7 +53,7 @@ def verify_vhd(path: Path) -> None:
 def format_checks(image: Path, image_format: ImageFormat) -> list[CheckResult]:
     """R01 (fixed VHD) and R02 (size) from the bytes of `image`."""
     length = image.stat().st_size
-    if image_format.name == "vhd-fixed":
+    if image_format.name in ("vhd-fixed", "vhd-unknown"):  # a footer at the end
         footer = _read_footer(image, length - FOOTER_SIZE)
         return [_r01_fixed(footer, image_format, length), _r02_fixed(footer, length)]
     return _not_fixed(image, image_format, length)
@@ -121,7 +122,10 @@ def _size_problems(size: int) -> list[str]:
 
 
 def _not_fixed(image: Path, image_format: ImageFormat, length: int) -> list[CheckResult]:
-    fix = f"convert it: azbuild convert {image} {image.with_suffix('.vhd')}"
+    target = image.with_suffix(".vhd")
+    if target == image:
+        target = image.with_name(image.stem + "-fixed.vhd")
+    fix = f"convert it: azbuild convert {shlex.quote(str(image))} {shlex.quote(str(target))}"
     kind = {
         "raw": "a raw disk, not a VHD",
         "qcow2": "qcow2, which Azure does not accept",

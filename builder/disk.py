@@ -30,7 +30,8 @@ VHDX_MAGIC = b"vhdxfile"
 class ImageFormat:
     """What an image file holds, judged from its bytes.
 
-    `name` is one of raw, qcow2, vhd-fixed, vhd-dynamic, vhd-differencing, vhdx;
+    `name` is one of raw, qcow2, vhd-fixed, vhd-dynamic, vhd-differencing, vhdx, or
+    vhd-unknown (a footer only at the end, as in a fixed VHD, but another disk type);
     `qemu_format` is the driver name qemu-img and libguestfs take (raw, qcow2, vpc, vhdx);
     `evidence` says which bytes decided it."""
 
@@ -70,9 +71,9 @@ def detect_image_format(path: Path) -> ImageFormat:
             return ImageFormat(
                 "vhd-fixed", "vpc", f"VHD footer cookie 'conectix' at offset {offset}"
             )
+        # A fixed layout (footer only at the end) with a wrong disk type: a broken VHD.
         return ImageFormat(
-            "vhd-dynamic" if footer.disk_type == DISK_TYPE_DYNAMIC else "vhd-differencing",
-            "vpc",
+            "vhd-unknown", "vpc",
             f"VHD footer at offset {offset} with disk type {footer.disk_type} "
             f"({footer.disk_type_name}) and no header copy at offset 0",
         )
