@@ -261,18 +261,18 @@ def _describe_syntax_error(path: Path, text: str, message: str) -> str:
         )
     line, column = int(match.group(1)), int(match.group(2))
     head = message[: match.start()]
+    where = f"{path}: line {line}, column {column}: TOML syntax error: {_lower_first(head)}"
+    if head.startswith("Cannot"):  # "cannot overwrite a value": the position says enough
+        return where
     lines = text.split("\n")
-    row = lines[line - 1] if 0 < line <= len(lines) else ""
-    if column - 1 < len(row.rstrip("\r")):
-        found = repr(row[column - 1])
-    elif line >= len(lines) or (line == len(lines) - 1 and not lines[-1]):
+    offset = sum(len(row) + 1 for row in lines[: line - 1]) + column - 1
+    if offset >= len(text):
         found = "the end of the file"
-    else:
+    elif text[offset] in "\r\n":
         found = "the end of the line"
-    return (
-        f"{path}: line {line}, column {column}: TOML syntax error: {_lower_first(head)}, "
-        f"found {found}"
-    )
+    else:
+        found = repr(text[offset])
+    return f"{where}, found {found}"
 
 
 def _lower_first(text: str) -> str:
@@ -604,7 +604,10 @@ def _describe_validation(
         elif kind == "missing":
             message = "required key is missing"
         elif kind == "union_tag_invalid":
-            message = "unknown provisioner type; expected 'shell', 'file' or 'reboot'"
+            message = (
+                "unknown provisioner type; expected 'shell', 'file' or 'reboot',"
+                f" found {err.get('ctx', {}).get('tag')!r}"
+            )
         elif kind == "union_tag_not_found":
             message = "a provisioner needs `type` ('shell', 'file' or 'reboot')"
         elif kind == "literal_error":

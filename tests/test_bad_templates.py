@@ -1,0 +1,248 @@
+"""Every mistake a template author can make: exit 2, the file, the key path, what was expected
+and what was found, every problem at once, and never a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from builder.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+AZBUILD = Path(sys.executable).parent / "azbuild"
+SHA = "a" * 64
+
+BASE = f"""\
+name = "demo"
+
+[source]
+iso = "https://example.org/demo.iso"
+checksum = "sha256:{SHA}"
+
+[distro]
+name = "rocky"
+version = "9"
+"""
+NO_SOURCE = BASE[: BASE.index("[source]")] + BASE[BASE.index("[distro]"):]
+
+
+@dataclass
+class Case:
+    """A bad template: `files` are written into a directory; t.toml is the one validated."""
+
+    id: str
+    files: dict[str, str | bytes]
+    expect: list[str]
+    args: list[str] = field(default_factory=list)
+    named: str | None = "t.toml"  # the file the message must name (None: a command-line mistake)
+    env: dict[str, str] = field(default_factory=dict)
+
+
+CASES = [
+    Case("toml-syntax-error", {"t.toml": 'name = "demo"\n[vm\ncpus = 2\n'},
+         ["line 2, column 4", "TOML syntax error", "expected ']' at the end of a table",
+          "found the end of the line"]),
+    Case("toml-missing-value", {"t.toml": BASE + "[vm]\ncpus = \n"},
+         ["line 11, column 8", "TOML syntax error", "invalid value",
+          "found the end of the line"]),
+    Case("toml-duplicate-key", {"t.toml": BASE + '[vm]\ncpus = 2\ncpus = 3\n'},
+         ["line 12, column 9", "TOML syntax error", "cannot overwrite a value"]),
+    Case("toml-unclosed-string", {"t.toml": 'name = "demo\n'},
+         ["line 1, column 13", "TOML syntax error", "illegal character", "found the end of the line"]),
+    Case("toml-bad-char", {"t.toml": 'name = demo\n'},
+         ["line 1, column 8", "TOML syntax error", "invalid value", "found 'd'"]),
+    Case("empty-file", {"t.toml": "\n  \n"}, ["the file is empty", "name, source and distro"]),
+    Case("binary-file", {"t.toml": b"\x7fELF\x02\x01\x00\x00"}, ["not a TOML file", "binary"]),
+    Case("invalid-utf8", {"t.toml": b'name = "caf\xe9"\n'}, ["invalid UTF-8 at byte 11"]),
+    Case("unknown-top-level-key", {"t.toml": 'colour = "blue"\n' + BASE},
+         ["colour: unknown key"]),
+    Case("unknown-nested-key", {"t.toml": BASE + "[vm]\ncpu = 2\n"}, ["vm.cpu: unknown key"]),
+    Case("wrong-type", {"t.toml": BASE + '[vm]\ncpus = "many"\n'},
+         ["vm.cpus: expected a valid integer", "found 'many'"]),
+    Case("table-where-value-expected", {"t.toml": BASE + "[vm.memory]\nsize = 2\n"},
+         ["vm.memory: expected a size such as '30GiB'"]),
+    Case("cpus-out-of-range", {"t.toml": BASE + "[vm]\ncpus = 0\n"},
+         ["vm.cpus: expected greater than or equal to 1", "found the number 0"]),
+    Case("bad-size-unit", {"t.toml": BASE + '[vm]\nmemory = "2GiX"\n'},
+         ["vm.memory: unknown size unit 'GiX'", "use B, KiB, MiB, GiB or TiB"]),
+    Case("negative-size", {"t.toml": BASE + '[vm]\ndisk_size = "-5GiB"\n'},
+         ["vm.disk_size: a size cannot be negative, found '-5GiB'"]),
+    Case("disk-under-20MiB", {"t.toml": BASE + '[vm]\ndisk_size = "19MiB"\n'},
+         ["vm.disk_size: disk_size must be at least 20MiB", "found '19MiB'"]),
+    Case("memory-too-small", {"t.toml": BASE + '[vm]\nmemory = "128MiB"\n'},
+         ["vm.memory: memory must be at least 256MiB"]),
+    Case("bad-duration", {"t.toml": BASE + '[install]\ntimeout = "45 minutes"\n'},
+         ["install.timeout: expected a duration such as '45m'", "found '45 minutes'"]),
+    Case("bad-enum-firmware", {"t.toml": BASE + '[vm]\nfirmware = "efi"\n'},
+         ["vm.firmware: expected one of 'bios' or 'uefi', found 'efi'"]),
+    Case("unknown-distro", {"t.toml": BASE.replace('"rocky"', '"slackware"')},
+         ["distro.name: unknown distro 'slackware'; supported: debian, rhel, centos, rocky"]),
+    Case("unknown-distro-version", {"t.toml": BASE.replace('version = "9"', 'version = "7"')},
+         ["distro.version: unsupported Rocky Linux version '7'; supported: 8, 9"]),
+    Case("missing-required-table", {"t.toml": BASE[: BASE.index("[distro]")]},
+         ["distro: required key is missing"]),
+    Case("bad-name", {"t.toml": BASE.replace('name = "demo"', 'name = "my image!"')},
+         ["name: expected 1 to 63 letters", "found 'my image!'"]),
+    Case("both-iso-and-disk-image",
+         {"t.toml": BASE.replace("[distro]", 'disk_image = "base.qcow2"\n[distro]')},
+         ["source: set exactly one of `iso` or `disk_image`"]),
+    Case("neither-iso-nor-disk-image", {"t.toml": NO_SOURCE + "[source]\n"},
+         ["source: set exactly one of `iso` or `disk_image`"]),
+    Case("iso-without-checksum",
+         {"t.toml": BASE.replace(f'checksum = "sha256:{SHA}"\n', "")},
+         ["source: `checksum` is required with `iso`"]),
+    Case("bad-checksum-syntax", {"t.toml": BASE.replace(SHA, "abc123")},
+         ["source.checksum: expected 'sha256:<64 hex digits>'", "found 'sha256:abc123'"]),
+    Case("unknown-provisioner-type",
+         {"t.toml": BASE + '[[provision]]\ntype = "ansible"\nplaybook = "x.yml"\n'},
+         ["provision[0]: unknown provisioner type; expected 'shell', 'file' or 'reboot'",
+          "found 'ansible'"]),
+    Case("provisioner-without-type", {"t.toml": BASE + '[[provision]]\ninline = ["true"]\n'},
+         ["provision[0]: a provisioner needs `type`"]),
+    Case("shell-inline-and-script",
+         {"t.toml": BASE + '[[provision]]\ntype = "shell"\ninline = ["true"]\nscript = "s.sh"\n',
+          "s.sh": "true\n"},
+         ["provision[0]: a shell provisioner needs exactly one of `inline` or `script`"]),
+    Case("bad-file-mode",
+         {"t.toml": BASE + '[[provision]]\ntype = "file"\nsource = "f"\ndestination = "/f"\n'
+          'mode = "0999"\n', "f": ""},
+         ["provision[0].mode: expected an octal file mode such as '0644', found '0999'"]),
+    Case("unknown-key-in-second-provisioner",
+         {"t.toml": BASE + '[[provision]]\ntype = "reboot"\n[[provision]]\ntype = "reboot"\n'
+          'wait = "1m"\n'},
+         ["provision[1].wait: unknown key"]),
+    Case("missing-provisioner-script",
+         {"t.toml": BASE + '[[provision]]\ntype = "shell"\nscript = "scripts/setup.sh"\n'},
+         ["provision[0].script: file not found:", "scripts/setup.sh"]),
+    Case("missing-file-provisioner-source",
+         {"t.toml": BASE + '[[provision]]\ntype = "file"\nsource = "motd"\n'
+          'destination = "/etc/motd"\n'},
+         ["provision[0].source: file not found:", "/motd"]),
+    Case("unknown-requirement-in-skip", {"t.toml": BASE + '[azure]\nskip = { R99 = "no" }\n'},
+         ["azure.skip: unknown requirement 'R99'; expected one of R01 to R13"]),
+    Case("skip-without-reason", {"t.toml": BASE + '[azure]\nskip = { R10 = " " }\n'},
+         ["azure.skip: skipping R10 needs a reason"]),
+    Case("undefined-variable", {"t.toml": BASE.replace('"https://example.org/demo.iso"',
+                                                       '"${var.iso}"')},
+         ["source.iso: undefined variable 'iso' (declared: none)"]),
+    Case("unknown-reference", {"t.toml": BASE.replace('"demo"', '"${nme}"', 1)},
+         ["name: unknown reference ${nme}", "use ${var.NAME}, ${env.NAME} or ${name}"]),
+    Case("unset-env-var", {"t.toml": BASE + '[install]\nlocale = "${env.AZTEST_SURELY_UNSET}"\n'},
+         ["install.locale: environment variable AZTEST_SURELY_UNSET is not set"]),
+    Case("variable-without-value", {"t.toml": BASE + "[variables]\npw = { sensitive = true }\n"},
+         ["variables.pw: no value; give it a default or pass --var pw=..."]),
+    Case("bad-variable-table", {"t.toml": BASE + "[variables]\npw = { secret = true }\n"},
+         ["variables.pw.secret: Extra inputs are not permitted"]),
+    Case("var-for-undeclared-variable", {"t.toml": BASE}, ["--var nope: no variable 'nope'"],
+         args=["--var", "nope=1"]),
+    Case("malformed-var", {"t.toml": BASE}, ["--var expects NAME=VALUE, found 'nope'"],
+         args=["--var", "nope"], named=None),
+    Case("missing-var-file", {"t.toml": BASE}, ["--var-file", "vars.toml: file not found"],
+         args=["--var-file", "vars.toml"], named=None),
+    Case("var-file-with-a-table", {"t.toml": BASE + "[variables]\nx = 1\n",
+                                   "vars.toml": "[x]\ny = 1\n"},
+         ["vars.toml: x: expected a plain value (text, number or boolean), found a table"],
+         args=["--var-file", "vars.toml"], named="vars.toml"),
+    Case("missing-layer", {"t.toml": 'extends = ["gen3"]\n' + BASE},
+         ["extends: layer 'gen3' not found (searched", "chain:"]),
+    Case("missing-layer-file", {"t.toml": 'extends = ["layers/base.toml"]\n' + BASE},
+         ["extends: layer 'layers/base.toml' not found (relative to"]),
+    Case("cyclic-extends", {"t.toml": 'extends = ["a.toml"]\n' + BASE,
+                            "a.toml": 'extends = ["b.toml"]\n', "b.toml": 'extends = ["a.toml"]\n'},
+         ["extends: cycle:", "a.toml -> ", "b.toml -> ", "a.toml"], named="b.toml"),
+    Case("extends-wrong-type", {"t.toml": "extends = 5\n" + BASE},
+         ["extends: expected a list of layer names or paths"]),
+    Case("error-in-a-layer-names-the-layer", {"t.toml": 'extends = ["base.toml"]\n' + BASE,
+                                             "base.toml": "[vm]\ncpu = 4\n"},
+         ["base.toml: vm.cpu: unknown key"], named="base.toml"),
+    Case("empty-output-formats", {"t.toml": BASE + "[output]\nformats = []\n"},
+         ["output.formats: List should have at least 1 item"]),
+    Case("template-does-not-exist", {}, ["the template file does not exist"]),
+    Case("two-errors-at-once",
+         {"t.toml": BASE.replace('"rocky"', '"slackware"') + '[vm]\ncpus = "many"\n'},
+         ["(2 problems)", "distro.name: unknown distro", "vm.cpus: expected a valid integer"]),
+    Case("errors-in-two-layers-at-once",
+         {"t.toml": 'extends = ["base.toml"]\n' + BASE + '[install]\ntimeout = "soon"\n',
+          "base.toml": '[vm]\nfirmware = "efi"\n'},
+         ["(2 problems)", "base.toml: vm.firmware", "t.toml: install.timeout"]),
+]
+
+# A handful go through the installed console script in a real process.
+SUBPROCESS = {"toml-syntax-error", "unknown-nested-key", "cyclic-extends",
+              "missing-provisioner-script", "two-errors-at-once", "unset-env-var"}
+
+
+def _write(case: Case, directory: Path) -> Path:
+    for name, content in case.files.items():
+        path = directory / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content)
+    return directory / "t.toml"
+
+
+def _check(case: Case, directory: Path, code: int, out: str, err: str) -> None:
+    assert code == 2, err
+    assert "Traceback" not in out + err
+    assert err.startswith("error: ")
+    for expected in case.expect:
+        assert expected in err, f"{expected!r} not in:\n{err}"
+    if case.named:
+        assert str(directory / case.named) in err or f"{case.named}:" in err
+
+
+def test_there_are_enough_distinct_cases() -> None:
+    assert len({c.id for c in CASES}) == len(CASES) >= 25
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.id not in SUBPROCESS], ids=lambda c: c.id)
+def test_bad_template(
+    case: Case, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for key, value in case.env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AZTEST_SURELY_UNSET", raising=False)
+    template = _write(case, tmp_path)
+    code = main(["validate", str(template), *case.args])
+    out, err = capsys.readouterr()
+    _check(case, tmp_path, code, out, err)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.id in SUBPROCESS], ids=lambda c: c.id)
+def test_bad_template_in_a_real_process(case: Case, tmp_path: Path) -> None:
+    template = _write(case, tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "AZTEST_SURELY_UNSET"}
+    proc = subprocess.run(
+        [str(AZBUILD), "validate", str(template), *case.args],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60, check=False,
+    )
+    _check(case, tmp_path, proc.returncode, proc.stdout, proc.stderr)
+
+
+def test_debug_shows_the_traceback_and_the_same_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    template = _write(CASES[0], tmp_path)
+    assert main(["--debug", "validate", str(template)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err
+    assert "TOML syntax error" in err
+
+
+def test_every_template_is_checked_even_after_a_bad_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "bad.toml").write_text(BASE + "[vm]\ncpu = 2\n")
+    (tmp_path / "good.toml").write_text(BASE)
+    assert main(["validate", str(tmp_path / "bad.toml"), str(tmp_path / "good.toml")]) == 2
+    out, err = capsys.readouterr()
+    assert f"{tmp_path / 'good.toml'}: valid (rocky 9)" in out
+    assert "vm.cpu: unknown key" in err
