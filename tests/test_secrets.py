@@ -1,0 +1,222 @@
+"""A sensitive value never appears in any output.
+
+One template (`sentinel_template`) carries a sentinel secret into every place a secret can
+go; `assert_no_sentinel` searches any text, bytes or directory tree for it, plain or escaped.
+To cover a new output (a manifest, rendered answer files, domain XML), produce it from
+`sentinel_template` and pass the text or the directory to `assert_no_sentinel`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from builder import redact
+from builder.cli import main
+from builder.log import JsonFormatter
+from builder.template import load_template
+
+# Quotes and a backslash make reprs and JSON escape it; TOKEN is what must never show, in
+# any escaping. In TOML it is written "Sentinel-7f3a\"q\\b".
+TOKEN = "Sentinel-7f3a"
+SENTINEL = TOKEN + '"q\\b'
+SENTINEL_TOML = TOKEN + '\\"q\\\\b'
+AZBUILD = Path(sys.executable).parent / "azbuild"
+
+TEMPLATE = f"""\
+name = "secretive"
+
+[variables]
+password = {{ default = "{SENTINEL_TOML}", sensitive = true, description = "root password" }}
+plain = "visible-value"
+
+[source]
+iso = "isos/${{var.password}}.iso"
+checksum = "sha256:{"0" * 64}"
+
+[distro]
+name = "debian"
+version = "12"
+
+[install]
+root_password = "${{var.password}}"
+
+[communicator]
+password = "${{var.password}}"
+
+[[provision]]
+type = "shell"
+inline = ["echo ${{var.plain}}", "chpasswd <<< 'root:${{var.password}}'"]
+env = {{ SECRET = "${{var.password}}" }}
+"""
+
+
+def assert_no_sentinel(output: str | bytes | Path) -> None:
+    """Fail if the sentinel shows anywhere in `output`: text, bytes, a file or a directory."""
+    if isinstance(output, Path):
+        files = sorted(p for p in output.rglob("*") if p.is_file()) if output.is_dir() else [output]
+        for path in files:
+            data = path.read_bytes()
+            assert TOKEN.encode() not in data, f"the secret leaked into {path}"
+            assert TOKEN not in str(path.relative_to(output) if output.is_dir() else path.name)
+        return
+    text = output.decode("utf-8", "replace") if isinstance(output, bytes) else output
+    assert TOKEN not in text, f"the secret leaked:\n{text}"
+
+
+@pytest.fixture
+def sentinel_template(tmp_path: Path) -> Path:
+    path = tmp_path / "secretive.toml"
+    path.write_text(TEMPLATE)
+    return path
+
+
+def test_the_fixture_really_carries_the_secret(sentinel_template: Path) -> None:
+    loaded = load_template(sentinel_template)
+    t = loaded.template
+    assert t.install.root_password == SENTINEL
+    assert t.communicator.password == SENTINEL
+    assert t.provision[0].env == {"SECRET": SENTINEL}  # type: ignore[union-attr]
+    assert SENTINEL in (t.source.iso or "")
+    with pytest.raises(AssertionError):
+        assert_no_sentinel(repr(SENTINEL))
+    with pytest.raises(AssertionError):
+        assert_no_sentinel(json.dumps({"x": SENTINEL}))
+
+
+@pytest.mark.parametrize("fmt", ["toml", "json"])
+def test_inspect(sentinel_template: Path, fmt: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["inspect", str(sentinel_template), "--format", fmt]) == 0
+    out, err = capsys.readouterr()
+    assert_no_sentinel(out + err)
+    data = json.loads(out) if fmt == "json" else tomllib.loads(out)
+    assert data["variables"] == {"password": "<sensitive>", "plain": "visible-value"}
+    assert data["install"]["root_password"] == "<sensitive>"
+    assert data["communicator"]["password"] == "<sensitive>"
+    assert data["provision"][0]["inline"][0] == "echo visible-value"  # the rest stays readable
+
+
+def test_validate_output_and_warnings(
+    sentinel_template: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["validate", str(sentinel_template)]) == 0
+    out, err = capsys.readouterr()
+    assert "valid (debian 12)" in out
+    assert "source.iso: file not found" in err  # the warning names the file, masked
+    assert "<sensitive>.iso" in err
+    assert_no_sentinel(out + err)
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_logs_with_debug_in_a_real_process(
+    sentinel_template: Path, tmp_path: Path, log_format: str
+) -> None:
+    """--debug: the warning about the ISO, then a failing template whose error (and traceback)
+    would quote the secret."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text(TEMPLATE.replace('name = "debian"', 'name = "${var.password}"'))
+    proc = subprocess.run(
+        [str(AZBUILD), "--debug", "--log-format", log_format, "validate",
+         str(sentinel_template), str(bad)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" in proc.stderr  # --debug really printed one
+    assert "distro.name: unknown distro '<sensitive>'" in proc.stderr
+    assert_no_sentinel(proc.stdout + proc.stderr)
+    if log_format == "json":
+        records = [json.loads(line) for line in proc.stderr.splitlines() if line.strip()]
+        assert {r["level"] for r in records} >= {"warning", "error"}
+
+
+SMALL = f"""\
+name = "small"
+[variables]
+password = {{ default = "{SENTINEL_TOML}", sensitive = true }}
+[source]
+iso = "https://example.org/x.iso"
+checksum = "sha256:{"0" * 64}"
+[distro]
+name = "debian"
+version = "12"
+[vm]
+cpus = 2
+[output]
+formats = ["vhd"]
+"""
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ("cpus = 2", 'cpus = "${var.password}"', "vm.cpus: expected a valid integer"),
+        (f'"sha256:{"0" * 64}"', '"${var.password}"', "source.checksum: expected 'sha256:"),
+        ("cpus = 2", 'memory = "${var.password}"', "vm.memory: expected a size"),
+        ('version = "12"', 'version = "${var.password}"',
+         "distro.version: unsupported Debian version"),
+        ('name = "debian"', 'name = "x${var.password}"', "distro.name: unknown distro"),
+        ('["vhd"]', '["${var.password}"]', "output.formats[0]: expected one of"),
+        ('name = "small"', 'name = "${var.password}"', "name: expected 1 to 63 letters"),
+        ("cpus = 2", 'colour = "${var.password}"', "vm.colour: unknown key"),
+    ],
+)
+def test_a_secret_failing_validation_is_masked_in_the_error(
+    tmp_path: Path, old: str, new: str, expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "t.toml"
+    assert old in SMALL
+    path.write_text(SMALL.replace(old, new))
+    assert main(["validate", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert expected in err
+    assert_no_sentinel(out + err)
+
+
+def test_secret_from_var_and_var_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    template = tmp_path / "t.toml"
+    template.write_text(TEMPLATE.replace(f'default = "{SENTINEL_TOML}", ', ""))
+    var_file = tmp_path / "secret.toml"
+    var_file.write_text(f'password = "{SENTINEL_TOML}"\n')
+    for extra in (["--var", f"password={SENTINEL}"], ["--var-file", str(var_file)]):
+        assert main(["inspect", str(template), "--format", "json", *extra]) == 0
+        out, err = capsys.readouterr()
+        assert json.loads(out)["variables"]["password"] == "<sensitive>"
+        assert_no_sentinel(out + err)
+
+
+def test_redact_masks_escaped_forms_and_tracebacks() -> None:
+    redact.register(SENTINEL)
+    assert redact.redact(f"a {SENTINEL} b {SENTINEL!r} c {json.dumps(SENTINEL)}") == (
+        "a <sensitive> b '<sensitive>' c \"<sensitive>\""
+    )
+    record = logging.LogRecord("azbuild.x", logging.ERROR, __file__, 1, "got %s", (SENTINEL,),
+                               None)
+    try:
+        raise ValueError(f"bad value {SENTINEL!r}")
+    except ValueError:
+        record.exc_info = sys.exc_info()
+    assert redact.RedactingFilter().filter(record)
+    line = JsonFormatter().format(record)
+    assert_no_sentinel(line)
+    entry = json.loads(line)
+    assert entry["message"] == "got <sensitive>"
+    assert "ValueError: bad value '<sensitive>'" in entry["traceback"]
+
+
+def test_short_values_are_not_registered_but_structured_output_still_masks_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    redact.register("abc")
+    assert redact.redact("abc") == "abc"  # masking 3 characters everywhere would garble output
+    path = tmp_path / "t.toml"
+    path.write_text(TEMPLATE.replace(SENTINEL_TOML, "abc"))
+    assert main(["inspect", str(path), "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["variables"]["password"] == "<sensitive>"
+    assert data["install"]["root_password"] == "<sensitive>"
