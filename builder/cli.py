@@ -229,8 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     p.add_argument("--on-error", choices=("cleanup", "abort"), default="cleanup",
                    help="abort keeps the VM's disk and work directory for debugging")
-    p.add_argument("--output-dir", help="override output.directory")
-    p.add_argument("--connect", help="libvirt URI (overrides vm.connect)")
+    p.add_argument("--output-dir", metavar="DIR", help="override output.directory")
+    p.add_argument("--connect", metavar="URI", help="libvirt URI (overrides vm.connect)")
 
     p = command("validate", cmd_validate, "check templates without building")
     p.add_argument("templates", nargs="+", metavar="TEMPLATE")
@@ -239,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("inspect", cmd_inspect, "print the fully resolved template, secrets redacted")
     p.add_argument("template")
     with_vars(p)
-    p.add_argument("--format", choices=("toml", "json"), default="toml")
+    p.add_argument("--format", choices=("toml", "json"), default="toml",
+                   help="output format (default: toml)")
 
     p = command("render", cmd_render, "write everything a build would feed the VM")
     p.add_argument("template")
@@ -248,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("schema", cmd_schema, "print the template's JSON Schema")
     p = command("distros", cmd_distros, "list supported distros and versions")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     p = command("convert", cmd_convert, "convert a disk image to an Azure fixed VHD")
     p.add_argument("source", metavar="SRC")
@@ -257,12 +258,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("check", cmd_check, "check an image offline for Azure readiness")
     p.add_argument("image", metavar="IMAGE")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--skip", action="append", metavar="ID", help="skip a requirement (R01..R13)")
 
     p = command("gc", cmd_gc, "list (and with --yes remove) leftover domains and work dirs")
     p.add_argument("--yes", action="store_true", help="remove what is listed")
-    p.add_argument("--connect", help="libvirt URI")
+    p.add_argument("--connect", metavar="URI", help="libvirt URI")
     return parser
 
 
