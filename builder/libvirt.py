@@ -432,25 +432,25 @@ class RunningDomain:
         )
 
     def wait_started(self, timeout: float) -> None:
-        """The start watchdog: the guest must print something on its serial console
-        within `timeout` s, and more than firmware messages saying it found nothing to boot."""
-        match = self.serial.wait_for(_OS_OUTPUT, timeout, stop=self.stopped_event)
-        if match is not None:
-            return
-        if self.stopped_event.is_set():
-            raise self.stopped_error("waiting for the guest to start")
-        text = self.serial.text()
+        """The start watchdog: within `timeout` s the guest must print something on its
+        serial console besides firmware messages; fails at once when the firmware says
+        it found nothing to boot, or when the domain stops."""
+        match = self.serial.wait_for(_STARTED_OR_NO_BOOT, timeout, stop=self.stopped_event)
         hint = (
             "check the firmware (bios/uefi) matches the image, and if the accelerator is "
             "kvm, try accelerator = \"tcg\": a broken KVM can run the firmware but not the kernel"
         )
-        if _NO_BOOT_DEVICE.search(text):
+        if match is not None and match.lastgroup == "os":
+            return
+        if match is not None:
             raise BuildError(
-                f"the guest did not start: the firmware found no bootable device within "
-                f"{timeout:.0f}s; the end of the serial console:\n{_indent(self.serial.tail())}",
+                "the guest did not start: the firmware found no bootable device; "
+                f"the end of the serial console:\n{_indent(self.serial.tail())}",
                 hint=hint,
             )
-        if not text.strip():
+        if self.stopped_event.is_set():
+            raise self.stopped_error("waiting for the guest to start")
+        if not self.serial.has_output():
             raise BuildError(
                 f"the guest did not start: no output on the serial console within "
                 f"{timeout:.0f}s",
@@ -463,14 +463,19 @@ class RunningDomain:
         )
 
 
-# Firmware lines (SeaBIOS, iPXE, OVMF) are not the guest's OS starting.
+# Firmware lines (SeaBIOS, iPXE, OVMF and its shell) are not the guest's OS starting.
 _FIRMWARE_LINE = (
     r"(?:SeaBIOS|iPXE|Machine UUID|Booting from|Boot failed|No bootable device|Press |"
-    r"BdsDxe|UEFI|Shell>|Start PXE|PXE-|>>|Retrying|ESC|Select boot|\s*$)"
+    r"BdsDxe|UEFI|EDK II|Shell>|Mapping table|\s*(?:FS|BLK)\d+:|Start PXE|PXE-|>>|"
+    r"Retrying|ESC|Select boot|startup\.nsh|\s*$)"
 )
-_OS_OUTPUT = rf"(?m)^(?!{_FIRMWARE_LINE}).*\S"
-_NO_BOOT_DEVICE = re.compile(
-    r"No bootable device|Boot failed: not a bootable disk|No bootable option"
+_NO_BOOT_DEVICE = (
+    r"No bootable device|Boot failed: not a bootable disk|No bootable option|"
+    r"starting Boot\d+ \"EFI Internal Shell\""
+)
+# Whichever comes first: the firmware giving up, or a line of the OS (or its bootloader).
+_STARTED_OR_NO_BOOT = re.compile(
+    rf"(?m)(?P<noboot>{_NO_BOOT_DEVICE})|(?P<os>^(?!{_FIRMWARE_LINE}).*\S)"
 )
 
 
