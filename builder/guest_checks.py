@@ -1,0 +1,1201 @@
+"""Offline Azure-readiness checks R03..R13 of a Linux disk image, from one libguestfs launch.
+
+The image is added read-only (libguestfs puts a throw-away overlay in front of
+it). The filesystems' clean/dirty state (R13) is read from the raw superblocks
+first, before anything mounts them, because mounting an ext4 that needs
+recovery replays its journal into the overlay and would hide the problem. Then
+the OS is inspected and mounted read-only, and every other check reads files:
+the pure parsing functions below take file text and return findings, so they
+are unit-tested without an appliance (tests/test_guest_checks_parse.py).
+Initrds are downloaded and listed on the host by builder/initrd_list.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import shlex
+import struct
+import tempfile
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from builder.errors import UsageError
+from builder.initrd_list import InitrdError, kernel_versions_in, list_initrd, module_name
+from builder.report import CheckResult, Status
+
+log = logging.getLogger(__name__)
+
+IMAGE_FORMATS = ("raw", "qcow2", "vpc", "vhdx")
+REQUIRED_ARGS = ("console=ttyS0", "earlyprintk=ttyS0", "rootdelay=300")
+FORBIDDEN_ARGS = ("rhgb", "quiet")
+REQUIRED_MODULES = ("hv_vmbus", "hv_storvsc")
+WANTED_MODULES = ("hv_netvsc",)
+AGENT_PACKAGES = ("waagent", "walinuxagent", "WALinuxAgent", "python-azure-agent",
+                  "python3-azure-agent")
+AGENT_UNITS = ("walinuxagent.service", "waagent.service")
+AGENT_SYSV = ("walinuxagent", "waagent")
+AGENT_BINARIES = ("/usr/sbin/waagent", "/usr/bin/waagent", "/usr/local/sbin/waagent")
+SSH_PACKAGES = ("openssh-server", "openssh")
+SSH_UNITS = ("ssh.service", "sshd.service", "ssh.socket", "sshd.socket")
+SSH_SYSV = ("ssh", "sshd", "openssh-server")
+SSH_BINARIES = ("/usr/sbin/sshd",)
+CLOUD_INIT_UNITS = ("cloud-init.service", "cloud-init-local.service", "cloud-init-main.service")
+UNIT_DIRS = ("/etc/systemd/system", "/lib/systemd/system", "/usr/lib/systemd/system")
+SYSV_DIRS = tuple(f"/etc/rc{n}.d" for n in (2, 3, 4, 5)) + tuple(
+    f"/etc/rc.d/rc{n}.d" for n in (2, 3, 4, 5)
+)
+GRUB_CONFIGS = ("/boot/grub/grub.cfg", "/boot/grub2/grub.cfg", "/boot/efi/EFI/*/grub.cfg",
+                "/boot/grub/grub.conf", "/boot/grub/menu.lst", "/boot/grub2/grub.conf")
+SWAP_GPT_TYPE = "0657FD6D-A4AB-43C4-84E5-0933C84B4F4F"
+SWAP_MBR_IDS = (0x82,)
+LVM_MBR_IDS = (0x8E,)
+LVM_GPT_TYPE = "E6D6D379-F507-44C2-A23C-238F2A3DF928"
+HISTORY_FILES = (".bash_history", ".zsh_history", ".sh_history", ".ash_history", ".history")
+INSTALLER_LEFTOVERS = (
+    "/root/anaconda-ks.cfg", "/root/original-ks.cfg", "/root/initial-setup-ks.cfg",
+    "/var/log/anaconda", "/var/log/installer", "/root/autoinst.xml", "/var/adm/autoinstall",
+    "/autoinstall.yaml", "/var/lib/cloud/seed/nocloud/user-data",
+)
+LEASE_GLOBS = (
+    "/var/lib/dhcp/*", "/var/lib/dhclient/*", "/var/lib/NetworkManager/*.lease",
+    "/var/lib/NetworkManager/dhclient-*", "/var/lib/dhcpcd/*.lease", "/var/lib/dhcpcd5/*.lease",
+    "/var/lib/wicked/lease-*", "/var/lib/systemd/netif/leases/*",
+)
+SMALL_FILE = 4 * 1024 * 1024  # larger files go through download(), not read_file()
+EXT_MAGIC = 0xEF53
+EXT_STATE_VALID = 0x0001
+EXT_STATE_ERROR = 0x0002
+EXT_INCOMPAT_RECOVER = 0x0004
+EXT_COMPAT_HAS_JOURNAL = 0x0004
+
+
+# ---------------------------------------------------------------- pure parsing
+
+
+def where(path: str, number: int, text: str) -> str:
+    """Evidence for one line of a file: `path:number: text`."""
+    return f"{path}:{number}: {text.strip()}"
+
+
+@dataclass(frozen=True)
+class FstabEntry:
+    spec: str
+    mountpoint: str
+    vfstype: str
+    options: str
+    line: int
+    text: str
+
+
+def parse_fstab(text: str) -> list[FstabEntry]:
+    entries = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        fields = line.split("#", 1)[0].split()
+        if len(fields) >= 3:
+            opts = fields[3] if len(fields) > 3 else "defaults"
+            entries.append(FstabEntry(fields[0], fields[1], fields[2], opts, number, line))
+    return entries
+
+
+def fstab_swaps(text: str, path: str = "/etc/fstab") -> list[str]:
+    """Evidence lines for every swap entry of an fstab."""
+    return [where(path, e.line, e.text) for e in parse_fstab(text) if e.vfstype == "swap"]
+
+
+def parse_shell_assignments(text: str) -> dict[str, tuple[str, int]]:
+    """`KEY=value` lines of a shell-sourced defaults file (/etc/default/grub):
+    quotes removed, `$KEY`/`${KEY}` of earlier lines expanded. Value and line number."""
+    values: dict[str, tuple[str, int]] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        m = re.match(r"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$", line)
+        if not m:
+            continue
+        raw = m.group(2)
+        try:
+            words = shlex.split(raw, comments=True)
+        except ValueError:
+            words = [raw.strip().strip("\"'")]
+        value = " ".join(words)
+        value = re.sub(
+            r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?",
+            lambda v: values.get(v.group(1), ("", 0))[0],
+            value,
+        )
+        values[m.group(1)] = (value, number)
+    return values
+
+
+@dataclass(frozen=True)
+class KernelLine:
+    path: str
+    line: int
+    kernel: str  # the kernel image path as written (e.g. /boot/vmlinuz-6.1.0-28-amd64)
+    args: tuple[str, ...]
+    title: str = ""
+
+    @property
+    def recovery(self) -> bool:
+        """Recovery/single-user entries carry only the distro's base arguments."""
+        t = self.title.lower()
+        return "recovery mode" in t or "single" in self.args or "emergency" in self.args
+
+    def evidence(self) -> str:
+        return f"{self.path}:{self.line}"
+
+
+_TITLE_RE = re.compile(r"""^\s*(?:menuentry|submenu)\s+(?:'([^']*)'|"([^"]*)"|(\S+))""")
+
+
+def _expand_grub_vars(args: Iterable[str], variables: Mapping[str, str]) -> list[str]:
+    out: list[str] = []
+    for arg in args:
+        m = re.fullmatch(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?", arg)
+        if m and m.group(1) in variables:
+            out += variables[m.group(1)].split()
+        else:
+            out.append(arg)
+    return out
+
+
+def grub_kernel_lines(
+    text: str, path: str, variables: Mapping[str, str] | None = None
+) -> list[KernelLine]:
+    """Kernel lines of a grub2 grub.cfg (`linux`, `linux16`, `linuxefi`) or of a legacy
+    grub.conf/menu.lst (`kernel`), with the title of the entry they belong to.
+    `$var` arguments are expanded from `variables` (grubenv's `kernelopts`)."""
+    variables = dict(variables or {})
+    lines: list[KernelLine] = []
+    title = ""
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        m = _TITLE_RE.match(stripped)
+        if m and stripped.startswith("menuentry"):
+            title = next(g for g in m.groups() if g is not None)
+            continue
+        if stripped.startswith("title "):
+            title = stripped[6:].strip()
+            continue
+        sm = re.match(r"set\s+([A-Za-z_][A-Za-z0-9_]*)=(.*)$", stripped)
+        if sm and sm.group(1) == "kernelopts":
+            with contextlib.suppress(ValueError):
+                variables.setdefault("kernelopts", " ".join(shlex.split(sm.group(2))))
+            continue
+        words = stripped.split()
+        if len(words) >= 2 and words[0] in ("linux", "linux16", "linuxefi", "kernel"):
+            args = tuple(_expand_grub_vars(words[2:], variables))
+            lines.append(KernelLine(path, number, words[1], args, title))
+    return lines
+
+
+def bls_kernel_line(text: str, path: str, variables: Mapping[str, str]) -> KernelLine | None:
+    """A Boot Loader Specification entry (/boot/loader/entries/*.conf)."""
+    title, kernel, options, opt_line = "", "", "", 0
+    for number, line in enumerate(text.splitlines(), start=1):
+        key, _, value = line.strip().partition(" ")
+        if key == "title":
+            title = value.strip()
+        elif key == "linux":
+            kernel = value.strip()
+        elif key == "options":
+            options, opt_line = value.strip(), number
+    if not kernel:
+        return None
+    args = tuple(_expand_grub_vars(options.split(), variables))
+    return KernelLine(path, opt_line or 1, kernel, args, title)
+
+
+def parse_grubenv(text: str) -> dict[str, str]:
+    return {
+        k: v for k, _, v in (ln.partition("=") for ln in text.splitlines())
+        if k and not k.startswith("#")
+    }
+
+
+def _has_arg(args: Sequence[str], wanted: str) -> bool:
+    key, _, value = wanted.partition("=")
+    for arg in args:
+        k, _, v = arg.partition("=")
+        if k != key:
+            continue
+        if not value or v == value or v.startswith(value + ","):
+            return True
+        if key == "rootdelay" and v.isdigit() and int(v) >= int(value):
+            return True
+    return False
+
+
+def judge_cmdline(args: Sequence[str]) -> tuple[list[str], list[str], bool]:
+    """(missing required arguments, forbidden arguments present, has crashkernel=auto)."""
+    missing = [w for w in REQUIRED_ARGS if not _has_arg(args, w)]
+    forbidden = [a for a in args if a in FORBIDDEN_ARGS]
+    return missing, forbidden, "crashkernel=auto" in args
+
+
+def parse_key_values(text: str) -> dict[str, tuple[str, int]]:
+    """`Key=value` lines (waagent.conf): comments and blanks skipped; value and line number."""
+    out: dict[str, tuple[str, int]] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#") or "=" not in stripped:
+            continue
+        key, _, value = stripped.partition("=")
+        out[key.strip()] = (value.split("#", 1)[0].strip(), number)
+    return out
+
+
+@dataclass(frozen=True)
+class CloudInitState:
+    installed: bool
+    enabled: bool
+    evidence: str  # why it is (not) enabled
+    datasources: list[str] | None = None  # None: no datasource_list (default includes Azure)
+    datasource_evidence: str = ""
+    regenerates_host_keys: bool = True
+
+
+def cloud_datasources(text: str) -> list[str] | None:
+    """The `datasource_list` a cloud-init config sets (flow `[A, B]` or block `- A`), or None."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        m = re.match(r"\s*datasource_list\s*:\s*(.*)$", line.split("#", 1)[0])
+        if not m:
+            continue
+        rest = m.group(1).strip()
+        if rest.startswith("["):
+            flow = rest
+            j = i
+            while "]" not in flow and j + 1 < len(lines):
+                j += 1
+                flow += " " + lines[j].split("#", 1)[0]
+            inner = flow[1 : flow.index("]")] if "]" in flow else flow[1:]
+            return [s.strip().strip("'\"") for s in inner.split(",") if s.strip()]
+        if not rest:
+            items = []
+            for nxt in lines[i + 1 :]:
+                im = re.match(r"\s*-\s*(\S+)", nxt)
+                if not im:
+                    break
+                items.append(im.group(1).strip("'\""))
+            return items
+        return [rest.strip("'\"")]
+    return None
+
+
+def judge_waagent_conf(
+    conf: Mapping[str, tuple[str, int]], cloud_init: CloudInitState, path: str = "/etc/waagent.conf"
+) -> tuple[Status, str]:
+    """R10: judge waagent.conf by the provisioning mode it declares."""
+    def val(key: str) -> str | None:
+        return conf[key][0] if key in conf else None
+
+    def show(key: str) -> str:
+        return f"{key}={conf[key][0]} ({path}:{conf[key][1]})" if key in conf else f"{key} unset"
+
+    problems: list[str] = []
+    agent = val("Provisioning.Agent")
+    if agent is None:
+        if (val("Provisioning.UseCloudInit") or "").lower() == "y":
+            agent = "cloud-init"
+        elif (val("Provisioning.Enabled") or "").lower() == "n":
+            agent = "disabled"
+        elif (val("Provisioning.Enabled") or "").lower() == "y":
+            agent = "waagent"
+        else:
+            problems.append("Provisioning.Agent is not set explicitly (the default is auto)")
+            agent = "auto"
+    agent = agent.lower()
+    mode = agent
+    if agent == "auto":
+        mode = "cloud-init" if cloud_init.enabled else "waagent"
+    facts = [show("Provisioning.Agent") if "Provisioning.Agent" in conf else f"mode {agent}"]
+    if agent == "auto":
+        facts.append(f"auto resolves to {mode}")
+    fmt = (val("ResourceDisk.Format") or "").lower()
+    swap = (val("ResourceDisk.EnableSwap") or "").lower()
+    for key in ("ResourceDisk.Format", "ResourceDisk.EnableSwap"):
+        if key not in conf:
+            problems.append(f"{key} is not set explicitly")
+    if mode == "waagent":
+        if fmt != "y":
+            problems.append(
+                f"waagent mode needs ResourceDisk.Format=y, found {show('ResourceDisk.Format')}"
+            )
+        for key in ("ResourceDisk.Filesystem", "ResourceDisk.MountPoint"):
+            if not val(key):
+                problems.append(f"{key} is not set")
+        if swap == "y":
+            size = val("ResourceDisk.SwapSizeMB") or ""
+            if not size.isdigit() or int(size) <= 0:
+                problems.append(
+                    "EnableSwap=y needs a positive ResourceDisk.SwapSizeMB, "
+                    f"found {show('ResourceDisk.SwapSizeMB')}"
+                )
+            if fmt != "y":
+                problems.append("EnableSwap=y needs ResourceDisk.Format=y")
+        if (val("Provisioning.RegenerateSshHostKeyPair") or "").lower() != "y":
+            problems.append(
+                "waagent mode needs Provisioning.RegenerateSshHostKeyPair=y (host keys are "
+                f"removed by deprovisioning), found {show('Provisioning.RegenerateSshHostKeyPair')}"
+            )
+        if cloud_init.enabled:
+            problems.append(f"cloud-init is enabled ({cloud_init.evidence}) but waagent provisions")
+        facts += [show("ResourceDisk.Format"), show("ResourceDisk.EnableSwap"),
+                  f"cloud-init: {cloud_init.evidence}"]
+    elif mode == "cloud-init":
+        if fmt != "n":
+            problems.append(
+                f"cloud-init mode needs ResourceDisk.Format=n (cloud-init owns the resource disk), "
+                f"found {show('ResourceDisk.Format')}"
+            )
+        if swap != "n":
+            problems.append(
+                "cloud-init mode needs ResourceDisk.EnableSwap=n, "
+                f"found {show('ResourceDisk.EnableSwap')}"
+            )
+        if not cloud_init.installed:
+            problems.append("cloud-init mode but cloud-init is not installed")
+        elif not cloud_init.enabled:
+            problems.append(
+                f"cloud-init mode but cloud-init is not enabled ({cloud_init.evidence})"
+            )
+        if cloud_init.datasources is not None and "Azure" not in cloud_init.datasources:
+            problems.append(
+                f"cloud-init's datasource_list has no Azure: {cloud_init.datasource_evidence}"
+            )
+        if not cloud_init.regenerates_host_keys:
+            problems.append(
+                "cloud-init is configured not to generate SSH host keys (ssh_genkeytypes: [])"
+            )
+        facts += [show("ResourceDisk.Format"), show("ResourceDisk.EnableSwap"),
+                  f"cloud-init {cloud_init.evidence}",
+                  cloud_init.datasource_evidence or "default datasource list (includes Azure)"]
+    elif mode == "disabled":
+        problems.append(
+            "provisioning is disabled: nothing creates the admin user or regenerates SSH host keys"
+        )
+    else:
+        problems.append(f"unknown provisioning agent {agent!r}")
+    if problems:
+        return "fail", "; ".join(problems)
+    return "pass", f"{mode} mode: " + "; ".join(facts)
+
+
+def sudoers_findings(text: str, path: str) -> list[str]:
+    """R11: `Defaults targetpw` and `ALL ALL=(ALL) ALL` style lines in one sudoers file."""
+    findings = []
+    logical: list[tuple[int, str]] = []
+    pending, start = "", 0
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not pending:
+            start = number
+        if line.rstrip().endswith("\\"):
+            pending += line.rstrip()[:-1].strip() + " "
+            continue
+        logical.append((start, pending + (line.strip() if pending else line)))
+        pending = ""
+    if pending:
+        logical.append((start, pending))
+    for number, line in logical:
+        body = line.strip()
+        if body.startswith(("#include", "@include")) or not body:
+            continue
+        body = re.sub(r"(?<!\\)#(?!\d).*$", "", body).strip()  # "#123" is a uid, not a comment
+        if not body:
+            continue
+        m = re.match(r"Defaults(?:[:@!>][^\s]+)?\s+(.*)$", body)
+        if m:
+            opts = [o.strip() for o in m.group(1).split(",")]
+            if "targetpw" in opts:
+                findings.append(where(path, number, line))
+            continue
+        norm = re.sub(r"\s+", " ", body)
+        if re.fullmatch(
+            r"ALL ALL ?= ?(\(ALL(?: ?: ?ALL)?\) ?)?(?:[A-Z_]+: ?)*ALL", norm
+        ):
+            findings.append(where(path, number, line))
+    return findings
+
+
+def shadow_password_field(shadow: str, user: str) -> str | None:
+    for line in shadow.splitlines():
+        parts = line.split(":")
+        if len(parts) >= 2 and parts[0] == user:
+            return parts[1]
+    return None
+
+
+def password_locked(field_value: str) -> bool:
+    """Locked: `!`/`*` prefix (`!`, `!!`, `*`, `!$6$...`). Empty means no password at all."""
+    return field_value.startswith(("!", "*"))
+
+
+def users_with_passwords(passwd: str, shadow: str) -> list[str]:
+    """Login users (uid >= 1000, not nobody) whose password is usable: build leftovers."""
+    users = []
+    for line in passwd.splitlines():
+        parts = line.split(":")
+        if len(parts) >= 3 and parts[2].isdigit() and 1000 <= int(parts[2]) < 60000:
+            pw = shadow_password_field(shadow, parts[0])
+            if pw is not None and pw and not password_locked(pw):
+                users.append(parts[0])
+    return users
+
+
+def unit_enabled(
+    units: Sequence[str], links: Mapping[str, str]
+) -> tuple[bool | None, str]:
+    """Is any of `units` enabled, judging from systemd's symlinks (`links`: link path ->
+    target, from /etc/systemd/system and the vendor unit directories)? True with the
+    enabling link, False when masked, None when nothing enables it."""
+    names = set(units)
+    for link, target in links.items():  # aliases: sshd.service -> ssh.service
+        p = PurePosixPath(link)
+        if p.parent.name.endswith((".wants", ".requires")):
+            continue
+        tname = PurePosixPath(target).name
+        if p.name in names and target != "/dev/null":
+            names.add(tname)
+        elif tname in names and p.name.endswith((".service", ".socket")):
+            names.add(p.name)
+    for link, target in sorted(links.items()):
+        p = PurePosixPath(link)
+        if str(p.parent) == "/etc/systemd/system" and p.name in units and target == "/dev/null":
+            return False, f"{link} -> /dev/null (masked)"
+    for link, target in sorted(links.items()):
+        p = PurePosixPath(link)
+        if not p.parent.name.endswith((".wants", ".requires")):
+            continue
+        if p.name in names or PurePosixPath(target).name in names:
+            return True, f"{link} -> {target}"
+    return None, "no enablement link for " + "/".join(units)
+
+
+def sysv_enabled(sysv_names: Sequence[str], rc_entries: Mapping[str, Sequence[str]]) -> str | None:
+    """A SysV start link (`/etc/rc3.d/S20name`) for one of the names, or None."""
+    for directory, names in sorted(rc_entries.items()):
+        for name in names:
+            m = re.match(r"S\d\d(.+)$", name)
+            if m and m.group(1) in sysv_names:
+                return f"{directory}/{name}"
+    return None
+
+
+def parse_dpkg_status(text: str) -> dict[str, str]:
+    """Installed packages (`Status: install ok installed`) of a dpkg status file -> version."""
+    installed: dict[str, str] = {}
+    for stanza in re.split(r"\n\s*\n", text):
+        fields: dict[str, str] = {}
+        for line in stanza.splitlines():
+            if line[:1] not in (" ", "\t") and ":" in line:
+                k, _, v = line.partition(":")
+                fields[k] = v.strip()
+        status = fields.get("Status", "").split()
+        if "Package" in fields and status[-1:] == ["installed"] and status[:1] != ["deinstall"]:
+            installed[fields["Package"]] = fields.get("Version", "")
+    return installed
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """`2.6.32-754.el6.x86_64` -> (2, 6, 32); `6.1.0-28-cloud-amd64` -> (6, 1, 0)."""
+    m = re.match(r"(\d+(?:\.\d+)*)", version)
+    return tuple(int(x) for x in m.group(1).split(".")) if m else ()
+
+
+def kernel_version_status(version: str, numa_off: bool) -> tuple[Status, str]:
+    v = version_tuple(version)
+    if not v:
+        return "warn", f"{version}: version not understood"
+    if v <= (2, 6, 37):
+        if numa_off:
+            return "warn", f"{version} (2.6.37 or older, boots with numa=off; 3.8+ recommended)"
+        return "fail", f"{version} is 2.6.37 or older and its kernel lines lack numa=off"
+    if v < (3, 8):
+        return "warn", f"{version} is older than 3.8 (recommended minimum)"
+    return "pass", version
+
+
+def initrd_version(name: str) -> str | None:
+    """Kernel version from an initrd file name (Debian, RHEL and SUSE naming)."""
+    for pattern in (r"initrd\.img-(.+)$", r"initramfs-(.+?)\.img$", r"initrd-(.+?)(?:\.img)?$"):
+        m = re.match(pattern, name)
+        if m:
+            return m.group(1)
+    return None
+
+
+def builtin_modules(text: str) -> set[str]:
+    """Module names of /lib/modules/<ver>/modules.builtin."""
+    return {n for line in text.splitlines() if (n := module_name(line.strip()))}
+
+
+def superblock_state(sb: bytes) -> tuple[bool, str]:
+    """R13 for ext2/3/4 from the 1024-byte superblock: (clean, description)."""
+    if len(sb) < 0x64 or struct.unpack_from("<H", sb, 0x38)[0] != EXT_MAGIC:
+        return False, "no ext2/3/4 superblock"
+    state = struct.unpack_from("<H", sb, 0x3A)[0]
+    compat, incompat = struct.unpack_from("<II", sb, 0x5C)
+    problems = []
+    if incompat & EXT_INCOMPAT_RECOVER:
+        problems.append("needs_recovery (journal not replayed)")
+    if not state & EXT_STATE_VALID:
+        problems.append(f"not clean (s_state=0x{state:04x})")
+    if state & EXT_STATE_ERROR:
+        problems.append(f"has errors (s_state=0x{state:04x})")
+    if problems:
+        return False, ", ".join(problems)
+    journal = "journal clean" if compat & EXT_COMPAT_HAS_JOURNAL else "no journal"
+    return True, f"clean (s_state=0x{state:04x}, {journal})"
+
+
+# ---------------------------------------------------------------- the appliance side
+
+
+class _Guest:
+    """Small, failure-tolerant helpers over a launched guestfs handle."""
+
+    def __init__(self, g: Any, tmp: Path) -> None:
+        self.g = g
+        self.tmp = tmp
+
+    def exists(self, path: str) -> bool:
+        try:
+            return bool(self.g.exists(path))
+        except RuntimeError:
+            return False
+
+    def is_file(self, path: str) -> bool:
+        try:
+            return bool(self.g.is_file(path, followsymlinks=True))
+        except RuntimeError:
+            return False
+
+    def is_dir(self, path: str) -> bool:
+        try:
+            return bool(self.g.is_dir(path, followsymlinks=True))
+        except RuntimeError:
+            return False
+
+    def is_symlink(self, path: str) -> bool:
+        try:
+            return bool(self.g.is_symlink(path))
+        except RuntimeError:
+            return False
+
+    def size(self, path: str) -> int:
+        try:
+            return int(self.g.filesize(path))
+        except RuntimeError:
+            return 0
+
+    def read_bytes(self, path: str) -> bytes | None:
+        if not self.is_file(path):
+            return None
+        try:
+            if self.size(path) <= SMALL_FILE:
+                return bytes(self.g.read_file(path))
+            local = self.tmp / "download"
+            self.g.download(path, str(local))
+            data = local.read_bytes()
+            local.unlink()
+            return data
+        except RuntimeError as exc:
+            log.debug("cannot read %s: %s", path, exc)
+            return None
+
+    def read_text(self, path: str) -> str | None:
+        data = self.read_bytes(path)
+        return None if data is None else data.decode("utf-8", "replace")
+
+    def ls(self, path: str) -> list[str]:
+        if not self.is_dir(path):
+            return []
+        try:
+            return sorted(self.g.ls(path))
+        except RuntimeError:
+            return []
+
+    def glob(self, pattern: str) -> list[str]:
+        try:
+            return sorted(self.g.glob_expand(pattern))
+        except RuntimeError:
+            return []
+
+    def links_in(self, directory: str) -> dict[str, str]:
+        names = self.ls(directory)
+        if not names:
+            return {}
+        try:
+            targets = self.g.readlinklist(directory, names)
+        except RuntimeError:
+            return {}
+        return {f"{directory}/{n}": t for n, t in zip(names, targets, strict=False) if t}
+
+
+@dataclass
+class _Facts:
+    """What was learnt from the guest before the per-requirement judgements."""
+
+    root_device: str = ""
+    mountpoints: dict[str, str] = field(default_factory=dict)
+    packages: dict[str, str] = field(default_factory=dict)
+    package_source: str = ""
+    links: dict[str, str] = field(default_factory=dict)
+    rc_entries: dict[str, list[str]] = field(default_factory=dict)
+    kernel_lines: list[KernelLine] = field(default_factory=list)
+    kernel_args_any: set[str] = field(default_factory=set)
+
+
+def guest_checks(image: Path, image_format: str) -> list[CheckResult]:
+    """One CheckResult for each of R03..R13 (in that order), then extra warnings (W-*)."""
+    if image_format not in IMAGE_FORMATS:
+        raise UsageError(
+            f"unknown image format {image_format!r}", hint=f"one of {', '.join(IMAGE_FORMATS)}"
+        )
+    if not image.is_file() or not os.access(image, os.R_OK):
+        raise UsageError(f"cannot read {image}: not a readable file")
+    import guestfs  # the system binding; see docs/check.md
+
+    started = time.monotonic()
+    g = guestfs.GuestFS(python_return_dict=True)
+    try:
+        try:
+            g.add_drive_opts(str(image), readonly=True, format=image_format)
+            g.launch()
+        except RuntimeError as exc:
+            raise UsageError(
+                f"cannot open {image} as a {image_format} disk image: {exc}",
+                hint="check the file and its format; `qemu-img info` shows what it holds",
+            ) from None
+        log.debug("appliance up in %.1f s", time.monotonic() - started)
+        with tempfile.TemporaryDirectory(prefix="azbuild-check-") as tmp:
+            results = _run_checks(g, _Guest(g, Path(tmp)), image)
+        with contextlib.suppress(RuntimeError):
+            g.shutdown()
+    finally:
+        g.close()
+    log.info("guest checks of %s took %.1f s", image, time.monotonic() - started)
+    return results
+
+
+def _run_checks(g: Any, guest: _Guest, image: Path) -> list[CheckResult]:
+    filesystems: dict[str, str] = dict(g.list_filesystems())
+    r13 = _check_clean(g, filesystems)  # before anything mounts a filesystem
+    roots = [r for r in g.inspect_os() if g.inspect_get_type(r) == "linux"]
+    if not roots:
+        raise UsageError(
+            f"no Linux operating system found in {image}",
+            hint="is this the OS disk of a Linux image (and the right --format)?",
+        )
+    facts = _Facts(root_device=roots[0])
+    facts.mountpoints = dict(g.inspect_get_mountpoints(roots[0]))
+    unmounted = []
+    for mp in sorted(facts.mountpoints, key=len):
+        try:
+            g.mount_ro(facts.mountpoints[mp], mp)
+        except RuntimeError as exc:
+            unmounted.append(f"{mp} ({facts.mountpoints[mp]}: {exc})")
+    if unmounted:
+        log.warning("could not mount %s", "; ".join(unmounted))
+    _gather(g, guest, facts, roots[0])
+    r03, extras = _check_partitions(g, facts, filesystems)
+    results = [
+        r03,
+        _check_swap(g, guest, filesystems),
+        _check_initrds(guest),
+        _check_kernels(guest, facts),
+        _check_cmdline(guest, facts),
+        _check_service("R08", guest, facts, AGENT_PACKAGES, AGENT_UNITS, AGENT_SYSV,
+                       AGENT_BINARIES),
+        _check_service("R09", guest, facts, SSH_PACKAGES, SSH_UNITS, SSH_SYSV, SSH_BINARIES),
+        _check_waagent_conf(guest, facts),
+        _check_sudoers(guest),
+        _check_generalised(guest),
+        r13,
+    ]
+    if unmounted:
+        extras.append(CheckResult("W-MOUNT", "warn", "could not mount " + "; ".join(unmounted),
+                                  "every filesystem of the OS mounts"))
+    return results + extras
+
+
+def _gather(g: Any, guest: _Guest, facts: _Facts, root: str) -> None:
+    status = guest.read_text("/var/lib/dpkg/status")
+    if status is not None:
+        facts.packages = parse_dpkg_status(status)
+        facts.package_source = "dpkg"
+    else:
+        try:
+            apps = g.inspect_list_applications2(root)
+            facts.packages = {a["app2_name"]: a["app2_version"] for a in apps}
+            facts.package_source = g.inspect_get_package_format(root)
+        except RuntimeError as exc:
+            log.debug("cannot list applications: %s", exc)
+    for directory in UNIT_DIRS:
+        facts.links.update(guest.links_in(directory))
+        for sub in guest.ls(directory):
+            if sub.endswith((".wants", ".requires")):
+                facts.links.update(guest.links_in(f"{directory}/{sub}"))
+    for directory in SYSV_DIRS:
+        names = guest.ls(directory)
+        if names:
+            facts.rc_entries[directory] = names
+    facts.kernel_lines = _kernel_lines(guest)
+    for kl in facts.kernel_lines:
+        facts.kernel_args_any.update(kl.args)
+
+
+def _kernel_lines(guest: _Guest) -> list[KernelLine]:
+    grubenv: dict[str, str] = {}
+    for env_path in ("/boot/grub2/grubenv", "/boot/grub/grubenv"):
+        text = guest.read_text(env_path)
+        if text:
+            grubenv.update(parse_grubenv(text))
+    lines: list[KernelLine] = []
+    uses_bls = False
+    for pattern in GRUB_CONFIGS:
+        for path in guest.glob(pattern) if "*" in pattern else [pattern]:
+            text = guest.read_text(path)
+            if text is None:
+                continue
+            uses_bls = uses_bls or "blscfg" in text
+            lines += grub_kernel_lines(text, path, grubenv)
+    if uses_bls or not lines:
+        for path in guest.glob("/boot/loader/entries/*.conf"):
+            text = guest.read_text(path)
+            kl = bls_kernel_line(text, path, grubenv) if text else None
+            if kl:
+                lines.append(kl)
+    return lines
+
+
+def _result(rid: str, status: Status, evidence: str) -> CheckResult:
+    return CheckResult(rid, status, evidence)
+
+
+def _check_partitions(
+    g: Any, facts: _Facts, filesystems: Mapping[str, str]
+) -> tuple[CheckResult, list[CheckResult]]:
+    extras: list[CheckResult] = []
+    problems: list[str] = []
+    facts_txt: list[str] = []
+    for dev in g.list_devices():
+        try:
+            parttype = g.part_get_parttype(dev)
+        except RuntimeError:
+            parttype = ""
+        if not parttype:
+            if filesystems.get(dev) not in (None, "unknown"):
+                problems.append(f"no partition table: {filesystems[dev]} directly on {dev}")
+            continue
+        facts_txt.append(f"{dev}: {parttype} partition table")
+        if parttype == "msdos":
+            mbr = bytes(g.pread_device(dev, 440, 0))
+            if not any(mbr):
+                extras.append(CheckResult(
+                    "W-MBR", "warn",
+                    f"{dev}: the MBR's 440 boot-code bytes are all zero: no boot loader is "
+                    "installed there, a Gen1 VM cannot boot this disk",
+                    "boot code in the MBR",
+                ))
+    pvs = list(g.pvs())
+    if pvs:
+        vgs = ", ".join(g.vgs()) or "none"
+        problems.append(f"LVM physical volume(s) on the OS disk: {', '.join(pvs)} (VG {vgs})")
+    for part in g.list_partitions():
+        if _partition_type_is(g, part, LVM_MBR_IDS, LVM_GPT_TYPE) and part not in pvs:
+            problems.append(f"{part} has the LVM partition type")
+    md = list(g.list_md_devices())
+    if md:
+        problems.append(f"software RAID on the OS disk: {', '.join(md)}")
+    root_dev = facts.mountpoints.get("/", facts.root_device)
+    lvs = set(g.lvs())
+    canonical = g.canonical_device_name(root_dev) if root_dev else ""
+    if root_dev.startswith("/dev/mapper/") or canonical in lvs or root_dev in lvs:
+        problems.append(f"root filesystem on LVM ({root_dev})")
+    facts_txt.append(f"root on {canonical or root_dev} ({filesystems.get(root_dev, '?')})")
+    if problems:
+        return _result("R03", "fail", "; ".join(problems)), extras
+    return _result("R03", "pass", "; ".join([*facts_txt, "no LVM, no RAID"])), extras
+
+
+def _partition_type_is(g: Any, part: str, mbr_ids: Sequence[int], gpt_type: str) -> bool:
+    try:
+        dev = g.part_to_dev(part)
+        num = g.part_to_partnum(part)
+        parttype = g.part_get_parttype(dev)
+        if parttype == "msdos":
+            return int(g.part_get_mbr_id(dev, num)) in mbr_ids
+        if parttype == "gpt":
+            return str(g.part_get_gpt_type(dev, num)).upper() == gpt_type
+    except RuntimeError:
+        pass
+    return False
+
+
+def _check_swap(g: Any, guest: _Guest, filesystems: Mapping[str, str]) -> CheckResult:
+    problems = []
+    for part in g.list_partitions():
+        if _partition_type_is(g, part, SWAP_MBR_IDS, SWAP_GPT_TYPE):
+            problems.append(f"{part} has the swap partition type")
+    problems += [f"{dev} holds a swap signature" for dev, t in filesystems.items() if t == "swap"]
+    fstab = guest.read_text("/etc/fstab")
+    if fstab is None:
+        problems.append("no /etc/fstab")
+    else:
+        problems += [f"swap in fstab: {line}" for line in fstab_swaps(fstab)]
+    if problems:
+        return _result("R04", "fail", "; ".join(problems))
+    return _result("R04", "pass", "no swap partition, no swap signature, no swap in /etc/fstab")
+
+
+def _installed_kernels(guest: _Guest) -> dict[str, str]:
+    """Kernel version -> where it was found."""
+    kernels: dict[str, str] = {}
+    for path in guest.ls("/boot"):
+        for prefix in ("vmlinuz-", "vmlinux-", "kernel-"):
+            if path.startswith(prefix) and "rescue" not in path:
+                full = f"/boot/{path}"
+                if not guest.is_symlink(full):
+                    kernels[path[len(prefix):]] = full
+    for ver in guest.ls("/lib/modules") or guest.ls("/usr/lib/modules"):
+        if ver in kernels:
+            continue
+        for image in (f"/lib/modules/{ver}/vmlinuz", f"/usr/lib/modules/{ver}/vmlinuz"):
+            if guest.is_file(image):
+                kernels[ver] = image
+                break
+    return kernels
+
+
+def _check_kernels(guest: _Guest, facts: _Facts) -> CheckResult:
+    kernels = _installed_kernels(guest)
+    if not kernels:
+        return _result("R06", "fail", "no kernel found in /boot or /lib/modules")
+    worst: Status = "pass"
+    parts = []
+    order: dict[Status, int] = {"pass": 0, "skip": 0, "warn": 1, "fail": 2}
+    for ver, where_found in sorted(kernels.items()):
+        lines = [kl for kl in facts.kernel_lines if kl.kernel.endswith(ver)]
+        numa_off = bool(lines) and all("numa=off" in kl.args for kl in lines)
+        status, text = kernel_version_status(ver, numa_off)
+        parts.append(f"{text} ({where_found})")
+        if order[status] > order[worst]:
+            worst = status
+    return _result("R06", worst, "; ".join(parts))
+
+
+def _check_initrds(guest: _Guest) -> CheckResult:
+    kernels = _installed_kernels(guest)
+    initrds = [
+        f"/boot/{n}" for n in guest.ls("/boot")
+        if n.startswith(("initrd", "initramfs")) and "kdump" not in n
+        and not guest.is_symlink(f"/boot/{n}") and guest.is_file(f"/boot/{n}")
+    ]
+    problems: list[str] = []
+    good: list[str] = []
+    warnings: list[str] = []
+    covered: set[str] = set()
+    builtin_cache: dict[str, set[str]] = {}
+
+    def builtins(ver: str | None) -> set[str]:
+        if ver is None:
+            return set()
+        if ver not in builtin_cache:
+            text = guest.read_text(f"/lib/modules/{ver}/modules.builtin") or guest.read_text(
+                f"/usr/lib/modules/{ver}/modules.builtin")
+            builtin_cache[ver] = builtin_modules(text or "")
+        return builtin_cache[ver]
+
+    for path in initrds:
+        data = guest.read_bytes(path)
+        if data is None:
+            problems.append(f"{path}: cannot be read")
+            continue
+        try:
+            entries = list_initrd(data)
+        except InitrdError as exc:
+            problems.append(f"{path}: cannot be listed: {exc}")
+            continue
+        ver = initrd_version(PurePosixPath(path).name)
+        in_tree = kernel_versions_in(entries)
+        if ver not in kernels and len(in_tree) == 1:
+            ver = next(iter(in_tree))
+        if ver:
+            covered.add(ver)
+        present = {n for e in entries if e.is_file and (n := module_name(e.name))}
+        have = present | builtins(ver)
+        missing = [m for m in REQUIRED_MODULES if m not in have]
+        if missing:
+            problems.append(f"{path} lacks {', '.join(missing)}")
+        else:
+            where_b = [m for m in REQUIRED_MODULES if m not in present]
+            note = f" ({', '.join(where_b)} built into the kernel)" if where_b else ""
+            good.append(f"{path}: {', '.join(REQUIRED_MODULES)}{note}")
+        lacking = [m for m in WANTED_MODULES if m not in have]
+        if lacking:
+            warnings.append(f"{path} lacks {', '.join(lacking)}")
+    for ver in sorted(set(kernels) - covered):
+        have = builtins(ver)
+        if all(m in have for m in REQUIRED_MODULES):
+            good.append(f"kernel {ver}: no initrd, {', '.join(REQUIRED_MODULES)} built in")
+        else:
+            problems.append(f"kernel {ver} has no initrd under /boot and the Hyper-V "
+                            "drivers are not built in")
+    if problems:
+        return _result("R05", "fail", "; ".join(problems + warnings))
+    if not good:
+        return _result("R05", "fail", "no initrd under /boot")
+    if warnings:
+        return _result("R05", "warn", "; ".join(good + warnings))
+    return _result("R05", "pass", "; ".join(good) + f"; {', '.join(WANTED_MODULES)} too")
+
+
+def _check_cmdline(guest: _Guest, facts: _Facts) -> CheckResult:
+    problems: list[str] = []
+    notes: list[str] = []
+    crash = False
+    defaults = guest.read_text("/etc/default/grub")
+    if defaults is not None:
+        values = parse_shell_assignments(defaults)
+        args: list[str] = []
+        shown = []
+        for key in ("GRUB_CMDLINE_LINUX", "GRUB_CMDLINE_LINUX_DEFAULT"):
+            if key in values:
+                args += values[key][0].split()
+                shown.append(f'/etc/default/grub:{values[key][1]}: {key}="{values[key][0]}"')
+        missing, forbidden, has_crash = judge_cmdline(args)
+        crash = crash or has_crash
+        if missing:
+            problems.append(f"/etc/default/grub lacks {' '.join(missing)} ({'; '.join(shown)})")
+        if forbidden:
+            problems.append(f"/etc/default/grub has {' '.join(forbidden)} ({'; '.join(shown)})")
+        if not missing and not forbidden:
+            notes.append("; ".join(shown))
+    if not facts.kernel_lines:
+        problems.append("no boot loader configuration with kernel lines (looked for grub.cfg "
+                        "under /boot/grub, /boot/grub2, /boot/efi/EFI/*, grub.conf, menu.lst "
+                        "and /boot/loader/entries)")
+    judged = skipped = 0
+    for kl in facts.kernel_lines:
+        missing, forbidden, has_crash = judge_cmdline(kl.args)
+        crash = crash or has_crash
+        if forbidden:
+            problems.append(f"{kl.evidence()}: has {' '.join(forbidden)}")
+        if kl.recovery:
+            skipped += 1
+            continue
+        judged += 1
+        if missing:
+            problems.append(f"{kl.evidence()}: kernel line lacks {' '.join(missing)}")
+    if problems:
+        return _result("R07", "fail", "; ".join(problems))
+    configs = sorted({kl.path for kl in facts.kernel_lines})
+    summary = (f"{judged} kernel line(s) in {', '.join(configs)} have "
+               f"{' '.join(REQUIRED_ARGS)}, no {'/'.join(FORBIDDEN_ARGS)}")
+    if skipped:
+        summary += f" ({skipped} recovery entr{'y' if skipped == 1 else 'ies'} not judged)"
+    if crash:
+        return _result("R07", "warn", "crashkernel=auto is set (reserves 128 MB+ of RAM); "
+                       + "; ".join([summary, *notes]))
+    return _result("R07", "pass", "; ".join([summary, *notes]))
+
+
+def _service_state(
+    guest: _Guest, facts: _Facts, units: Sequence[str], sysv: Sequence[str]
+) -> tuple[bool, str]:
+    has_unit = any(
+        guest.exists(f"{d}/{u}") for d in UNIT_DIRS for u in units
+    ) or any(PurePosixPath(link).name in units for link in facts.links)
+    enabled, evidence = unit_enabled(units, facts.links)
+    if enabled:
+        return True, evidence
+    if enabled is False:
+        return False, evidence
+    if not has_unit:
+        rc = sysv_enabled(sysv, facts.rc_entries)
+        if rc:
+            return True, f"SysV start link {rc}"
+        return False, f"no systemd unit {'/'.join(units)} and no SysV start link"
+    return False, f"{'/'.join(units)} not enabled ({evidence})"
+
+
+def _check_service(
+    rid: str, guest: _Guest, facts: _Facts, packages: Sequence[str], units: Sequence[str],
+    sysv: Sequence[str], binaries: Sequence[str],
+) -> CheckResult:
+    what = "Azure Linux agent" if rid == "R08" else "SSH server"
+    pkgs = [f"{p} {facts.packages[p]}".strip() for p in packages if p in facts.packages]
+    bins = [b for b in binaries if guest.exists(b)]
+    problems = []
+    if pkgs:
+        installed = f"package {', '.join(pkgs)} ({facts.package_source})"
+    elif bins:
+        installed = f"no package, but {', '.join(bins)} present"
+    else:
+        problems.append(f"{what} not installed (no package {'/'.join(packages)} in "
+                        f"{facts.package_source or 'the package database'}, no "
+                        f"{'/'.join(binaries)})")
+        installed = ""
+    enabled, evidence = _service_state(guest, facts, units, sysv)
+    if not enabled:
+        problems.append(f"{what} not enabled at boot: {evidence}" if installed or "masked"
+                        in evidence else f"not enabled: {evidence}")
+    if rid == "R08" and installed and not any(
+        guest.exists(p) for p in ("/usr/bin/python3", "/usr/bin/python", "/usr/bin/python2")
+    ):
+        problems.append("no Python interpreter for the agent")
+    if problems:
+        return _result(rid, "fail", "; ".join(problems))
+    status: Status = "pass" if pkgs else "warn"
+    return _result(rid, status, f"{installed}; enabled: {evidence}")
+
+
+def _cloud_init_state(guest: _Guest, facts: _Facts) -> CloudInitState:
+    installed = "cloud-init" in facts.packages or guest.exists("/usr/bin/cloud-init")
+    datasources: list[str] | None = None
+    ds_evidence = ""
+    regenerates = True
+    configs = ["/etc/cloud/cloud.cfg", *guest.glob("/etc/cloud/cloud.cfg.d/*.cfg")]
+    for path in configs:
+        text = guest.read_text(path)
+        if text is None:
+            continue
+        found = cloud_datasources(text)
+        if found is not None:
+            datasources, ds_evidence = found, f"{path}: datasource_list: [{', '.join(found)}]"
+        if re.search(r"^\s*ssh_genkeytypes\s*:\s*\[\s*\]", text, re.M):
+            regenerates = False
+    if not installed:
+        return CloudInitState(False, False, "not installed", datasources, ds_evidence, regenerates)
+    if guest.exists("/etc/cloud/cloud-init.disabled"):
+        return CloudInitState(True, False, "disabled by /etc/cloud/cloud-init.disabled",
+                              datasources, ds_evidence, regenerates)
+    if "cloud-init=disabled" in facts.kernel_args_any:
+        return CloudInitState(True, False, "disabled by cloud-init=disabled on the kernel line",
+                              datasources, ds_evidence, regenerates)
+    enabled, evidence = unit_enabled(CLOUD_INIT_UNITS, facts.links)
+    if enabled:
+        return CloudInitState(True, True, f"enabled ({evidence})", datasources, ds_evidence,
+                              regenerates)
+    return CloudInitState(True, False, f"installed but not enabled ({evidence})", datasources,
+                          ds_evidence, regenerates)
+
+
+def _check_waagent_conf(guest: _Guest, facts: _Facts) -> CheckResult:
+    text = guest.read_text("/etc/waagent.conf")
+    if text is None:
+        return _result("R10", "fail", "no /etc/waagent.conf")
+    status, evidence = judge_waagent_conf(parse_key_values(text), _cloud_init_state(guest, facts))
+    return _result("R10", status, evidence)
+
+
+def _check_sudoers(guest: _Guest) -> CheckResult:
+    files = ["/etc/sudoers"]
+    files += [
+        f"/etc/sudoers.d/{n}" for n in guest.ls("/etc/sudoers.d")
+        if "." not in n and not n.endswith("~")  # what sudo's #includedir reads
+    ]
+    findings: list[str] = []
+    read = []
+    for path in files:
+        text = guest.read_text(path)
+        if text is None:
+            continue
+        read.append(path)
+        findings += sudoers_findings(text, path)
+    if findings:
+        return _result("R11", "fail", "; ".join(findings))
+    if not read:
+        return _result("R11", "pass", "no /etc/sudoers (sudo not installed)")
+    return _result("R11", "pass", f"no targetpw, no ALL ALL=(ALL) ALL in {', '.join(read)}")
+
+
+def _check_generalised(guest: _Guest) -> CheckResult:
+    found: list[str] = []
+    keys = [n for n in guest.ls("/etc/ssh") if n.startswith("ssh_host_")]
+    if keys:
+        found.append("SSH host keys " + ", ".join(f"/etc/ssh/{k}" for k in keys))
+    shadow = guest.read_text("/etc/shadow")
+    if shadow is None:
+        found.append("no /etc/shadow")
+    else:
+        pw = shadow_password_field(shadow, "root")
+        if pw is None:
+            found.append("no root entry in /etc/shadow")
+        elif not password_locked(pw):
+            found.append("root's password is not locked in /etc/shadow ("
+                         + ("empty: no password at all" if not pw else "a usable hash") + ")")
+        users = users_with_passwords(guest.read_text("/etc/passwd") or "", shadow)
+        if users:
+            found.append(f"users with a usable password: {', '.join(users)}")
+    leases = [p for pattern in LEASE_GLOBS for p in guest.glob(pattern)
+              if guest.is_file(p) and guest.size(p) > 0]
+    if leases:
+        found.append("DHCP leases " + ", ".join(leases))
+    state = guest.ls("/var/lib/waagent")
+    if state:
+        found.append("agent state in /var/lib/waagent: " + ", ".join(state[:5])
+                     + (" ..." if len(state) > 5 else ""))
+    homes = ["/root", *(f"/home/{h}" for h in guest.ls("/home"))]
+    for home in homes:
+        for name in HISTORY_FILES:
+            path = f"{home}/{name}"
+            if guest.is_file(path) and guest.size(path) > 0:
+                found.append(f"shell history {path} ({guest.size(path)} bytes)")
+        for name in ("authorized_keys", "authorized_keys2"):
+            path = f"{home}/.ssh/{name}"
+            if guest.is_file(path) and guest.size(path) > 0:
+                found.append(f"authorized keys {path}")
+    instance = [p for p in ("/var/lib/cloud/instance",) if guest.exists(p) or guest.is_symlink(p)]
+    instance += [f"/var/lib/cloud/instances/{n}" for n in guest.ls("/var/lib/cloud/instances")]
+    if instance:
+        found.append("cloud-init instance data " + ", ".join(instance))
+    leftovers = [p for p in INSTALLER_LEFTOVERS if guest.exists(p)]
+    if leftovers:
+        found.append("installer leftovers " + ", ".join(leftovers))
+    if found:
+        return _result("R12", "fail", "; ".join(found))
+    return _result("R12", "pass", "no host keys, root locked, no leases, no agent state, no "
+                   "histories, no authorized_keys, no cloud-init instance data, no installer "
+                   "leftovers")
+
+
+def _check_clean(g: Any, filesystems: Mapping[str, str]) -> CheckResult:
+    problems: list[str] = []
+    facts: list[str] = []
+    for dev, vfs in sorted(filesystems.items()):
+        if vfs in ("ext2", "ext3", "ext4"):
+            try:
+                sb = bytes(g.pread_device(dev, 1024, 1024))
+            except RuntimeError as exc:
+                problems.append(f"{dev}: cannot read the superblock: {exc}")
+                continue
+            clean, text = superblock_state(sb)
+            (facts if clean else problems).append(f"{dev} {vfs}: {text}")
+        elif vfs == "xfs":
+            try:
+                rc = int(g.xfs_repair(dev, nomodify=True))
+            except RuntimeError as exc:
+                msg = str(exc)
+                if "log" in msg.lower():
+                    problems.append(f"{dev} xfs: log needs to be replayed (xfs_repair -n)")
+                else:
+                    problems.append(f"{dev} xfs: xfs_repair -n failed: {msg.splitlines()[0]}")
+                continue
+            if rc:
+                problems.append(f"{dev} xfs: xfs_repair -n reports problems (exit {rc})")
+            else:
+                facts.append(f"{dev} xfs: log clean (xfs_repair -n)")
+        elif vfs == "btrfs":
+            facts.append(f"{dev} btrfs: copy-on-write, nothing to replay")
+    if problems:
+        return _result("R13", "fail", "; ".join(problems))
+    if not facts:
+        return _result("R13", "skip", "no ext2/3/4, xfs or btrfs filesystem to judge")
+    return _result("R13", "pass", "; ".join(facts))
