@@ -111,8 +111,11 @@ def _pykickstart_errors(text: str, version: str) -> list[str]:
     with warnings.catch_warnings():
         warnings.filterwarnings("error", category=KickstartParseWarning)
         parser = KickstartParser(makeVersion(version), errorsAreFatal=False)
-        parser.readKickstartFromString(text)
-    return [str(parser.errorsCount)] if parser.errorsCount else []
+        try:
+            parser.readKickstartFromString(text)
+        except KickstartError as exc:
+            return [str(exc)]
+    return [f"{parser.errorsCount} errors"] if parser.errorsCount else []
 
 
 @pytest.mark.parametrize("firmware", FIRMWARES)
@@ -127,8 +130,8 @@ def test_kickstart_parses_for_its_version(name: str, version: str, firmware: str
 def test_in_process_kickstart_check_is_not_vacuous() -> None:
     _, files = render("rhel", "8")
     assert _pykickstart_errors(files["ks.cfg"] + "\nnosuchcommand\n", "RHEL8") != []
-    with pytest.raises(KickstartError):
-        _pykickstart_errors(files["ks.cfg"] + "\npart / --bogus\n", "RHEL8")
+    assert _pykickstart_errors(files["ks.cfg"] + "\npart / --bogus\n", "RHEL8") != []
+    assert _pykickstart_errors(files["ks.cfg"].replace("%end", "", 1), "RHEL8") != []
 
 
 @pytest.mark.skipif(shutil.which("ksvalidator") is None and not Path(".venv/bin/ksvalidator")
