@@ -178,14 +178,16 @@ def test_watchdog_reports_a_guest_that_never_boots(
 
 
 def test_a_domain_that_stops_fails_the_wait_at_once_quoting_the_serial_log(
-    libvirt_uri: str, tmp_path: Path, started_names: list[str]
+    libvirt_uri: str, tmp_path: Path, started_names: list[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     # The host kernel without an initrd cannot mount a root: it panics and reboots,
     # and on_reboot=destroy turns that into a stop.
     spec = _spec(tmp_path, libvirt_uri, "e2e-panic", kernel_boot=_kernel_boot(),
                  on_reboot="destroy", memory=256 * 1024**2)
     started = time.monotonic()
-    with running_domain(spec, libvirt_uri) as domain:
+    with running_domain(spec, libvirt_uri) as domain, \
+            domain.serial.streaming(log, logging.INFO):
         started_names.append(domain.name)
         with pytest.raises(BuildError) as caught:
             domain.wait_for_serial("login:", 600, "waiting for the login prompt")
@@ -198,6 +200,9 @@ def test_a_domain_that_stops_fails_the_wait_at_once_quoting_the_serial_log(
     assert "while waiting for the login prompt" in message
     assert "Kernel panic" in message, message
     assert elapsed < 120, f"the stop was noticed only after {elapsed:.0f}s"
+    streamed = [r.getMessage() for r in caplog.records if r.name == __name__]
+    assert any(m.startswith("serial: ") and "Linux version" in m for m in streamed)
+    assert not any("\x1b" in m for m in streamed)
 
 
 def test_port_taken_retries_with_another_port(
@@ -270,3 +275,20 @@ def test_gc_finds_and_removes_what_a_dead_build_left(
         assert domain.stop_reason == "the domain was destroyed"
     assert not orphan.exists()
     assert alive.is_dir()
+
+
+def test_accelerator_choice_is_probed_once_and_explained(libvirt_uri: str) -> None:
+    started = time.monotonic()
+    choice = choose_accelerator("auto", libvirt_uri)
+    first = time.monotonic() - started
+    assert choice.accelerator in ("kvm", "tcg") and choice.reason
+    log.info("accelerator auto -> %s (%s) in %.1fs", choice.accelerator, choice.reason, first)
+    started = time.monotonic()
+    assert choose_accelerator("auto", libvirt_uri) == choice
+    assert time.monotonic() - started < 0.5  # cached per process
+    assert choose_accelerator("tcg", libvirt_uri).accelerator == "tcg"
+    if choice.accelerator == "tcg":
+        with pytest.raises(BuildError, match='accelerator = "kvm" was asked for'):
+            choose_accelerator("kvm", libvirt_uri)
+    else:
+        assert choose_accelerator("kvm", libvirt_uri).accelerator == "kvm"
