@@ -123,12 +123,8 @@ def resolve_checksum(checksum: str, iso: str) -> Digest:
             raise UsageError(f"checksum {checksum!r}: expected {want} hex digits after '{kind}:'")
         return Digest(kind, value.lower())
     if kind == "file" and value:
-        location = value
-        if not is_url(location) and is_url(iso) and not Path(location).is_absolute():
-            location = urllib.parse.urljoin(iso, location)
-        text = _read_text(location)
-        name = iso_file_name(iso)
-        return parse_checksum_file(text, name, source=location)
+        text = _read_text(value)
+        return parse_checksum_file(text, iso_file_name(iso), source=value)
     raise UsageError(
         f"unsupported checksum {checksum!r}",
         hint="use 'sha256:<hex>', 'sha512:<hex>' or 'file:<URL or path of a checksum file>'",

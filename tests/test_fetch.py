@@ -161,11 +161,11 @@ def test_http_404_is_not_retried(server: Server) -> None:
     assert len(server.hits("/img/missing.iso")) == 1
 
 
-def test_gnu_checksum_file_over_http_relative_to_the_iso(server: Server) -> None:
+def test_gnu_checksum_file_over_http(server: Server) -> None:
     server.files["/img/SHA256SUMS"] = (
         f"{'0' * 64}  other.iso\n{SHA256} *test.iso\n".encode()
     )
-    path = fetch_iso(f"{server.url}/img/test.iso", "file:SHA256SUMS")
+    path = fetch_iso(f"{server.url}/img/test.iso", f"file:{server.url}/img/SHA256SUMS")
     assert path.name == f"sha256-{SHA256}.iso"
 
 
