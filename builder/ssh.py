@@ -69,7 +69,7 @@ def _no_context() -> str:
 
 def _host_key_algorithms(key_type: str) -> list[str]:
     if key_type == "ssh-rsa":
-        return ["rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"]
+        return ["rsa-sha2-512", "rsa-sha2-256"]
     return [key_type]
 
 
@@ -188,6 +188,11 @@ def _wait_for_banner(
             if not alive():
                 raise _NotAlive()
             if now >= deadline:
+                silent = [now - p.connected_at for p in probes.values() if p.connected_at]
+                if silent:
+                    progress.saw(1, f"silent for {max(silent):.1f}s")
+                elif probes:
+                    progress.saw(0, "connect pending")
                 return None
             on_tick()
             if now >= next_probe and len(probes) < MAX_PROBES:
@@ -216,6 +221,7 @@ def _wait_for_banner(
                         drop(sock)
                         continue
                     probe.connected_at = time.monotonic()
+                    progress.saw(1, "still waiting")
                     sel.modify(sock, selectors.EVENT_READ)
                     continue
                 kind, data = _peek_banner(sock)
@@ -368,7 +374,10 @@ def _handshake(
     transport = paramiko.Transport(sock)
     transport.banner_timeout = min(HANDSHAKE_TIMEOUT, remaining)
     transport.handshake_timeout = min(HANDSHAKE_TIMEOUT, remaining)
-    transport.get_security_options().key_types = _host_key_algorithms(key_type)
+    # Negotiate the pinned key's algorithm only, as OpenSSH does for a known host.
+    wanted = [a for a in _host_key_algorithms(key_type) if a in transport.preferred_keys]
+    if wanted:
+        transport.get_security_options().key_types = wanted
     try:
         transport.start_client(timeout=min(HANDSHAKE_TIMEOUT, remaining))
     except (paramiko.SSHException, EOFError, OSError) as exc:
@@ -432,11 +441,14 @@ class _Heartbeat:
         self._transport = transport
         self._thread: threading.Thread | None = None
         self._sent_at = 0.0
+        self.answered_at = 0.0
 
     def _ask(self) -> None:
         # A dead transport is noticed by the caller.
         with contextlib.suppress(Exception):
             self._transport.global_request("keepalive@openssh.com", wait=True)
+            if self._transport.is_active():
+                self.answered_at = time.monotonic()
 
     def pending_for(self) -> float:
         """Seconds the current request has gone unanswered (0 if none is pending)."""
@@ -553,7 +565,7 @@ class SSHSession:
                     )
                 if not self._transport.is_active():
                     raise self._lost(command, kept, "the connection closed")
-                if now - last_heard >= self.keepalive:
+                if now - max(last_heard, self._heartbeat.answered_at) >= self.keepalive:
                     self._heartbeat.send()
                 if self._heartbeat.pending_for() > self.dead_after:
                     self._transport.close()

@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 from types import TracebackType
@@ -72,6 +73,7 @@ class SshServer:
         self.client_key = KeyPair.generate("test-client")
         self.host_key.write_private(self.dir / "host_ed25519")
         (self.dir / "authorized_keys").write_text(self.client_key.public_line + "\n")
+        (self.dir / "home").mkdir()
         self.log_path = self.dir / "sshd.log"
         self.config = self.dir / "sshd_config"
         self.config.write_text(
@@ -90,12 +92,16 @@ class SshServer:
                     "UseDNS no",
                     "PrintMotd no",
                     "Subsystem sftp internal-sftp",
+                    # The host's root may have a heavy ~/.bashrc (bash reads it even for
+                    # `ssh host command`); a private HOME keeps sessions fast and isolated.
+                    f"SetEnv HOME={self.dir / 'home'}",
                     "LogLevel ERROR",
                     "",
                 ]
             )
         )
         self.proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
 
     def start(self, *, wait: bool = True) -> None:
         """Start the listener (in the foreground, -D); with wait, return once it sends a banner."""
@@ -126,14 +132,15 @@ class SshServer:
 
     def stop(self) -> None:
         """Kill the listener and all its sessions at once (SIGKILL), like a machine going away."""
-        if self.proc is None:
-            return
-        victims = [*_children(self.proc.pid), self.proc.pid]
-        for pid in victims:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        self.proc.wait(timeout=10)
-        self.proc = None
+        with self._lock:
+            proc, self.proc = self.proc, None
+            if proc is None:
+                return
+            victims = [*_children(proc.pid), proc.pid]
+            for pid in victims:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            proc.wait(timeout=10)
 
     def session_pids(self) -> list[int]:
         return _children(self.proc.pid) if self.proc is not None else []

@@ -17,7 +17,7 @@ needs_keygen = pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="no
 def test_generate_formats() -> None:
     pair = KeyPair.generate("build-42")
     assert pair.private_openssh.startswith("-----BEGIN OPENSSH PRIVATE KEY-----\n")
-    kind, blob, comment = pair.public_line.split()
+    kind, _blob, comment = pair.public_line.split()
     assert (kind, comment) == ("ssh-ed25519", "build-42")
     assert pair.key_type == "ssh-ed25519"
     assert pair.fingerprint.startswith("SHA256:") and not pair.fingerprint.endswith("=")
