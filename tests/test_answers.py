@@ -305,6 +305,21 @@ def test_preseed_lines_and_content(version: str, firmware: str, tmp_path: Path) 
     subprocess.run(["sh", "-n", str(path)], check=True)
 
 
+@pytest.mark.skipif(shutil.which("debconf-set-selections") is None, reason="needs debconf")
+@pytest.mark.parametrize("firmware", FIRMWARES)
+def test_preseed_passes_debconf_syntax_check(firmware: str, tmp_path: Path) -> None:
+    _, files = render("debian", "12", firmware)
+    good = tmp_path / "preseed.cfg"
+    good.write_text(files["preseed.cfg"])
+    ok = subprocess.run(["debconf-set-selections", "--checkonly", str(good)],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    bad = tmp_path / "bad.cfg"
+    bad.write_text(files["preseed.cfg"] + "d-i incomplete\n")
+    assert subprocess.run(["debconf-set-selections", "--checkonly", str(bad)],
+                          capture_output=True).returncode != 0
+
+
 def test_preseed_locks_root_without_password() -> None:
     _, files = render("debian", "12", root_hash=None)
     assert _preseed(files["preseed.cfg"])["passwd/root-password-crypted"] == ("password", "!")
