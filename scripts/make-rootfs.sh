@@ -10,6 +10,9 @@ BASE_PACKAGES=(
   linux-image-cloud-amd64 systemd-sysv udev openssh-server sudo cloud-init
   grub-pc initramfs-tools ifupdown isc-dhcp-client python3 procps iproute2
   ca-certificates gnupg netbase
+  # debootstrap does not resolve virtual packages: cloud-init needs python3-cryptography,
+  # which needs the virtual python3-cffi-backend-api-*, provided by this one.
+  python3-cffi-backend
 )
 packages=$(printf '%s\n' "${BASE_PACKAGES[@]}" "$@" | sort -u | paste -sd, -)
 cache=${AZBUILD_CACHE_DIR:-/var/cache/azbuild}/fixtures
