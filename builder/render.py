@@ -1,0 +1,135 @@
+"""`azbuild render`: everything a build would feed the guest, written without a VM.
+
+Nothing is downloaded and no VM starts: installer paths come from the distro's
+defaults (or the template's overrides), and the keys are placeholders, because a
+build generates fresh ones.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from builder.libvirt import (
+    Disk,
+    DomainMetadata,
+    DomainSpec,
+    KernelBoot,
+    connection_uri,
+    default_dac_label,
+    domain_xml,
+)
+from builder.redact import redact
+from builder.seed import nocloud_meta_data, nocloud_user_data
+from builder.template import LoadedTemplate
+from distros import resolve
+from distros.answers import AnswerContext, hash_password, installer_cmdline, render_answer_files
+from distros.azure_prep import prep_scripts
+
+# Placeholders for what every build generates afresh (shown, never used).
+PLACEHOLDER_HOST_PRIVATE = (
+    "-----BEGIN OPENSSH PRIVATE KEY-----\n"
+    "(the engine generates the guest's ed25519 host key at build time)\n"
+    "-----END OPENSSH PRIVATE KEY-----"
+)
+PLACEHOLDER_HOST_PUBLIC = (
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI0000000000000000000000000000000000000000000"
+    " azbuild-host-key"
+)
+PLACEHOLDER_CLIENT_PUBLIC = (
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI1111111111111111111111111111111111111111111"
+    " azbuild-build-key"
+)
+PLACEHOLDER_PORT = 2222
+
+
+def render(loaded: LoadedTemplate, out: Path) -> list[Path]:
+    """Write the rendered files into `out` (created if needed); return their paths."""
+    template = loaded.template
+    distro = resolve(template.distro.name, template.distro.version)
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, str] = {}
+    user = template.communicator.username
+    uri = connection_uri(template.vm.connect)
+    work = Path("/var/lib/azbuild/work") / f"{template.name}-RENDER"
+
+    if template.source.iso is not None:
+        password = template.install.root_password
+        answers = AnswerContext(
+            build_user=user,
+            ssh_public_key=PLACEHOLDER_CLIENT_PUBLIC,
+            host_key_private=PLACEHOLDER_HOST_PRIVATE,
+            host_key_public=PLACEHOLDER_HOST_PUBLIC,
+            root_password_hash=hash_password(password) if password else None,
+            firmware=template.vm.firmware,
+            disk_size=template.vm.disk_size,
+            hostname=template.name[:63],
+        )
+        files.update(render_answer_files(distro, template, answers))
+        cmdline = installer_cmdline(distro, template)
+        files["kernel-cmdline.txt"] = cmdline + "\n"
+        kernel = template.source.installer_kernel or distro.installer_kernel
+        initrd = template.source.installer_initrd or distro.installer_initrd
+        install_disks = [
+            Disk(work / "disk.raw", format="raw", bus="virtio"),
+            Disk(work / "installer.iso", format="raw", bus="sata", device="cdrom",
+                 readonly=True),
+        ]
+        if distro.answer_volume_label is not None:
+            install_disks.append(Disk(work / "answers.iso", format="raw", bus="sata",
+                                      device="cdrom", readonly=True))
+        files["domain-install.xml"] = domain_xml(_spec(
+            loaded, uri, work, install_disks,
+            KernelBoot(kernel=work / Path(kernel).name, initrd=work / Path(initrd).name,
+                       cmdline=cmdline),
+        ))
+    else:
+        files["user-data"] = nocloud_user_data(
+            username=user,
+            authorized_key=PLACEHOLDER_CLIENT_PUBLIC,
+            host_key_private=PLACEHOLDER_HOST_PRIVATE,
+            host_key_public=PLACEHOLDER_HOST_PUBLIC,
+        )
+        files["meta-data"] = nocloud_meta_data("azbuild-RENDER", template.name[:63])
+
+    boot_disks = [Disk(work / "disk.raw", format="raw", bus="virtio")]
+    if template.source.disk_image is not None:
+        boot_disks.append(Disk(work / "seed.iso", format="raw", bus="virtio", readonly=True))
+    files["domain-boot.xml"] = domain_xml(_spec(loaded, uri, work, boot_disks, None))
+    files.update(prep_scripts(distro, template.azure, firmware=template.vm.firmware,
+                              build_user=user))
+
+    written = []
+    for name, text in files.items():
+        path = out / name
+        tmp = path.with_name(f".{name}.tmp")
+        tmp.write_text(redact(text))
+        if name.endswith(".sh"):
+            tmp.chmod(0o755)
+        os.replace(tmp, path)
+        written.append(path)
+    return written
+
+
+def _spec(
+    loaded: LoadedTemplate,
+    uri: str,
+    work: Path,
+    disks: list[Disk],
+    kernel_boot: KernelBoot | None,
+) -> DomainSpec:
+    vm = loaded.template.vm
+    return DomainSpec(
+        name=f"azbuild-{loaded.template.name}-RENDER",
+        vcpus=vm.cpus,
+        memory=vm.memory,
+        accelerator="tcg" if vm.accelerator == "tcg" else "kvm",
+        serial_log=work / "serial.log",
+        metadata=DomainMetadata(loaded.template.name, work, 0, None, "RENDER"),
+        firmware=vm.firmware,
+        disks=tuple(disks),
+        kernel_boot=kernel_boot,
+        on_reboot="destroy" if kernel_boot is not None else "restart",
+        ssh_port=PLACEHOLDER_PORT,
+        dac_label=default_dac_label(uri),
+    )

@@ -1,0 +1,25 @@
+"""The build's steps, in order. Each module holds the steps of one phase."""
+
+from __future__ import annotations
+
+from builder.pipeline import BuildContext, Step
+from builder.steps import boot, export, prepare, provision, shutdown, source_disk
+
+
+def plan(ctx: BuildContext) -> list[tuple[str, Step]]:
+    """The ordered steps of this build (Packer's step list, in one place)."""
+    steps: list[tuple[str, Step]] = [
+        ("prepare", prepare.prepare),
+        ("source disk", source_disk.prepare_disk),
+        ("seed", boot.write_seed_volume),
+        ("accelerator", boot.pick_accelerator),
+        ("boot", boot.boot),
+        ("connect", boot.connect),
+        ("provision", provision.run),
+        ("azure preparation", provision.azure_preparation),
+        ("shutdown", shutdown.shutdown),
+    ]
+    steps.append(("export", export.export))
+    steps.append(("check", export.check))
+    steps.append(("manifest", export.write_manifest_step))
+    return steps

@@ -1,0 +1,110 @@
+"""Seed, accelerator, boot, and the SSH connection to the booted guest."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import ExitStack
+
+from builder.accel import choose_accelerator
+from builder.keys import load_private_key
+from builder.libvirt import (
+    Disk,
+    DomainMetadata,
+    DomainSpec,
+    default_dac_label,
+    domain_name,
+    free_port,
+    running_domain,
+)
+from builder.pipeline import BuildContext, timed_guest_wait
+from builder.seed import write_seed
+from builder.ssh import wait_for_ssh
+
+log = logging.getLogger(__name__)
+
+# How long a guest may stay silent on its serial console before we call it dead.
+START_WATCHDOG_SECONDS = {"kvm": 60.0, "tcg": 180.0}
+SERIAL_TAIL_LINES = 30
+
+
+def write_seed_volume(ctx: BuildContext, stack: ExitStack) -> None:
+    """The CIDATA volume: the build user with the ephemeral key, and the pinned host key."""
+    assert ctx.work_dir is not None and ctx.client_key is not None
+    if ctx.host_key is None:
+        log.info("communicator.host_key_file is set: no host key is handed to the guest")
+        return
+    ctx.seed = ctx.work_dir / "seed.iso"
+    write_seed(
+        ctx.seed,
+        username=ctx.template.communicator.username,
+        authorized_key=ctx.client_key.public_line,
+        host_key_private=ctx.host_key.private_openssh,
+        host_key_public=ctx.host_key.public_line,
+        hostname=ctx.template.name[:63],
+    )
+
+
+def pick_accelerator(ctx: BuildContext, stack: ExitStack) -> None:
+    choice = choose_accelerator(ctx.template.vm.accelerator, ctx.uri)
+    ctx.accelerator = choice.accelerator
+    ctx.accelerator_reason = choice.reason
+
+
+def boot(ctx: BuildContext, stack: ExitStack) -> None:
+    assert ctx.work_dir is not None and ctx.disk is not None and ctx.accelerator is not None
+    vm = ctx.template.vm
+    disks = [Disk(ctx.disk, format="raw", bus="virtio")]
+    if ctx.seed is not None:
+        disks.append(Disk(ctx.seed, format="raw", bus="virtio", readonly=True))
+    spec = DomainSpec(
+        name=domain_name(ctx.template.name, ctx.build_id),
+        vcpus=vm.cpus,
+        memory=vm.memory,
+        accelerator="kvm" if ctx.accelerator == "kvm" else "tcg",
+        serial_log=ctx.work_dir / "serial.log",
+        metadata=DomainMetadata.for_this_process(ctx.template.name, ctx.work_dir),
+        firmware=vm.firmware,
+        disks=tuple(disks),
+        ssh_port=free_port(),
+        dac_label=default_dac_label(ctx.uri),
+    )
+    domain = stack.enter_context(running_domain(spec, ctx.uri))
+    ctx.domain = domain
+    if ctx.options.debug:
+        stack.enter_context(domain.serial.streaming())
+    with timed_guest_wait(ctx):
+        domain.wait_started(START_WATCHDOG_SECONDS[spec.accelerator])
+
+
+def connect(ctx: BuildContext, stack: ExitStack) -> None:
+    domain = ctx.domain
+    assert domain is not None and domain.ssh_port is not None
+    assert ctx.client_key is not None and ctx.host_key_line is not None
+    comm = ctx.template.communicator
+    pkey = (
+        load_private_key(comm.private_key_file)
+        if comm.private_key_file is not None
+        else None if comm.password is not None else ctx.client_key.to_paramiko()
+    )
+
+    def serial_tail() -> str:
+        tail = domain.serial.tail(SERIAL_TAIL_LINES) or "(the serial console is empty)"
+        return f"the end of the serial console ({domain.spec.serial_log}):\n{tail}"
+
+    def alive() -> bool:
+        return domain.is_running()
+
+    with timed_guest_wait(ctx):
+        session = wait_for_ssh(
+            "127.0.0.1",
+            domain.ssh_port,
+            username=comm.username,
+            host_key=ctx.host_key_line,
+            pkey=pkey,
+            password=comm.password,
+            timeout=comm.timeout,
+            alive=alive,
+            failure_context=serial_tail,
+        )
+    stack.callback(session.close)
+    ctx.session = session

@@ -1,0 +1,51 @@
+"""Before anything runs: outputs writable, work directory, keys."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import ExitStack, suppress
+from pathlib import Path
+
+from builder.errors import UsageError
+from builder.keys import KeyPair, load_public_key
+from builder.pipeline import BuildContext, make_work_dir
+
+log = logging.getLogger(__name__)
+
+
+def prepare(ctx: BuildContext, stack: ExitStack) -> None:
+    _check_outputs(ctx, stack)
+    make_work_dir(ctx, stack)
+    ctx.client_key = KeyPair.generate(f"azbuild-{ctx.build_id}")
+    comm = ctx.template.communicator
+    if comm.host_key_file is not None:
+        ctx.host_key_line = load_public_key(comm.host_key_file)
+    else:
+        # The engine makes the guest's host key and hands it over with the seed, so the
+        # client can pin it instead of trusting whatever answers.
+        ctx.host_key = KeyPair.generate(f"azbuild-host-{ctx.build_id}")
+        ctx.host_key_line = ctx.host_key.public_line
+
+
+def _check_outputs(ctx: BuildContext, stack: ExitStack) -> None:
+    """Fail before any work when an output exists (without --force) or cannot be written."""
+    out = ctx.output_dir
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"output directory {out} is a file")
+    targets = [ctx.artifact_path(fmt) for fmt in ctx.template.output.formats]
+    targets.append(out / "manifest.json")
+    existing = [p for p in targets if p.exists()]
+    if existing and not ctx.options.force:
+        raise UsageError(
+            "output already exists: " + ", ".join(str(p) for p in existing),
+            hint="pass --force to overwrite, or choose another --output-dir",
+        )
+    if not out.exists():
+        out.mkdir(parents=True)
+        # Remove the directory again if the build leaves nothing in it.
+        stack.callback(_remove_if_empty, out)
+
+
+def _remove_if_empty(directory: Path) -> None:
+    with suppress(OSError):
+        directory.rmdir()

@@ -1,0 +1,108 @@
+"""The user's provisioners, then the generated Azure preparation, check and deprovision."""
+
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+
+from builder.errors import BuildError
+from builder.pipeline import BuildContext, timed_guest_wait
+from builder.provision import run_provisioners
+from builder.ssh import SSHSession, wait_for_ssh
+from distros.azure_prep import prep_scripts
+
+log = logging.getLogger(__name__)
+
+GUEST_DIR = "/var/tmp/azbuild"
+_CHECK_LINE = re.compile(r"^(R\d\d)\s+(pass|fail|skip|warn)\b\s*(.*)$")
+
+
+def run(ctx: BuildContext, stack: ExitStack) -> None:
+    if not ctx.template.provision:
+        log.info("no provisioners")
+        return
+    run_provisioners(ctx.template.provision, session=_session(ctx),
+                     reconnect=lambda timeout: _reconnect(ctx, stack, timeout))
+
+
+def _session(ctx: BuildContext) -> SSHSession:
+    assert ctx.session is not None
+    return ctx.session
+
+
+def _reconnect(ctx: BuildContext, stack: ExitStack, timeout: float) -> SSHSession:
+    """A new session after a reboot (the reboot provisioner), pinned like the first."""
+    domain = ctx.domain
+    assert domain is not None and domain.ssh_port is not None
+    assert ctx.client_key is not None and ctx.host_key_line is not None
+    comm = ctx.template.communicator
+    with timed_guest_wait(ctx):
+        session = wait_for_ssh(
+            "127.0.0.1", domain.ssh_port,
+            username=comm.username, host_key=ctx.host_key_line,
+            pkey=None if comm.password else ctx.client_key.to_paramiko(),
+            password=comm.password, timeout=timeout, alive=domain.is_running,
+            failure_context=lambda: domain.serial.tail(30),
+        )
+    stack.callback(session.close)
+    ctx.session = session
+    return session
+
+
+def azure_preparation(ctx: BuildContext, stack: ExitStack) -> None:
+    """Upload and run azure-prep.sh and azure-check.sh; start deprovision.sh detached
+    (it removes the build's own user and key, so it must outlive this connection)."""
+    session = _session(ctx)
+    scripts = prep_scripts(
+        ctx.distro, ctx.template.azure,
+        firmware=ctx.template.vm.firmware, build_user=ctx.template.communicator.username,
+    )
+    for requirement, reason in ctx.template.azure.skip.items():
+        log.warning("skipping %s as the template asks: %s", requirement, reason)
+    with tempfile.TemporaryDirectory(prefix="azbuild-scripts-") as tmp:
+        for name, text in scripts.items():
+            local = Path(tmp) / name
+            local.write_text(text)
+            session.upload(local, f"{GUEST_DIR}/{name}", mode=0o700)
+    _run_script(session, "azure-prep.sh", "[azure-prep]")
+    _run_check(session)
+    log.info("starting the final deprovision script; the guest powers itself off")
+    session.run_detached(f"/bin/bash {GUEST_DIR}/deprovision.sh", sudo=True)
+
+
+def _run_script(session: SSHSession, name: str, prefix: str) -> list[str]:
+    lines: list[str] = []
+
+    def on_line(line: str) -> None:
+        lines.append(line)
+        log.info("%s %s", prefix, line)
+
+    status = session.run(f"/bin/bash {GUEST_DIR}/{name}", sudo=True, on_line=on_line)
+    if status != 0:
+        tail = "\n".join("    " + line for line in lines[-30:])
+        raise BuildError(f"{name} failed with exit status {status} in the guest:\n{tail}")
+    return lines
+
+
+def _run_check(session: SSHSession) -> None:
+    """The read-only in-guest check: every requirement must hold before generalising."""
+    lines: list[str] = []
+
+    def on_line(line: str) -> None:
+        lines.append(line)
+        log.info("[azure-check] %s", line)
+
+    session.run(f"/bin/bash {GUEST_DIR}/azure-check.sh", sudo=True, on_line=on_line)
+    failed = [m for m in map(_CHECK_LINE.match, lines) if m and m.group(2) == "fail"]
+    if failed:
+        details = "\n".join(f"    {m.group(1)}: {m.group(3)}" for m in failed)
+        ids = ", ".join(m.group(1) for m in failed)
+        raise BuildError(
+            f"the guest does not meet {ids} after the Azure preparation:\n{details}",
+            hint="fix it in a provisioner, or skip it with a reason in [azure] skip",
+        )
+    if not any(_CHECK_LINE.match(line) for line in lines):
+        raise BuildError("azure-check.sh printed no requirement lines:\n" + "\n".join(lines))

@@ -1,0 +1,62 @@
+"""The build's own disk: a raw copy of the source image, never the source itself."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from contextlib import ExitStack
+from pathlib import Path
+
+from builder.disk import copy_sparse, detect_image_format
+from builder.errors import BuildError, UsageError
+from builder.pipeline import BuildContext
+from builder.run import run
+from builder.units import format_size
+
+log = logging.getLogger(__name__)
+
+
+def prepare_disk(ctx: BuildContext, stack: ExitStack) -> None:
+    source = ctx.template.source.disk_image
+    if source is None:
+        raise BuildError(
+            "ISO installs are not available in this version of azbuild; "
+            "start from a disk image with source.disk_image"
+        )
+    if not source.is_file():
+        raise UsageError(f"source.disk_image not found: {source}")
+    assert ctx.work_dir is not None
+    disk = ctx.work_dir / "disk.raw"
+    image_format = detect_image_format(source)
+    log.info("copying %s (%s) to the build's disk %s", source, image_format.name, disk)
+    if image_format.name == "raw":
+        fd = os.open(disk, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            copy_sparse(source, fd)
+        finally:
+            os.close(fd)
+    elif image_format.name in ("qcow2", "vhd-fixed", "vhd-dynamic", "vhdx"):
+        run(["qemu-img", "convert", "-f", image_format.qemu_format, "-O", "raw",
+             source, disk])
+    else:
+        raise UsageError(
+            f"source.disk_image {source} is a {image_format.name} image, which azbuild "
+            "cannot start from; use raw, qcow2, VHD or VHDX"
+        )
+    virtual = _virtual_size(disk)
+    wanted = ctx.template.vm.disk_size
+    if wanted < virtual:
+        raise UsageError(
+            f"vm.disk_size ({format_size(wanted)}) is smaller than the source image "
+            f"({format_size(virtual)})",
+            hint=f"set vm.disk_size to at least {format_size(virtual)}",
+        )
+    if wanted > virtual:
+        os.truncate(disk, wanted)  # sparse growth; the guest grows its partition itself
+    ctx.disk = disk
+
+
+def _virtual_size(path: Path) -> int:
+    info = run(["qemu-img", "info", "-f", "raw", "--output", "json", path])
+    return int(json.loads(info.stdout)["virtual-size"])
