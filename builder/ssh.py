@@ -182,11 +182,14 @@ def _wait_for_banner(
         del probes[sock]
         sock.close()
 
+    checked_alive = 0.0
     try:
         while True:
             now = time.monotonic()
-            if not alive():
-                raise _NotAlive()
+            if now - checked_alive >= PROBE_INTERVAL:  # alive() may be a libvirt call
+                if not alive():
+                    raise _NotAlive()
+                checked_alive = now
             if now >= deadline:
                 silent = [now - p.connected_at for p in probes.values() if p.connected_at]
                 if silent:
@@ -416,7 +419,17 @@ def _authenticate(
             if method == "publickey":
                 transport.auth_publickey(username, secret)
             else:
-                transport.auth_password(username, secret)
+                try:
+                    transport.auth_password(username, secret)
+                except paramiko.BadAuthenticationType as exc:
+                    if "keyboard-interactive" not in exc.allowed_types:
+                        raise
+                    # PAM setups often offer the password only as keyboard-interactive.
+                    transport.auth_interactive(
+                        username,
+                        lambda _title, _instructions, prompts, answer=secret: [answer]
+                        * len(prompts),
+                    )
         except paramiko.BadAuthenticationType as exc:
             problems.append(f"{method} not allowed; server allows {','.join(exc.allowed_types)}")
         except paramiko.AuthenticationException as exc:
@@ -549,7 +562,7 @@ class SSHSession:
             channel.settimeout(0.2)
             channel.exec_command(remote)
             pending = b""
-            start = last_heard = time.monotonic()
+            start = last_heard = last_check = time.monotonic()
 
             def emit(raw: bytes) -> None:
                 text = raw.decode("utf-8", "replace").rstrip("\r")
@@ -582,6 +595,9 @@ class SSHSession:
                 last_heard = time.monotonic()
                 if not data:
                     break
+                if last_heard - last_check >= 0.2:  # a chatty command still has a timeout
+                    last_check = last_heard
+                    check("reading output")
                 pending += data
                 *lines, pending = pending.split(b"\n")
                 for line in lines:

@@ -111,6 +111,41 @@ def test_nothing_listening_times_out_with_no_tcp() -> None:
     assert time.monotonic() - started < 1.5
 
 
+def test_banner_then_hangup_is_a_failed_handshake() -> None:
+    """A server that says SSH-2.0 and hangs up is retried, then reported as such."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    listener.settimeout(0.1)
+    port = int(listener.getsockname()[1])
+    stop = threading.Event()
+    served: list[int] = []
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.sendall(b"SSH-2.0-Broken_1.0\r\n")
+                served.append(1)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    key = KeyPair.generate()
+    try:
+        with pytest.raises(BuildError) as err:
+            wait_for_ssh("127.0.0.1", port, username="root", host_key=key.public_line,
+                         pkey=key.to_paramiko(), timeout=1.0)
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
+    assert "banner but handshake failed" in str(err.value)
+    assert len(served) >= 2  # retried, not given up after the first failure
+
+
 def test_wrong_host_key_fails_at_once(server: SshServer) -> None:
     impostor = KeyPair.generate()
     started = time.monotonic()
@@ -228,6 +263,15 @@ def test_run_timeout(session: SSHSession) -> None:
         session.run("echo before; sleep 20", timeout=0.8, on_line=lambda _: None)
     assert time.monotonic() - started < 3.0
     assert session.check_output("echo still usable") == "still usable"
+
+
+def test_run_timeout_while_output_flows(session: SSHSession) -> None:
+    lines: list[str] = []
+    started = time.monotonic()
+    with pytest.raises(CommandTimeout):
+        session.run("while :; do echo tick; sleep 0.01; done", timeout=0.6, on_line=lines.append)
+    assert time.monotonic() - started < 2.5
+    assert len(lines) > 5
 
 
 def test_dropped_connection_raises(own_server: SshServer) -> None:
