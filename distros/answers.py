@@ -288,6 +288,7 @@ _FAILURE_PATTERNS: dict[str, tuple[str, ...]] = {
         r"(?i)Failed to (load installer component|retrieve the preconfiguration file)",
         r"(?i)No (root file system|installable kernel) (is defined|was found)",
         r"(?i)Bad archive mirror",
+        r"(?i)Downloading a file failed",
         r"(?i)Unable to install (GRUB|the selected kernel)",
     ),
     "suse": (

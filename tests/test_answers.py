@@ -499,6 +499,9 @@ FAILURES = {
         "An error occurred. Press enter to start a shell",
     ],
     ("debian", "12"): [
+        # Raw serial output of the real d-i (newt) failing to reach its mirror.
+        "\x1b[0m\x1b(B\x1b[30m\x1b[47m \x1b[31m[!!] Download installer components\x1b[30m ",
+        "\x1b[47m Downloading a file failed:      ",
         "  [!!] Partition disks",
         "Installation step failed",
         "Failed to retrieve the preconfiguration file",

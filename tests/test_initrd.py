@@ -87,3 +87,15 @@ def test_read_initrd_later_archives_win_and_uncompressed_segments() -> None:
     first = newc_archive({"preseed.cfg": b"old"})
     second = newc_archive({"preseed.cfg": b"new"})
     assert read_initrd(first + b"\0" * 16 + second)["preseed.cfg"] == b"new"
+
+
+DI_INITRD = Path("/usr/lib/debian-installer/images/12/amd64/text/debian-installer/amd64/initrd.gz")
+
+
+@pytest.mark.skipif(not DI_INITRD.exists(), reason="needs debian-installer-12-netboot-amd64")
+def test_append_to_the_real_debian_installer_initrd(tmp_path: Path) -> None:
+    dest = tmp_path / "initrd.gz"
+    append_to_initrd(DI_INITRD, {"preseed.cfg": FILES["preseed.cfg"]}, dest)
+    files = read_initrd(dest.read_bytes())
+    assert files["preseed.cfg"] == FILES["preseed.cfg"]
+    assert "init" in files and "sbin/debian-installer" in files
