@@ -41,6 +41,9 @@ from distros.rhel import RhelLike
 SCHEMA = json.loads(
     (Path(__file__).parent / "data" / "subiquity" / "autoinstall-schema.json").read_text()
 )
+CLOUD_CONFIG_SCHEMA = json.loads(
+    (Path(__file__).parent / "data" / "cloud-init" / "schema-cloud-config-v1.json").read_text()
+)
 PLAIN_PASSWORD = "Plain-Secret-pa55!"
 YAST = "{http://www.suse.com/1.0/yast2ns}"
 CONFIG_TYPE = "{http://www.suse.com/1.0/configns}type"
@@ -234,7 +237,9 @@ def test_autoinstall_validates_against_subiquity_schema(version: str, firmware: 
     assert user["ssh_authorized_keys"] == [USER_PUBLIC]
     assert user_data["ssh_keys"] == {"ed25519_private": HOST_PRIVATE.strip() + "\n",
                                      "ed25519_public": HOST_PUBLIC}
-    assert user_data["ssh_deletekeys"] is True and user_data["ssh_genkeytypes"] == []
+    assert user_data["ssh_deletekeys"] is True and user_data["ssh_genkeytypes"] == ["ed25519"]
+    # Subiquity hands this section to cloud-init on the installed system.
+    jsonschema.Draft4Validator(CLOUD_CONFIG_SCHEMA).validate(user_data)
     assert auto["late-commands"][0][-3:] == ["-p", ROOT_HASH, "root"]
 
     meta = yaml.safe_load(files["meta-data"])
@@ -247,6 +252,14 @@ def test_autoinstall_schema_rejects_a_broken_file() -> None:
     auto["keyboard"] = {"layuot": "us"}
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(auto, SCHEMA)
+
+
+def test_cloud_config_schema_rejects_a_broken_section() -> None:
+    _, files = render("ubuntu", "22.04")
+    user_data = yaml.safe_load(files["user-data"])["autoinstall"]["user-data"]
+    user_data["ssh_keys"]["ed25519_private"] = 42
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.Draft4Validator(CLOUD_CONFIG_SCHEMA).validate(user_data)
 
 
 def test_autoinstall_without_root_password_has_no_late_commands() -> None:
