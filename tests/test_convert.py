@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from builder.convert import convert_image, raw_to_vhd
@@ -118,9 +118,7 @@ def test_copy_stays_sparse(tmp_path: Path) -> None:
             assert a.read(MiB) == b.read(MiB)
 
 
-@settings(
-    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(max_examples=25, deadline=None)
 @given(
     mib=st.integers(min_value=20, max_value=2040 * 1024),
     extra=st.sampled_from([0, 1, 511, 512, MiB - 1]),
