@@ -110,6 +110,8 @@ def hash_password(password: str) -> str:
     """A SHA-512 crypt hash of `password` (random salt), the only form answer files carry."""
     from passlib.hash import sha512_crypt
 
+    # glibc's default of 5000 rounds gives the plain "$6$salt$hash" form that every
+    # installer and crypt(3) since RHEL 6 accepts; passlib's own default adds "rounds=".
     return str(sha512_crypt.using(rounds=5000).hash(password))
 
 
