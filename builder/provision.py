@@ -14,7 +14,7 @@ import shlex
 import time
 from collections.abc import Callable, Sequence
 
-from builder.errors import BuildError
+from builder.errors import BuildError, UsageError
 from builder.models import FileProvisioner, RebootProvisioner, ShellProvisioner
 from builder.ssh import SSHSession, format_tail
 
@@ -87,6 +87,8 @@ def run_provisioners(
             if exc.message.startswith(name):
                 raise
             raise BuildError(f"{name} failed: {exc.message}", exc.hint) from exc
+        except UsageError as exc:
+            raise UsageError(f"{name}: {exc.message}", exc.hint) from exc
         log.info("[%s] done in %.1fs", label, time.monotonic() - started)
     return session
 
@@ -111,8 +113,12 @@ def _shell(session: SSHSession, provisioner: ShellProvisioner, label: str, name:
                              timeout=provisioner.timeout, on_line=on_line, tail=tail)
     finally:
         if remote_script is not None and session.is_active():
-            session.run(f"rm -f -- {shlex.quote(remote_script)}", sudo=True,
-                        on_line=lambda line: log.debug("[%s] cleanup: %s", label, line))
+            # Best effort: a failure here must never hide the provisioner's own error.
+            try:
+                session.run(f"rm -f -- {shlex.quote(remote_script)}", sudo=True, timeout=60,
+                            on_line=lambda line: log.debug("[%s] cleanup: %s", label, line))
+            except BuildError as exc:
+                log.debug("[%s] could not remove %s: %s", label, remote_script, exc)
     if status != 0:
         raise BuildError(
             f"{name} failed with exit status {status}"

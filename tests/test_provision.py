@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sshd import SshServer, sshd_available
 
-from builder.errors import BuildError
+from builder.errors import BuildError, UsageError
 from builder.models import FileProvisioner, RebootProvisioner, ShellProvisioner
 from builder.provision import describe, inline_script, run_provisioners
 from builder.ssh import SSHSession, wait_for_ssh
@@ -101,6 +101,12 @@ def test_timeout_names_the_provisioner(session: SSHSession) -> None:
                                          r"timed out after 1s"):
         run_provisioners([shell(inline=["sleep 30"], timeout=0.7)], session=session,
                          reconnect=no_reconnect)
+
+
+def test_bad_env_name_names_the_provisioner(session: SSHSession) -> None:
+    with pytest.raises(UsageError, match=r"provisioner 2/2 \(shell: true\): invalid environment"):
+        run_provisioners([shell(inline=["true"]), shell(inline=["true"], env={"A-B": "1"})],
+                         session=session, reconnect=no_reconnect)
 
 
 def test_file_provisioner(session: SSHSession, tmp_path: Path) -> None:
