@@ -27,6 +27,7 @@ class Server:
     # Per-request faults, consumed in order: "503", or an int = drop after that many bytes.
     faults: list[str | int] = field(default_factory=list)
     requests: list[tuple[str, str | None]] = field(default_factory=list)
+    ignore_range: bool = False
 
     def hits(self, path: str) -> list[str | None]:
         return [rng for p, rng in self.requests if p == path]
@@ -57,7 +58,7 @@ def server() -> Iterator[Server]:
                 self.end_headers()
                 return
             start = 0
-            rng = self.headers.get("Range")
+            rng = None if state.ignore_range else self.headers.get("Range")
             if rng:
                 start = int(rng.removeprefix("bytes=").split("-")[0])
                 if start >= len(data):
@@ -122,6 +123,14 @@ def test_resume_after_dropped_connection(server: Server) -> None:
     assert len(ranges) == 2
     resumed_at = int(str(ranges[1]).removeprefix("bytes=").rstrip("-"))
     assert 0 < resumed_at <= 1_500_000
+
+
+def test_server_without_range_support_restarts_cleanly(server: Server) -> None:
+    server.ignore_range = True
+    server.faults = [2_000_000]
+    path = fetch_iso(f"{server.url}/img/test.iso", f"sha256:{SHA256}", backoff=0.01)
+    assert path.read_bytes() == PAYLOAD  # not the first 2 MB twice
+    assert len(server.hits("/img/test.iso")) == 2
 
 
 def test_retry_on_503_then_succeed(server: Server) -> None:
