@@ -14,7 +14,7 @@ from pathlib import Path
 from builder.disk import ImageFormat, detect_image_format
 from builder.errors import BuildError, UsageError
 from builder.report import TITLES, CheckResult, Report
-from builder.units import GiB, MiB, format_size
+from builder.units import MiB, format_size
 from builder.vhd import (
     ALL_ONES_64,
     COOKIE,
@@ -40,14 +40,17 @@ def run_check(image: Path, skip: list[str]) -> Report:
     return _report(image, results, skipped)
 
 
-def verify_vhd(path: Path) -> None:
-    """Raise BuildError unless `path` passes R01 and R02: every written VHD goes through it."""
-    failed = [r for r in format_checks(path, detect_image_format(path)) if r.status == "fail"]
+def verify_vhd(path: Path) -> list[CheckResult]:
+    """R01 and R02 of `path`, raising BuildError unless both pass: every VHD azbuild writes
+    goes through this before it gets its final name."""
+    results = format_checks(path, detect_image_format(path))
+    failed = [r for r in results if r.status == "fail"]
     if failed:
         raise BuildError(
             f"{path} is not an Azure fixed VHD: "
             + "; ".join(f"{r.id} {r.evidence}" for r in failed)
         )
+    return results
 
 
 def format_checks(image: Path, image_format: ImageFormat) -> list[CheckResult]:
@@ -175,9 +178,7 @@ def _read_footer(image: Path, offset: int) -> VhdFooter:
 
 
 def _human(size: int) -> str:
-    if size % MiB == 0 or size >= GiB:
-        return format_size(size) if size % MiB == 0 else f"{size / GiB:.3f} GiB"
-    return f"{size / MiB:.3f} MiB"
+    return format_size(size) if size % MiB == 0 else f"{size / MiB:.3f} MiB"
 
 
 def _require_readable(image: Path) -> None:
