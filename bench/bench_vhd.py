@@ -40,6 +40,7 @@ from builder.run import run
 from builder.units import MiB, parse_size
 
 CHUNK = 16 * MiB
+REPO = Path(__file__).resolve().parent.parent
 
 
 def make_input(path: Path, size: int, data: int) -> None:
@@ -117,6 +118,8 @@ def machine_facts(directory: Path) -> list[tuple[str, str]]:
         ("bench directory", str(directory)),
         ("filesystem", filesystem_type(directory)),
         ("reflink on that filesystem", reflink_supported(directory)),
+        ("filesystem of the repository", filesystem_type(REPO)),
+        ("reflink there", reflink_supported(REPO)),
         ("qemu-img", run(["qemu-img", "--version"]).stdout.splitlines()[0]),
         ("cp", run(["cp", "--version"]).stdout.splitlines()[0]),
         ("python", platform.python_version()),
