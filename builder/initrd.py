@@ -4,19 +4,16 @@ The Linux kernel unpacks every archive it finds in the initramfs image one after
 the other, compressed or not, with zero padding between them, and later files
 overwrite earlier ones. Appending a small archive holding `/preseed.cfg` to the
 Debian installer's `initrd.gz` is therefore enough for the installer to find it
-(`auto=true priority=critical` + `file=/preseed.cfg` is d-i's default lookup).
+(d-i's initrd-preseed loads it by itself; boot with `auto=true priority=critical`).
+Reading initrds back is builder/initrd_list.py's job.
 """
 
 from __future__ import annotations
 
 import gzip
 import logging
-import lzma
 import os
-import zlib
 from pathlib import Path, PurePosixPath
-
-from builder.errors import BuildError
 
 log = logging.getLogger(__name__)
 
@@ -79,66 +76,3 @@ def append_to_initrd(initrd: Path, files: dict[str, bytes], dest: Path) -> None:
         out.write(addition)
     os.replace(tmp, dest)
     log.debug("appended %s to %s -> %s", ", ".join(sorted(files)), initrd, dest)
-
-
-def read_initrd(data: bytes) -> dict[str, bytes]:
-    """Every regular file in an initramfs image, archive after archive, as the kernel
-    unpacks it (later entries win). Handles uncompressed, gzip and xz segments; zstd and
-    other compressions raise BuildError."""
-    files: dict[str, bytes] = {}
-    pos = 0
-    while pos < len(data):
-        if data[pos] == 0:
-            pos += 1
-            continue
-        if data.startswith(_MAGIC, pos):
-            pos = _read_newc(data, pos, files)
-        elif data.startswith(b"\x1f\x8b", pos):
-            inner, pos = _decompress(zlib.decompressobj(wbits=31), data, pos)
-            _read_all_newc(inner, files)
-        elif data.startswith(b"\xfd7zXZ\x00", pos):
-            inner, pos = _decompress(lzma.LZMADecompressor(), data, pos)
-            _read_all_newc(inner, files)
-        else:
-            raise BuildError(
-                f"unsupported initrd segment at byte {pos} (starts {data[pos:pos + 6].hex()})"
-            )
-    return files
-
-
-def _decompress(
-    decompressor: zlib._Decompress | lzma.LZMADecompressor, data: bytes, pos: int
-) -> tuple[bytes, int]:
-    inner = decompressor.decompress(data[pos:])
-    rest = decompressor.unused_data
-    return inner, len(data) - len(rest)
-
-
-def _read_all_newc(data: bytes, files: dict[str, bytes]) -> None:
-    pos = 0
-    while pos < len(data):
-        if data[pos] == 0:
-            pos += 1
-        elif data.startswith(_MAGIC, pos):
-            pos = _read_newc(data, pos, files)
-        else:
-            raise BuildError(f"not a newc cpio archive at byte {pos} of a decompressed segment")
-
-
-def _read_newc(data: bytes, pos: int, files: dict[str, bytes]) -> int:
-    """Read one archive starting at `pos` up to its trailer; return the position after it."""
-    while True:
-        header = data[pos:pos + _HEADER_LEN]
-        if len(header) < _HEADER_LEN or not header.startswith(_MAGIC):
-            raise BuildError(f"truncated or corrupt cpio header at byte {pos}")
-        fields = [int(header[6 + 8 * i:14 + 8 * i], 16) for i in range(13)]
-        mode, filesize, namesize = fields[1], fields[6], fields[11]
-        name_start = pos + _HEADER_LEN
-        name = data[name_start:name_start + namesize - 1].decode(errors="replace")
-        data_start = name_start + namesize + _pad4(_HEADER_LEN + namesize)
-        end = data_start + filesize
-        pos = end + _pad4(filesize)
-        if name == _TRAILER:
-            return pos
-        if mode & 0o170000 == _S_IFREG:
-            files[name] = data[data_start:end]
