@@ -90,7 +90,7 @@ def test_append_to_gzip_initrd_keeps_both(tmp_path: Path) -> None:
     assert listing == ["preseed.cfg"]
 
 
-def test_read_initrd_later_archives_win_and_uncompressed_segments() -> None:
+def test_concatenated_plain_archives_read_back_later_wins() -> None:
     first = newc_archive({"preseed.cfg": b"old"})
     second = newc_archive({"preseed.cfg": b"new"})
     assert read_initrd(first + b"\0" * 16 + second)["preseed.cfg"] == b"new"
