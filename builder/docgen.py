@@ -196,7 +196,7 @@ def _plural(name: str) -> str:
     return name + "s" if name.isalpha() and not name.endswith("s") else name
 
 
-def default_text(node: dict[str, Any], required: bool, key: str = "") -> str:
+def default_text(node: dict[str, Any], required: bool) -> str:
     if required:
         return "required"
     if _ref_name(_without_null(node)):
