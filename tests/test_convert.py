@@ -6,7 +6,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -293,3 +296,20 @@ def test_a_failing_qemu_img_leaves_no_partial_output(tmp_path: Path) -> None:
         convert_image(src, tmp_path / "out.vhd")
     assert not (tmp_path / "out.vhd").exists()
     assert leftovers(tmp_path) == []
+
+
+def test_ctrl_c_during_a_copy_leaves_no_partial_output(tmp_path: Path) -> None:
+    raw, vhd = tmp_path / "disk.raw", tmp_path / "disk.vhd"
+    # 128 MiB to copy and fsync: far longer than the 20 ms before Ctrl-C arrives.
+    make_sparse(raw, GiB, {n * 8 * MiB: b"\x5a" * (2 * MiB) for n in range(64)})
+    timer = threading.Timer(0.02, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            raw_to_vhd(raw, vhd, keep_raw=True, force=False)
+            time.sleep(5)  # finished before the signal: let it arrive, the test then fails
+    finally:
+        timer.cancel()
+    assert not vhd.exists()
+    assert leftovers(tmp_path) == []
+    assert raw.stat().st_size == GiB
