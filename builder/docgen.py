@@ -119,10 +119,14 @@ declares it, not against the working directory: a `script = "setup.sh"` in
 `layers/base.toml` means `layers/setup.sh`, whichever template extends it.
 This holds for `source.iso`, `source.disk_image`, a `file:` checksum,
 `install.answer_file`, `communicator.private_key_file`,
-`communicator.host_key_file`, and a provisioner's `script` and `source`. A
-value that comes from a variable is resolved against the file that uses the
-variable; pass absolute paths with `--var` to be safe. `~` is expanded;
-`http://` and `https://` URLs are left alone.
+`communicator.host_key_file`, and a provisioner's `script` and `source`.
+`~` is expanded; `http://` and `https://` URLs are left alone.
+
+A path that is exactly one variable (`iso = "${var.iso}"`) follows the
+value: set with `--var`, it is relative to the working directory; set in a
+`--var-file`, to that file's directory; the declared default, to the file
+that uses it. A path with a variable inside (`script = "scripts/${var.name}"`)
+is relative to the file that writes it.
 
 `azbuild validate` checks that every local input exists: layers,
 provisioner scripts and files, answer files and keys are errors when missing.

@@ -7,11 +7,13 @@ know about where it came from. Every problem found is collected, so one run of
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
 import re
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -25,6 +27,7 @@ from builder.models import Template, Variable
 
 LAYER_PATH_ENV = "AZBUILD_TEMPLATE_PATH"
 _REF_RE = re.compile(r"\$\$\{|\$\{([^}]*)\}")
+_WHOLE_VAR_RE = re.compile(r"\$\{\s*var\.([^}\s]+)\s*\}")
 # Stands for ${name} until the merged name is known; a private-use character cannot clash
 # with what a template author writes, unlike the literal "${name}" that "$${name}" produces.
 _NAME_PLACEHOLDER = "\ue000name\ue000"
@@ -114,10 +117,11 @@ def load_template(
         raise TemplateError(problems)
 
     declared, sensitive = _declared_variables(layers, problems)
-    overrides, override_origins = _variable_overrides(var_files or [], problems)
+    overrides, override_origins, given_bases = _variable_overrides(var_files or [], problems)
     for name, value in (cli_vars or {}).items():
         overrides[name] = value
         override_origins[name] = f"--var {name}"
+        given_bases[name] = Path.cwd()
     for name in overrides:
         if name not in declared:
             known = ", ".join(sorted(declared)) or "none"
@@ -134,6 +138,7 @@ def load_template(
     origins: dict[tuple[Any, ...], Path] = {}
     for layer in layers:
         data = {k: v for k, v in layer.data.items() if k not in ("extends", "variables")}
+        data = _anchor_given_paths(copy.deepcopy(data), values, given_bases)
         data = _interpolate(data, values, layer.path, (), problems)
         _resolve_paths(data, layer.path.parent)
         _merge(merged, data, origins, layer.path, ())
@@ -377,29 +382,58 @@ def _is_url(value: str) -> bool:
     return value.startswith(("http://", "https://"))
 
 
-def _resolve_paths(data: dict[str, Any], base: Path) -> None:
-    def absolute(value: Any) -> Any:
-        if isinstance(value, str) and value and not _is_url(value):
-            p = Path(value).expanduser()
-            return str(p if p.is_absolute() else (base / p))
-        return value
-
-    for section, key in _PATH_KEYS:
+def _path_slots(data: dict[str, Any]) -> Iterator[tuple[dict[str, Any], str, bool]]:
+    """(table, key, is_checksum) for every key of one layer's data that holds a local path."""
+    for section, key in sorted(_PATH_KEYS):
         table = data.get(section)
         if isinstance(table, dict) and key in table:
-            table[key] = absolute(table[key])
+            yield table, key, False
     source = data.get("source")
     if isinstance(source, dict):
         if "iso" in source:
-            source["iso"] = absolute(source["iso"])
-        checksum = source.get("checksum")
-        if isinstance(checksum, str) and checksum.startswith("file:"):
-            source["checksum"] = "file:" + absolute(checksum[5:])
-    for prov in data.get("provision", []) if isinstance(data.get("provision"), list) else []:
-        if isinstance(prov, dict):
+            yield source, "iso", False
+        if "checksum" in source:
+            yield source, "checksum", True
+    provisioners = data.get("provision")
+    for prov in provisioners if isinstance(provisioners, list) else []:
+        if isinstance(prov, dict) and prov.get("type") in ("shell", "file"):
             for key in _PROVISIONER_PATH_KEYS:
-                if key in prov and prov.get("type") in ("shell", "file"):
-                    prov[key] = absolute(prov[key])
+                if key in prov:
+                    yield prov, key, False
+
+
+def _absolute(value: Any, base: Path, is_checksum: bool) -> Any:
+    """A relative local path made absolute against `base`; URLs and other values unchanged."""
+    if not isinstance(value, str):
+        return value
+    if is_checksum:
+        if value.startswith("file:"):
+            return "file:" + _absolute(value[5:], base, False)
+        return value
+    if value and not _is_url(value):
+        p = Path(value).expanduser()
+        return str(p if p.is_absolute() else (base / p))
+    return value
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> None:
+    for table, key, is_checksum in _path_slots(data):
+        table[key] = _absolute(table[key], base, is_checksum)
+
+
+def _anchor_given_paths(
+    data: dict[str, Any], values: dict[str, Any], bases: dict[str, Path]
+) -> dict[str, Any]:
+    """A path key that is exactly `${var.NAME}`, NAME set by --var or --var-file, takes the
+    value resolved against where it was given: the working directory for --var, the var
+    file's directory for --var-file (the file that declares the value)."""
+    for table, key, is_checksum in _path_slots(data):
+        raw = table[key]
+        match = _WHOLE_VAR_RE.fullmatch(raw) if isinstance(raw, str) else None
+        if match and match.group(1) in bases and isinstance(values.get(match.group(1)), str):
+            name = match.group(1)
+            table[key] = _absolute(values[name], bases[name], is_checksum)
+    return data
 
 
 # --- variables ------------------------------------------------------------------------------
@@ -443,10 +477,12 @@ def _declared_variables(
 
 def _variable_overrides(
     var_files: list[Path], problems: list[str]
-) -> tuple[dict[str, Any], dict[str, str]]:
-    """Values from --var-file files (later files win) and, per name, where each came from."""
+) -> tuple[dict[str, Any], dict[str, str], dict[str, Path]]:
+    """Values from --var-file files (later files win) and, per name, where each came from:
+    a label for messages and the directory its relative paths are resolved against."""
     overrides: dict[str, Any] = {}
     origins: dict[str, str] = {}
+    bases: dict[str, Path] = {}
     for var_file in var_files:
         if not var_file.is_file():
             what = "is a directory" if var_file.is_dir() else "not found"
@@ -464,7 +500,8 @@ def _variable_overrides(
             else:
                 overrides[name] = value
                 origins[name] = f"{var_file}: {name}"
-    return overrides, origins
+                bases[name] = var_file.resolve().parent
+    return overrides, origins, bases
 
 
 def _variable_values(

@@ -374,3 +374,30 @@ def test_type_names() -> None:
                                        {"type": "null"}]}) == "path"
     assert json.loads(json.dumps(docgen.default_text({"default": [1]}, False).strip("`"))) \
         == "[1]"
+
+
+def test_paths_given_on_the_command_line_resolve_where_they_were_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--var is relative to the working directory, --var-file to the var file; a path written
+    in the template around a reference still resolves against the template."""
+    text = BASE.replace('"https://example.org/demo.iso"', '"${var.iso}"').replace(
+        '"sha256:' + "a" * 64 + '"', '"${var.sums}"'
+    ) + ('[variables]\niso = "default.iso"\nsums = "file:SUMS"\nscript = "s.sh"\n'
+         '[[provision]]\ntype = "shell"\nscript = "scripts/${var.script}"\n')
+    template = write(tmp_path / "templates" / "t.toml", text)
+    var_file = write(tmp_path / "vars" / "v.toml", 'sums = "file:v-SUMS"\nscript = "x.sh"\n')
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+
+    t = load_template(template).template  # defaults: relative to the template
+    assert t.source.iso == str(tmp_path / "templates" / "default.iso")
+    assert t.source.checksum == f"file:{tmp_path}/templates/SUMS"
+
+    t = load_template(template, cli_vars={"iso": "my.iso"}, var_files=[var_file]).template
+    assert t.source.iso == str(work / "my.iso")
+    assert t.source.checksum == f"file:{tmp_path}/vars/v-SUMS"
+    assert t.provision[0].script == tmp_path / "templates" / "scripts" / "x.sh"  # type: ignore[union-attr]
+    t = load_template(template, cli_vars={"iso": "https://example.org/x.iso"}).template
+    assert t.source.iso == "https://example.org/x.iso"
