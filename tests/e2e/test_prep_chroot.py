@@ -75,12 +75,11 @@ def _sh(*argv: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def base_root() -> Path:
-    # debootstrap resolves no virtual packages: python3-cryptography (pulled in by
-    # cloud-init) needs python3-cffi-backend's python3-cffi-backend-api-* named explicitly.
-    proc = subprocess.run(
-        ["bash", str(REPO / "scripts" / "make-rootfs.sh"), "python3-cffi-backend"],
-        capture_output=True, text=True, timeout=3600,
-    )
+    """The cached root of scripts/make-rootfs.sh (AZBUILD_PREP_ROOTFS: use this root instead)."""
+    if os.environ.get("AZBUILD_PREP_ROOTFS"):
+        return Path(os.environ["AZBUILD_PREP_ROOTFS"])
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "make-rootfs.sh")],
+                          capture_output=True, text=True, timeout=3600)
     if proc.returncode != 0:
         pytest.fail("scripts/make-rootfs.sh failed:\n" + proc.stderr[-3000:])
     return Path(proc.stdout.strip().splitlines()[-1])
@@ -181,10 +180,10 @@ def scripts() -> dict[str, str]:
 
 
 def _manifest(root: Path) -> dict[str, tuple[str, int, int]]:
-    """sha256, mtime (ns) and mode of every file and link under /etc and /boot."""
+    """sha256, mtime (ns) and mode of /etc, /boot and everything under them."""
     out: dict[str, tuple[str, int, int]] = {}
     for top in ("etc", "boot"):
-        for path in sorted((root / top).rglob("*")):
+        for path in [root / top, *sorted((root / top).rglob("*"))]:
             st = path.lstat()
             if path.is_symlink():
                 digest = "link:" + os.readlink(path)
@@ -213,6 +212,8 @@ def test_prep_fixes_everything(chroot: Chroot, first_run: subprocess.CompletedPr
     out = first_run.stdout
     for req in ("R04", "R05", "R07", "R08", "R10", "R11"):
         assert f"azure-prep: {req} " in out, f"{req} reported no change:\n{out}"
+    # The host's swap is never switched off from inside the chroot.
+    assert "R04 in a chroot (or cannot tell): active swap left alone" in out
 
     # R07: bootloader defaults, and the generated config when grub-mkconfig could run.
     defaults = chroot.path("/etc/default/grub").read_text()
@@ -313,6 +314,23 @@ def test_check_passes_then_catches_a_regression(
     fixed = chroot.run("bash", "/root/azure-prep.sh")
     assert fixed.returncode == 0 and "R11 commented out" in fixed.stdout
     assert chroot.run("bash", check).returncode == 0
+
+
+def test_sudoers_copy_rejected_by_visudo_leaves_the_original(
+        chroot: Chroot, first_run: subprocess.CompletedProcess[str]) -> None:
+    broken = chroot.path("/etc/sudoers.d/broken")
+    text = "Defaults targetpw\nthis is not sudoers syntax\n"
+    broken.write_text(text)
+    broken.chmod(0o440)
+    try:
+        proc = chroot.run("bash", "/root/azure-prep.sh")
+        assert proc.returncode == 1
+        assert "R11 visudo rejects the fixed copy of /etc/sudoers.d/broken" in proc.stderr
+        assert broken.read_text() == text
+        assert list(chroot.path("/etc/sudoers.d").glob(".azbuild.*")) == []
+    finally:
+        broken.unlink()
+    assert chroot.run("bash", "/root/azure-prep.sh").returncode == 0
 
 
 def test_deprovision_leaves_nothing_of_the_build(

@@ -20,13 +20,13 @@ die() { printf '%s: ERROR: %s\n' "$PROG" "$*" >&2; exit 1; }
 # change ID MESSAGE: report one change the script made.
 change() { CHANGES=$((CHANGES + 1)); say "$*"; }
 
-# in_chroot: true inside a chroot (the tests'), where host-wide actions are left alone.
+# in_chroot: true inside a chroot (the tests'), where host-wide actions (swap) are left
+# alone. When it cannot tell (/proc missing, or pid 1's root unreadable), it says yes.
 in_chroot() {
-  if command -v systemd-detect-virt >/dev/null 2>&1; then
-    systemd-detect-virt --quiet --chroot
-    return
-  fi
-  [ -r /proc/1/root ] && [ "$(stat -c %d:%i /)" != "$(stat -Lc %d:%i /proc/1/root 2>/dev/null)" ]
+  local here init
+  here=$(stat -c %d:%i / 2>/dev/null) || return 0
+  init=$(stat -L -c %d:%i /proc/1/root/ 2>/dev/null) || return 0
+  [ "$here" != "$init" ]
 }
 
 # version_lt A B: true when version A sorts before version B.
@@ -175,46 +175,58 @@ kernel_lines() {
   awk '$1 ~ /^linux(16|efi)?$/ { n++ } END { print n + 0 }' "$1"
 }
 
-# new_tmp FILE: a temporary file beside FILE (same filesystem, a name tools ignore).
-new_tmp() { TMP=$(mktemp "$(dirname "$1")/.azbuild.XXXXXX"); }
+# new_tmp: a scratch file ($TMP) for a new version of some file; nothing is written
+# beside the real file unless the content really changes (directory mtimes stay too).
+new_tmp() { TMP=$(mktemp); }
 
-# commit_tmp FILE: replace FILE by $TMP, keeping its mode and owner; false when equal.
+# install_tmp FILE [MODE]: move $TMP over FILE through a temporary file in FILE's
+# directory (one atomic rename), keeping FILE's mode and owner unless MODE is given.
+install_tmp() {
+  local staged
+  mkdir -p "$(dirname "$1")"
+  staged=$(mktemp "$(dirname "$1")/.azbuild.XXXXXX")
+  cat "$TMP" >"$staged"
+  rm -f -- "$TMP"
+  TMP=$staged
+  if [ -n "${2:-}" ]; then
+    chmod "$2" "$TMP"
+  elif [ -e "$1" ]; then
+    chmod --reference="$1" "$TMP"
+    chown --reference="$1" "$TMP"
+  else
+    chmod 644 "$TMP"
+  fi
+  mv -f -- "$TMP" "$1"
+  TMP=""
+}
+
+# commit_tmp FILE: replace FILE by $TMP; false (and FILE untouched) when they are equal.
 commit_tmp() {
   if [ -f "$1" ] && cmp -s "$TMP" "$1"; then
     rm -f -- "$TMP"
     TMP=""
     return 1
   fi
-  if [ -e "$1" ]; then
-    chmod --reference="$1" "$TMP"
-    chown --reference="$1" "$TMP"
-  fi
-  mv -f -- "$TMP" "$1"
-  TMP=""
+  install_tmp "$1"
 }
 
 # ensure_file FILE MODE < CONTENT: FILE holds exactly CONTENT with MODE; false when it did.
 ensure_file() {
-  local mode_ok=1
-  mkdir -p "$(dirname "$1")"
-  new_tmp "$1"
+  new_tmp
   cat >"$TMP"
-  if [ -f "$1" ] && [ "$(stat -c %a "$1")" != "$2" ]; then mode_ok=0; fi
-  if [ "$mode_ok" = 1 ] && [ -f "$1" ] && cmp -s "$TMP" "$1"; then
+  if [ -f "$1" ] && [ "$(stat -c %a "$1")" = "$2" ] && cmp -s "$TMP" "$1"; then
     rm -f -- "$TMP"
     TMP=""
     return 1
   fi
-  chmod "$2" "$TMP"
-  mv -f -- "$TMP" "$1"
-  TMP=""
+  install_tmp "$1" "$2"
 }
 
 # set_key FILE KEY LINE: FILE has one active KEY assignment and it reads LINE;
 # false when it already did. Later duplicates are dropped, a missing key is appended.
 set_key() {
   [ -f "$1" ] || die "$1 is missing"
-  new_tmp "$1"
+  new_tmp
   awk -v k="$2" -v l="$3" '
     { s = $0; sub(/^[ \t]+/, "", s) }
     index(s, k) == 1 && substr(s, length(k) + 1) ~ /^[ \t]*=/ { if (!seen) print l; seen = 1; next }
@@ -312,7 +324,7 @@ remove_file /etc/cloud/cloud.cfg.d/91-azbuild-azure.cfg R10 "written for cloud-i
 # fix_sudoers FILE: comment out the two lines on a copy that visudo accepts, then
 # replace FILE; a copy visudo rejects is thrown away and FILE left as it was.
 fix_sudoers() {
-  new_tmp "$1"
+  new_tmp
   awk '
     /^[ \t]*Defaults[ \t]+targetpw[ \t]*(#.*)?$/ ||
     /^[ \t]*ALL[ \t]+ALL[ \t]*=[ \t]*\(ALL(:ALL)?\)[ \t]+ALL[ \t]*(#.*)?$/ {
@@ -325,13 +337,10 @@ fix_sudoers() {
     TMP=""
     return 0
   fi
-  chmod --reference="$1" "$TMP"
-  chown --reference="$1" "$TMP"
   if ! visudo -c -q -f "$TMP" >/dev/null 2>&1; then
     die "R11 visudo rejects the fixed copy of $1; left it unchanged"
   fi
-  mv -f -- "$TMP" "$1"
-  TMP=""
+  install_tmp "$1"
   change "R11 commented out 'Defaults targetpw' / 'ALL ALL=(ALL) ALL' in $1"
 }
 if [ -f /etc/sudoers ]; then
@@ -343,13 +352,13 @@ if [ -f /etc/sudoers ]; then
 fi
 
 # ---- R04: no swap on the OS disk
-new_tmp /etc/fstab
+new_tmp
 awk '!/^[ \t]*#/ && $3 == "swap" { print "# azbuild (R04): " $0; next } { print }' /etc/fstab >"$TMP"
 if commit_tmp /etc/fstab; then
   change "R04 commented out the swap entries of /etc/fstab (swap goes on the resource disk)"
 fi
 if in_chroot; then
-  say "R04 in a chroot: leaving the host's swap alone"
+  say "R04 in a chroot (or cannot tell): active swap left alone, it would be the host's"
 elif [ "$(awk 'NR > 1' /proc/swaps | wc -l)" -gt 0 ]; then
   swapoff -a
   change "R04 switched swap off"
