@@ -5,9 +5,13 @@ as QEMU runs, whether or not anything listens in the guest, so an open port
 means nothing: the guest is ready when an `SSH-` banner has been read. The wait
 keeps up to MAX_PROBES probe connections open, starting a new one every
 PROBE_INTERVAL while fewer are open; a probe ends on refusal, on EOF/reset, or
-after PROBE_BANNER_WAIT of silence. The banner is only *peeked* at, so the very
-connection that saw it is handed to paramiko for the handshake (no second
-connection, no second sshd fork in a slow guest).
+after PROBE_BANNER_WAIT of silence. One probe, the oldest connected one, is
+patient (PATIENT_BANNER_WAIT): a starved TCG guest's sshd may need longer than
+the others get to send its banner, while the short-lived ones keep offering
+fresh connections (QEMU retries a lost SYN to the guest only with growing
+backoff). The banner is only *peeked* at, so the very connection that saw it
+is handed to paramiko for the handshake (no second connection, no second sshd
+fork in a slow guest).
 
 Host key. Only the given public host key is accepted; paramiko is told to
 negotiate that key's algorithm alone, and a guest presenting another key (or
@@ -49,8 +53,10 @@ PROBE_INTERVAL = 0.1
 PROBE_CONNECT_TIMEOUT = 1.0
 PROBE_BANNER_WAIT = 3.0
 """A connected probe that stays silent this long is closed (a slow guest sshd gets this long)."""
-MAX_PROBES = 4
-"""Below sshd's default MaxStartups (10), so probes never make sshd drop connections."""
+PATIENT_BANNER_WAIT = 30.0
+"""How long the oldest connected probe waits for a banner."""
+MAX_PROBES = 3
+"""Well below sshd's default MaxStartups (10); each connection costs the guest an sshd fork."""
 HANDSHAKE_TIMEOUT = 10.0
 AUTH_TIMEOUT = 10.0
 AUTH_RETRY_DELAY = 1.0
@@ -224,7 +230,8 @@ def _wait_for_banner(
                         drop(sock)
                         continue
                     probe.connected_at = time.monotonic()
-                    progress.saw(1, "still waiting")
+                    if not progress.last.startswith(_Progress.STAGES[1]):
+                        progress.saw(1, "still waiting")  # keep a more telling stage-1 detail
                     sel.modify(sock, selectors.EVENT_READ)
                     continue
                 kind, data = _peek_banner(sock)
@@ -252,13 +259,17 @@ def _wait_for_banner(
                 else:  # a partial first line: let more arrive
                     time.sleep(0.005)
             now = time.monotonic()
+            connected = [p for p in probes.values() if p.connected_at is not None]
+            patient = min(connected, key=lambda p: p.connected_at or now) if connected else None
             for sock, probe in list(probes.items()):
-                if probe.connected_at is None and now - probe.started > PROBE_CONNECT_TIMEOUT:
-                    progress.saw(0, "connect timed out")
-                    drop(sock)
-                elif probe.connected_at is not None and now - probe.connected_at > \
-                        PROBE_BANNER_WAIT:
-                    progress.saw(1, f"silent for {PROBE_BANNER_WAIT:.0f}s")
+                if probe.connected_at is None:
+                    if now - probe.started > PROBE_CONNECT_TIMEOUT:
+                        progress.saw(0, "connect timed out")
+                        drop(sock)
+                    continue
+                limit = PATIENT_BANNER_WAIT if probe is patient else PROBE_BANNER_WAIT
+                if now - probe.connected_at > limit:
+                    progress.saw(1, f"silent for {limit:.0f}s")
                     drop(sock)
     finally:
         for sock in list(probes):
