@@ -13,6 +13,7 @@ Initrds are downloaded and listed on the host by builder/initrd_list.py.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import logging
 import os
 import re
@@ -20,6 +21,7 @@ import shlex
 import struct
 import tempfile
 import time
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -53,8 +55,8 @@ SYSV_DIRS = tuple(f"/etc/rc{n}.d" for n in (2, 3, 4, 5)) + tuple(
 GRUB_CONFIGS = ("/boot/grub/grub.cfg", "/boot/grub2/grub.cfg", "/boot/efi/EFI/*/grub.cfg",
                 "/boot/grub/grub.conf", "/boot/grub/menu.lst", "/boot/grub2/grub.conf")
 SWAP_GPT_TYPE = "0657FD6D-A4AB-43C4-84E5-0933C84B4F4F"
-SWAP_MBR_IDS = (0x82,)
-LVM_MBR_IDS = (0x8E,)
+SWAP_MBR_TYPES = ("0x82",)
+LVM_MBR_TYPES = ("0x8e",)
 LVM_GPT_TYPE = "E6D6D379-F507-44C2-A23C-238F2A3DF928"
 HISTORY_FILES = (".bash_history", ".zsh_history", ".sh_history", ".ash_history", ".history")
 INSTALLER_LEFTOVERS = (
@@ -62,11 +64,11 @@ INSTALLER_LEFTOVERS = (
     "/var/log/anaconda", "/var/log/installer", "/root/autoinst.xml", "/var/adm/autoinstall",
     "/autoinstall.yaml", "/var/lib/cloud/seed/nocloud/user-data",
 )
-LEASE_GLOBS = (
-    "/var/lib/dhcp/*", "/var/lib/dhclient/*", "/var/lib/NetworkManager/*.lease",
-    "/var/lib/NetworkManager/dhclient-*", "/var/lib/dhcpcd/*.lease", "/var/lib/dhcpcd5/*.lease",
-    "/var/lib/wicked/lease-*", "/var/lib/systemd/netif/leases/*",
-)
+LEASE_DIRS = {  # directory -> which of its files are leases
+    "/var/lib/dhcp": "*", "/var/lib/dhclient": "*", "/var/lib/NetworkManager": "*lease*",
+    "/var/lib/dhcpcd": "*.lease", "/var/lib/dhcpcd5": "*.lease", "/var/lib/wicked": "*lease*",
+    "/var/lib/systemd/netif/leases": "*",
+}
 SMALL_FILE = 4 * 1024 * 1024  # larger files go through download(), not read_file()
 EXT_MAGIC = 0xEF53
 EXT_STATE_VALID = 0x0001
@@ -553,15 +555,86 @@ def superblock_state(sb: bytes) -> tuple[bool, str]:
     return True, f"clean (s_state=0x{state:04x}, {journal})"
 
 
+@dataclass(frozen=True)
+class Partition:
+    number: int  # as Linux numbers them: MBR primaries 1-4, logical 5+; GPT entry index + 1
+    type: str  # MBR "0x83"; GPT type GUID in upper case
+    start: int  # bytes
+    size: int  # bytes
+
+    @property
+    def extended(self) -> bool:
+        return self.type in ("0x05", "0x0f", "0x85")
+
+
+SECTOR = 512
+
+
+def parse_mbr(sector0: bytes) -> tuple[str, list[Partition]]:
+    """("msdos", primary partitions) / ("gpt", []) for a protective MBR / ("none", [])."""
+    if len(sector0) < SECTOR or sector0[510:512] != b"\x55\xaa":
+        return "none", []
+    parts = []
+    for i in range(4):
+        entry = sector0[446 + 16 * i : 462 + 16 * i]
+        ptype = entry[4]
+        lba, count = struct.unpack_from("<II", entry, 8)
+        if ptype == 0xEE:
+            return "gpt", []
+        if ptype and count:
+            parts.append(Partition(i + 1, f"0x{ptype:02x}", lba * SECTOR, count * SECTOR))
+    if not parts and not any(sector0[446:510]):
+        return "none", []  # a boot sector signature but no table (e.g. a filesystem's)
+    return "msdos", parts
+
+
+def parse_ebr(ebr: bytes, ebr_lba: int, extended_lba: int, number: int
+              ) -> tuple[Partition | None, int | None]:
+    """One extended boot record: its logical partition and the LBA of the next EBR."""
+    if len(ebr) < SECTOR or ebr[510:512] != b"\x55\xaa":
+        return None, None
+    first, second = ebr[446:462], ebr[462:478]
+    part = None
+    if first[4]:
+        lba, count = struct.unpack_from("<II", first, 8)
+        part = Partition(number, f"0x{first[4]:02x}", (ebr_lba + lba) * SECTOR, count * SECTOR)
+    nxt = None
+    if second[4] in (0x05, 0x0F, 0x85):
+        nxt = extended_lba + struct.unpack_from("<I", second, 8)[0]
+    return part, nxt
+
+
+def parse_gpt_header(header: bytes) -> tuple[int, int, int] | None:
+    """(entries LBA, number of entries, entry size) of a GPT header, or None."""
+    if header[:8] != b"EFI PART":
+        return None
+    lba, count, size = struct.unpack_from("<QII", header, 72)
+    return lba, count, size
+
+
+def parse_gpt_entries(data: bytes, count: int, size: int) -> list[Partition]:
+    parts = []
+    for i in range(count):
+        entry = data[i * size : (i + 1) * size]
+        if len(entry) < 56 or not any(entry[:16]):
+            continue
+        first, last = struct.unpack_from("<QQ", entry, 32)
+        guid = str(uuid.UUID(bytes_le=bytes(entry[:16]))).upper()
+        parts.append(Partition(i + 1, guid, first * SECTOR, (last - first + 1) * SECTOR))
+    return parts
+
+
 # ---------------------------------------------------------------- the appliance side
 
 
 class _Guest:
-    """Small, failure-tolerant helpers over a launched guestfs handle."""
+    """Failure-tolerant helpers over a launched guestfs handle. Every call is a round trip
+    to the appliance (tens of milliseconds under TCG), so each helper makes as few as it can."""
 
     def __init__(self, g: Any, tmp: Path) -> None:
         self.g = g
         self.tmp = tmp
+        self._ls: dict[str, list[str]] = {}
 
     def exists(self, path: str) -> bool:
         try:
@@ -575,50 +648,63 @@ class _Guest:
         except RuntimeError:
             return False
 
-    def is_dir(self, path: str) -> bool:
-        try:
-            return bool(self.g.is_dir(path, followsymlinks=True))
-        except RuntimeError:
-            return False
-
     def is_symlink(self, path: str) -> bool:
         try:
             return bool(self.g.is_symlink(path))
         except RuntimeError:
             return False
 
-    def size(self, path: str) -> int:
-        try:
-            return int(self.g.filesize(path))
-        except RuntimeError:
-            return 0
-
     def read_bytes(self, path: str) -> bytes | None:
-        if not self.is_file(path):
-            return None
+        """The file's bytes (symlinks followed), or None when it is missing or not a file."""
         try:
-            if self.size(path) <= SMALL_FILE:
-                return bytes(self.g.read_file(path))
-            local = self.tmp / "download"
-            self.g.download(path, str(local))
-            data = local.read_bytes()
-            local.unlink()
-            return data
+            return bytes(self.g.read_file(path))
         except RuntimeError as exc:
-            log.debug("cannot read %s: %s", path, exc)
+            msg = str(exc)
+            if any(m in msg for m in ("No such file", "Not a directory", "Is a directory",
+                                      "Too many levels", "Permission denied")):
+                return None
+        return self.download(path)  # too large for one protocol message
+
+    def download(self, path: str) -> bytes | None:
+        local = self.tmp / "download"
+        try:
+            self.g.download(path, str(local))
+        except RuntimeError as exc:
+            log.debug("cannot download %s: %s", path, exc)
             return None
+        data = local.read_bytes()
+        local.unlink()
+        return data
 
     def read_text(self, path: str) -> str | None:
         data = self.read_bytes(path)
         return None if data is None else data.decode("utf-8", "replace")
 
     def ls(self, path: str) -> list[str]:
-        if not self.is_dir(path):
-            return []
+        if path not in self._ls:
+            try:
+                self._ls[path] = sorted(self.g.ls(path))
+            except RuntimeError:
+                self._ls[path] = []
+        return self._ls[path]
+
+    def stat(self, directory: str, names: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """name -> (st_mode, st_size) without following symlinks, for entries of one dir."""
+        if not names:
+            return {}
         try:
-            return sorted(self.g.ls(path))
+            stats = self.g.lstatnslist(directory, list(names))
         except RuntimeError:
-            return []
+            return {}
+        return {n: (int(st["st_mode"]), int(st["st_size"]))
+                for n, st in zip(names, stats, strict=False) if int(st["st_ino"]) >= 0}
+
+    def nonempty_files(self, directory: str, names: Sequence[str] | None = None) -> list[str]:
+        """Regular files of `directory` (optionally only `names`) with a size above zero."""
+        present = self.ls(directory)
+        wanted = [n for n in present if names is None or n in names]
+        return [f"{directory}/{n}" for n, (mode, size) in self.stat(directory, wanted).items()
+                if mode & 0o170000 == 0o100000 and size > 0]
 
     def glob(self, pattern: str) -> list[str]:
         try:
@@ -638,11 +724,27 @@ class _Guest:
 
 
 @dataclass
+class _Disk:
+    device: str
+    table: str  # "msdos", "gpt" or "none"
+    partitions: list[Partition]
+    boot_code: bytes
+
+
+@dataclass
 class _Facts:
     """What was learnt from the guest before the per-requirement judgements."""
 
+    disks: list[_Disk] = field(default_factory=list)
+    filesystems: dict[str, str] = field(default_factory=dict)  # device -> vfs type
+    pvs: list[str] = field(default_factory=list)
+    vgs: list[str] = field(default_factory=list)
+    lvs: list[str] = field(default_factory=list)
+    md: list[str] = field(default_factory=list)
     root_device: str = ""
-    mountpoints: dict[str, str] = field(default_factory=dict)
+    mounted: dict[str, str] = field(default_factory=dict)  # mountpoint -> device
+    unmounted: list[str] = field(default_factory=list)
+    fstab: str | None = None
     packages: dict[str, str] = field(default_factory=dict)
     package_source: str = ""
     links: dict[str, str] = field(default_factory=dict)
@@ -684,29 +786,15 @@ def guest_checks(image: Path, image_format: str) -> list[CheckResult]:
 
 
 def _run_checks(g: Any, guest: _Guest, image: Path) -> list[CheckResult]:
-    filesystems: dict[str, str] = dict(g.list_filesystems())
-    r13 = _check_clean(g, filesystems)  # before anything mounts a filesystem
-    roots = [r for r in g.inspect_os() if g.inspect_get_type(r) == "linux"]
-    if not roots:
-        raise UsageError(
-            f"no Linux operating system found in {image}",
-            hint="is this the OS disk of a Linux image (and the right --format)?",
-        )
-    facts = _Facts(root_device=roots[0])
-    facts.mountpoints = dict(g.inspect_get_mountpoints(roots[0]))
-    unmounted = []
-    for mp in sorted(facts.mountpoints, key=len):
-        try:
-            g.mount_ro(facts.mountpoints[mp], mp)
-        except RuntimeError as exc:
-            unmounted.append(f"{mp} ({facts.mountpoints[mp]}: {exc})")
-    if unmounted:
-        log.warning("could not mount %s", "; ".join(unmounted))
-    _gather(g, guest, facts, roots[0])
-    r03, extras = _check_partitions(g, facts, filesystems)
+    facts = _Facts()
+    _scan_block_devices(g, facts)
+    r13 = _check_clean(g, facts.filesystems)  # before anything mounts a filesystem
+    _mount_os(g, guest, facts, image)
+    _gather(g, guest, facts)
+    r03, extras = _check_partitions(facts)
     results = [
         r03,
-        _check_swap(g, guest, filesystems),
+        _check_swap(facts),
         _check_initrds(guest),
         _check_kernels(guest, facts),
         _check_cmdline(guest, facts),
@@ -718,25 +806,142 @@ def _run_checks(g: Any, guest: _Guest, image: Path) -> list[CheckResult]:
         _check_generalised(guest),
         r13,
     ]
-    if unmounted:
-        extras.append(CheckResult("W-MOUNT", "warn", "could not mount " + "; ".join(unmounted),
-                                  "every filesystem of the OS mounts"))
+    if facts.unmounted:
+        extras.append(CheckResult(
+            "W-MOUNT", "warn", "could not mount " + "; ".join(facts.unmounted),
+            "every filesystem of the OS mounts"))
     return results + extras
 
 
-def _gather(g: Any, guest: _Guest, facts: _Facts, root: str) -> None:
+def _read_partitions(g: Any, device: str) -> _Disk:
+    sector0 = bytes(g.pread_device(device, SECTOR, 0))
+    table, parts = parse_mbr(sector0)
+    if table == "gpt":
+        header = parse_gpt_header(bytes(g.pread_device(device, SECTOR, SECTOR)))
+        if header is None:
+            table = "none"
+        else:
+            lba, count, size = header
+            data = bytes(g.pread_device(device, count * size, lba * SECTOR))
+            parts = parse_gpt_entries(data, count, size)
+    elif table == "msdos":
+        for ext in [p for p in parts if p.extended]:
+            ebr_lba: int | None = ext.start // SECTOR
+            number = 5
+            while ebr_lba is not None and number < 5 + 128:
+                ebr = bytes(g.pread_device(device, SECTOR, ebr_lba * SECTOR))
+                logical, nxt = parse_ebr(ebr, ebr_lba, ext.start // SECTOR, number)
+                if logical:
+                    parts.append(logical)
+                    number += 1
+                ebr_lba = nxt
+    return _Disk(device, table, parts, sector0[:440])
+
+
+def _scan_block_devices(g: Any, facts: _Facts) -> None:
+    """Partition tables (read raw), LVM, RAID, and the filesystem type of every candidate
+    device: a handful of appliance calls where list_filesystems/part_* take dozens."""
+    candidates: list[str] = []
+    for device in g.list_devices():
+        disk = _read_partitions(g, device)
+        facts.disks.append(disk)
+        if disk.table == "none":
+            candidates.append(device)
+        candidates += [f"{device}{p.number}" for p in disk.partitions if not p.extended]
+    facts.pvs = list(g.pvs())
+    if facts.pvs:
+        facts.vgs = list(g.vgs())
+        facts.lvs = list(g.lvs())
+    facts.md = list(g.list_md_devices())
+    for dev in [*candidates, *facts.lvs, *facts.md]:
+        try:
+            facts.filesystems[dev] = str(g.vfs_type(dev))
+        except RuntimeError:
+            facts.filesystems[dev] = "unknown"
+
+
+def _is_os_root(guest: _Guest) -> bool:
+    etc = guest.ls("/etc")
+    return "fstab" in etc and any(n == "os-release" or n.endswith("-release") for n in etc)
+
+
+def _resolve_fstab_spec(g: Any, spec: str) -> str | None:
+    try:
+        if spec.startswith("UUID="):
+            return str(g.findfs_uuid(spec[5:].strip('"')))
+        if spec.startswith("LABEL="):
+            return str(g.findfs_label(spec[6:].strip('"')))
+        if spec.startswith("/dev/disk/by-uuid/"):
+            return str(g.findfs_uuid(spec.rsplit("/", 1)[1]))
+        if spec.startswith("/dev/disk/by-label/"):
+            return str(g.findfs_label(spec.rsplit("/", 1)[1]))
+    except RuntimeError:
+        return None
+    return spec if spec.startswith("/dev/") else None
+
+
+def _mount_os(g: Any, guest: _Guest, facts: _Facts, image: Path) -> None:
+    """Find the Linux root among the filesystems, mount it read-only at /, then what its
+    fstab mounts (ext*, xfs, btrfs with subvol=, vfat). No libguestfs inspection: it takes
+    tens of seconds under TCG and mounts the filesystems itself."""
+    for dev, vfs in facts.filesystems.items():
+        if vfs not in ("ext2", "ext3", "ext4", "xfs", "btrfs"):
+            continue
+        try:
+            g.mount_ro(dev, "/")
+        except RuntimeError as exc:
+            log.debug("cannot mount %s: %s", dev, exc)
+            continue
+        guest._ls.clear()
+        if _is_os_root(guest):
+            facts.root_device = dev
+            break
+        g.umount_all()
+    if not facts.root_device:
+        raise UsageError(
+            f"no Linux operating system found in {image}",
+            hint="is this the OS disk of a Linux image (and the right --format)?",
+        )
+    facts.mounted["/"] = facts.root_device
+    facts.fstab = guest.read_text("/etc/fstab")
+    entries = parse_fstab(facts.fstab or "")
+    for e in sorted(entries, key=lambda e: e.mountpoint.count("/")):
+        if e.mountpoint == "/" or not e.mountpoint.startswith("/"):
+            continue
+        if e.vfstype not in ("ext2", "ext3", "ext4", "xfs", "btrfs", "vfat"):
+            continue
+        found = _resolve_fstab_spec(g, e.spec)
+        if found is None:
+            facts.unmounted.append(f"{e.mountpoint} ({e.spec}: device not found)")
+            continue
+        dev = found
+        opts = ["ro", *(o for o in e.options.split(",") if o.startswith("subvol"))]
+        try:
+            g.mount_options(",".join(opts), dev, e.mountpoint)
+            facts.mounted[e.mountpoint] = dev
+        except RuntimeError as exc:
+            facts.unmounted.append(f"{e.mountpoint} ({dev}: {exc})")
+    guest._ls.clear()
+    if facts.unmounted:
+        log.warning("could not mount %s", "; ".join(facts.unmounted))
+
+
+def _gather(g: Any, guest: _Guest, facts: _Facts) -> None:
     status = guest.read_text("/var/lib/dpkg/status")
     if status is not None:
         facts.packages = parse_dpkg_status(status)
         facts.package_source = "dpkg"
     else:
-        try:
-            apps = g.inspect_list_applications2(root)
-            facts.packages = {a["app2_name"]: a["app2_version"] for a in apps}
-            facts.package_source = g.inspect_get_package_format(root)
-        except RuntimeError as exc:
-            log.debug("cannot list applications: %s", exc)
+        _packages_by_inspection(g, guest, facts)
+    seen: set[str] = set()
     for directory in UNIT_DIRS:
+        try:
+            real = str(g.realpath(directory))
+        except RuntimeError:
+            continue
+        if real in seen:
+            continue
+        seen.add(real)
         facts.links.update(guest.links_in(directory))
         for sub in guest.ls(directory):
             if sub.endswith((".wants", ".requires")):
@@ -748,6 +953,23 @@ def _gather(g: Any, guest: _Guest, facts: _Facts, root: str) -> None:
     facts.kernel_lines = _kernel_lines(guest)
     for kl in facts.kernel_lines:
         facts.kernel_args_any.update(kl.args)
+
+
+def _packages_by_inspection(g: Any, guest: _Guest, facts: _Facts) -> None:
+    """rpm and other package databases: libguestfs inspection reads them. It unmounts
+    everything when it finishes, so the OS is mounted again afterwards."""
+    try:
+        g.umount_all()
+        roots = [r for r in g.inspect_os() if r == facts.root_device] or list(g.inspect_os())
+        for mp, dev in sorted(facts.mounted.items(), key=lambda m: m[0].count("/")):
+            g.mount_ro(dev, mp)
+        if roots:
+            apps = g.inspect_list_applications2(roots[0])
+            facts.packages = {a["app2_name"]: a["app2_version"] for a in apps}
+            facts.package_source = str(g.inspect_get_package_format(roots[0]))
+    except RuntimeError as exc:
+        log.warning("cannot list the guest's packages: %s", exc)
+    guest._ls.clear()
 
 
 def _kernel_lines(guest: _Guest) -> list[KernelLine]:
@@ -766,7 +988,10 @@ def _kernel_lines(guest: _Guest) -> list[KernelLine]:
             uses_bls = uses_bls or "blscfg" in text
             lines += grub_kernel_lines(text, path, grubenv)
     if uses_bls or not lines:
-        for path in guest.glob("/boot/loader/entries/*.conf"):
+        for name in guest.ls("/boot/loader/entries"):
+            if not name.endswith(".conf"):
+                continue
+            path = f"/boot/loader/entries/{name}"
             text = guest.read_text(path)
             kl = bls_kernel_line(text, path, grubenv) if text else None
             if kl:
@@ -778,77 +1003,53 @@ def _result(rid: str, status: Status, evidence: str) -> CheckResult:
     return CheckResult(rid, status, evidence)
 
 
-def _check_partitions(
-    g: Any, facts: _Facts, filesystems: Mapping[str, str]
-) -> tuple[CheckResult, list[CheckResult]]:
+def _check_partitions(facts: _Facts) -> tuple[CheckResult, list[CheckResult]]:
     extras: list[CheckResult] = []
     problems: list[str] = []
     facts_txt: list[str] = []
-    for dev in g.list_devices():
-        try:
-            parttype = g.part_get_parttype(dev)
-        except RuntimeError:
-            parttype = ""
-        if not parttype:
-            if filesystems.get(dev) not in (None, "unknown"):
-                problems.append(f"no partition table: {filesystems[dev]} directly on {dev}")
+    for disk in facts.disks:
+        if disk.table == "none":
+            vfs = facts.filesystems.get(disk.device, "unknown")
+            if vfs != "unknown":
+                problems.append(f"no partition table: {vfs} directly on {disk.device}")
             continue
-        facts_txt.append(f"{dev}: {parttype} partition table")
-        if parttype == "msdos":
-            mbr = bytes(g.pread_device(dev, 440, 0))
-            if not any(mbr):
-                extras.append(CheckResult(
-                    "W-MBR", "warn",
-                    f"{dev}: the MBR's 440 boot-code bytes are all zero: no boot loader is "
-                    "installed there, a Gen1 VM cannot boot this disk",
-                    "boot code in the MBR",
-                ))
-    pvs = list(g.pvs())
-    if pvs:
-        vgs = ", ".join(g.vgs()) or "none"
-        problems.append(f"LVM physical volume(s) on the OS disk: {', '.join(pvs)} (VG {vgs})")
-    for part in g.list_partitions():
-        if _partition_type_is(g, part, LVM_MBR_IDS, LVM_GPT_TYPE) and part not in pvs:
-            problems.append(f"{part} has the LVM partition type")
-    md = list(g.list_md_devices())
-    if md:
-        problems.append(f"software RAID on the OS disk: {', '.join(md)}")
-    root_dev = facts.mountpoints.get("/", facts.root_device)
-    lvs = set(g.lvs())
-    canonical = g.canonical_device_name(root_dev) if root_dev else ""
-    if root_dev.startswith("/dev/mapper/") or canonical in lvs or root_dev in lvs:
-        problems.append(f"root filesystem on LVM ({root_dev})")
-    facts_txt.append(f"root on {canonical or root_dev} ({filesystems.get(root_dev, '?')})")
+        facts_txt.append(f"{disk.device}: {disk.table} partition table")
+        for p in disk.partitions:
+            if p.type in LVM_MBR_TYPES or p.type == LVM_GPT_TYPE:
+                problems.append(f"{disk.device}{p.number} has the LVM partition type ({p.type})")
+        if disk.table == "msdos" and not any(disk.boot_code):
+            extras.append(CheckResult(
+                "W-MBR", "warn",
+                f"{disk.device}: the MBR's 440 boot-code bytes are all zero: no boot loader "
+                "is installed there, a Gen1 VM cannot boot this disk",
+                "boot code in the MBR",
+            ))
+    if facts.pvs:
+        problems.append(f"LVM physical volume(s) on the OS disk: {', '.join(facts.pvs)} "
+                        f"(VG {', '.join(facts.vgs) or 'none'})")
+    if facts.md:
+        problems.append(f"software RAID on the OS disk: {', '.join(facts.md)}")
+    root = facts.root_device
+    if root.startswith("/dev/mapper/") or root in facts.lvs:
+        problems.append(f"root filesystem on LVM ({root})")
+    facts_txt.append(f"root on {root} ({facts.filesystems.get(root, '?')})")
     if problems:
         return _result("R03", "fail", "; ".join(problems)), extras
     return _result("R03", "pass", "; ".join([*facts_txt, "no LVM, no RAID"])), extras
 
 
-def _partition_type_is(g: Any, part: str, mbr_ids: Sequence[int], gpt_type: str) -> bool:
-    try:
-        dev = g.part_to_dev(part)
-        num = g.part_to_partnum(part)
-        parttype = g.part_get_parttype(dev)
-        if parttype == "msdos":
-            return int(g.part_get_mbr_id(dev, num)) in mbr_ids
-        if parttype == "gpt":
-            return str(g.part_get_gpt_type(dev, num)).upper() == gpt_type
-    except RuntimeError:
-        pass
-    return False
-
-
-def _check_swap(g: Any, guest: _Guest, filesystems: Mapping[str, str]) -> CheckResult:
-    problems = []
-    for part in g.list_partitions():
-        if _partition_type_is(g, part, SWAP_MBR_IDS, SWAP_GPT_TYPE):
-            problems.append(f"{part} has the swap partition type")
-    problems += [f"{dev} holds a swap signature" for dev, t in filesystems.items() if t == "swap"]
-    fstab = guest.read_text("/etc/fstab")
-    if fstab is None:
+def _check_swap(facts: _Facts) -> CheckResult:
+    problems = [
+        f"{d.device}{p.number} has the swap partition type ({p.type})"
+        for d in facts.disks for p in d.partitions
+        if p.type in SWAP_MBR_TYPES or p.type == SWAP_GPT_TYPE
+    ]
+    problems += [f"{dev} holds a swap signature"
+                 for dev, t in facts.filesystems.items() if t == "swap"]
+    if facts.fstab is None:
         problems.append("no /etc/fstab")
     else:
-        problems += [f"swap in fstab: {line}" for line in fstab_swaps(fstab)]
+        problems += [f"swap in fstab: {line}" for line in fstab_swaps(facts.fstab)]
     if problems:
         return _result("R04", "fail", "; ".join(problems))
     return _result("R04", "pass", "no swap partition, no swap signature, no swap in /etc/fstab")
@@ -857,20 +1058,23 @@ def _check_swap(g: Any, guest: _Guest, filesystems: Mapping[str, str]) -> CheckR
 def _installed_kernels(guest: _Guest) -> dict[str, str]:
     """Kernel version -> where it was found."""
     kernels: dict[str, str] = {}
-    for path in guest.ls("/boot"):
+    for name, (mode, _size) in _boot_files(guest).items():
         for prefix in ("vmlinuz-", "vmlinux-", "kernel-"):
-            if path.startswith(prefix) and "rescue" not in path:
-                full = f"/boot/{path}"
-                if not guest.is_symlink(full):
-                    kernels[path[len(prefix):]] = full
+            if name.startswith(prefix) and "rescue" not in name and _is_reg(mode):
+                kernels[name[len(prefix):]] = f"/boot/{name}"
     for ver in guest.ls("/lib/modules") or guest.ls("/usr/lib/modules"):
-        if ver in kernels:
-            continue
-        for image in (f"/lib/modules/{ver}/vmlinuz", f"/usr/lib/modules/{ver}/vmlinuz"):
-            if guest.is_file(image):
-                kernels[ver] = image
-                break
+        if ver not in kernels and "vmlinuz" in guest.ls(f"/lib/modules/{ver}"):
+            kernels[ver] = f"/lib/modules/{ver}/vmlinuz"
     return kernels
+
+
+def _is_reg(mode: int) -> bool:
+    return mode & 0o170000 == 0o100000
+
+
+def _boot_files(guest: _Guest) -> dict[str, tuple[int, int]]:
+    """name -> (mode, size) of /boot's entries (symlinks not followed)."""
+    return guest.stat("/boot", guest.ls("/boot"))
 
 
 def _check_kernels(guest: _Guest, facts: _Facts) -> CheckResult:
@@ -893,9 +1097,8 @@ def _check_kernels(guest: _Guest, facts: _Facts) -> CheckResult:
 def _check_initrds(guest: _Guest) -> CheckResult:
     kernels = _installed_kernels(guest)
     initrds = [
-        f"/boot/{n}" for n in guest.ls("/boot")
-        if n.startswith(("initrd", "initramfs")) and "kdump" not in n
-        and not guest.is_symlink(f"/boot/{n}") and guest.is_file(f"/boot/{n}")
+        f"/boot/{n}" for n, (mode, _size) in _boot_files(guest).items()
+        if n.startswith(("initrd", "initramfs")) and "kdump" not in n and _is_reg(mode)
     ]
     problems: list[str] = []
     good: list[str] = []
@@ -913,7 +1116,7 @@ def _check_initrds(guest: _Guest) -> CheckResult:
         return builtin_cache[ver]
 
     for path in initrds:
-        data = guest.read_bytes(path)
+        data = guest.download(path)
         if data is None:
             problems.append(f"{path}: cannot be read")
             continue
@@ -1009,9 +1212,7 @@ def _check_cmdline(guest: _Guest, facts: _Facts) -> CheckResult:
 def _service_state(
     guest: _Guest, facts: _Facts, units: Sequence[str], sysv: Sequence[str]
 ) -> tuple[bool, str]:
-    has_unit = any(
-        guest.exists(f"{d}/{u}") for d in UNIT_DIRS for u in units
-    ) or any(PurePosixPath(link).name in units for link in facts.links)
+    has_unit = any(u in guest.ls(d) for d in UNIT_DIRS for u in units)
     enabled, evidence = unit_enabled(units, facts.links)
     if enabled:
         return True, evidence
@@ -1031,7 +1232,7 @@ def _check_service(
 ) -> CheckResult:
     what = "Azure Linux agent" if rid == "R08" else "SSH server"
     pkgs = [f"{p} {facts.packages[p]}".strip() for p in packages if p in facts.packages]
-    bins = [b for b in binaries if guest.exists(b)]
+    bins = [b for b in binaries if _listed(guest, b)]
     problems = []
     if pkgs:
         installed = f"package {', '.join(pkgs)} ({facts.package_source})"
@@ -1047,7 +1248,7 @@ def _check_service(
         problems.append(f"{what} not enabled at boot: {evidence}" if installed or "masked"
                         in evidence else f"not enabled: {evidence}")
     if rid == "R08" and installed and not any(
-        guest.exists(p) for p in ("/usr/bin/python3", "/usr/bin/python", "/usr/bin/python2")
+        _listed(guest, p) for p in ("/usr/bin/python3", "/usr/bin/python", "/usr/bin/python2")
     ):
         problems.append("no Python interpreter for the agent")
     if problems:
@@ -1057,11 +1258,14 @@ def _check_service(
 
 
 def _cloud_init_state(guest: _Guest, facts: _Facts) -> CloudInitState:
-    installed = "cloud-init" in facts.packages or guest.exists("/usr/bin/cloud-init")
+    installed = "cloud-init" in facts.packages or _listed(guest, "/usr/bin/cloud-init")
     datasources: list[str] | None = None
     ds_evidence = ""
     regenerates = True
-    configs = ["/etc/cloud/cloud.cfg", *guest.glob("/etc/cloud/cloud.cfg.d/*.cfg")]
+    configs = ["/etc/cloud/cloud.cfg"] + [
+        f"/etc/cloud/cloud.cfg.d/{n}" for n in guest.ls("/etc/cloud/cloud.cfg.d")
+        if n.endswith(".cfg")
+    ]
     for path in configs:
         text = guest.read_text(path)
         if text is None:
@@ -1073,7 +1277,7 @@ def _cloud_init_state(guest: _Guest, facts: _Facts) -> CloudInitState:
             regenerates = False
     if not installed:
         return CloudInitState(False, False, "not installed", datasources, ds_evidence, regenerates)
-    if guest.exists("/etc/cloud/cloud-init.disabled"):
+    if _listed(guest, "/etc/cloud/cloud-init.disabled"):
         return CloudInitState(True, False, "disabled by /etc/cloud/cloud-init.disabled",
                               datasources, ds_evidence, regenerates)
     if "cloud-init=disabled" in facts.kernel_args_any:
@@ -1116,6 +1320,13 @@ def _check_sudoers(guest: _Guest) -> CheckResult:
     return _result("R11", "pass", f"no targetpw, no ALL ALL=(ALL) ALL in {', '.join(read)}")
 
 
+def _listed(guest: _Guest, path: str) -> bool:
+    """Whether `path` exists (even as a dangling symlink), from its directory's cached
+    listing: most checks look at a few names in the same directories."""
+    parent = PurePosixPath(path).parent
+    return PurePosixPath(path).name in guest.ls(str(parent))
+
+
 def _check_generalised(guest: _Guest) -> CheckResult:
     found: list[str] = []
     keys = [n for n in guest.ls("/etc/ssh") if n.startswith("ssh_host_")]
@@ -1134,8 +1345,8 @@ def _check_generalised(guest: _Guest) -> CheckResult:
         users = users_with_passwords(guest.read_text("/etc/passwd") or "", shadow)
         if users:
             found.append(f"users with a usable password: {', '.join(users)}")
-    leases = [p for pattern in LEASE_GLOBS for p in guest.glob(pattern)
-              if guest.is_file(p) and guest.size(p) > 0]
+    leases = [p for d in LEASE_DIRS for p in guest.nonempty_files(d)
+              if fnmatch.fnmatch(p, LEASE_DIRS[d])]
     if leases:
         found.append("DHCP leases " + ", ".join(leases))
     state = guest.ls("/var/lib/waagent")
@@ -1144,19 +1355,15 @@ def _check_generalised(guest: _Guest) -> CheckResult:
                      + (" ..." if len(state) > 5 else ""))
     homes = ["/root", *(f"/home/{h}" for h in guest.ls("/home"))]
     for home in homes:
-        for name in HISTORY_FILES:
-            path = f"{home}/{name}"
-            if guest.is_file(path) and guest.size(path) > 0:
-                found.append(f"shell history {path} ({guest.size(path)} bytes)")
-        for name in ("authorized_keys", "authorized_keys2"):
-            path = f"{home}/.ssh/{name}"
-            if guest.is_file(path) and guest.size(path) > 0:
-                found.append(f"authorized keys {path}")
-    instance = [p for p in ("/var/lib/cloud/instance",) if guest.exists(p) or guest.is_symlink(p)]
+        found += [f"shell history {p}" for p in guest.nonempty_files(home, HISTORY_FILES)]
+        if ".ssh" in guest.ls(home):
+            found += [f"authorized keys {p}" for p in guest.nonempty_files(
+                f"{home}/.ssh", ("authorized_keys", "authorized_keys2"))]
+    instance = ["/var/lib/cloud/instance"] if "instance" in guest.ls("/var/lib/cloud") else []
     instance += [f"/var/lib/cloud/instances/{n}" for n in guest.ls("/var/lib/cloud/instances")]
     if instance:
         found.append("cloud-init instance data " + ", ".join(instance))
-    leftovers = [p for p in INSTALLER_LEFTOVERS if guest.exists(p)]
+    leftovers = [p for p in INSTALLER_LEFTOVERS if _listed(guest, p)]
     if leftovers:
         found.append("installer leftovers " + ", ".join(leftovers))
     if found:

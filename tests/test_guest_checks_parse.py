@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
 import struct
+import uuid
+from pathlib import Path
 
 import pytest
 
 from builder.guest_checks import (
     CloudInitState,
+    Partition,
     bls_kernel_line,
     builtin_modules,
     cloud_datasources,
@@ -18,9 +22,13 @@ from builder.guest_checks import (
     judge_waagent_conf,
     kernel_version_status,
     parse_dpkg_status,
+    parse_ebr,
     parse_fstab,
+    parse_gpt_entries,
+    parse_gpt_header,
     parse_grubenv,
     parse_key_values,
+    parse_mbr,
     parse_shell_assignments,
     password_locked,
     shadow_password_field,
@@ -31,6 +39,7 @@ from builder.guest_checks import (
     users_with_passwords,
     version_tuple,
 )
+from builder.run import run
 
 # ---------------------------------------------------------------- fstab (R04)
 
@@ -404,3 +413,75 @@ def test_superblock_state() -> None:
         False, "needs_recovery (journal not replayed)")
     assert superblock_state(_superblock(3))[1] == "has errors (s_state=0x0003)"
     assert superblock_state(bytes(1024)) == (False, "no ext2/3/4 superblock")
+
+
+# ---------------------------------------------------------------- partition tables (R03, R04)
+
+
+def _mbr(entries: list[tuple[int, int, int]]) -> bytearray:
+    sector = bytearray(512)
+    for i, (ptype, lba, count) in enumerate(entries):
+        struct.pack_into("<4xB3xII", sector, 446 + 16 * i, ptype, lba, count)
+    sector[510:512] = b"\x55\xaa"
+    return sector
+
+
+def test_mbr_with_swap_in_a_logical_partition() -> None:
+    # what the Debian installer's "all files in one partition" recipe writes
+    table, parts = parse_mbr(bytes(_mbr([(0x83, 2048, 1000), (0x05, 4094, 2000)])))
+    assert table == "msdos"
+    assert [(p.number, p.type, p.start) for p in parts] == [
+        (1, "0x83", 2048 * 512), (2, "0x05", 4094 * 512)]
+    assert parts[1].extended and not parts[0].extended
+    ebr = _mbr([(0x82, 2, 1998)])
+    logical, nxt = parse_ebr(bytes(ebr), 4094, 4094, 5)
+    assert logical == Partition(5, "0x82", 4096 * 512, 1998 * 512)
+    assert nxt is None
+    chained = _mbr([(0x83, 2, 100), (0x05, 200, 100)])
+    logical, nxt = parse_ebr(bytes(chained), 4094, 4094, 5)
+    assert logical is not None and logical.start == 4096 * 512 and nxt == 4294
+
+
+def test_gpt_and_no_table() -> None:
+    protective = _mbr([(0xEE, 1, 0xFFFFFFFF)])
+    assert parse_mbr(bytes(protective)) == ("gpt", [])
+    assert parse_mbr(bytes(512)) == ("none", [])
+    header = bytearray(512)
+    header[:8] = b"EFI PART"
+    struct.pack_into("<QII", header, 72, 2, 128, 128)
+    assert parse_gpt_header(bytes(header)) == (2, 128, 128)
+    assert parse_gpt_header(bytes(512)) is None
+    entries = bytearray(128 * 128)
+    swap = uuid.UUID("0657FD6D-A4AB-43C4-84E5-0933C84B4F4F")
+    entries[128 : 128 + 16] = swap.bytes_le
+    struct.pack_into("<QQ", entries, 128 + 32, 4096, 8191)
+    assert parse_gpt_entries(bytes(entries), 128, 128) == [
+        Partition(2, "0657FD6D-A4AB-43C4-84E5-0933C84B4F4F", 4096 * 512, 4096 * 512)]
+
+
+def test_real_sfdisk_tables(tmp_path: Path) -> None:
+    """Tables written by sfdisk itself, read back by the parser."""
+    if shutil.which("sfdisk") is None:
+        pytest.skip("sfdisk is not installed")
+    disk = tmp_path / "disk.raw"
+    with disk.open("wb") as f:
+        f.truncate(64 * 1024 * 1024)
+    run(["sfdisk", "-q", disk], input=b"label: dos\nstart=2048, size=20480, type=83\n"
+        b"type=5\nsize=10240, type=82\n")
+    data = disk.read_bytes()
+    table, parts = parse_mbr(data[:512])
+    assert table == "msdos" and [p.type for p in parts] == ["0x83", "0x05"]
+    ext = parts[1]
+    logical, _ = parse_ebr(data[ext.start : ext.start + 512], ext.start // 512,
+                           ext.start // 512, 5)
+    assert logical is not None and logical.type == "0x82" and logical.size == 10240 * 512
+    run(["sfdisk", "-q", disk], input=b"label: gpt\nsize=20480, type=linux\n"
+        b"size=10240, type=swap\n")
+    data = disk.read_bytes()
+    assert parse_mbr(data[:512]) == ("gpt", [])
+    header = parse_gpt_header(data[512:1024])
+    assert header is not None
+    lba, count, size = header
+    gparts = parse_gpt_entries(data[lba * 512 : lba * 512 + count * size], count, size)
+    assert [p.type for p in gparts] == [
+        "0FC63DAF-8483-4772-8E79-3D69D8477DE4", "0657FD6D-A4AB-43C4-84E5-0933C84B4F4F"]
