@@ -176,6 +176,9 @@ kernel_lines() {
   awk '$1 ~ /^linux(16|efi)?$/ { n++ } END { print n + 0 }' "$1"
 }
 
+# same_file A B: B exists with A's content (sha256sum: coreutils is everywhere, cmp is not).
+same_file() { [ -f "$2" ] && [ "$(sha256sum <"$1")" = "$(sha256sum <"$2")" ]; }
+
 # new_tmp: a scratch file ($TMP) for a new version of some file; nothing is written
 # beside the real file unless the content really changes (directory mtimes stay too).
 new_tmp() { TMP=$(mktemp); }
@@ -203,7 +206,7 @@ install_tmp() {
 
 # commit_tmp FILE: replace FILE by $TMP; false (and FILE untouched) when they are equal.
 commit_tmp() {
-  if [ -f "$1" ] && cmp -s "$TMP" "$1"; then
+  if same_file "$TMP" "$1"; then
     rm -f -- "$TMP"
     TMP=""
     return 1
@@ -215,7 +218,7 @@ commit_tmp() {
 ensure_file() {
   new_tmp
   cat >"$TMP"
-  if [ -f "$1" ] && [ "$(stat -c %a "$1")" = "$2" ] && cmp -s "$TMP" "$1"; then
+  if [ -f "$1" ] && [ "$(stat -c %a "$1")" = "$2" ] && same_file "$TMP" "$1"; then
     rm -f -- "$TMP"
     TMP=""
     return 1
@@ -338,7 +341,7 @@ fix_sudoers() {
     }
     { print }
   ' "$1" >"$TMP"
-  if cmp -s "$TMP" "$1"; then
+  if same_file "$TMP" "$1"; then
     rm -f -- "$TMP"
     TMP=""
     return 0
