@@ -134,6 +134,7 @@ class _Progress:
         self.furthest = -1
         self.furthest_text = ""
         self.first_banner_at: float | None = None
+        self.longest_silence = 0.0
 
     def saw(self, stage: int, detail: str) -> None:
         text = f"{self.STAGES[stage]} ({detail})" if detail else self.STAGES[stage]
@@ -199,7 +200,8 @@ def _wait_for_banner(
             if now >= deadline:
                 silent = [now - p.connected_at for p in probes.values() if p.connected_at]
                 if silent:
-                    progress.saw(1, f"silent for {max(silent):.1f}s")
+                    longest = max(*silent, progress.longest_silence)
+                    progress.saw(1, f"connections stayed silent for up to {longest:.1f}s")
                 elif probes:
                     progress.saw(0, "connect pending")
                 return None
@@ -269,6 +271,7 @@ def _wait_for_banner(
                     continue
                 limit = PATIENT_BANNER_WAIT if probe is patient else PROBE_BANNER_WAIT
                 if now - probe.connected_at > limit:
+                    progress.longest_silence = max(progress.longest_silence, limit)
                     progress.saw(1, f"silent for {limit:.0f}s")
                     drop(sock)
     finally:
