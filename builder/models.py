@@ -108,7 +108,13 @@ class DistroRef(Model):
     @field_validator("version", mode="before")
     @classmethod
     def _version_as_text(cls, value: object) -> object:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, float):
+            # A TOML number drops trailing zeros (8.10 reads as 8.1): never guess.
+            raise ValueError(
+                'expected the version as a string (version = "8.10", not version = 8.10: a'
+                f" TOML number drops trailing zeros), found the number {value}"
+            )
+        if isinstance(value, int) and not isinstance(value, bool):
             return str(value)
         return value
 

@@ -86,6 +86,8 @@ CASES = [
           "opensuse-leap", "ubuntu"]),
     Case("unknown-distro-version", {"t.toml": BASE.replace('version = "9"', 'version = "7"')},
          ["distro.version: unsupported Rocky Linux version '7'; supported: 8, 9"]),
+    Case("distro-version-as-a-float", {"t.toml": BASE.replace('version = "9"', "version = 8.10")},
+         ["distro.version: expected the version as a string", "found the number 8.1"]),
     Case("missing-required-table", {"t.toml": BASE[: BASE.index("[distro]")]},
          ["distro: required key is missing"]),
     Case("bad-name", {"t.toml": BASE.replace('name = "demo"', 'name = "my image!"')},
