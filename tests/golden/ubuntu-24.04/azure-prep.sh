@@ -386,7 +386,8 @@ for file in /etc/netplan/*.yaml; do
   [ "$file" = /etc/netplan/90-azbuild-eth0.yaml ] && continue
   remove_file "$file" network "the installer's network configuration"
 done
-for file in 99-installer.cfg subiquity-disable-cloudinit-networking.cfg curtin-preserve-sources.cfg; do
+for file in 99-installer.cfg subiquity-disable-cloudinit-networking.cfg curtin-preserve-sources.cfg \
+  50-curtin-networking.cfg; do
   remove_file "/etc/cloud/cloud.cfg.d/$file" network "an installer leftover"
 done
 remove_file /etc/cloud/ds-identify.cfg network "an installer leftover"
