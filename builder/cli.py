@@ -7,6 +7,7 @@ import json
 import logging
 import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
@@ -284,8 +285,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     azlog.setup(debug=args.debug, log_format=log_format)
     # Ctrl-C raises KeyboardInterrupt even when the parent started us with SIGINT ignored
     # (a shell's background job); SIGTERM raises Terminated. Both unwind the same way.
-    previous_term = signal.signal(signal.SIGTERM, _on_sigterm)
-    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
+    # Handlers can only be set from the main thread (main() called from a thread skips them).
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    if in_main_thread:
+        previous_term = signal.signal(signal.SIGTERM, _on_sigterm)
+        previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         handler: Handler = args.handler
         return handler(args)
@@ -310,8 +314,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_FAILED
     finally:
-        signal.signal(signal.SIGTERM, previous_term)
-        signal.signal(signal.SIGINT, previous_int)
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous_term)
+            signal.signal(signal.SIGINT, previous_int)
 
 
 if __name__ == "__main__":

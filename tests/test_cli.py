@@ -253,3 +253,16 @@ def test_signals_unwind_and_exit_with_their_code(
     assert f"error: {message}; cleaned up" in err
     assert "Traceback" not in err
     assert marker.read_text() == "cleaned up"
+
+
+def test_main_from_a_thread_leaves_signals_alone(capsys: pytest.CaptureFixture[str]) -> None:
+    import threading
+
+    before = signal.getsignal(signal.SIGTERM)
+    results: list[int] = []
+    thread = threading.Thread(target=lambda: results.append(main(["validate", EXAMPLES[0]])))
+    thread.start()
+    thread.join(60)
+    assert results == [0]
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert ": valid (" in capsys.readouterr().out
