@@ -34,7 +34,7 @@ from distros import lookup
 REQUIREMENT_IDS = tuple(f"R{n:02d}" for n in range(1, 14))
 _NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 _MODE_RE = r"^0?[0-7]{3,4}$"
-_CHECKSUM_RE = re.compile(r"^(sha256:[0-9a-fA-F]{64}|sha512:[0-9a-fA-F]{128}|file:.+|none)$")
+_CHECKSUM_RE = re.compile(r"^(sha256:[0-9a-fA-F]{64}|sha512:[0-9a-fA-F]{128}|file:.+)$")
 
 
 class Model(BaseModel):

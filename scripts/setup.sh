@@ -11,6 +11,7 @@ PACKAGES=(
   libguestfs-tools python3-guestfs linux-image-amd64
   debootstrap fdisk e2fsprogs dosfstools mtools xorriso cpio zstd busybox-static
   grub-pc-bin grub-common openssh-client openssh-server shellcheck git
+  debian-installer-12-netboot-amd64
 )
 
 log() { printf 'setup: %s\n' "$*" >&2; }

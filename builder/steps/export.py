@@ -42,7 +42,8 @@ def export(ctx: BuildContext, stack: ExitStack) -> None:
         log.info("exported RAW %s", target)
     if "vhd" in formats:
         target = ctx.artifact_path("vhd")
-        raw_to_vhd(ctx.disk, target, keep_raw="raw" in formats, force=force)
+        # The work disk is not an output: it becomes the VHD in place (constant time).
+        raw_to_vhd(ctx.disk, target, keep_raw=False, force=force)
         _on_failure_remove(stack, target)
         ctx.artifacts["vhd"] = target
         log.info("exported fixed VHD %s", target)
