@@ -70,15 +70,7 @@ def test_models_are_frozen_and_reject_unknown_keys(tmp_path: Path) -> None:
 
 
 def _layer_params() -> list[Any]:
-    params: list[Any] = []
-    for name in shipped_layer_names():
-        marks = []
-        if name == "small-vm":
-            marks.append(pytest.mark.xfail(
-                strict=True, reason="templates/small-vm.toml repeats the default vm.cpus = 2"
-            ))
-        params.append(pytest.param(name, marks=marks, id=name))
-    return params
+    return [pytest.param(name, id=name) for name in shipped_layer_names()]
 
 
 def test_the_shipped_layers() -> None:
