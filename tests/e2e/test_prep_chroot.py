@@ -18,6 +18,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,12 +143,13 @@ def _leave_build_traces(chroot: Chroot) -> None:
         assert chroot.run("ssh-keygen", "-A").returncode == 0
 
 
-@pytest.fixture(scope="module")
-def chroot(base_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chroot]:
-    work = tmp_path_factory.mktemp("prep-chroot")
+@contextmanager
+def _broken_chroot(base_root: Path, work: Path) -> Iterator[Chroot]:
+    """A broken copy of the root with /proc, /sys, /dev mounted; always unmounted and removed."""
     root = work / "root"
     mounted: list[Path] = []
     try:
+        work.mkdir(parents=True, exist_ok=True)
         _sh("cp", "-a", str(base_root), str(root))
         _break_requirements(root)
         policy = root / "usr/sbin/policy-rc.d"
@@ -169,9 +171,14 @@ def chroot(base_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         for target in reversed(mounted):
             if subprocess.run(["umount", str(target)], capture_output=True).returncode:
                 subprocess.run(["umount", "-l", str(target)], capture_output=True)
-        still = [m for m in mounted if os.path.ismount(m)]
-        if not still:
+        if not any(os.path.ismount(m) for m in mounted):
             shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def chroot(base_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chroot]:
+    with _broken_chroot(base_root, tmp_path_factory.mktemp("prep-chroot")) as box:
+        yield box
 
 
 @pytest.fixture(scope="module")
@@ -372,3 +379,32 @@ def test_deprovision_leaves_nothing_of_the_build(
     assert chroot.path("/etc/machine-id").read_text() == ""
     assert chroot.path("/var/log/syslog").stat().st_size == 0
     assert "finished with 0 error(s)" in log, log
+
+
+def test_cloud_init_mode(base_root: Path, tmp_path: Path) -> None:
+    """cloud-init provisioning on a fresh copy: fixed, checked, and idempotent too."""
+    scripts = prep_scripts(resolve("debian", "12"), Azure(provisioning="cloud-init"),
+                           firmware="bios", build_user=BUILD_USER)
+    with _broken_chroot(base_root, tmp_path / "cloud-init") as box:
+        (box.root / "etc/cloud/cloud-init.disabled").touch()
+        prep = box.script("azure-prep.sh", scripts["azure-prep.sh"])
+        first = box.run("bash", prep)
+        assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+        conf = box.path("/etc/waagent.conf").read_text()
+        for line in ("Provisioning.Agent=cloud-init", "ResourceDisk.Format=n",
+                     "ResourceDisk.EnableSwap=n"):
+            assert re.search(rf"^{re.escape(line)}$", conf, flags=re.M), line
+        assert not box.path("/etc/cloud/cloud-init.disabled").exists()
+        dropin = box.path("/etc/cloud/cloud.cfg.d/91-azbuild-azure.cfg").read_text()
+        assert "datasource_list: [ Azure ]" in dropin and "ssh_deletekeys: true" in dropin
+        # cloud-init, not azbuild, writes eth0's configuration on first boot
+        assert not box.path("/etc/network/interfaces.d/eth0").exists()
+
+        before = _manifest(box.root)
+        second = box.run("bash", prep)
+        assert second.returncode == 0 and "azure-prep: nothing to change" in second.stdout
+        assert _manifest(box.root) == before
+
+        check = box.run("bash", box.script("azure-check.sh", scripts["azure-check.sh"]))
+        assert check.returncode == 0, check.stdout + check.stderr
+        assert "R10 pass cloud-init mode" in check.stdout
