@@ -13,6 +13,10 @@ from dataclasses import dataclass, field
 from builder.redact import RedactingFilter
 
 ROOT = "azbuild"
+# Our modules log under their import names (`builder.ssh`, `distros.answers`) and the
+# CLI under "azbuild"; all three trees get the same handlers. Third-party loggers
+# (paramiko) stay out of the user's output.
+LOGGER_TREES = (ROOT, "builder", "distros")
 log = logging.getLogger(ROOT)
 
 
@@ -35,10 +39,6 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup(debug: bool = False, log_format: str = "text") -> None:
-    root = logging.getLogger(ROOT)
-    root.handlers.clear()
-    root.setLevel(logging.DEBUG)
-    root.propagate = False
     handler: logging.Handler
     if log_format == "json":
         handler = logging.StreamHandler(sys.stderr)
@@ -53,7 +53,12 @@ def setup(debug: bool = False, log_format: str = "text") -> None:
                                                "%H:%M:%S"))
     handler.setLevel(logging.DEBUG if debug else logging.INFO)
     handler.addFilter(RedactingFilter())
-    root.addHandler(handler)
+    for name in LOGGER_TREES:
+        tree = logging.getLogger(name)
+        tree.handlers.clear()
+        tree.setLevel(logging.DEBUG)
+        tree.propagate = False
+        tree.addHandler(handler)
 
 
 def add_file_handler(path: str) -> logging.Handler:
@@ -62,8 +67,15 @@ def add_file_handler(path: str) -> logging.Handler:
     handler.setLevel(logging.DEBUG)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     handler.addFilter(RedactingFilter())
-    logging.getLogger(ROOT).addHandler(handler)
+    for name in LOGGER_TREES:
+        logging.getLogger(name).addHandler(handler)
     return handler
+
+
+def remove_handler(handler: logging.Handler) -> None:
+    for name in LOGGER_TREES:
+        logging.getLogger(name).removeHandler(handler)
+    handler.close()
 
 
 @dataclass

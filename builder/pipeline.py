@@ -141,7 +141,7 @@ def make_work_dir(ctx: BuildContext, stack: ExitStack) -> Path:
     stack.push(lambda exc_type, exc, tb: _mark(state, exc_type))
     claim_work_dir(work)
     handler = azlog.add_file_handler(str(work / "build.log"))
-    stack.callback(_remove_handler, handler)
+    stack.callback(azlog.remove_handler, handler)
     ctx.work_dir = work
     return work
 
@@ -149,11 +149,6 @@ def make_work_dir(ctx: BuildContext, stack: ExitStack) -> Path:
 def _mark(state: dict[str, bool], exc_type: type[BaseException] | None) -> bool:
     state["failed"] = exc_type is not None
     return False
-
-
-def _remove_handler(handler: logging.Handler) -> None:
-    logging.getLogger(azlog.ROOT).removeHandler(handler)
-    handler.close()
 
 
 def timed_guest_wait(ctx: BuildContext) -> _GuestClock:
