@@ -552,12 +552,14 @@ class SSHSession:
         timeout: float | None = None,
         on_line: Callable[[str], None] | None = None,
         tail: collections.deque[str] | None = None,
+        on_stderr: Callable[[str], None] | None = None,
     ) -> int:
         """Run a shell command; stream its output (stdout and stderr merged) line by line.
 
         Returns the exit status (-1 if the command died without one, e.g. by a
         signal). Each line goes to `on_line` (default: this module's debug log)
-        and, when given, into the `tail` deque. Raises CommandTimeout after
+        and, when given, into the `tail` deque. With `on_stderr`, stderr is kept
+        apart and its lines go there instead (still into the tail). Raises CommandTimeout after
         `timeout` seconds and ConnectionLost when the connection drops or stops
         answering; both carry the output's tail.
         """
@@ -572,16 +574,30 @@ class SSHSession:
                 f"cannot open an SSH channel to {self.where}: {exc or type(exc).__name__}"
             ) from None
         try:
-            channel.set_combine_stderr(True)
+            channel.set_combine_stderr(on_stderr is None)
             channel.settimeout(0.2)
             channel.exec_command(remote)
             pending = b""
+            err_pending = b""
             start = last_heard = last_check = time.monotonic()
 
-            def emit(raw: bytes) -> None:
+            def emit(raw: bytes, sink: Callable[[str], None] = line_sink) -> None:
                 text = raw.decode("utf-8", "replace").rstrip("\r")
                 kept.append(text)
-                line_sink(text)
+                sink(text)
+
+            def drain_stderr(final: bool = False) -> None:
+                nonlocal err_pending
+                if on_stderr is None:
+                    return
+                while channel.recv_stderr_ready():
+                    err_pending += channel.recv_stderr(32768)
+                *err_lines, err_pending = err_pending.split(b"\n")
+                for line in err_lines:
+                    emit(line, on_stderr)
+                if final and err_pending:
+                    emit(err_pending, on_stderr)
+                    err_pending = b""
 
             def check(state: str) -> None:
                 now = time.monotonic()
@@ -601,6 +617,7 @@ class SSHSession:
                     )
 
             while True:
+                drain_stderr()
                 try:
                     data = channel.recv(32768)
                 except TimeoutError:
@@ -622,12 +639,14 @@ class SSHSession:
             if pending:
                 emit(pending)
             while not channel.exit_status_ready():
+                drain_stderr()
                 if channel.closed and not self._transport.is_active():
                     raise self._lost(command, kept, "the connection closed")
                 check("waiting for the exit status")
                 if channel.closed:
                     break
                 time.sleep(0.05)
+            drain_stderr(final=True)
             status = int(channel.exit_status)
             if status == -1 and not self._transport.is_active():
                 raise self._lost(command, kept, "the connection closed")
@@ -650,13 +669,17 @@ class SSHSession:
         env: dict[str, str] | None = None,
         timeout: float | None = None,
     ) -> str:
-        """Run a command and return its output; BuildError with the output's tail if it fails."""
+        """Run a command and return its stdout (stderr is only logged, at debug level, e.g.
+        sudo's warnings); BuildError with the output's tail (both streams) if it fails."""
         lines: list[str] = []
-        status = self.run(command, sudo=sudo, env=env, timeout=timeout, on_line=lines.append)
+        tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        status = self.run(command, sudo=sudo, env=env, timeout=timeout, on_line=lines.append,
+                          tail=tail,
+                          on_stderr=lambda line: log.debug("[ssh stderr] %s", line))
         if status != 0:
             raise BuildError(
                 f"command failed with exit status {status} on {self.where}: {_short(command)}"
-                + ("\n" + format_tail(lines[-TAIL_LINES:]) if lines else "")
+                + ("\n" + format_tail(tail) if tail else "")
             )
         return "\n".join(lines)
 

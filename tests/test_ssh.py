@@ -259,10 +259,20 @@ def test_wrap_command_exact() -> None:
     )
 
 
+def test_check_output_is_stdout_only(session: SSHSession) -> None:
+    assert session.check_output("echo warning >&2; echo 0; echo more >&2") == "0"
+    err: list[str] = []
+    out: list[str] = []
+    big = "head -c 300000 /dev/zero | tr '\\0' e >&2; echo; echo done"
+    assert session.run(big, on_line=out.append, on_stderr=err.append) == 0
+    assert out == ["", "done"] and sum(len(line) for line in err) == 300000
+
+
 def test_check_output_failure_shows_tail(session: SSHSession) -> None:
     with pytest.raises(BuildError) as err:
-        session.check_output("echo why-it-failed; exit 4")
-    assert "exit status 4" in str(err.value) and "why-it-failed" in str(err.value)
+        session.check_output("echo why-it-failed; echo on-stderr >&2; exit 4")
+    message = str(err.value)
+    assert "exit status 4" in message and "why-it-failed" in message and "on-stderr" in message
 
 
 def test_run_timeout(session: SSHSession) -> None:
