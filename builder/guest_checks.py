@@ -1131,18 +1131,20 @@ def _check_initrds(guest: _Guest) -> CheckResult:
             ver = next(iter(in_tree))
         if ver:
             covered.add(ver)
+        segments = {e.archive: e.compression for e in entries}
+        label = f"{path} ({' + '.join(segments[k] for k in sorted(segments))})"
         present = {n for e in entries if e.is_file and (n := module_name(e.name))}
         have = present | builtins(ver)
         missing = [m for m in REQUIRED_MODULES if m not in have]
         if missing:
-            problems.append(f"{path} lacks {', '.join(missing)}")
+            problems.append(f"{label} lacks {', '.join(missing)}")
         else:
             where_b = [m for m in REQUIRED_MODULES if m not in present]
             note = f" ({', '.join(where_b)} built into the kernel)" if where_b else ""
-            good.append(f"{path}: {', '.join(REQUIRED_MODULES)}{note}")
+            good.append(f"{label}: {', '.join(REQUIRED_MODULES)}{note}")
         lacking = [m for m in WANTED_MODULES if m not in have]
         if lacking:
-            warnings.append(f"{path} lacks {', '.join(lacking)}")
+            warnings.append(f"{label} lacks {', '.join(lacking)}")
     for ver in sorted(set(kernels) - covered):
         have = builtins(ver)
         if all(m in have for m in REQUIRED_MODULES):
