@@ -83,11 +83,105 @@ def write_template(path: Path, body: str) -> Path:
     return path
 
 
+# --- a base image that breaks every fixable requirement -------------------------------------
+
+
+def open_guest(image: Path, fmt: str, readonly: bool) -> Any:
+    import guestfs
+
+    os.environ.setdefault("LIBGUESTFS_BACKEND", "direct")
+    os.environ.setdefault("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg")
+    g = guestfs.GuestFS(python_return_dict=True)
+    g.add_drive_opts(str(image), format=fmt, readonly=readonly)
+    g.launch()
+    roots = g.inspect_os()
+    assert roots, f"no operating system found in {image}"
+    g.mount_ro(roots[0], "/") if readonly else g.mount(roots[0], "/")
+    return g
+
+
+ROOT_HASH = "$6$azbuildtest$" + "x" * 86  # a set (if unusable) root password
+
+
+def strip_hyperv_modules(initrd: Path, work: Path) -> None:
+    """Rewrite a Debian initrd without the Hyper-V drivers (MODULES=most includes them)."""
+    unpacked = work / "initrd"
+    run(["unmkinitramfs", initrd, unpacked])
+    main = unpacked / "main" if (unpacked / "main").is_dir() else unpacked
+    removed = [p for p in main.rglob("*.ko*") if p.name.split(".")[0] in
+               ("hv_vmbus", "hv_storvsc", "hv_netvsc", "hv_utils", "hv_balloon")]
+    assert removed, "the base initrd held no Hyper-V modules to remove"
+    for module in removed:
+        module.unlink()
+    files = sorted(str(p.relative_to(main)) for p in main.rglob("*"))
+    with open(initrd, "wb") as out:
+        cpio = subprocess.Popen(["cpio", "-o", "-H", "newc", "--quiet"], cwd=main,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        zstd = subprocess.Popen(["zstd", "-q", "-c"], stdin=cpio.stdout, stdout=out)
+        assert cpio.stdin is not None and cpio.stdout is not None
+        cpio.stdout.close()
+        cpio.stdin.write(("\n".join(files) + "\n").encode())
+        cpio.stdin.close()
+        assert cpio.wait() == 0 and zstd.wait() == 0
+
+
+@pytest.fixture(scope="session")
+def hostile_base(cloud_image: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the cloud image that breaks every requirement the build can fix:
+    `quiet` and no `console=ttyS0` on the kernel line, a swap file in fstab,
+    `Defaults targetpw` and `ALL ALL=(ALL) ALL` in sudoers, no agent, no Hyper-V
+    modules in the initrd, a root password set, SSH host keys present."""
+    tmp = tmp_path_factory.mktemp("hostile")
+    image = tmp / "hostile.qcow2"
+    run(["qemu-img", "create", "-f", "qcow2", "-F", "qcow2", "-b", cloud_image, image])
+    g = open_guest(image, "qcow2", readonly=False)
+    try:
+        grub = g.cat("/etc/default/grub")
+        grub = "\n".join(
+            line for line in grub.splitlines()
+            if not line.startswith(("GRUB_CMDLINE_LINUX=", "GRUB_CMDLINE_LINUX_DEFAULT="))
+        ) + '\nGRUB_CMDLINE_LINUX_DEFAULT="quiet"\nGRUB_CMDLINE_LINUX="net.ifnames=0"\n'
+        g.write("/etc/default/grub", grub)
+        cfg = g.cat("/boot/grub/grub.cfg")
+        lines = []
+        for line in cfg.splitlines():
+            if line.lstrip().startswith("linux"):
+                words = [w for w in line.split() if not w.startswith(
+                    ("console=", "earlyprintk=", "rootdelay="))]
+                line = " ".join(words) + " quiet"
+            lines.append(line)
+        g.write("/boot/grub/grub.cfg", "\n".join(lines) + "\n")
+        g.fallocate64("/swapfile", 64 * 1024**2)
+        g.chmod(0o600, "/swapfile")
+        g.mkswap_file("/swapfile")
+        g.write_append("/etc/fstab", "/swapfile none swap sw 0 0\n")
+        g.write_append("/etc/sudoers", "Defaults targetpw\nALL ALL=(ALL) ALL\n")
+        shadow = g.cat("/etc/shadow").splitlines()
+        shadow = [f"root:{ROOT_HASH}:" + line.split(":", 2)[2] if line.startswith("root:")
+                  else line for line in shadow]
+        g.write("/etc/shadow", "\n".join(shadow) + "\n")
+        g.write("/etc/ssh/ssh_host_ed25519_key", "not a real key\n")
+        g.write("/etc/ssh/ssh_host_ed25519_key.pub", "ssh-ed25519 AAAA base-image-key\n")
+        initrds = [f for f in g.ls("/boot") if f.startswith("initrd.img-")]
+        assert initrds
+        for name in initrds:
+            local = tmp / name
+            g.download(f"/boot/{name}", str(local))
+            strip_hyperv_modules(local, tmp / f"unpack-{name}")
+            g.upload(str(local), f"/boot/{name}")
+        assert not g.exists("/usr/sbin/waagent"), "the base already has the agent"
+        g.umount_all()
+        g.shutdown()
+    finally:
+        g.close()
+    return image
+
+
 # --- one successful build, shared ----------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
-def built(cloud_image: Path, tmp_path_factory: pytest.TempPathFactory,
+def built(hostile_base: Path, tmp_path_factory: pytest.TempPathFactory,
           libvirt_uri: str) -> Outcome:
     tmp = tmp_path_factory.mktemp("build")
     payload = tmp / "payload.txt"
@@ -109,7 +203,7 @@ source = "{payload}"
 destination = "/opt/azbuild-e2e/payload.txt"
 mode = "0640"
 """)
-    outcome = azbuild_build(template, cloud_image, tmp)
+    outcome = azbuild_build(template, hostile_base, tmp)
     assert outcome.returncode == 0, outcome.stderr[-6000:]
     return outcome
 
@@ -117,16 +211,7 @@ mode = "0640"
 @pytest.fixture(scope="session")
 def guest_files(built: Outcome) -> Iterator[Any]:
     """The exported RAW opened read-only with libguestfs."""
-    import guestfs
-
-    os.environ.setdefault("LIBGUESTFS_BACKEND", "direct")
-    os.environ.setdefault("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg")
-    g = guestfs.GuestFS(python_return_dict=True)
-    g.add_drive_opts(str(built.output_dir / "e2e-debian.raw"), format="raw", readonly=True)
-    g.launch()
-    roots = g.inspect_os()
-    assert roots, "no operating system found in the exported image"
-    g.mount_ro(roots[0], "/")
+    g = open_guest(built.output_dir / "e2e-debian.raw", "raw", readonly=True)
     yield g
     g.close()
 
@@ -166,6 +251,85 @@ def test_provisioners_effects_are_in_the_image(guest_files: Any) -> None:
     assert g.stat("/opt/azbuild-e2e/payload.txt")["mode"] & 0o777 == 0o640
     motd = (REPO / "examples" / "files" / "motd").read_text()
     assert g.cat("/etc/motd") == motd
+
+
+def test_base_breaks_every_fixable_requirement(hostile_base: Path) -> None:
+    """So that the build passing proves each fix (checked by the offline checker)."""
+    from builder.guest_checks import guest_checks
+
+    statuses = {c.id: c.status for c in guest_checks(hostile_base, "qcow2")}
+    for requirement in ("R04", "R05", "R07", "R08", "R11", "R12"):
+        assert statuses[requirement] == "fail", (requirement, statuses)
+
+
+def test_azure_preparation_is_in_the_image(guest_files: Any, tmp_path: Path) -> None:
+    """R03..R12 asserted from the exported image's own files."""
+    from builder.initrd_list import list_initrd_file, modules_in
+
+    g = guest_files
+    # R03: the root filesystem is a plain partition.
+    root_device = next(m for m, p in g.mountpoints().items() if p == "/")
+    assert not root_device.startswith("/dev/mapper/"), root_device
+    # R04: no swap in fstab, and the swap file is gone.
+    fstab = [line.split() for line in g.cat("/etc/fstab").splitlines()
+             if line.strip() and not line.lstrip().startswith("#")]
+    assert all(len(f) < 3 or f[2] != "swap" for f in fstab), fstab
+    # R05: the Hyper-V drivers are in every initrd.
+    initrds = [f for f in g.ls("/boot") if f.startswith("initrd.img-")]
+    assert initrds
+    for name in initrds:
+        local = tmp_path / name
+        g.download(f"/boot/{name}", str(local))
+        modules = modules_in(list_initrd_file(local))
+        assert {"hv_vmbus", "hv_storvsc", "hv_netvsc"} <= modules, (name, sorted(modules))
+    # R07: the generated GRUB configuration's kernel lines.
+    linux_lines = [line for line in g.cat("/boot/grub/grub.cfg").splitlines()
+                   if line.lstrip().startswith("linux")]
+    assert linux_lines
+    for line in linux_lines:
+        words = line.split()
+        for arg in ("console=ttyS0", "earlyprintk=ttyS0", "rootdelay=300"):
+            assert arg in words, (arg, line)
+        assert "quiet" not in words and "rhgb" not in words, line
+    # R08: the agent installed and enabled.
+    status = g.cat("/var/lib/dpkg/status")
+    assert "Package: waagent\nStatus: install ok installed" in status
+    assert g.exists("/etc/systemd/system/multi-user.target.wants/walinuxagent.service")
+    # R09: sshd installed and enabled.
+    assert "Package: openssh-server\nStatus: install ok installed" in status
+    assert g.exists("/etc/systemd/system/multi-user.target.wants/ssh.service")
+    # R10: waagent mode, every key explicit; cloud-init disabled.
+    conf = dict(line.split("=", 1) for line in g.cat("/etc/waagent.conf").splitlines()
+                if "=" in line and not line.lstrip().startswith("#"))
+    assert conf["Provisioning.Agent"] == "waagent"
+    assert conf["Provisioning.RegenerateSshHostKeyPair"] == "y"
+    assert conf["ResourceDisk.Format"] == "y"
+    assert conf["ResourceDisk.Filesystem"] == "ext4"
+    assert conf["ResourceDisk.MountPoint"] == "/mnt/resource"
+    assert conf["ResourceDisk.EnableSwap"] == "y"
+    assert conf["ResourceDisk.SwapSizeMB"] == "2048"
+    assert g.exists("/etc/cloud/cloud-init.disabled")
+    # R11: sudoers without targetpw or ALL ALL.
+    sudoers = [g.cat("/etc/sudoers")] + [g.cat(f"/etc/sudoers.d/{f}")
+                                         for f in g.ls("/etc/sudoers.d")]
+    for text in sudoers:
+        for line in text.splitlines():
+            words = line.split()
+            assert words[:2] != ["Defaults", "targetpw"], line
+            assert "".join(words) != "ALLALL=(ALL)ALL", line
+    # R12: generalised.
+    assert [f for f in g.ls("/etc/ssh") if f.startswith("ssh_host_")] == []
+    root_hash = next(line for line in g.cat("/etc/shadow").splitlines()
+                 if line.startswith("root:")).split(":")[1]
+    assert root_hash.startswith(("!", "*")), "root's password is not locked"
+    assert "azbuild:" not in g.cat("/etc/passwd")
+    assert not g.exists("/home/azbuild")
+    assert not g.exists("/root/.ssh/authorized_keys") or not g.cat(
+        "/root/.ssh/authorized_keys").strip()
+    assert not g.exists("/root/.bash_history")
+    assert not g.exists("/var/lib/cloud/instance")
+    assert not g.exists("/var/lib/cloud/instances") or g.ls("/var/lib/cloud/instances") == []
+    assert not g.exists("/etc/ssh/sshd_config.d/90-azbuild.conf")
 
 
 def test_vhd_passes_check(built: Outcome) -> None:
