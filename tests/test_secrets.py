@@ -220,3 +220,13 @@ def test_short_values_are_not_registered_but_structured_output_still_masks_them(
     data = json.loads(capsys.readouterr().out)
     assert data["variables"]["password"] == "<sensitive>"
     assert data["install"]["root_password"] == "<sensitive>"
+
+
+def test_render_output_holds_no_secret(sentinel_template: Path, tmp_path: Path) -> None:
+    """Answer files, kernel command line, domain XML and the Azure scripts."""
+    out = tmp_path / "rendered"
+    assert main(["render", str(sentinel_template), "--out", str(out)]) == 0
+    names = {p.name for p in out.iterdir()}
+    assert {"domain-install.xml", "domain-boot.xml", "kernel-cmdline.txt",
+            "azure-prep.sh"} <= names
+    assert_no_sentinel(out)

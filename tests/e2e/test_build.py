@@ -35,6 +35,7 @@ pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
 AZBUILD = [sys.executable, "-m", "builder"]
 EXAMPLE = REPO / "examples" / "cloud-image.toml"
+SECRET = "e2e-Sentinel-7f3a9c"  # a sensitive variable's value: must appear in no output
 
 
 @dataclass
@@ -189,13 +190,17 @@ def built(hostile_base: Path, tmp_path_factory: pytest.TempPathFactory,
     template = write_template(tmp / "e2e.toml", f"""
 name = "e2e-debian"
 
+[variables]
+token = {{ default = "{SECRET}", sensitive = true }}
+
 [output]
 formats = ["vhd", "raw"]
 
 [[provision]]
 type = "shell"
-inline = ["echo azbuild-e2e-marker > /etc/azbuild-e2e", "test \\"$GREETING\\" = hello"]
-env = {{ GREETING = "hello" }}
+inline = ["echo azbuild-e2e-marker > /etc/azbuild-e2e", "test \\"$GREETING\\" = hello",
+          "echo the token is $TOKEN"]
+env = {{ GREETING = "hello", TOKEN = "${{var.token}}" }}
 
 [[provision]]
 type = "file"
@@ -237,6 +242,12 @@ def test_build_writes_image_manifest_and_log(built: Outcome, libvirt_uri: str) -
     # The timing table is logged at the end.
     assert "total" in built.stderr
     assert_nothing_left_but_outputs(built, libvirt_uri)
+    # The provisioner echoed the sensitive value: masked in every output.
+    assert "the token is <sensitive>" in (out / "build.log").read_text()
+    for path in out.iterdir():
+        if path.suffix in (".json", ".log"):
+            assert SECRET not in path.read_text(), path
+    assert SECRET not in built.stderr and SECRET not in built.stdout
 
 
 def assert_nothing_left_but_outputs(outcome: Outcome, uri: str) -> None:
