@@ -124,6 +124,11 @@ def data_ranges(fd: int, length: int) -> list[tuple[int, int]]:
     return ranges
 
 
+def count_ranges(path: Path) -> int:
+    with open(path, "rb") as f:
+        return len(data_ranges(f.fileno(), os.fstat(f.fileno()).st_size))
+
+
 def same_bytes(a: Path, b: Path) -> bool:
     """Whether two files of equal length hold the same bytes, reading only what is
     allocated in either (a hole in both reads as zeros in both)."""
@@ -241,7 +246,8 @@ class Bench:
         for label, src in inputs.items():
             lines += [
                 "", f"## {label}: {src.stat().st_size / GiB:.0f} GiB, allocated "
-                f"{allocated_bytes(src) / MiB:.1f} MiB ({self.runs} runs each, cold cache)", "",
+                f"{allocated_bytes(src) / MiB:.1f} MiB in {count_ranges(src)} data ranges "
+                f"({self.runs} runs each, cold cache)", "",
                 "| contender | median | min | max | output allocated |", "|---|---|---|---|---|",
             ]
             medians = {}
