@@ -25,7 +25,10 @@ cache=${AZBUILD_CACHE_DIR:-/var/cache/azbuild}
 images="$cache/images"
 stable="$images/debian-12-cloud.qcow2"
 
-rootfs=$("$here/make-rootfs.sh")
+# dbus lets systemd-logind run, which turns the ACPI power button (libvirt's
+# shutdown, Azure's "Stop") into a clean poweroff; without it the button is ignored.
+EXTRA_PACKAGES=(dbus)
+rootfs=$("$here/make-rootfs.sh" "${EXTRA_PACKAGES[@]}")
 key=$( { cat "$0"; echo "$rootfs $SIZE_MIB"; stat -c %Y "$rootfs/.complete"; } \
        | sha256sum | cut -c1-16)
 out="$images/debian-12-cloud-$key.qcow2"
