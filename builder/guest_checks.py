@@ -27,13 +27,15 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from builder.errors import UsageError
+from builder.errors import AzbuildError, CommandError, UsageError
 from builder.initrd_list import InitrdError, kernel_versions_in, list_initrd, module_name
 from builder.report import CheckResult, Status
+from builder.run import run
 
 log = logging.getLogger(__name__)
 
 IMAGE_FORMATS = ("raw", "qcow2", "vpc", "vhdx")
+GUEST_IDS = tuple(f"R{n:02d}" for n in range(3, 14))  # what guest_checks judges
 REQUIRED_ARGS = ("console=ttyS0", "earlyprintk=ttyS0", "rootdelay=300")
 FORBIDDEN_ARGS = ("rhgb", "quiet")
 REQUIRED_MODULES = ("hv_vmbus", "hv_storvsc")
@@ -763,6 +765,14 @@ def guest_checks(image: Path, image_format: str) -> list[CheckResult]:
         raise UsageError(f"cannot read {image}: not a readable file")
     import guestfs  # the system binding; see docs/check.md
 
+    try:  # the input's fault, told apart from an appliance that cannot start
+        run(["qemu-img", "info", "-f", image_format, image], timeout=120)
+    except CommandError as exc:
+        raise UsageError(
+            f"cannot open {image} as a {image_format} disk image: "
+            f"{(exc.stderr or exc.stdout).strip()}",
+            hint="check the file and its format; `qemu-img info` shows what it holds",
+        ) from None
     started = time.monotonic()
     g = guestfs.GuestFS(python_return_dict=True)
     try:
@@ -770,9 +780,10 @@ def guest_checks(image: Path, image_format: str) -> list[CheckResult]:
             g.add_drive_opts(str(image), readonly=True, format=image_format)
             g.launch()
         except RuntimeError as exc:
-            raise UsageError(
-                f"cannot open {image} as a {image_format} disk image: {exc}",
-                hint="check the file and its format; `qemu-img info` shows what it holds",
+            raise AzbuildError(
+                f"the libguestfs appliance did not start: {exc}",
+                hint="where KVM is broken, set LIBGUESTFS_BACKEND=direct and "
+                "LIBGUESTFS_BACKEND_SETTINGS=force_tcg; `libguestfs-test-tool` diagnoses",
             ) from None
         log.debug("appliance up in %.1f s", time.monotonic() - started)
         with tempfile.TemporaryDirectory(prefix="azbuild-check-") as tmp:
