@@ -682,6 +682,10 @@ class _Guest:
         data = self.read_bytes(path)
         return None if data is None else data.decode("utf-8", "replace")
 
+    def forget(self) -> None:
+        """Drop cached listings (after mounting or unmounting)."""
+        self._ls.clear()
+
     def ls(self, path: str) -> list[str]:
         if path not in self._ls:
             try:
@@ -903,7 +907,7 @@ def _mount_os(g: Any, guest: _Guest, facts: _Facts, image: Path) -> None:
         except RuntimeError as exc:
             log.debug("cannot mount %s: %s", dev, exc)
             continue
-        guest._ls.clear()
+        guest.forget()
         if _is_os_root(guest):
             facts.root_device = dev
             break
@@ -932,7 +936,7 @@ def _mount_os(g: Any, guest: _Guest, facts: _Facts, image: Path) -> None:
             facts.mounted[e.mountpoint] = dev
         except RuntimeError as exc:
             facts.unmounted.append(f"{e.mountpoint} ({dev}: {exc})")
-    guest._ls.clear()
+    guest.forget()
     if facts.unmounted:
         log.warning("could not mount %s", "; ".join(facts.unmounted))
 
@@ -971,7 +975,8 @@ def _packages_by_inspection(g: Any, guest: _Guest, facts: _Facts) -> None:
     everything when it finishes, so the OS is mounted again afterwards."""
     try:
         g.umount_all()
-        roots = [r for r in g.inspect_os() if r == facts.root_device] or list(g.inspect_os())
+        found = list(g.inspect_os())
+        roots = [r for r in found if r == facts.root_device] or found
         for mp, dev in sorted(facts.mounted.items(), key=lambda m: m[0].count("/")):
             g.mount_ro(dev, mp)
         if roots:
@@ -980,7 +985,7 @@ def _packages_by_inspection(g: Any, guest: _Guest, facts: _Facts) -> None:
             facts.package_source = str(g.inspect_get_package_format(roots[0]))
     except RuntimeError as exc:
         log.warning("cannot list the guest's packages: %s", exc)
-    guest._ls.clear()
+    guest.forget()
 
 
 def _kernel_lines(guest: _Guest) -> list[KernelLine]:
