@@ -112,10 +112,14 @@ def fstab_swaps(text: str, path: str = "/etc/fstab") -> list[str]:
     return [where(path, e.line, e.text) for e in parse_fstab(text) if e.vfstype == "swap"]
 
 
-def parse_shell_assignments(text: str) -> dict[str, tuple[str, int]]:
+def parse_shell_assignments(
+    text: str, known: Mapping[str, str] | None = None
+) -> dict[str, tuple[str, int]]:
     """`KEY=value` lines of a shell-sourced defaults file (/etc/default/grub):
-    quotes removed, `$KEY`/`${KEY}` of earlier lines expanded. Value and line number."""
+    quotes removed, `$KEY`/`${KEY}` of earlier lines (or of `known`, from files sourced
+    before) expanded. Value and line number of the keys this text assigns."""
     values: dict[str, tuple[str, int]] = {}
+    earlier = dict(known or {})
     for number, line in enumerate(text.splitlines(), start=1):
         m = re.match(r"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$", line)
         if not m:
@@ -128,11 +132,23 @@ def parse_shell_assignments(text: str) -> dict[str, tuple[str, int]]:
         value = " ".join(words)
         value = re.sub(
             r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?",
-            lambda v: values.get(v.group(1), ("", 0))[0],
+            lambda v: earlier.get(v.group(1), ""),
             value,
         )
         values[m.group(1)] = (value, number)
+        earlier[m.group(1)] = value
     return values
+
+
+def grub_defaults(files: Sequence[tuple[str, str]]) -> dict[str, tuple[str, str]]:
+    """The effective GRUB_* settings of /etc/default/grub and then /etc/default/grub.d/*.cfg
+    (sourced in that order by grub-mkconfig): key -> (value, "path:line")."""
+    merged: dict[str, tuple[str, str]] = {}
+    for path, text in files:
+        known = {k: v for k, (v, _) in merged.items()}
+        for key, (value, line) in parse_shell_assignments(text, known).items():
+            merged[key] = (value, f"{path}:{line}")
+    return merged
 
 
 @dataclass(frozen=True)
@@ -1181,21 +1197,28 @@ def _check_cmdline(guest: _Guest, facts: _Facts) -> CheckResult:
     problems: list[str] = []
     notes: list[str] = []
     crash = False
-    defaults = guest.read_text("/etc/default/grub")
-    if defaults is not None:
-        values = parse_shell_assignments(defaults)
+    sources = [("/etc/default/grub", guest.read_text("/etc/default/grub"))] + [
+        (f"/etc/default/grub.d/{n}", guest.read_text(f"/etc/default/grub.d/{n}"))
+        for n in guest.ls("/etc/default/grub.d") if n.endswith(".cfg")
+    ]
+    files = [(path, text) for path, text in sources if text is not None]
+    if files:
+        values = grub_defaults(files)
         args: list[str] = []
         shown = []
         for key in ("GRUB_CMDLINE_LINUX", "GRUB_CMDLINE_LINUX_DEFAULT"):
             if key in values:
                 args += values[key][0].split()
-                shown.append(f'/etc/default/grub:{values[key][1]}: {key}="{values[key][0]}"')
+                shown.append(f'{values[key][1]}: {key}="{values[key][0]}"')
         missing, forbidden, has_crash = judge_cmdline(args)
         crash = crash or has_crash
+        what = "the grub defaults" if len(files) > 1 else "/etc/default/grub"
         if missing:
-            problems.append(f"/etc/default/grub lacks {' '.join(missing)} ({'; '.join(shown)})")
+            problems.append(f"{what} lack{'s' if len(files) == 1 else ''} "
+                            f"{' '.join(missing)} ({'; '.join(shown)})")
         if forbidden:
-            problems.append(f"/etc/default/grub has {' '.join(forbidden)} ({'; '.join(shown)})")
+            problems.append(f"{what} ha{'s' if len(files) == 1 else 've'} "
+                            f"{' '.join(forbidden)} ({'; '.join(shown)})")
         if not missing and not forbidden:
             notes.append("; ".join(shown))
     if not facts.kernel_lines:

@@ -16,6 +16,7 @@ from builder.guest_checks import (
     builtin_modules,
     cloud_datasources,
     fstab_swaps,
+    grub_defaults,
     grub_kernel_lines,
     initrd_version,
     judge_cmdline,
@@ -76,6 +77,20 @@ GRUB_CMDLINE_LINUX_DEFAULT="quiet"
 GRUB_CMDLINE_LINUX="console=ttyS0 earlyprintk=ttyS0"  # serial
 GRUB_CMDLINE_LINUX="$GRUB_CMDLINE_LINUX rootdelay=300"
 """
+
+
+def test_grub_defaults_with_grub_d_overrides() -> None:
+    # Ubuntu cloud images set the serial console in /etc/default/grub.d/50-cloudimg-settings.cfg
+    cloudimg = ('GRUB_CMDLINE_LINUX_DEFAULT="console=tty1 console=ttyS0"\n'
+                'GRUB_CMDLINE_LINUX="$GRUB_CMDLINE_LINUX numa=off"\n')
+    merged = grub_defaults([("/etc/default/grub", DEFAULT_GRUB),
+                            ("/etc/default/grub.d/50-cloudimg-settings.cfg", cloudimg)])
+    assert merged["GRUB_CMDLINE_LINUX_DEFAULT"] == (
+        "console=tty1 console=ttyS0", "/etc/default/grub.d/50-cloudimg-settings.cfg:1")
+    assert merged["GRUB_CMDLINE_LINUX"] == (
+        "console=ttyS0 earlyprintk=ttyS0 rootdelay=300 numa=off",
+        "/etc/default/grub.d/50-cloudimg-settings.cfg:2")
+    assert merged["GRUB_TIMEOUT"] == ("5", "/etc/default/grub:2")
 
 
 def test_shell_assignments_unquote_and_expand() -> None:
