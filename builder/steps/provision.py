@@ -24,8 +24,11 @@ def run(ctx: BuildContext, stack: ExitStack) -> None:
     if not ctx.template.provision:
         log.info("no provisioners")
         return
-    run_provisioners(ctx.template.provision, session=_session(ctx),
-                     reconnect=lambda timeout: _reconnect(ctx, stack, timeout))
+    with timed_guest_wait(ctx):
+        ctx.session = run_provisioners(
+            ctx.template.provision, session=_session(ctx),
+            reconnect=lambda timeout: _reconnect(ctx, stack, timeout),
+        )
 
 
 def _session(ctx: BuildContext) -> SSHSession:
@@ -67,8 +70,9 @@ def azure_preparation(ctx: BuildContext, stack: ExitStack) -> None:
             local = Path(tmp) / name
             local.write_text(text)
             session.upload(local, f"{GUEST_DIR}/{name}", mode=0o700)
-    _run_script(session, "azure-prep.sh", "[azure-prep]")
-    _run_check(session)
+    with timed_guest_wait(ctx):
+        _run_script(session, "azure-prep.sh", "[azure-prep]")
+        _run_check(session)
     log.info("starting the final deprovision script; the guest powers itself off")
     session.run_detached(f"/bin/bash {GUEST_DIR}/deprovision.sh", sudo=True)
 
