@@ -722,12 +722,28 @@ class SSHSession:
             raise UsageError(f"upload source not found: {local}")
         is_dir = local.is_dir() and not local.is_symlink()
         staging = self.check_output("mktemp -d /tmp/azbuild-upload.XXXXXX").strip()
+        try:
+            count = self._stage_and_install(local, staging, remote, is_dir=is_dir, mode=mode,
+                                            owner=owner)
+        except BaseException:
+            # The install script removes the staging directory itself; this covers failures
+            # before it ran (SFTP, sudo refusing). Best effort, never hiding the real error.
+            if self.is_active():
+                with contextlib.suppress(Exception):
+                    self.run(f"rm -rf -- {shlex.quote(staging)}", timeout=30,
+                             on_line=lambda line: log.debug("[upload cleanup] %s", line))
+            raise
+        log.debug("uploaded %s to %s:%s (%d entries)", local, self.where, remote, count)
+
+    def _stage_and_install(
+        self, local: Path, staging: str, remote: str, *, is_dir: bool, mode: int | None,
+        owner: str | None,
+    ) -> int:
         payload = f"{staging}/payload"
         try:
             sftp = self._transport.open_sftp_client()
         except (paramiko.SSHException, EOFError, OSError) as exc:
             raise ConnectionLost(f"cannot open SFTP to {self.where}: {exc}") from None
-        count = 0
         try:
             count = _put_tree(sftp, local, payload) if is_dir else _put_one(sftp, local, payload)
             if mode is not None:
@@ -745,7 +761,7 @@ class SSHSession:
                 f"upload of {local} to {remote} failed in the guest (exit status {status})"
                 + ("\n" + format_tail(lines[-TAIL_LINES:]) if lines else "")
             )
-        log.debug("uploaded %s to %s:%s (%d entries)", local, self.where, remote, count)
+        return count
 
     def close(self) -> None:
         self._transport.close()

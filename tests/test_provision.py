@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 import stat
 import threading
 import time
@@ -53,7 +54,7 @@ def messages(caplog: pytest.LogCaptureFixture) -> list[str]:
 def test_inline_and_script_in_order(session: SSHSession, tmp_path: Path,
                                     caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="builder.provision")
-    script = tmp_path / "setup.sh"
+    script = tmp_path / f"setup-{secrets.token_hex(4)}.sh"  # unique: other runs may share /tmp
     script.write_text('#!/bin/bash\nset -eu\necho "script sees $GREETING in ${BASH_VERSION%%.*}"\n'
                       f'cat {tmp_path}/first\n')
     out = tmp_path / "first"
@@ -71,7 +72,7 @@ def test_inline_and_script_in_order(session: SSHSession, tmp_path: Path,
     assert "[provision 1/2 shell] err" in logged
     assert "[provision 2/2 shell] script sees hi in 5" in logged
     assert "[provision 2/2 shell] one" in logged
-    assert not list(Path("/tmp").glob("azbuild-*-setup.sh"))
+    assert not list(Path("/tmp").glob(f"azbuild-*-{script.name}"))
 
 
 def test_failing_provisioner_names_itself_and_shows_tail(session: SSHSession) -> None:

@@ -347,6 +347,7 @@ def test_run_detached_outlives_the_session(server: SshServer, tmp_path: Path) ->
 
 
 def test_upload_file_with_mode_and_owner(session: SSHSession, tmp_path: Path) -> None:
+    before = set(Path("/tmp").glob("azbuild-upload.*"))
     src = tmp_path / "app.conf"
     src.write_text("key = value\n")
     src.chmod(0o640)
@@ -360,7 +361,7 @@ def test_upload_file_with_mode_and_owner(session: SSHSession, tmp_path: Path) ->
     assert dest.stat().st_uid != 0
     session.upload(src, str(tmp_path / "guest") + "/")
     assert (tmp_path / "guest" / "app.conf").read_text() == "key = value\n"
-    assert not list(Path("/tmp").glob("azbuild-upload.*/payload"))
+    assert_no_new_staging(before)
 
 
 def test_upload_tree_preserves_modes(session: SSHSession, tmp_path: Path) -> None:
@@ -384,6 +385,25 @@ def test_upload_tree_preserves_modes(session: SSHSession, tmp_path: Path) -> Non
     assert os.readlink(dest / "link") == "bin/tool"
     assert (dest / "secret").stat().st_uid != 0
     assert session.check_output(f"{dest}/link") == "tool"
+
+
+def test_failed_upload_leaves_no_staging(session: SSHSession, tmp_path: Path) -> None:
+    src = tmp_path / "f"
+    src.write_text("x")
+    blocker = tmp_path / "file-not-dir"
+    blocker.write_text("")
+    before = set(Path("/tmp").glob("azbuild-upload.*"))
+    with pytest.raises(BuildError, match=r"failed in the guest \(exit status 1\)"):
+        session.upload(src, f"{blocker}/sub/f")
+    assert_no_new_staging(before)
+
+
+def assert_no_new_staging(before: set[Path]) -> None:
+    """Other test runs on this machine may be uploading right now: theirs vanish soon."""
+    deadline = time.monotonic() + 3
+    while set(Path("/tmp").glob("azbuild-upload.*")) - before:
+        assert time.monotonic() < deadline, "a staging directory was left behind"
+        time.sleep(0.1)
 
 
 def test_upload_missing_source(session: SSHSession, tmp_path: Path) -> None:
