@@ -775,6 +775,41 @@ class _Facts:
     kernel_args_any: set[str] = field(default_factory=set)
 
 
+def _launch(guestfs: Any, image: Path, image_format: str) -> Any:
+    """Start the appliance with the image read-only. Where KVM is broken (as on machines
+    whose /dev/kvm exists but cannot run a kernel), the default backend fails at once:
+    then try again under TCG, unless the user chose the backend settings."""
+    attempts: list[dict[str, str]] = [{}]
+    if "LIBGUESTFS_BACKEND_SETTINGS" not in os.environ:
+        attempts.append({"LIBGUESTFS_BACKEND": "direct",
+                         "LIBGUESTFS_BACKEND_SETTINGS": "force_tcg"})
+    error = ""
+    for settings in attempts:
+        saved = {key: os.environ.get(key) for key in settings}
+        os.environ.update(settings)
+        g = guestfs.GuestFS(python_return_dict=True)
+        try:
+            g.add_drive_opts(str(image), readonly=True, format=image_format)
+            g.launch()
+            if settings:
+                log.info("libguestfs runs its appliance under TCG (KVM did not work)")
+            return g
+        except RuntimeError as exc:
+            error = str(exc)
+            g.close()
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+    raise AzbuildError(
+        f"the libguestfs appliance did not start: {error}",
+        hint="`libguestfs-test-tool` diagnoses; LIBGUESTFS_BACKEND=direct and "
+        "LIBGUESTFS_BACKEND_SETTINGS=force_tcg make it use TCG",
+    )
+
+
 def guest_checks(image: Path, image_format: str) -> list[CheckResult]:
     """One CheckResult for each of R03..R13 (in that order), then extra warnings (W-*)."""
     if image_format not in IMAGE_FORMATS:
@@ -794,17 +829,8 @@ def guest_checks(image: Path, image_format: str) -> list[CheckResult]:
             hint="check the file and its format; `qemu-img info` shows what it holds",
         ) from None
     started = time.monotonic()
-    g = guestfs.GuestFS(python_return_dict=True)
+    g = _launch(guestfs, image, image_format)
     try:
-        try:
-            g.add_drive_opts(str(image), readonly=True, format=image_format)
-            g.launch()
-        except RuntimeError as exc:
-            raise AzbuildError(
-                f"the libguestfs appliance did not start: {exc}",
-                hint="where KVM is broken, set LIBGUESTFS_BACKEND=direct and "
-                "LIBGUESTFS_BACKEND_SETTINGS=force_tcg; `libguestfs-test-tool` diagnoses",
-            ) from None
         log.debug("appliance up in %.1f s", time.monotonic() - started)
         with tempfile.TemporaryDirectory(prefix="azbuild-check-") as tmp:
             results = _run_checks(g, _Guest(g, Path(tmp)), image)

@@ -97,6 +97,19 @@ remove_history() {
 }
 step "R12 removed shell histories" remove_history
 
+stop_network() {
+  # A DHCP client that releases its lease while the network goes down at power-off
+  # writes the lease file again: take the network down first, then remove the leases.
+  [ -d /run/systemd/system ] || return 0
+  local unit
+  for unit in networking.service NetworkManager.service wicked.service \
+    systemd-networkd.service network.service; do
+    if systemctl is-active --quiet "$unit"; then systemctl stop "$unit"; fi
+  done
+  pkill -x dhclient || true
+}
+step "R12 stopped the network (no DHCP client writes a lease at power-off)" stop_network
+
 remove_state() {
   # cloud-init instance data keeps the user data, which may hold secrets.
   rm_paths /var/lib/cloud/instance /var/lib/cloud/instances /var/lib/cloud/instance* \
