@@ -29,8 +29,8 @@ def nocloud_user_config(
     *,
     username: str,
     authorized_key: str,
-    host_key_private: str,
-    host_key_public: str,
+    host_key_private: str | None,
+    host_key_public: str | None,
     password_hash: str | None = None,
 ) -> dict[str, Any]:
     """The cloud-config as data (see `nocloud_user_data`)."""
@@ -43,25 +43,29 @@ def nocloud_user_config(
     }
     if password_hash is not None:
         user["passwd"] = password_hash
-    return {
+    config: dict[str, Any] = {
         "users": [user],
         "disable_root": True,
         "ssh_pwauth": password_hash is not None,
         "ssh_deletekeys": True,
-        "ssh_genkeytypes": [],
-        "ssh_keys": {
+    }
+    if host_key_private is not None and host_key_public is not None:
+        config["ssh_genkeytypes"] = []
+        config["ssh_keys"] = {
             "ed25519_private": host_key_private.strip() + "\n",
             "ed25519_public": host_key_public.strip(),
-        },
-    }
+        }
+    # Without a key pair the guest makes its own keys, and the client pins the key
+    # the template names (communicator.host_key_file).
+    return config
 
 
 def nocloud_user_data(
     *,
     username: str,
     authorized_key: str,
-    host_key_private: str,
-    host_key_public: str,
+    host_key_private: str | None,
+    host_key_public: str | None,
     password_hash: str | None = None,
 ) -> str:
     """`#cloud-config` user-data: create `username` (key login with `authorized_key`,
@@ -86,8 +90,8 @@ def write_seed(
     *,
     username: str,
     authorized_key: str,
-    host_key_private: str,
-    host_key_public: str,
+    host_key_private: str | None,
+    host_key_public: str | None,
     hostname: str = "azbuild",
     password_hash: str | None = None,
     instance_id: str | None = None,

@@ -31,15 +31,15 @@ def write_seed_volume(ctx: BuildContext, stack: ExitStack) -> None:
     """The CIDATA volume: the build user with the ephemeral key, and the pinned host key."""
     assert ctx.work_dir is not None and ctx.client_key is not None
     if ctx.host_key is None:
-        log.info("communicator.host_key_file is set: no host key is handed to the guest")
-        return
+        log.info("communicator.host_key_file is set: the guest keeps its own host keys, "
+                 "and only the one in that file is accepted")
     ctx.seed = ctx.work_dir / "seed.iso"
     write_seed(
         ctx.seed,
         username=ctx.template.communicator.username,
         authorized_key=ctx.client_key.public_line,
-        host_key_private=ctx.host_key.private_openssh,
-        host_key_public=ctx.host_key.public_line,
+        host_key_private=ctx.host_key.private_openssh if ctx.host_key else None,
+        host_key_public=ctx.host_key.public_line if ctx.host_key else None,
         hostname=ctx.template.name[:63],
     )
 
