@@ -156,7 +156,12 @@ def hostile_base(cloud_image: Path, tmp_path_factory: pytest.TempPathFactory) ->
         g.chmod(0o600, "/swapfile")
         g.mkswap_file("/swapfile")
         g.write_append("/etc/fstab", "/swapfile none swap sw 0 0\n")
-        g.write_append("/etc/sudoers", "Defaults targetpw\nALL ALL=(ALL) ALL\n")
+        # Before the include of sudoers.d, as a distro would ship them, so the build
+        # user's NOPASSWD rule from cloud-init still comes last and wins.
+        sudoers = g.cat("/etc/sudoers").splitlines()
+        at = next(i for i, line in enumerate(sudoers) if "includedir" in line)
+        sudoers[at:at] = ["Defaults targetpw", "ALL ALL=(ALL) ALL"]
+        g.write("/etc/sudoers", "\n".join(sudoers) + "\n")
         shadow = g.cat("/etc/shadow").splitlines()
         shadow = [f"root:{ROOT_HASH}:" + line.split(":", 2)[2] if line.startswith("root:")
                   else line for line in shadow]
