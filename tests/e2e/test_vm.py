@@ -201,6 +201,7 @@ def test_a_domain_that_stops_fails_the_wait_at_once_quoting_the_serial_log(
 ) -> None:
     # The host kernel without an initrd cannot mount a root: it panics and reboots,
     # and on_reboot=destroy turns that into a stop.
+    caplog.set_level(logging.INFO, logger=__name__)  # whatever earlier tests configured
     spec = _spec(tmp_path, libvirt_uri, "e2e-panic", kernel_boot=_kernel_boot(),
                  on_reboot="destroy", memory=256 * 1024**2)
     started = time.monotonic()
