@@ -379,7 +379,9 @@ def test_exported_image_boots_by_itself(built: Outcome, tmp_path: Path,
         dac_label=default_dac_label(libvirt_uri),
     )
     with running_domain(spec, libvirt_uri) as domain:
-        domain.wait_for_serial(r"login:", 300, "booting the exported image")
+        # R07's rootdelay=300 is an unconditional 300 s sleep in Debian's initramfs
+        # (initramfs-tools' init: `sleep "$ROOTDELAY"`), then the boot itself under TCG.
+        domain.wait_for_serial(r"login:", 1200, "booting the exported image")
         assert "Linux version" in domain.serial.text()
     assert azbuild_domains(libvirt_uri) == []
 
@@ -499,3 +501,35 @@ timeout = "75s"
     assert "75s" in outcome.stderr or "timed out" in outcome.stderr
     assert "serial console" in outcome.stderr
     assert_nothing_left(outcome, libvirt_uri)
+
+
+def test_reboot_provisioner(cloud_image: Path, tmp_path: Path, libvirt_uri: str) -> None:
+    """A real reboot mid-provisioning: the connection drops, the build reconnects to the
+    new boot and carries on."""
+    template = write_template(tmp_path / "reboot.toml", """
+name = "e2e-reboot"
+[output]
+formats = ["raw"]
+[azure.skip]  # this test is about the reboot: no Azure preparation, to keep it short
+""" + "\n".join(f'R{n:02d} = "reboot test"' for n in range(1, 14)) + """
+
+[[provision]]
+type = "shell"
+inline = ["cat /proc/sys/kernel/random/boot_id | sudo tee /var/tmp/boot-before"]
+
+[[provision]]
+type = "reboot"
+timeout = "20m"
+
+[[provision]]
+type = "shell"
+inline = ["echo boot ids: $(cat /var/tmp/boot-before) $(cat /proc/sys/kernel/random/boot_id)",
+          "test \\"$(cat /var/tmp/boot-before)\\" != \\"$(cat /proc/sys/kernel/random/boot_id)\\""]
+""")
+    outcome = azbuild_build(template, cloud_image, tmp_path)
+    assert outcome.returncode == 0, outcome.stderr[-4000:]
+    assert "rebooting the guest" in outcome.stderr
+    assert "boot ids:" in outcome.stderr
+    assert (outcome.output_dir / "e2e-reboot.raw").is_file()
+    assert azbuild_domains(libvirt_uri) == []
+    assert list(outcome.work_root.iterdir()) == []
