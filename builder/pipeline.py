@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Literal
 
 from builder import log as azlog
-from builder.errors import AzbuildError, BuildError, Terminated
 from builder.gc import claim_work_dir
 from builder.keys import KeyPair
 from builder.libvirt import RunningDomain, connection_uri
@@ -166,17 +165,3 @@ class _GuestClock:
 
     def __exit__(self, *exc: object) -> None:
         self.ctx.guest_seconds += time.monotonic() - self.start
-
-
-__all__ = [
-    "AzbuildError",
-    "BuildContext",
-    "BuildError",
-    "BuildOptions",
-    "Step",
-    "Terminated",
-    "build",
-    "make_work_dir",
-    "output_directory",
-    "timed_guest_wait",
-]

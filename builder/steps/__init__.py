@@ -18,8 +18,8 @@ def plan(ctx: BuildContext) -> list[tuple[str, Step]]:
         ("provision", provision.run),
         ("azure preparation", provision.azure_preparation),
         ("shutdown", shutdown.shutdown),
+        ("export", export.export),
+        ("check", export.check),
+        ("manifest", export.write_manifest),
     ]
-    steps.append(("export", export.export))
-    steps.append(("check", export.check))
-    steps.append(("manifest", export.write_manifest_step))
     return steps

@@ -18,7 +18,7 @@ from builder.libvirt import (
 )
 from builder.pipeline import BuildContext, timed_guest_wait
 from builder.seed import write_seed
-from builder.ssh import wait_for_ssh
+from builder.ssh import SSHSession, wait_for_ssh
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,12 @@ def boot(ctx: BuildContext, stack: ExitStack) -> None:
 
 
 def connect(ctx: BuildContext, stack: ExitStack) -> None:
+    open_session(ctx, stack, ctx.template.communicator.timeout)
+
+
+def open_session(ctx: BuildContext, stack: ExitStack, timeout: float) -> SSHSession:
+    """Wait for the guest's sshd and log in, pinned to the expected host key; used for
+    the first connection and again after a reboot. The session becomes ctx.session."""
     domain = ctx.domain
     assert domain is not None and domain.ssh_port is not None
     assert ctx.client_key is not None and ctx.host_key_line is not None
@@ -91,9 +97,6 @@ def connect(ctx: BuildContext, stack: ExitStack) -> None:
         tail = domain.serial.tail(SERIAL_TAIL_LINES) or "(the serial console is empty)"
         return f"the end of the serial console ({domain.spec.serial_log}):\n{tail}"
 
-    def alive() -> bool:
-        return domain.is_running()
-
     with timed_guest_wait(ctx):
         session = wait_for_ssh(
             "127.0.0.1",
@@ -102,9 +105,10 @@ def connect(ctx: BuildContext, stack: ExitStack) -> None:
             host_key=ctx.host_key_line,
             pkey=pkey,
             password=comm.password,
-            timeout=comm.timeout,
-            alive=alive,
+            timeout=timeout,
+            alive=domain.is_running,
             failure_context=serial_tail,
         )
     stack.callback(session.close)
     ctx.session = session
+    return session

@@ -149,8 +149,4 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_manifest_step(ctx: BuildContext, stack: ExitStack) -> None:
-    write_manifest(ctx, stack)
-
-
-__all__ = ["check", "export", "manifest", "write_manifest", "write_manifest_step"]
+__all__ = ["check", "export", "manifest", "write_manifest"]

@@ -11,7 +11,8 @@ from pathlib import Path
 from builder.errors import BuildError
 from builder.pipeline import BuildContext, timed_guest_wait
 from builder.provision import run_provisioners
-from builder.ssh import SSHSession, wait_for_ssh
+from builder.ssh import SSHSession
+from builder.steps.boot import open_session
 from distros.azure_prep import prep_scripts
 
 log = logging.getLogger(__name__)
@@ -27,32 +28,13 @@ def run(ctx: BuildContext, stack: ExitStack) -> None:
     with timed_guest_wait(ctx):
         ctx.session = run_provisioners(
             ctx.template.provision, session=_session(ctx),
-            reconnect=lambda timeout: _reconnect(ctx, stack, timeout),
+            reconnect=lambda timeout: open_session(ctx, stack, timeout),
         )
 
 
 def _session(ctx: BuildContext) -> SSHSession:
     assert ctx.session is not None
     return ctx.session
-
-
-def _reconnect(ctx: BuildContext, stack: ExitStack, timeout: float) -> SSHSession:
-    """A new session after a reboot (the reboot provisioner), pinned like the first."""
-    domain = ctx.domain
-    assert domain is not None and domain.ssh_port is not None
-    assert ctx.client_key is not None and ctx.host_key_line is not None
-    comm = ctx.template.communicator
-    with timed_guest_wait(ctx):
-        session = wait_for_ssh(
-            "127.0.0.1", domain.ssh_port,
-            username=comm.username, host_key=ctx.host_key_line,
-            pkey=None if comm.password else ctx.client_key.to_paramiko(),
-            password=comm.password, timeout=timeout, alive=domain.is_running,
-            failure_context=lambda: domain.serial.tail(30),
-        )
-    stack.callback(session.close)
-    ctx.session = session
-    return session
 
 
 def azure_preparation(ctx: BuildContext, stack: ExitStack) -> None:
