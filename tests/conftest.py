@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from builder import redact
+
+# The test installer's code (tests/installer/installer.py) is importable as `installer`.
+sys.path.insert(0, str(Path(__file__).resolve().parent / "installer"))
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,113 @@
+"""The test installer (tests/installer/installer.py), azbuild's stand-in for d-i in the
+end-to-end tests: it must accept exactly the preseed azbuild renders for a real Debian
+netinst (BIOS), size partitions as partman does, and refuse what it cannot honour."""
+
+from __future__ import annotations
+
+import installer
+import pytest
+
+from builder.models import Template
+from distros import resolve
+from distros.answers import AnswerContext, render_answer_files
+
+ROOT_HASH = "$6$azbuildtest$" + "x" * 86
+MB = installer.MB
+
+
+def rendered_preseed(firmware: str = "bios") -> str:
+    template = Template.model_validate({
+        "name": "stand-in",
+        "source": {"iso": "/srv/x.iso", "checksum": "sha256:" + "0" * 64},
+        "distro": {"name": "debian", "version": "12"},
+        "vm": {"firmware": firmware, "disk_size": "4GiB"},
+    })
+    ctx = AnswerContext(
+        build_user="azbuild",
+        ssh_public_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBBBB user",
+        host_key_private="-----BEGIN OPENSSH PRIVATE KEY-----\nx\n"
+                         "-----END OPENSSH PRIVATE KEY-----",
+        host_key_public="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAICCCC host",
+        root_password_hash=ROOT_HASH,
+        firmware=firmware,  # type: ignore[arg-type]
+        disk_size=4 * 1024**3,
+    )
+    return render_answer_files(resolve("debian", "12"), template, ctx)["preseed.cfg"]
+
+
+def test_accepts_the_preseed_azbuild_renders() -> None:
+    answers = installer.parse_preseed(rendered_preseed())
+    installer.check_answers(answers)
+    assert answers["passwd/root-password-crypted"].value == ROOT_HASH
+    assert answers["preseed/late_command"].value.startswith("in-target sh -c ")
+    name, parts = installer.parse_recipe(answers["partman-auto/expert_recipe"].value)
+    assert name == answers["partman-auto/choose_recipe"].value
+    assert [(p.mountpoint, p.bootable, p.filesystem) for p in parts] == [("/", True, "ext4")]
+
+
+def test_refuses_the_uefi_preseed_it_cannot_honour() -> None:
+    answers = installer.parse_preseed(rendered_preseed("uefi"))
+    with pytest.raises(installer.InstallFailed, match="gpt"):
+        installer.check_answers(answers)
+    with pytest.raises(installer.InstallFailed, match=r"efi|iflabel|reusemethod"):
+        installer.parse_recipe(answers["partman-auto/expert_recipe"].value)
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("d-i partman-auto/method string lvm", "partman-auto/method"),
+    ("d-i netcfg/disable_autoconfig boolean true", "does not support"),
+    ("d-i passwd/make-user boolean true", "passwd/make-user"),
+    ("nonsense", "owner question type value"),
+])
+def test_other_instructions_fail_like_d_i(line: str, message: str) -> None:
+    with pytest.raises(installer.InstallFailed, match=message) as failure:
+        installer.check_answers(installer.parse_preseed(line + "\n"))
+    assert failure.value.step == "Load preseed file"
+
+
+def test_continuation_lines_and_comments() -> None:
+    answers = installer.parse_preseed(
+        "# comment\n\nd-i partman-auto/expert_recipe string r :: \\\n"
+        "  100 50 200 ext4 $primary{ } method{ format } format{ } mountpoint{ / } .\n"
+    )
+    assert answers["partman-auto/expert_recipe"].line == 3
+    name, parts = installer.parse_recipe(answers["partman-auto/expert_recipe"].value)
+    assert name == "r" and parts[0].maximum == 200 * MB
+
+
+@pytest.mark.parametrize(("recipe", "message"), [
+    ("r :: 100 50 200 ext4 method{ format } mountpoint{ / } .", "primary"),
+    ("r :: 100 50 200 xfs $primary{ } method{ format } mountpoint{ / } .", "ext4"),
+    ("r :: 100 50 200 ext4 $primary{ } method{ swap } .", "method"),
+    ("r :: 100 50 200 ext4 $primary{ } method{ format } mountpoint{ /srv } .",
+     "No root file system"),
+    ("r :: 100 50 200 ext4 $primary{ } $lvmok{ } method{ format } mountpoint{ / } .",
+     "lvmok"),
+    ("no header", "header"),
+])
+def test_recipe_limits(recipe: str, message: str) -> None:
+    with pytest.raises(installer.InstallFailed, match=message):
+        installer.parse_recipe(recipe)
+
+
+def test_allocation_shares_the_disk_like_partman() -> None:
+    _, parts = installer.parse_recipe(
+        "r :: 500 1000 1000 ext4 $primary{ } method{ format } mountpoint{ /boot } . "
+        "2000 10000 -1 ext4 $primary{ } method{ format } mountpoint{ / } ."
+    )
+    space = 8000 * MB
+    installer.allocate(parts, space)
+    boot, root = parts
+    assert boot.size <= 1000 * MB and boot.size >= 500 * MB
+    assert root.size >= 2000 * MB
+    assert sum(p.size for p in parts) <= space
+    assert space - sum(p.size for p in parts) < 2 * installer.ALIGN
+    assert all(p.size % installer.ALIGN == 0 for p in parts)
+
+
+def test_allocation_refuses_a_disk_too_small() -> None:
+    _, parts = installer.parse_recipe(
+        "r :: 4096 10000 -1 ext4 $primary{ } method{ format } mountpoint{ / } ."
+    )
+    with pytest.raises(installer.InstallFailed, match="needs 4096 MB"):
+        installer.allocate(parts, 1000 * MB)
