@@ -5,7 +5,7 @@ with the same variables, which a user's own `install.answer_file` also receives:
 
     user, ssh_public_key, host_key_private, host_key_public, root_password_hash,
     firmware, uefi, disk_size, disk_mib, hostname, locale, keyboard, timezone,
-    packages, extra_packages, bootloader_args, distro, family, major, version,
+    packages, extra_packages, bootloader_args, install_kernel_args, distro, family, major, version,
     template, suse_keymap, setup_script
 
 `setup_script` is a POSIX shell script that creates the build user, authorises
@@ -169,6 +169,12 @@ def answer_variables(distro: Distro, template: Template, ctx: AnswerContext) -> 
         "packages": [*base, *extra],
         "extra_packages": extra,
         "bootloader_args": " ".join(template.azure.kernel_args_add),
+        # For the installed system's first boots: initramfs-tools sleeps the whole
+        # rootdelay every boot, so it waits for the Azure preparation (R07) to add it.
+        "install_kernel_args": " ".join(
+            arg for arg in template.azure.kernel_args_add
+            if not (distro.initrd_tool == "initramfs-tools" and arg.startswith("rootdelay="))
+        ),
         "distro": distro,
         "family": distro.family,
         "major": distro.major,
@@ -308,3 +314,15 @@ def installer_failure_patterns(distro: Distro) -> list[re.Pattern[str]]:
     """Regular expressions that, matched against a serial-console line, mean the unattended
     install has failed and is waiting for a human (so the build can stop at once)."""
     return [re.compile(p) for p in _FAILURE_PATTERNS[distro.family]]
+
+
+def installer_failure_regex(distro: Distro) -> re.Pattern[str]:
+    """All of `installer_failure_patterns` in one expression, to watch a console with."""
+    parts = []
+    for pattern in _FAILURE_PATTERNS[distro.family]:
+        # A leading (?i) applies to the whole expression: scope it to its own pattern.
+        if pattern.startswith("(?i)"):
+            parts.append(f"(?i:{pattern[4:]})")
+        else:
+            parts.append(f"(?:{pattern})")
+    return re.compile("|".join(parts))

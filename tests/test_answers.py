@@ -34,6 +34,7 @@ from distros.answers import (
     hash_password,
     installer_cmdline,
     installer_failure_patterns,
+    installer_failure_regex,
     render_answer_files,
 )
 from distros.rhel import RhelLike
@@ -544,3 +545,32 @@ def test_failure_patterns(distro_key: tuple[str, str], lines: list[str]) -> None
         assert any(p.search(line) for p in patterns), line
     for line in NORMAL:
         assert not any(p.search(line) for p in patterns), (distro_key, line)
+
+
+@pytest.mark.parametrize(("distro_key", "lines"), list(FAILURES.items()))
+def test_failure_regex_is_every_pattern_at_once(distro_key: tuple[str, str],
+                                                lines: list[str]) -> None:
+    """The one expression a build watches the console with: case-insensitive patterns
+    stay case-insensitive, the others stay exact."""
+    regex = installer_failure_regex(resolve(*distro_key))
+    for line in lines:
+        assert regex.search(line), line
+    for line in NORMAL:
+        assert not regex.search(line), (distro_key, line)
+
+
+def test_failure_regex_keeps_each_patterns_case_rule() -> None:
+    assert installer_failure_regex(resolve("debian", "12")).search("INSTALLATION STEP FAILED")
+    rhel = installer_failure_regex(resolve("rhel", "9"))
+    assert rhel.search("Traceback (most recent call last):")
+    assert not rhel.search("traceback (most recent call last):")
+
+
+def test_preseed_targets_the_first_virtio_disk_and_boots_with_azure_args() -> None:
+    _, files = render("debian", "12")
+    answers = _preseed(files["preseed.cfg"])
+    assert answers["partman-auto/disk"] == ("string", "/dev/vda")
+    opts = answers["debian-installer/add-kernel-opts"][1].split()
+    assert "console=ttyS0" in opts and "net.ifnames=0" in opts
+    # initramfs-tools sleeps the whole rootdelay at every boot: added by the Azure prep.
+    assert not any(opt.startswith("rootdelay=") for opt in opts)
