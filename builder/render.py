@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from builder.fetch import is_url
 from builder.libvirt import (
     Disk,
     DomainMetadata,
@@ -19,8 +20,16 @@ from builder.libvirt import (
     default_dac_label,
     domain_xml,
 )
+from builder.paths import cache_dir
 from builder.redact import redact
 from builder.seed import nocloud_meta_data, nocloud_user_data
+from builder.steps.install import (
+    ANSWER_VOLUME_FILE,
+    INITRD_FILE,
+    INITRD_WITH_ANSWERS_FILE,
+    KERNEL_FILE,
+    install_disks,
+)
 from builder.template import LoadedTemplate
 from distros import resolve
 from distros.answers import AnswerContext, hash_password, installer_cmdline, render_answer_files
@@ -68,20 +77,16 @@ def render(loaded: LoadedTemplate, out: Path) -> list[Path]:
         files.update(render_answer_files(distro, template, answers))
         cmdline = installer_cmdline(distro, template)
         files["kernel-cmdline.txt"] = cmdline + "\n"
-        kernel = template.source.installer_kernel or distro.installer_kernel
-        initrd = template.source.installer_initrd or distro.installer_initrd
-        install_disks = [
-            Disk(work / "disk.raw", format="raw", bus="virtio"),
-            Disk(work / "installer.iso", format="raw", bus="sata", device="cdrom",
-                 readonly=True),
-        ]
-        if distro.answer_volume_label is not None:
-            install_disks.append(Disk(work / "answers.iso", format="raw", bus="sata",
-                                      device="cdrom", readonly=True))
+        answer_volume = (work / ANSWER_VOLUME_FILE
+                         if distro.answer_volume_label is not None else None)
+        initrd = INITRD_FILE if answer_volume is not None else INITRD_WITH_ANSWERS_FILE
+        iso = template.source.iso
+        # Redacted before XML escaping, which would hide a secret from redact() later.
+        iso_path = (Path(redact(iso)) if not is_url(iso)
+                    else cache_dir() / "iso" / "ALGORITHM-DIGEST.iso")
         files["domain-install.xml"] = domain_xml(_spec(
-            loaded, uri, work, install_disks,
-            KernelBoot(kernel=work / Path(kernel).name, initrd=work / Path(initrd).name,
-                       cmdline=cmdline),
+            loaded, uri, work, list(install_disks(work / "disk.raw", iso_path, answer_volume)),
+            KernelBoot(kernel=work / KERNEL_FILE, initrd=work / initrd, cmdline=cmdline),
         ))
     else:
         files["user-data"] = nocloud_user_data(

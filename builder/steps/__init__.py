@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 from builder.pipeline import BuildContext, Step
-from builder.steps import boot, export, prepare, provision, shutdown, source_disk
+from builder.steps import boot, export, install, prepare, provision, shutdown, source_disk
 
 
 def plan(ctx: BuildContext) -> list[tuple[str, Step]]:
     """The ordered steps of this build (Packer's step list, in one place)."""
-    steps: list[tuple[str, Step]] = [
-        ("prepare", prepare.prepare),
-        ("source disk", source_disk.prepare_disk),
-        ("seed", boot.write_seed_volume),
-        ("accelerator", boot.pick_accelerator),
+    steps: list[tuple[str, Step]] = [("prepare", prepare.prepare)]
+    if ctx.template.source.iso is not None:
+        # The answer file creates the build user and installs the pinned host key.
+        steps += [
+            ("accelerator", boot.pick_accelerator),
+            ("install", install.install),
+        ]
+    else:
+        steps += [
+            ("source disk", source_disk.prepare_disk),
+            ("seed", boot.write_seed_volume),
+            ("accelerator", boot.pick_accelerator),
+        ]
+    steps += [
         ("boot", boot.boot),
         ("connect", boot.connect),
         ("provision", provision.run),

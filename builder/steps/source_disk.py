@@ -9,7 +9,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from builder.disk import copy_sparse, detect_image_format
-from builder.errors import BuildError, UsageError
+from builder.errors import UsageError
 from builder.pipeline import BuildContext
 from builder.run import run
 from builder.units import format_size
@@ -19,11 +19,7 @@ log = logging.getLogger(__name__)
 
 def prepare_disk(ctx: BuildContext, stack: ExitStack) -> None:
     source = ctx.template.source.disk_image
-    if source is None:
-        raise BuildError(
-            "ISO installs are not available in this version of azbuild; "
-            "start from a disk image with source.disk_image"
-        )
+    assert source is not None  # ISO builds make their disk in the install step
     if not source.is_file():
         raise UsageError(f"source.disk_image not found: {source}")
     assert ctx.work_dir is not None
