@@ -42,3 +42,13 @@ def cloud_image() -> Path:
     log.info("cloud image %s ready in %.1fs", path, time.monotonic() - started)
     assert path.is_file(), path
     return path
+
+
+@pytest.fixture(scope="session")
+def test_installer_iso() -> Path:
+    """The cached test installer ISO (scripts/make-test-installer-iso.sh; builds it when
+    cold from the cached root, seconds). Use only from tests marked e2e."""
+    proc = run(["bash", REPO / "scripts" / "make-test-installer-iso.sh"], timeout=3600)
+    path = Path(proc.stdout.strip().splitlines()[-1])
+    assert path.is_file(), path
+    return path

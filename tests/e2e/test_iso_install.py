@@ -1,0 +1,202 @@
+"""End to end through the ISO path: the demo template against the test installer ISO.
+
+The installer is azbuild's stand-in for d-i (tests/installer/), fed the same
+preseed.cfg azbuild renders for a real Debian netinst, appended to its initrd. One
+build is shared by the tests that inspect its image; the failure cases stop early.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import installer  # the test installer's own parser gives the expected layout
+import pytest
+from test_build import (
+    AZBUILD,
+    REPO,
+    Outcome,
+    assert_nothing_left,
+    assert_nothing_left_but_outputs,
+    azbuild_domains,
+    open_guest,
+)
+
+from builder.run import run
+
+pytestmark = pytest.mark.e2e
+
+DEMO = REPO / "examples" / "demo.toml"
+
+
+def build_iso(template: Path, iso: Path, tmp: Path, *extra: str) -> Outcome:
+    output_dir = tmp / "out"
+    work_root = tmp / "work"
+    work_root.mkdir(exist_ok=True)
+    started = time.monotonic()
+    proc = subprocess.run(
+        [*AZBUILD, "build", str(template), "--var", f"iso={iso}",
+         "--var", f"checksum=file:{iso.parent / 'SHA256SUMS'}",
+         "--output-dir", str(output_dir), *extra],
+        capture_output=True, text=True, cwd=REPO,
+        env={**os.environ, "AZBUILD_WORK_DIR": str(work_root)}, timeout=3600,
+    )
+    return Outcome(proc.returncode, proc.stdout, proc.stderr, output_dir, work_root,
+                   time.monotonic() - started)
+
+
+@pytest.fixture(scope="session")
+def demo_built(test_installer_iso: Path, tmp_path_factory: pytest.TempPathFactory) -> Outcome:
+    tmp = tmp_path_factory.mktemp("demo")
+    # The stable name, as the README's demo uses it (SHA256SUMS lists that name).
+    outcome = build_iso(DEMO, test_installer_iso.parent / "azbuild-test-installer.iso", tmp)
+    assert outcome.returncode == 0, outcome.stderr[-6000:]
+    return outcome
+
+
+@pytest.fixture(scope="session")
+def demo_files(demo_built: Outcome) -> Iterator[Any]:
+    g = open_guest(demo_built.output_dir / "demo.raw", "raw", readonly=True)
+    yield g
+    g.close()
+
+
+def test_demo_builds_from_the_iso(demo_built: Outcome, libvirt_uri: str) -> None:
+    out = demo_built.output_dir
+    assert sorted(p.name for p in out.iterdir()) == [
+        "build.log", "demo.raw", "demo.vhd", "manifest.json"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["ready"] is True
+    steps = list(manifest["steps"])
+    assert steps.index("install") < steps.index("boot") < steps.index("azure preparation")
+    log = (out / "build.log").read_text()
+    assert "appended to the installer initrd" in log
+    assert "the installer finished (the guest powered off)" in log
+    assert_nothing_left_but_outputs(demo_built, libvirt_uri)
+
+
+def test_partition_table_matches_the_recipe(demo_built: Outcome, tmp_path: Path) -> None:
+    """The exported disk holds the layout the rendered preseed's expert recipe asks for."""
+    run([*AZBUILD, "render", DEMO, "--out", tmp_path], cwd=REPO)
+    answers = installer.parse_preseed((tmp_path / "preseed.cfg").read_text())
+    _name, recipe = installer.parse_recipe(answers["partman-auto/expert_recipe"].value)
+    raw = demo_built.output_dir / "demo.raw"
+    table = json.loads(run(["sfdisk", "--json", raw]).stdout)["partitiontable"]
+    assert table["label"] == "dos"
+    parts = table["partitions"]
+    assert len(parts) == len(recipe)
+    disk_bytes = raw.stat().st_size
+    for part, wanted in zip(parts, recipe, strict=True):
+        size = part["size"] * 512
+        assert part["type"] == "83"
+        assert part.get("bootable", False) == wanted.bootable
+        assert part["start"] * 512 % (1024 * 1024) == 0, "not MiB-aligned"
+        assert size >= wanted.minimum
+        if wanted.maximum is not None:
+            assert size <= wanted.maximum
+    # One unbounded partition takes the disk (all but the first MiB).
+    if len(recipe) == 1 and recipe[0].maximum is None:
+        assert parts[0]["size"] * 512 >= disk_bytes - 2 * 1024 * 1024
+
+
+def test_installed_system_is_what_the_preseed_asked_for(demo_files: Any) -> None:
+    g = demo_files
+    assert g.vfs_type("/dev/sda1") == "ext4"
+    fstab = [line.split() for line in g.cat("/etc/fstab").splitlines()
+             if line.strip() and not line.startswith("#")]
+    assert [(f[1], f[2]) for f in fstab] == [("/", "ext4")]
+    assert fstab[0][0] == "UUID=" + g.vfs_uuid("/dev/sda1")
+    # The preseed's settings (the host name is not among them: deprovisioning resets it).
+    assert g.cat("/etc/timezone").strip() == "UTC"
+    assert "LANG=en_US.UTF-8" in g.cat("/etc/default/locale")
+    assert 'XKBLAYOUT="us"' in g.cat("/etc/default/keyboard")
+    assert "deb http://deb.debian.org/debian bookworm main" in g.cat("/etc/apt/sources.list")
+    # debian-installer/add-kernel-opts: the Azure arguments from the first boot on.
+    assert "net.ifnames=0" in g.cat("/etc/default/grub")
+    # The provisioners ran on the installed system.
+    assert g.cat("/etc/motd") == (REPO / "examples" / "files" / "motd").read_text()
+    # No swap, no LVM (R03, R04): the recipe and the image agree.
+    assert g.lvs() == []
+    assert not any(f[2] == "swap" for f in fstab)
+
+
+# --- failures ---------------------------------------------------------------------------
+
+
+def test_installer_failure_stops_the_build_at_once(
+    test_installer_iso: Path, tmp_path: Path, libvirt_uri: str
+) -> None:
+    """An instruction the installer cannot follow: it prints d-i's failure marker and
+    waits; the build fails on the marker, long before install.timeout."""
+    answer = tmp_path / "lvm.cfg"
+    answer.write_text("d-i partman-auto/method string lvm\n"
+                      "d-i netcfg/get_hostname string {{ hostname }}\n")
+    template = tmp_path / "lvm.toml"
+    template.write_text(f'extends = ["{DEMO}"]\nname = "e2e-lvm"\n'
+                        f'[install]\nanswer_file = "{answer}"\ntimeout = "1h"\n')
+    stable = test_installer_iso.parent / "azbuild-test-installer.iso"
+    outcome = build_iso(template, stable, tmp_path)
+    assert outcome.returncode == 1, outcome.stderr[-3000:]
+    assert "installer failed" in outcome.stderr
+    assert "[!!]" in outcome.stderr and "partman-auto/method" in outcome.stderr
+    assert outcome.seconds < 900, "waited for the timeout instead of the failure marker"
+    kept = outcome.output_dir / "e2e-lvm.install-serial.log"
+    assert "[!!] Load preseed file" in kept.read_text()
+    kept.unlink()  # the one output a failed install leaves, on purpose
+    assert_nothing_left(outcome, libvirt_uri)
+
+
+def test_wrong_iso_checksum(test_installer_iso: Path, tmp_path: Path,
+                            libvirt_uri: str) -> None:
+    outcome = build_iso(DEMO, test_installer_iso, tmp_path, "--var",
+                        "checksum=sha256:" + "0" * 64)
+    assert outcome.returncode == 2, outcome.stderr[-3000:]
+    assert "checksum mismatch" in outcome.stderr
+    assert_nothing_left(outcome, libvirt_uri)
+    assert test_installer_iso.is_file(), "a local ISO that does not match is left alone"
+
+
+def test_missing_iso(tmp_path: Path, libvirt_uri: str) -> None:
+    outcome = build_iso(DEMO, tmp_path / "nothing.iso", tmp_path)
+    assert outcome.returncode == 2, outcome.stderr[-3000:]
+    assert "nothing.iso" in outcome.stderr
+    assert_nothing_left(outcome, libvirt_uri)
+    assert azbuild_domains(libvirt_uri) == []
+
+
+def test_sigterm_during_install(test_installer_iso: Path, tmp_path: Path,
+                                libvirt_uri: str) -> None:
+    """SIGTERM while the installer runs: exit 143, the installer's domain destroyed."""
+    template = tmp_path / "term.toml"
+    template.write_text(f'extends = ["{DEMO}"]\nname = "e2e-iso-term"\n')
+    work_root = tmp_path / "work"
+    work_root.mkdir()
+    stable = test_installer_iso.parent / "azbuild-test-installer.iso"
+    proc = subprocess.Popen(
+        [*AZBUILD, "build", str(template), "--var", f"iso={stable}",
+         "--var", f"checksum=file:{stable.parent / 'SHA256SUMS'}",
+         "--output-dir", str(tmp_path / "out")],
+        stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO,
+        env={**os.environ, "AZBUILD_WORK_DIR": str(work_root)},
+    )
+    assert proc.stderr is not None
+    seen = []
+    deadline = time.monotonic() + 600
+    for line in proc.stderr:
+        seen.append(line)
+        if "started domain azbuild-e2e-iso-term" in line:
+            break
+        assert time.monotonic() < deadline, "the installer never started"
+    assert azbuild_domains(libvirt_uri), "the installer's domain is not running"
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.communicate(timeout=300)[1]
+    outcome = Outcome(proc.returncode, "", "".join(seen) + rest, tmp_path / "out",
+                      work_root, 0)
+    assert outcome.returncode == 143, outcome.stderr[-3000:]
+    assert_nothing_left(outcome, libvirt_uri)
