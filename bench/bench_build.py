@@ -1,12 +1,15 @@
-"""Benchmark: real builds of examples/cloud-image.toml, where their wall time goes.
+"""Benchmark: real builds of examples/cloud-image.toml or the ISO demo, where time goes.
 
     .venv/bin/python bench/bench_build.py [--runs 1] [--image QCOW2] [--dir DIR]
+    .venv/bin/python bench/bench_build.py --demo [--runs 1]   # examples/demo.toml: the ISO path
     .venv/bin/python bench/bench_build.py --from-output DIR [DIR ...]   # report only
 
 Each run is `.venv/bin/azbuild build examples/cloud-image.toml --var image=IMAGE
 --output-dir DIR/out-N --force` with AZBUILD_WORK_DIR=DIR/work-N (a fresh temporary
 directory each). Without --image, `scripts/make-cloud-image.sh` is run once and the image
-it prints is used. From each build's manifest.json this reports:
+it prints is used. With --demo, each run builds examples/demo.toml from the test installer
+ISO (`scripts/make-test-installer-iso.sh`, run once) instead: installer boot, unattended
+install, then the same steps. From each build's manifest.json this reports:
 
   - the share of wall time spent waiting on the guest against in azbuild itself
     (`time.waiting_on_guest_seconds` and `time.azbuild_seconds` of `time.wall_seconds`);
@@ -41,6 +44,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 AZBUILD = REPO / ".venv" / "bin" / "azbuild"
 TEMPLATE = REPO / "examples" / "cloud-image.toml"
+DEMO_TEMPLATE = REPO / "examples" / "demo.toml"
 
 _STAMP = r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})"
 READY_RE = re.compile(
@@ -114,12 +118,20 @@ def cloud_image() -> Path:
     return Path(done.stdout.strip().splitlines()[-1])
 
 
-def run_build(image: Path, base: Path, n: int) -> BuildResult:
+def test_installer_vars() -> list[str]:
+    done = subprocess.run(["bash", str(REPO / "scripts" / "make-test-installer-iso.sh")],
+                          check=True, capture_output=True, text=True)
+    iso_dir = Path(done.stdout.strip().splitlines()[-1]).parent
+    return ["--var", f"iso={iso_dir / 'azbuild-test-installer.iso'}",
+            "--var", f"checksum=file:{iso_dir / 'SHA256SUMS'}"]
+
+
+def run_build(template: Path, variables: list[str], base: Path, n: int) -> BuildResult:
     out = base / f"out-{n}"
     work = base / f"work-{n}"
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
-    command = [str(AZBUILD), "build", str(TEMPLATE), "--var", f"image={image}",
+    command = [str(AZBUILD), "build", str(template), *variables,
                "--output-dir", str(out), "--force"]
     env = dict(os.environ, AZBUILD_WORK_DIR=str(work))
     print(f"build {n}: {' '.join(command)}  (AZBUILD_WORK_DIR={work})", file=sys.stderr)
@@ -166,7 +178,8 @@ def pct(part: float, whole: float) -> str:
 
 
 def report(results: list[BuildResult]) -> str:
-    out: list[str] = ["# Build benchmark: examples/cloud-image.toml", ""]
+    names = sorted({str(r.manifest.get("template")) for r in results if r.manifest})
+    out: list[str] = [f"# Build benchmark: {', '.join(names) or TEMPLATE.name}", ""]
     out += ["| fact | value |", "|---|---|"]
     out += [f"| {k} | {v} |" for k, v in machine_facts()]
     out.append("")
@@ -262,6 +275,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--image", type=Path,
                         help="the Debian 12 cloud image (default: scripts/make-cloud-image.sh)")
+    parser.add_argument("--demo", action="store_true",
+                        help="build examples/demo.toml from the test installer ISO")
     parser.add_argument("--dir", type=Path, help="where outputs and work dirs go "
                         "(default: a new temporary directory under /var/tmp)")
     parser.add_argument("--keep", action="store_true", help="keep the outputs")
@@ -278,10 +293,13 @@ def main() -> int:
         print(report(results))
         return 0 if all(r.manifest for r in results) else 1
 
-    image = args.image or cloud_image()
+    if args.demo:
+        template, variables = DEMO_TEMPLATE, test_installer_vars()
+    else:
+        template, variables = TEMPLATE, ["--var", f"image={args.image or cloud_image()}"]
     base = args.dir or Path(tempfile.mkdtemp(prefix="azbuild-bench-build-", dir="/var/tmp"))
     base.mkdir(parents=True, exist_ok=True)
-    results = [run_build(image, base, n) for n in range(1, args.runs + 1)]
+    results = [run_build(template, variables, base, n) for n in range(1, args.runs + 1)]
     print(report(results))
     if args.keep:
         print(f"outputs kept in {base}", file=sys.stderr)
