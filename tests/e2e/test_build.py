@@ -51,19 +51,50 @@ class Outcome:
 def azbuild_build(
     template: Path, image: Path, tmp: Path, *extra: str, env: dict[str, str] | None = None
 ) -> Outcome:
+    """`azbuild build` of a disk-image template with `--var image=IMAGE`."""
+    return run_azbuild_build(template, tmp, "--var", f"image={image}", *extra, env=env)
+
+
+def run_azbuild_build(
+    template: Path, tmp: Path, *args: str, env: dict[str, str] | None = None
+) -> Outcome:
+    """`azbuild build TEMPLATE ARGS` with its outputs in tmp/out and its work dirs in
+    tmp/work; the Outcome says what it printed and left."""
     output_dir = tmp / "out"
     work_root = tmp / "work"
     work_root.mkdir(exist_ok=True)
     started = time.monotonic()
     proc = subprocess.run(
-        [*AZBUILD, "build", str(template), "--var", f"image={image}",
-         "--output-dir", str(output_dir), *extra],
+        [*AZBUILD, "build", str(template), "--output-dir", str(output_dir), *args],
         capture_output=True, text=True, cwd=REPO,
         env={**os.environ, "AZBUILD_WORK_DIR": str(work_root), **(env or {})},
         timeout=3600,
     )
     return Outcome(proc.returncode, proc.stdout, proc.stderr, output_dir, work_root,
                    time.monotonic() - started)
+
+
+def sigterm_build(template: Path, tmp: Path, args: list[str], when: str,
+                  not_seen: str) -> Outcome:
+    """Start `azbuild build`, send SIGTERM once stderr shows `when`, and wait for it."""
+    work_root = tmp / "work"
+    work_root.mkdir(exist_ok=True)
+    proc = subprocess.Popen(
+        [*AZBUILD, "build", str(template), *args, "--output-dir", str(tmp / "out")],
+        stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO,
+        env={**os.environ, "AZBUILD_WORK_DIR": str(work_root)},
+    )
+    assert proc.stderr is not None
+    seen = []
+    deadline = time.monotonic() + 900
+    for line in proc.stderr:
+        seen.append(line)
+        if when in line:
+            break
+        assert time.monotonic() < deadline, not_seen
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.communicate(timeout=300)[1]
+    return Outcome(proc.returncode, "", "".join(seen) + rest, tmp / "out", work_root, 0)
 
 
 def azbuild_domains(uri: str) -> list[str]:
@@ -410,26 +441,8 @@ name = "e2e-sigterm"
 type = "shell"
 inline = ["echo provisioning-started", "sleep 600"]
 """)
-    work_root = tmp_path / "work"
-    work_root.mkdir()
-    proc = subprocess.Popen(
-        [*AZBUILD, "build", str(template), "--var", f"image={cloud_image}",
-         "--output-dir", str(tmp_path / "out")],
-        stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO,
-        env={**os.environ, "AZBUILD_WORK_DIR": str(work_root)},
-    )
-    assert proc.stderr is not None
-    seen = []
-    deadline = time.monotonic() + 900
-    for line in proc.stderr:
-        seen.append(line)
-        if "provisioning-started" in line:
-            break
-        assert time.monotonic() < deadline, "provisioning never started"
-    proc.send_signal(signal.SIGTERM)
-    rest = proc.communicate(timeout=300)[1]
-    outcome = Outcome(proc.returncode, "", "".join(seen) + rest, tmp_path / "out",
-                      work_root, 0)
+    outcome = sigterm_build(template, tmp_path, ["--var", f"image={cloud_image}"],
+                            "provisioning-started", "provisioning never started")
     assert outcome.returncode == 143, outcome.stderr[-3000:]
     assert "SIGTERM" in outcome.stderr
     assert_nothing_left(outcome, libvirt_uri)

@@ -8,10 +8,6 @@ build is shared by the tests that inspect its image; the failure cases stop earl
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +22,8 @@ from test_build import (
     assert_nothing_left_but_outputs,
     azbuild_domains,
     open_guest,
+    run_azbuild_build,
+    sigterm_build,
 )
 
 from builder.run import run
@@ -36,19 +34,11 @@ DEMO = REPO / "examples" / "demo.toml"
 
 
 def build_iso(template: Path, iso: Path, tmp: Path, *extra: str) -> Outcome:
-    output_dir = tmp / "out"
-    work_root = tmp / "work"
-    work_root.mkdir(exist_ok=True)
-    started = time.monotonic()
-    proc = subprocess.run(
-        [*AZBUILD, "build", str(template), "--var", f"iso={iso}",
-         "--var", f"checksum=file:{iso.parent / 'SHA256SUMS'}",
-         "--output-dir", str(output_dir), *extra],
-        capture_output=True, text=True, cwd=REPO,
-        env={**os.environ, "AZBUILD_WORK_DIR": str(work_root)}, timeout=3600,
-    )
-    return Outcome(proc.returncode, proc.stdout, proc.stderr, output_dir, work_root,
-                   time.monotonic() - started)
+    return run_azbuild_build(template, tmp, *iso_vars(iso), *extra)
+
+
+def iso_vars(iso: Path) -> list[str]:
+    return ["--var", f"iso={iso}", "--var", f"checksum=file:{iso.parent / 'SHA256SUMS'}"]
 
 
 @pytest.fixture(scope="session")
@@ -172,31 +162,11 @@ def test_missing_iso(tmp_path: Path, libvirt_uri: str) -> None:
 
 def test_sigterm_during_install(test_installer_iso: Path, tmp_path: Path,
                                 libvirt_uri: str) -> None:
-    """SIGTERM while the installer runs: exit 143, the installer's domain destroyed."""
+    """SIGTERM once the installer's domain runs: exit 143, the domain destroyed."""
     template = tmp_path / "term.toml"
     template.write_text(f'extends = ["{DEMO}"]\nname = "e2e-iso-term"\n')
-    work_root = tmp_path / "work"
-    work_root.mkdir()
     stable = test_installer_iso.parent / "azbuild-test-installer.iso"
-    proc = subprocess.Popen(
-        [*AZBUILD, "build", str(template), "--var", f"iso={stable}",
-         "--var", f"checksum=file:{stable.parent / 'SHA256SUMS'}",
-         "--output-dir", str(tmp_path / "out")],
-        stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO,
-        env={**os.environ, "AZBUILD_WORK_DIR": str(work_root)},
-    )
-    assert proc.stderr is not None
-    seen = []
-    deadline = time.monotonic() + 600
-    for line in proc.stderr:
-        seen.append(line)
-        if "started domain azbuild-e2e-iso-term" in line:
-            break
-        assert time.monotonic() < deadline, "the installer never started"
-    assert azbuild_domains(libvirt_uri), "the installer's domain is not running"
-    proc.send_signal(signal.SIGTERM)
-    rest = proc.communicate(timeout=300)[1]
-    outcome = Outcome(proc.returncode, "", "".join(seen) + rest, tmp_path / "out",
-                      work_root, 0)
+    outcome = sigterm_build(template, tmp_path, iso_vars(stable),
+                            "started domain azbuild-e2e-iso-term", "the installer never started")
     assert outcome.returncode == 143, outcome.stderr[-3000:]
     assert_nothing_left(outcome, libvirt_uri)
