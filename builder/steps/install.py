@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -206,7 +205,8 @@ def _keep_serial_log(ctx: BuildContext, serial_log: Path) -> None:
     ctx.output_dir.mkdir(parents=True, exist_ok=True)
     kept = ctx.output_dir / _kept_log_name(ctx)
     tmp = kept.with_name(f".{kept.name}.tmp")
-    shutil.copyfile(serial_log, tmp)
+    # Masked like every other output: an answer file's commands may echo a secret.
+    tmp.write_text(redact(serial_log.read_text(errors="replace")))
     os.replace(tmp, kept)
     log.info("kept the installer's console in %s", kept)
 
