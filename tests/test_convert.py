@@ -302,6 +302,9 @@ def test_ctrl_c_during_a_copy_leaves_no_partial_output(tmp_path: Path) -> None:
     raw, vhd = tmp_path / "disk.raw", tmp_path / "disk.vhd"
     # 128 MiB to copy and fsync: far longer than the 20 ms before Ctrl-C arrives.
     make_sparse(raw, GiB, {n * 8 * MiB: b"\x5a" * (2 * MiB) for n in range(64)})
+    # A process started in the background by a non-interactive shell inherits SIGINT
+    # ignored, and Python then never raises KeyboardInterrupt: install Python's own.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(0.02, os.kill, (os.getpid(), signal.SIGINT))
     timer.start()
     try:
@@ -310,6 +313,7 @@ def test_ctrl_c_during_a_copy_leaves_no_partial_output(tmp_path: Path) -> None:
             time.sleep(5)  # finished before the signal: let it arrive, the test then fails
     finally:
         timer.cancel()
+        signal.signal(signal.SIGINT, previous)
     assert not vhd.exists()
     assert leftovers(tmp_path) == []
     assert raw.stat().st_size == GiB
