@@ -414,7 +414,7 @@ class RunningDomain:
         reason = self.stop_reason or "the domain stopped"
         return BuildError(
             f"{reason} while {doing}; the end of the serial console "
-            f"({self.spec.serial_log}):\n{_indent(tail)}"
+            f"({self.spec.serial_log}):\n{indent(tail)}"
         )
 
     def wait_for_serial(self, pattern: str, timeout: float, doing: str) -> str:
@@ -428,7 +428,7 @@ class RunningDomain:
         tail = self.serial.tail(30) or "(the serial console is empty)"
         raise BuildError(
             f"timed out after {timeout:.0f}s {doing}; the end of the serial console:\n"
-            + _indent(tail)
+            + indent(tail)
         )
 
     def wait_started(self, timeout: float) -> None:
@@ -445,7 +445,7 @@ class RunningDomain:
         if match is not None:
             raise BuildError(
                 "the guest did not start: the firmware found no bootable device; "
-                f"the end of the serial console:\n{_indent(self.serial.tail())}",
+                f"the end of the serial console:\n{indent(self.serial.tail())}",
                 hint=hint,
             )
         if self.stopped_event.is_set():
@@ -458,7 +458,7 @@ class RunningDomain:
             )
         raise BuildError(
             f"the guest did not start: only firmware output on the serial console within "
-            f"{timeout:.0f}s:\n{_indent(self.serial.tail())}",
+            f"{timeout:.0f}s:\n{indent(self.serial.tail())}",
             hint=hint,
         )
 
@@ -479,7 +479,8 @@ _STARTED_OR_NO_BOOT = re.compile(
 )
 
 
-def _indent(text: str) -> str:
+def indent(text: str) -> str:
+    """`text` with every line indented by four spaces (console quotes in messages)."""
     return "\n".join("    " + line for line in text.splitlines())
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 from contextlib import ExitStack
+from pathlib import Path
+from typing import Literal
 
 from builder.accel import choose_accelerator
 from builder.keys import load_private_key
@@ -11,6 +13,8 @@ from builder.libvirt import (
     Disk,
     DomainMetadata,
     DomainSpec,
+    KernelBoot,
+    RunningDomain,
     default_dac_label,
     domain_name,
     free_port,
@@ -51,29 +55,47 @@ def pick_accelerator(ctx: BuildContext, stack: ExitStack) -> None:
 
 
 def boot(ctx: BuildContext, stack: ExitStack) -> None:
-    assert ctx.work_dir is not None and ctx.disk is not None and ctx.accelerator is not None
-    vm = ctx.template.vm
+    assert ctx.work_dir is not None and ctx.disk is not None
     disks = [Disk(ctx.disk, format="raw", bus="virtio")]
     if ctx.seed is not None:
         disks.append(Disk(ctx.seed, format="raw", bus="virtio", readonly=True))
+    ctx.domain = start_domain(ctx, stack, tuple(disks), ctx.work_dir / "serial.log")
+
+
+def start_domain(
+    ctx: BuildContext,
+    stack: ExitStack,
+    disks: tuple[Disk, ...],
+    serial_log: Path,
+    kernel_boot: KernelBoot | None = None,
+    on_reboot: Literal["restart", "destroy"] = "restart",
+) -> RunningDomain:
+    """Start the build's domain (destroyed when `stack` closes), stream its console with
+    --debug, and return once the start watchdog has seen the guest's OS on the console.
+    Used for the installer and for booting the disk."""
+    assert ctx.work_dir is not None and ctx.accelerator is not None
+    vm = ctx.template.vm
     spec = DomainSpec(
         name=domain_name(ctx.template.name, ctx.build_id),
         vcpus=vm.cpus,
         memory=vm.memory,
         accelerator="kvm" if ctx.accelerator == "kvm" else "tcg",
-        serial_log=ctx.work_dir / "serial.log",
+        serial_log=serial_log,
         metadata=DomainMetadata.for_this_process(ctx.template.name, ctx.work_dir),
         firmware=vm.firmware,
-        disks=tuple(disks),
+        disks=disks,
+        kernel_boot=kernel_boot,
+        on_reboot=on_reboot,
+        # Forwarded to the guest's sshd; installers that fetch packages use the NIC too.
         ssh_port=free_port(),
         dac_label=default_dac_label(ctx.uri),
     )
     domain = stack.enter_context(running_domain(spec, ctx.uri))
-    ctx.domain = domain
     if ctx.options.debug:
         stack.enter_context(domain.serial.streaming())
     with timed_guest_wait(ctx):
         domain.wait_started(START_WATCHDOG_SECONDS[spec.accelerator])
+    return domain
 
 
 def connect(ctx: BuildContext, stack: ExitStack) -> None:

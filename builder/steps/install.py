@@ -20,20 +20,10 @@ from builder.errors import BuildError
 from builder.fetch import fetch_iso
 from builder.initrd import append_to_initrd
 from builder.iso import extract, find_installer, volume_label
-from builder.libvirt import (
-    Disk,
-    DomainMetadata,
-    DomainSpec,
-    KernelBoot,
-    RunningDomain,
-    default_dac_label,
-    domain_name,
-    free_port,
-    running_domain,
-)
+from builder.libvirt import Disk, KernelBoot, RunningDomain, indent
 from builder.pipeline import BuildContext, timed_guest_wait
 from builder.redact import redact
-from builder.steps.boot import START_WATCHDOG_SECONDS
+from builder.steps.boot import start_domain
 from builder.volume import write_volume
 from distros.answers import (
     AnswerContext,
@@ -93,32 +83,17 @@ def install(ctx: BuildContext, stack: ExitStack) -> None:
     label = volume_label(iso) if ctx.distro.family == "rhel" else None
     cmdline = installer_cmdline(ctx.distro, ctx.template, label)
     log.info("installer kernel command line: %s", redact(cmdline))
-    vm = ctx.template.vm
-    spec = DomainSpec(
-        name=domain_name(ctx.template.name, ctx.build_id),
-        vcpus=vm.cpus,
-        memory=vm.memory,
-        accelerator="kvm" if ctx.accelerator == "kvm" else "tcg",
-        serial_log=ctx.work_dir / INSTALL_SERIAL_LOG,
-        metadata=DomainMetadata.for_this_process(ctx.template.name, ctx.work_dir),
-        firmware=vm.firmware,
-        disks=install_disks(ctx.disk, iso, volume),
-        kernel_boot=KernelBoot(kernel=kernel, initrd=initrd, cmdline=cmdline),
-        on_reboot="destroy",
-        # Installers that fetch packages need the network; nothing listens on the port.
-        ssh_port=free_port(),
-        dac_label=default_dac_label(ctx.uri),
-    )
+    serial_log = ctx.work_dir / INSTALL_SERIAL_LOG
     try:
         with ExitStack() as phase:
-            domain = phase.enter_context(running_domain(spec, ctx.uri))
-            if ctx.options.debug:
-                phase.enter_context(domain.serial.streaming())
+            domain = start_domain(
+                ctx, phase, install_disks(ctx.disk, iso, volume), serial_log,
+                KernelBoot(kernel=kernel, initrd=initrd, cmdline=cmdline), on_reboot="destroy",
+            )
             with timed_guest_wait(ctx):
-                domain.wait_started(START_WATCHDOG_SECONDS[spec.accelerator])
                 _wait_for_installer(ctx, domain)
     except BuildError:
-        _keep_serial_log(ctx, spec.serial_log)
+        _keep_serial_log(ctx, serial_log)
         raise
     log.info("the installer finished (%s)", domain.stop_reason)
 
@@ -165,7 +140,7 @@ def _wait_for_installer(ctx: BuildContext, domain: RunningDomain) -> None:
     if match is not None:
         raise BuildError(
             f"the {ctx.distro.label} installer failed: its console says\n"
-            + _indent(_context_around(domain.serial.text(), match.group(0)))
+            + indent(_context_around(domain.serial.text(), match.group(0)))
             + f"\nthe full installer console is kept in "
             f"{ctx.output_dir / _kept_log_name(ctx)}",
             hint="fix the cause above (the answer file, install.packages, the ISO) and "
@@ -175,7 +150,7 @@ def _wait_for_installer(ctx: BuildContext, domain: RunningDomain) -> None:
         raise BuildError(
             f"the {ctx.distro.label} installer did not finish within install.timeout "
             f"({timeout:.0f}s); the end of its console:\n"
-            + _indent(domain.serial.tail(FAILURE_CONTEXT_LINES) or "(empty)"),
+            + indent(domain.serial.tail(FAILURE_CONTEXT_LINES) or "(empty)"),
             hint="raise install.timeout if the install is just slow (TCG is), or look for "
             f"a prompt waiting for input in {ctx.output_dir / _kept_log_name(ctx)}",
         )
@@ -210,6 +185,3 @@ def _keep_serial_log(ctx: BuildContext, serial_log: Path) -> None:
     os.replace(tmp, kept)
     log.info("kept the installer's console in %s", kept)
 
-
-def _indent(text: str) -> str:
-    return "\n".join("    " + line for line in text.splitlines())
