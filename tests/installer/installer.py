@@ -340,19 +340,22 @@ def partition_disk(answers: dict[str, Answer]) -> tuple[str, list[Partition]]:
     return disk, partitions
 
 
-def mount_target(disk: str, partitions: list[Partition]) -> list[str]:
-    """Mount the new file systems under TARGET, root first; returns fstab lines."""
-    numbered = sorted(enumerate(partitions, start=1),
-                      key=lambda item: (item[1].mountpoint or "~").count("/")
-                      if item[1].mountpoint != "/" else -1)
+def mount_target(disk: str, partitions: list[Partition]) -> tuple[list[str], list[Path]]:
+    """Mount the new file systems under TARGET, root first, then by depth; returns the
+    fstab lines and the mount points in the order they were mounted."""
+    numbered = sorted(
+        ((n, p) for n, p in enumerate(partitions, start=1) if p.mountpoint is not None),
+        key=lambda item: (item[1].mountpoint != "/", str(item[1].mountpoint).count("/")),
+    )
     fstab = []
+    mounted = []
     for number, p in numbered:
-        if p.mountpoint is None:
-            continue
+        assert p.mountpoint is not None
         device = partition_path(disk, number)
         where = TARGET / p.mountpoint.lstrip("/")
         where.mkdir(parents=True, exist_ok=True)
         sh("mount", "-t", "ext4", device, str(where))
+        mounted.append(where)
         uuid = sh("blkid", "-s", "UUID", "-o", "value", device).strip()
         # There is no udev here: make the link grub-probe looks for, or update-grub
         # would name the root by its device (root=/dev/vda1) instead of its UUID.
@@ -364,7 +367,13 @@ def mount_target(disk: str, partitions: list[Partition]) -> list[str]:
         options = "errors=remount-ro" if p.mountpoint == "/" else "defaults"
         passno = 1 if p.mountpoint == "/" else 2
         fstab.append(f"UUID={uuid} {p.mountpoint} ext4 {options} 0 {passno}")
-    return fstab
+    return fstab, mounted
+
+
+def unmount(mounted: list[Path]) -> None:
+    """Unmount in the reverse of the mounting order (best effort: the install is over)."""
+    for where in reversed(mounted):
+        subprocess.run(["umount", str(where)], check=False)
 
 
 def copy_system() -> None:
@@ -509,7 +518,7 @@ def install(preseed: Path) -> None:
     check_answers(answers)
     say(f"preseed {preseed}: {len(answers)} answers accepted")
     disk, partitions = partition_disk(answers)
-    fstab = mount_target(disk, partitions)
+    fstab, mounted = mount_target(disk, partitions)
     copy_system()
     binds = bind_pseudo_filesystems()
     try:
@@ -518,12 +527,9 @@ def install(preseed: Path) -> None:
         install_bootloader(answers, disk)
         late_command(answers)
     finally:
-        for where in reversed(binds):
-            subprocess.run(["umount", str(where)], check=False)
+        unmount(binds)
     subprocess.run(["sync"], check=False)
-    for _number, p in reversed(list(enumerate(partitions, start=1))):
-        if p.mountpoint is not None:
-            subprocess.run(["umount", str(TARGET / p.mountpoint.lstrip("/"))], check=False)
+    unmount(mounted)
     poweroff = value(answers, "debian-installer/exit/poweroff", "false") == "true"
     EXIT_ACTION.write_text("poweroff\n" if poweroff else "reboot\n")
     say("Installation complete; " + ("powering off" if poweroff else "rebooting"))
