@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from expect import assert_waagent_mode
 
 from builder.libvirt import (
     Disk,
@@ -348,15 +349,7 @@ def test_azure_preparation_is_in_the_image(guest_files: Any, tmp_path: Path) -> 
     assert "Package: openssh-server\nStatus: install ok installed" in status
     assert g.exists("/etc/systemd/system/multi-user.target.wants/ssh.service")
     # R10: waagent mode, every key explicit; cloud-init disabled.
-    conf = dict(line.split("=", 1) for line in g.cat("/etc/waagent.conf").splitlines()
-                if "=" in line and not line.lstrip().startswith("#"))
-    assert conf["Provisioning.Agent"] == "waagent"
-    assert conf["Provisioning.RegenerateSshHostKeyPair"] == "y"
-    assert conf["ResourceDisk.Format"] == "y"
-    assert conf["ResourceDisk.Filesystem"] == "ext4"
-    assert conf["ResourceDisk.MountPoint"] == "/mnt/resource"
-    assert conf["ResourceDisk.EnableSwap"] == "y"
-    assert conf["ResourceDisk.SwapSizeMB"] == "2048"
+    assert_waagent_mode(g.cat("/etc/waagent.conf"))
     assert g.exists("/etc/cloud/cloud-init.disabled")
     # R11: sudoers without targetpw or ALL ALL.
     sudoers = [g.cat("/etc/sudoers")] + [g.cat(f"/etc/sudoers.d/{f}")

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from expect import assert_waagent_mode
 
 from builder.models import Azure
 from distros import resolve
@@ -254,17 +255,7 @@ def test_prep_fixes_everything(chroot: Chroot, first_run: subprocess.CompletedPr
     assert chroot.run("dpkg-query", "-W", "waagent").returncode == 0
 
     # R10: every waagent.conf key explicit; cloud-init out of the way.
-    conf = dict(
-        line.split("=", 1) for line in chroot.path("/etc/waagent.conf").read_text().splitlines()
-        if "=" in line and not line.lstrip().startswith("#")
-    )
-    assert conf["Provisioning.Agent"] == "waagent"
-    assert conf["Provisioning.RegenerateSshHostKeyPair"] == "y"
-    assert conf["ResourceDisk.Format"] == "y"
-    assert conf["ResourceDisk.Filesystem"] == "ext4"
-    assert conf["ResourceDisk.MountPoint"] == "/mnt/resource"
-    assert conf["ResourceDisk.EnableSwap"] == "y"
-    assert conf["ResourceDisk.SwapSizeMB"] == "2048"
+    assert_waagent_mode(chroot.path("/etc/waagent.conf").read_text())
     assert chroot.path("/etc/cloud/cloud-init.disabled").exists()
 
     # R11: the lines are commented out and sudo still accepts the configuration.
