@@ -3,16 +3,26 @@
 `/dev/kvm` existing proves nothing: a broken KVM can run the firmware and then
 hang in the kernel without a word. So `auto` boots a kernel under KVM with
 `console=ttyS0` and uses KVM only when the kernel's first line (`Linux version`)
-reaches the serial console within a few seconds. The result is cached per process.
+reaches the serial console within a few seconds.
+
+The answer cannot change until the host reboots or its QEMU or kernel changes, so it
+is cached on disk per host boot (keyed by `/proc/sys/kernel/random/boot_id`, the QEMU
+binary, the probe kernel and the libvirt URI): the probe costs once per boot, not
+once per build, and every user of an accelerator (the build's guests, the libguestfs
+appliance of `check`) gets the same decision.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -25,12 +35,14 @@ from builder.libvirt import (
     domain_name,
     running_domain,
 )
+from builder.paths import cache_dir
 
 log = logging.getLogger(__name__)
 
 PROBE_SECONDS = 5.0
 PROBE_MEMORY = 256 * 1024**2
 KVM_DEVICE = Path("/dev/kvm")
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
 
 @dataclass(frozen=True)
@@ -39,6 +51,7 @@ class AccelChoice:
     reason: str
 
 
+_NOT_LASTING = "a KVM domain failed to start"
 _probe_cache: dict[tuple[str, Path | None], tuple[bool, str]] = {}
 
 
@@ -64,12 +77,77 @@ def _is_local(uri: str) -> bool:
 def probe_kvm(
     uri: str, kernel: Path | None = None, timeout: float = PROBE_SECONDS
 ) -> tuple[bool, str]:
-    """Boot `kernel` (default: the host's newest) under KVM; (usable, reason). Cached."""
+    """Boot `kernel` (default: the host's newest) under KVM; (usable, reason). Cached in
+    this process and on disk for this host boot."""
     kernel = kernel or host_kernel()
     key = (uri, kernel)
     if key not in _probe_cache:
-        _probe_cache[key] = _probe(uri, kernel, timeout)
+        cache_file = _cache_file(uri, kernel)
+        cached = _read_cached(cache_file) if cache_file is not None else None
+        if cached is not None:
+            _probe_cache[key] = cached
+        else:
+            usable, reason = _probe(uri, kernel, timeout)
+            _probe_cache[key] = (usable, reason)
+            # A domain that could not even start says nothing lasting about KVM
+            # (libvirtd down, a permission fixed later): probe again next time.
+            if cache_file is not None and not reason.startswith(_NOT_LASTING):
+                _write_cached(cache_file, usable, reason)
     return _probe_cache[key]
+
+
+def _qemu_binary() -> Path | None:
+    found = shutil.which("qemu-system-x86_64")
+    return Path(found) if found else None
+
+
+def _identity(path: Path | None) -> str:
+    if path is None:
+        return "-"
+    try:
+        st = path.stat()
+    except OSError:
+        return f"{path}:missing"
+    return f"{path}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def _cache_file(uri: str, kernel: Path | None) -> Path | None:
+    """The probe's cache entry for this boot, QEMU, kernel and URI; None off-host."""
+    if not _is_local(uri):
+        return None  # a remote hypervisor's KVM is not ours to remember
+    try:
+        boot_id = BOOT_ID.read_text().strip()
+    except OSError:
+        return None
+    facts = "\n".join([boot_id, _identity(_qemu_binary()), _identity(kernel), uri,
+                       os.uname().release, str(os.geteuid())])
+    key = hashlib.sha256(facts.encode()).hexdigest()[:24]
+    return cache_dir() / "accel" / f"kvm-probe-{key}.json"
+
+
+def _read_cached(path: Path) -> tuple[bool, str] | None:
+    try:
+        data = json.loads(path.read_text())
+        usable, reason, when = bool(data["usable"]), str(data["reason"]), str(data["probed"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return usable, f"{reason} (probed {when} this boot; cached in {path})"
+
+
+def _write_cached(path: Path, usable: bool, reason: str) -> None:
+    """Atomically, and quietly: a cache that cannot be written only costs a probe."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".kvm-probe-", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump({"usable": usable, "reason": reason,
+                           "probed": datetime.now(UTC).isoformat(timespec="seconds")}, f)
+            os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    except OSError as exc:
+        log.debug("could not cache the KVM probe in %s: %s", path, exc)
 
 
 def _probe(uri: str, kernel: Path | None, timeout: float) -> tuple[bool, str]:
@@ -111,7 +189,7 @@ def _probe(uri: str, kernel: Path | None, timeout: float) -> tuple[bool, str]:
                 return False, f"under KVM nothing reached the serial console in {timeout:.0f}s"
         except AzbuildError as exc:
             first = str(exc).splitlines()[-1].strip()
-            return False, f"a KVM domain failed to start: {first}"
+            return False, f"{_NOT_LASTING}: {first}"
 
 
 def choose_accelerator(

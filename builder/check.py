@@ -10,6 +10,7 @@ import re
 import shlex
 import struct
 from pathlib import Path
+from typing import Literal
 
 from builder.disk import ImageFormat, detect_image_format
 from builder.errors import BuildError, UsageError
@@ -30,14 +31,17 @@ from builder.vhd import (
 _ID = re.compile(r"^R(\d{1,2})$")
 
 
-def run_check(image: Path, skip: list[str]) -> Report:
-    """Check `image` offline; the IDs in `skip` are reported with status "skip"."""
+def run_check(
+    image: Path, skip: list[str], accelerator: Literal["kvm", "tcg"] | None = None
+) -> Report:
+    """Check `image` offline; the IDs in `skip` are reported with status "skip". The
+    guest checks' appliance runs on `accelerator` (a build's), else on the KVM probe's."""
     skipped = _skip_ids(skip)
     _require_readable(image)
     image_format = detect_image_format(image)
     results = format_checks(image, image_format)
     if not set(GUEST_IDS) <= set(skipped):  # one appliance launch for R03..R13
-        results += guest_checks(image, image_format.qemu_format)
+        results += guest_checks(image, image_format.qemu_format, accelerator)
     return _report(image, results, skipped)
 
 

@@ -25,9 +25,10 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Literal
 
-from builder.errors import AzbuildError, CommandError, UsageError
+from builder.appliance import Drive, launch
+from builder.errors import CommandError, UsageError
 from builder.initrd_list import InitrdError, kernel_versions_in, list_initrd, module_name
 from builder.report import CheckResult, Status
 from builder.run import run
@@ -775,51 +776,17 @@ class _Facts:
     kernel_args_any: set[str] = field(default_factory=set)
 
 
-def _launch(guestfs: Any, image: Path, image_format: str) -> Any:
-    """Start the appliance with the image read-only. Where KVM is broken (as on machines
-    whose /dev/kvm exists but cannot run a kernel), the default backend fails at once:
-    then try again under TCG, unless the user chose the backend settings."""
-    attempts: list[dict[str, str]] = [{}]
-    if "LIBGUESTFS_BACKEND_SETTINGS" not in os.environ:
-        attempts.append({"LIBGUESTFS_BACKEND": "direct",
-                         "LIBGUESTFS_BACKEND_SETTINGS": "force_tcg"})
-    error = ""
-    for settings in attempts:
-        saved = {key: os.environ.get(key) for key in settings}
-        os.environ.update(settings)
-        g = guestfs.GuestFS(python_return_dict=True)
-        try:
-            g.add_drive_opts(str(image), readonly=True, format=image_format)
-            g.launch()
-            if settings:
-                log.info("libguestfs runs its appliance under TCG (KVM did not work)")
-            return g
-        except RuntimeError as exc:
-            error = str(exc)
-            g.close()
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
-    raise AzbuildError(
-        f"the libguestfs appliance did not start: {error}",
-        hint="`libguestfs-test-tool` diagnoses; LIBGUESTFS_BACKEND=direct and "
-        "LIBGUESTFS_BACKEND_SETTINGS=force_tcg make it use TCG",
-    )
-
-
-def guest_checks(image: Path, image_format: str) -> list[CheckResult]:
-    """One CheckResult for each of R03..R13 (in that order), then extra warnings (W-*)."""
+def guest_checks(
+    image: Path, image_format: str, accelerator: Literal["kvm", "tcg"] | None = None
+) -> list[CheckResult]:
+    """One CheckResult for each of R03..R13 (in that order), then extra warnings (W-*).
+    The appliance runs on `accelerator`, else on the KVM probe's answer."""
     if image_format not in IMAGE_FORMATS:
         raise UsageError(
             f"unknown image format {image_format!r}", hint=f"one of {', '.join(IMAGE_FORMATS)}"
         )
     if not image.is_file() or not os.access(image, os.R_OK):
         raise UsageError(f"cannot read {image}: not a readable file")
-    import guestfs  # the system binding; see docs/check.md
-
     try:  # the input's fault, told apart from an appliance that cannot start
         run(["qemu-img", "info", "-f", image_format, image], timeout=120)
     except CommandError as exc:
@@ -829,9 +796,8 @@ def guest_checks(image: Path, image_format: str) -> list[CheckResult]:
             hint="check the file and its format; `qemu-img info` shows what it holds",
         ) from None
     started = time.monotonic()
-    g = _launch(guestfs, image, image_format)
+    g = launch([Drive(image, image_format)], accelerator)
     try:
-        log.debug("appliance up in %.1f s", time.monotonic() - started)
         with tempfile.TemporaryDirectory(prefix="azbuild-check-") as tmp:
             results = _run_checks(g, _Guest(g, Path(tmp)), image)
         with contextlib.suppress(RuntimeError):

@@ -16,6 +16,7 @@ import re
 import secrets
 import socket
 import threading
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +29,7 @@ import libvirt
 
 from builder.errors import BuildError
 from builder.serial import SerialLog
+from builder.waits import WaitReporter
 
 log = logging.getLogger(__name__)
 
@@ -380,10 +382,15 @@ class RunningDomain:
             if self.is_running():
                 raise BuildError(f"cannot shut down domain {self.name}: {exc}") from None
 
-    def wait_stopped(self, timeout: float) -> bool:
-        """Wait (on lifecycle events, not polling) up to `timeout` s; True if it stopped."""
-        if self.stopped_event.wait(timeout):
-            return True
+    def wait_stopped(self, timeout: float, what: str = "the guest to power off") -> bool:
+        """Wait on lifecycle events up to `timeout` s, saying so while it lasts; True if
+        it stopped."""
+        reporter = WaitReporter(f"{what} ({self.name})", timeout)
+        deadline = time.monotonic() + timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            if self.stopped_event.wait(min(1.0, remaining)):
+                return True
+            reporter.tick()
         # Belt and braces: an event lost with a dropped connection must not hang a build.
         return not self.is_running()
 
@@ -420,7 +427,7 @@ class RunningDomain:
     def wait_for_serial(self, pattern: str, timeout: float, doing: str) -> str:
         """Wait for `pattern` on the serial console; fail at once when the domain
         stops first, and with the log's end after `timeout`. Returns the matched text."""
-        match = self.serial.wait_for(pattern, timeout, stop=self.stopped_event)
+        match = self.serial.wait_for(pattern, timeout, stop=self.stopped_event, what=doing)
         if match is not None:
             return match.group(0)
         if self.stopped_event.is_set():
@@ -435,7 +442,8 @@ class RunningDomain:
         """The start watchdog: within `timeout` s the guest must print something on its
         serial console besides firmware messages; fails at once when the firmware says
         it found nothing to boot, or when the domain stops."""
-        match = self.serial.wait_for(_STARTED_OR_NO_BOOT, timeout, stop=self.stopped_event)
+        match = self.serial.wait_for(_STARTED_OR_NO_BOOT, timeout, stop=self.stopped_event,
+                                     what="the guest to start")
         hint = (
             "check the firmware (bios/uefi) matches the image, and if the accelerator is "
             "kvm, try accelerator = \"tcg\": a broken KVM can run the firmware but not the kernel"

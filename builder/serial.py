@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from builder.waits import WaitReporter
+
 log = logging.getLogger(__name__)
 
 SERIAL_LOG_NAME = "serial.log"
@@ -66,14 +68,17 @@ class SerialLog:
         pattern: str | re.Pattern[str],
         timeout: float,
         stop: threading.Event | None = None,
+        what: str | None = None,
     ) -> re.Match[str] | None:
         """Wait until the log (from its start) matches `pattern`; return the match.
 
         Returns None after `timeout` seconds, or as soon as `stop` is set (for
         instance the domain's `stopped_event`) and the log still does not match.
+        With `what`, a long wait says what it waits for (builder/waits.py).
         """
         regex = re.compile(pattern) if isinstance(pattern, str) else pattern
         deadline = time.monotonic() + timeout
+        reporter = WaitReporter(what, timeout) if what else None
         raw = b""
         searched_len = -1
         while True:
@@ -86,6 +91,8 @@ class SerialLog:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
+            if reporter is not None:
+                reporter.tick()
             if stop is not None and stop.is_set():
                 # One last read: the guest may have printed just before it stopped.
                 raw += self._read_from(len(raw))

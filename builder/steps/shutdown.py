@@ -26,7 +26,7 @@ def shutdown(ctx: BuildContext, stack: ExitStack) -> None:
         log.warning("the guest did not power off within %.0fs; sending an ACPI shutdown",
                     timeout)
         domain.shutdown()
-        if domain.wait_stopped(ACPI_GRACE_SECONDS):
+        if domain.wait_stopped(ACPI_GRACE_SECONDS, "the guest to power off after ACPI"):
             log.info("the guest powered off after the ACPI shutdown")
             return
     tail = domain.serial.tail(30) or "(the serial console is empty)"

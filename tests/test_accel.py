@@ -1,0 +1,86 @@
+"""The KVM probe's answer is cached on disk for one host boot, QEMU and kernel."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from builder import accel
+
+
+@pytest.fixture
+def boot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    boot_id = tmp_path / "boot_id"
+    boot_id.write_text("11111111-2222-3333-4444-555555555555\n")
+    monkeypatch.setattr(accel, "BOOT_ID", boot_id)
+    monkeypatch.setenv("AZBUILD_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(accel, "_probe_cache", {})
+    return boot_id
+
+
+def test_cache_entry_depends_on_boot_kernel_and_uri(boot: Path, tmp_path: Path) -> None:
+    kernel = tmp_path / "vmlinuz-6.1.0-1-amd64"
+    kernel.write_bytes(b"kernel")
+    first = accel._cache_file("qemu:///system", kernel)
+    assert first is not None
+    assert first.parent == tmp_path / "cache" / "accel"
+    assert accel._cache_file("qemu:///system", kernel) == first
+    assert accel._cache_file("qemu:///session", kernel) != first
+    kernel.write_bytes(b"another kernel")
+    assert accel._cache_file("qemu:///system", kernel) != first
+    boot.write_text("66666666-2222-3333-4444-555555555555\n")
+    assert accel._cache_file("qemu:///system", kernel) not in (None, first)
+
+
+def test_remote_hypervisors_are_not_cached(boot: Path) -> None:
+    assert accel._cache_file("qemu+ssh://host/system", None) is None
+
+
+def test_written_answer_is_read_back_with_where_it_came_from(boot: Path,
+                                                             tmp_path: Path) -> None:
+    path = tmp_path / "cache" / "accel" / "entry.json"
+    accel._write_cached(path, False, "under KVM nothing reached the serial console in 5s")
+    assert json.loads(path.read_text())["usable"] is False
+    usable, reason = accel._read_cached(path) or (True, "")
+    assert usable is False
+    assert reason.startswith("under KVM nothing reached the serial console in 5s (probed ")
+    assert f"cached in {path}" in reason
+    assert [p.name for p in path.parent.iterdir()] == ["entry.json"], "no temp file left"
+
+
+def test_a_corrupt_entry_is_ignored(tmp_path: Path) -> None:
+    path = tmp_path / "entry.json"
+    path.write_text("{not json")
+    assert accel._read_cached(path) is None
+
+
+def test_probe_uses_the_answer_cached_this_boot(boot: Path, tmp_path: Path) -> None:
+    """No libvirt is touched: the cached answer stands for this boot."""
+    kernel = tmp_path / "vmlinuz-6.1.0-1-amd64"
+    kernel.write_bytes(b"kernel")
+    uri = "qemu:///nonexistent-driver"
+    path = accel._cache_file(uri, kernel)
+    assert path is not None
+    accel._write_cached(path, True, "a kernel printed its first line under KVM in 0.4s")
+    choice = accel.choose_accelerator("auto", uri, kernel)
+    assert choice.accelerator == "kvm"
+    assert "cached in" in choice.reason
+
+
+def test_a_probe_that_could_not_start_a_domain_is_not_remembered(
+    boot: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """libvirtd down is no lasting fact about KVM: the next build probes again."""
+    device = tmp_path / "kvm"
+    device.touch()
+    monkeypatch.setattr(accel, "KVM_DEVICE", device)  # as on a host with /dev/kvm
+    kernel = tmp_path / "vmlinuz-6.1.0-1-amd64"
+    kernel.write_bytes(b"kernel")
+    uri = "qemu:///nonexistent-driver"
+    usable, reason = accel.probe_kvm(uri, kernel, timeout=1)
+    assert not usable
+    assert reason.startswith("a KVM domain failed to start"), reason
+    path = accel._cache_file(uri, kernel)
+    assert path is not None and not path.exists(), reason
