@@ -206,7 +206,7 @@ class ShellProvisioner(Model):
     script: Path | None = Field(None, description="a local script, uploaded and run")
     env: dict[str, str] = Field(default_factory=dict, description="environment variables")
     sudo: bool = Field(True, description="run as root through sudo")
-    timeout: Duration | None = Field(None, description="bound on this provisioner; none: no bound")
+    timeout: Duration = Field(7200.0, description="bound on this provisioner")
 
     @model_validator(mode="after")
     def _one_body(self) -> ShellProvisioner:

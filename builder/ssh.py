@@ -45,6 +45,7 @@ import paramiko
 
 from builder.errors import BuildError, UsageError
 from builder.keys import fingerprint_blob, parse_public_line
+from builder.waits import FIRST_REPORT, WaitReporter
 
 log = logging.getLogger(__name__)
 
@@ -580,6 +581,7 @@ class SSHSession:
             pending = b""
             err_pending = b""
             start = last_heard = last_check = time.monotonic()
+            reporter = WaitReporter(f"`{_short(command, 60)}` on {self.where}", timeout)
 
             def emit(raw: bytes, sink: Callable[[str], None] = line_sink) -> None:
                 text = raw.decode("utf-8", "replace").rstrip("\r")
@@ -622,6 +624,8 @@ class SSHSession:
                     data = channel.recv(32768)
                 except TimeoutError:
                     check("waiting for output")
+                    if time.monotonic() - last_heard >= FIRST_REPORT:  # a silent command
+                        reporter.tick()
                     continue
                 last_heard = time.monotonic()
                 if not data:

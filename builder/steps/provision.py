@@ -18,6 +18,8 @@ from distros.azure_prep import prep_scripts
 log = logging.getLogger(__name__)
 
 GUEST_DIR = "/var/tmp/azbuild"
+PREP_TIMEOUT = 3600.0  # azure-prep.sh: package installs and an initrd rebuild under TCG
+CHECK_TIMEOUT = 600.0  # azure-check.sh only reads
 _CHECK_LINE = re.compile(r"^(R\d\d)\s+(pass|fail|skip|warn)\b\s*(.*)$")
 
 
@@ -66,7 +68,8 @@ def _run_script(session: SSHSession, name: str, prefix: str) -> list[str]:
         lines.append(line)
         log.info("%s %s", prefix, line)
 
-    status = session.run(f"/bin/bash {GUEST_DIR}/{name}", sudo=True, on_line=on_line)
+    status = session.run(f"/bin/bash {GUEST_DIR}/{name}", sudo=True, on_line=on_line,
+                         timeout=PREP_TIMEOUT)
     if status != 0:
         tail = "\n".join("    " + line for line in lines[-30:])
         raise BuildError(f"{name} failed with exit status {status} in the guest:\n{tail}")
@@ -81,7 +84,8 @@ def _run_check(session: SSHSession) -> None:
         lines.append(line)
         log.info("[azure-check] %s", line)
 
-    session.run(f"/bin/bash {GUEST_DIR}/azure-check.sh", sudo=True, on_line=on_line)
+    session.run(f"/bin/bash {GUEST_DIR}/azure-check.sh", sudo=True, on_line=on_line,
+                timeout=CHECK_TIMEOUT)
     failed = [m for m in map(_CHECK_LINE.match, lines) if m and m.group(2) == "fail"]
     if failed:
         details = "\n".join(f"    {m.group(1)}: {m.group(3)}" for m in failed)
