@@ -268,6 +268,14 @@ _event_loop_lock = threading.Lock()
 _event_loop_started = False
 
 
+_CLOSE_REASONS = {
+    libvirt.VIR_CONNECT_CLOSE_REASON_ERROR: "a connection error",
+    libvirt.VIR_CONNECT_CLOSE_REASON_EOF: "libvirtd closed the connection",
+    libvirt.VIR_CONNECT_CLOSE_REASON_KEEPALIVE: "libvirtd stopped answering keepalives",
+    libvirt.VIR_CONNECT_CLOSE_REASON_CLIENT: "closed by this client",
+}
+
+
 def _ignore_libvirt_error(_ctx: Any, _error: Any) -> None:
     return None
 
@@ -335,6 +343,12 @@ class RunningDomain:
     dom: Any = None
     stopped_event: threading.Event = field(default_factory=threading.Event)
     stop_reason: str | None = None
+    # Set when the connection to libvirtd drops (a restart, a crash): the guest's state
+    # can no longer be watched, so the build must stop trusting it.
+    lost_event: threading.Event = field(default_factory=threading.Event)
+    lost_reason: str | None = None
+    # Set on either: what a long wait on the guest stops for.
+    attention: threading.Event = field(default_factory=threading.Event)
     _callback_id: int | None = None
     _destroyed: bool = False
 
@@ -365,6 +379,23 @@ class RunningDomain:
             self.stop_reason = reason
         log.debug("domain %s: %s", self.spec.name, reason)
         self.stopped_event.set()
+        self.attention.set()
+
+    def _on_close(self, _conn: Any, reason: int, _opaque: Any) -> None:
+        self.lost_reason = _CLOSE_REASONS.get(reason, f"closed (reason {reason})")
+        log.warning("lost the connection to libvirt at %s: %s", self.uri, self.lost_reason)
+        self.lost_event.set()
+        self.attention.set()
+
+    def check_connection(self) -> None:
+        """Raise BuildError once the connection to libvirtd is lost."""
+        if self.lost_event.is_set():
+            raise BuildError(
+                f"lost the connection to libvirt at {self.uri} while domain {self.name} "
+                f"was running ({self.lost_reason}); the build can no longer watch its guest",
+                hint="libvirtd was restarted or stopped during the build: build again once "
+                "it runs steadily; `azbuild gc --yes` removes anything left",
+            )
 
     def is_running(self) -> bool:
         if self.stopped_event.is_set() or self.dom is None:
@@ -390,26 +421,32 @@ class RunningDomain:
         while (remaining := deadline - time.monotonic()) > 0:
             if self.stopped_event.wait(min(1.0, remaining)):
                 return True
+            self.check_connection()
             reporter.tick()
         # Belt and braces: an event lost with a dropped connection must not hang a build.
         return not self.is_running()
 
     def destroy(self) -> None:
-        """Stop the domain now; idempotent, and quiet when it is already gone."""
+        """Stop the domain now; idempotent, and quiet when it is already gone. When the
+        connection was lost, a new one is opened to reach the domain."""
         if self.dom is None or self._destroyed:
             return
         self._destroyed = True
+        dom = self.dom if not self.lost_event.is_set() else _reconnect_domain(self)
         try:
-            self.dom.destroy()
-            log.debug("destroyed domain %s", self.name)
+            if dom is not None:
+                dom.destroy()
+                log.debug("destroyed domain %s", self.name)
         except libvirt.libvirtError as exc:
             if exc.get_error_code() not in (
                 libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_OPERATION_INVALID
             ):
-                log.warning("could not destroy domain %s: %s", self.name, exc)
+                log.warning("could not destroy domain %s: %s; `azbuild gc --yes` removes "
+                            "it", self.name, exc)
         if self.stop_reason is None:
             self.stop_reason = "the domain was destroyed"
         self.stopped_event.set()
+        self.attention.set()
 
     def fail_if_stopped(self, doing: str, tail_lines: int = 30) -> None:
         """Raise BuildError quoting the serial log's end if the domain is no longer running."""
@@ -427,7 +464,8 @@ class RunningDomain:
     def wait_for_serial(self, pattern: str, timeout: float, doing: str) -> str:
         """Wait for `pattern` on the serial console; fail at once when the domain
         stops first, and with the log's end after `timeout`. Returns the matched text."""
-        match = self.serial.wait_for(pattern, timeout, stop=self.stopped_event, what=doing)
+        match = self.serial.wait_for(pattern, timeout, stop=self.attention, what=doing)
+        self.check_connection()
         if match is not None:
             return match.group(0)
         if self.stopped_event.is_set():
@@ -442,8 +480,9 @@ class RunningDomain:
         """The start watchdog: within `timeout` s the guest must print something on its
         serial console besides firmware messages; fails at once when the firmware says
         it found nothing to boot, or when the domain stops."""
-        match = self.serial.wait_for(_STARTED_OR_NO_BOOT, timeout, stop=self.stopped_event,
+        match = self.serial.wait_for(_STARTED_OR_NO_BOOT, timeout, stop=self.attention,
                                      what="the guest to start")
+        self.check_connection()
         hint = (
             "check the firmware (bios/uefi) matches the image, and if the accelerator is "
             "kvm, try accelerator = \"tcg\": a broken KVM can run the firmware but not the kernel"
@@ -508,6 +547,7 @@ def running_domain(
     """
     conn = open_connection(uri)
     running = RunningDomain(spec=spec, uri=uri, conn=conn)
+    conn.registerCloseCallback(running._on_close, None)
     try:
         # Register before creating, for every domain, so no stop can be missed.
         running._callback_id = conn.domainEventRegisterAny(
@@ -537,6 +577,28 @@ def running_domain(
         _cleanup(running, conn)
 
 
+RECONNECT_SECONDS = 30.0
+
+
+def _reconnect_domain(running: RunningDomain) -> Any:
+    """The domain through a new connection, waiting for a restarting libvirtd; None when
+    it cannot be reached (gc finds it later: it carries this process's metadata)."""
+    deadline = time.monotonic() + RECONNECT_SECONDS
+    while True:
+        try:
+            conn = libvirt.open(running.uri)
+            running.conn = conn
+            return conn.lookupByName(running.name)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            if time.monotonic() >= deadline:
+                log.warning("cannot reach libvirt at %s to destroy domain %s: %s; "
+                            "`azbuild gc --yes` removes it", running.uri, running.name, exc)
+                return None
+            time.sleep(1.0)
+
+
 def _cleanup(running: RunningDomain, conn: Any) -> None:
     try:
         running.destroy()
@@ -546,7 +608,14 @@ def _cleanup(running: RunningDomain, conn: Any) -> None:
                 conn.domainEventDeregisterAny(running._callback_id)
         except libvirt.libvirtError as exc:
             log.debug("deregistering the event callback: %s", exc)
-        try:
-            conn.close()
-        except libvirt.libvirtError as exc:
-            log.debug("closing the libvirt connection: %s", exc)
+        if not running.lost_event.is_set():
+            try:
+                conn.unregisterCloseCallback()
+            except libvirt.libvirtError as exc:
+                log.debug("unregistering the close callback: %s", exc)
+        # The original connection, and the one a lost connection was replaced by.
+        for each in {id(conn): conn, id(running.conn): running.conn}.values():
+            try:
+                each.close()
+            except libvirt.libvirtError as exc:
+                log.debug("closing the libvirt connection: %s", exc)

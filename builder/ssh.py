@@ -528,6 +528,9 @@ class SSHSession:
         self.first_banner_at: float | None = None
         self.ready_at: float | None = None
         self._heartbeat = _Heartbeat(transport)
+        # Called while a command runs; each raises to abort it (for instance when the
+        # connection to the hypervisor behind the guest is lost).
+        self.watchdogs: list[Callable[[], None]] = []
 
     @property
     def root(self) -> bool:
@@ -602,6 +605,8 @@ class SSHSession:
                     err_pending = b""
 
             def check(state: str) -> None:
+                for watchdog in self.watchdogs:
+                    watchdog()
                 now = time.monotonic()
                 if timeout is not None and now - start > timeout:
                     raise CommandTimeout(

@@ -128,9 +128,15 @@ def open_session(ctx: BuildContext, stack: ExitStack, timeout: float) -> SSHSess
             pkey=pkey,
             password=comm.password,
             timeout=timeout,
-            alive=domain.is_running,
+            alive=lambda: _still_watched(domain) and domain.is_running(),
             failure_context=serial_tail,
         )
+    session.watchdogs.append(domain.check_connection)
     stack.callback(session.close)
     ctx.session = session
     return session
+
+
+def _still_watched(domain: RunningDomain) -> bool:
+    domain.check_connection()  # raises once libvirtd is gone: the guest is unwatched
+    return True

@@ -136,8 +136,9 @@ def _wait_for_installer(ctx: BuildContext, domain: RunningDomain) -> None:
     """Until the installer stops the domain; fail at once on a fatal sign on the console."""
     timeout = ctx.template.install.timeout
     fatal = installer_failure_regex(ctx.distro)
-    match = domain.serial.wait_for(fatal, timeout, stop=domain.stopped_event,
+    match = domain.serial.wait_for(fatal, timeout, stop=domain.attention,
                                    what=f"the {ctx.distro.label} installer to finish")
+    domain.check_connection()
     if match is not None:
         raise BuildError(
             f"the {ctx.distro.label} installer failed: its console says\n"
