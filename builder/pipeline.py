@@ -6,18 +6,20 @@ in reverse order on success, failure, Ctrl-C and SIGTERM alike.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
 from builder import log as azlog
+from builder.errors import BuildError
 from builder.gc import claim_work_dir
 from builder.keys import KeyPair
 from builder.libvirt import RunningDomain, connection_uri
@@ -103,12 +105,28 @@ def build(loaded: LoadedTemplate, options: BuildOptions) -> int:
     with ExitStack() as stack:
         stack.callback(_report_outcome, ctx, lambda: succeeded)
         for name, step in steps.plan(ctx):
-            with ctx.timer.step(name):
+            with ctx.timer.step(name), _disk_full_is_said(name):
                 step(ctx, stack)
         succeeded = True
     log.info("build %s finished; artifacts in %s\n%s", template.name, ctx.output_dir,
              ctx.timer.table())
     return 0
+
+
+@contextmanager
+def _disk_full_is_said(step: str) -> Iterator[None]:
+    """A full filesystem is the user's environment, not a bug: name it and where."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" writing {exc.filename}" if exc.filename else ""
+        raise BuildError(
+            f"no space left on device{where} (step {step}): {exc.strerror}",
+            hint="free space there, or write elsewhere (--output-dir, AZBUILD_WORK_DIR); "
+            "nothing partial was kept",
+        ) from None
 
 
 def _report_outcome(ctx: BuildContext, succeeded: Callable[[], bool]) -> None:
