@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import libvirt
 
-from builder.errors import BuildError
+from builder.errors import BuildError, UsageError
 from builder.serial import SerialLog
 from builder.waits import WaitReporter
 
@@ -305,12 +305,34 @@ def open_connection(uri: str) -> Any:
     try:
         conn = libvirt.open(uri)
     except libvirt.libvirtError as exc:
-        raise BuildError(
-            f"cannot connect to libvirt at {uri}: {exc}",
-            hint="is libvirtd running? (scripts/setup.sh starts virtlogd and libvirtd)",
-        ) from None
+        raise BuildError(f"cannot connect to libvirt at {uri}: {exc}",
+                         hint=connection_hint(uri, str(exc), os.geteuid())) from None
     conn.setKeepAlive(5, 3)
     return conn
+
+
+def refuse_unsupported_uri(uri: str, euid: int) -> None:
+    """Root on qemu:///session: its QEMU cannot open the build's disks (measured), and
+    qemu:///system is there for root."""
+    if euid == 0 and uri.startswith(SESSION_URI):
+        raise UsageError(
+            "qemu:///session as root is not supported: its QEMU cannot open the build's disks",
+            hint="use qemu:///system (the default for root), or build as another user",
+        )
+
+
+def connection_hint(uri: str, error: str, euid: int) -> str:
+    """What to do about a connection that failed with `error`."""
+    denied = any(word in error.lower() for word in
+                 ("permission denied", "authentication unavailable", "not authorized"))
+    if denied and uri.startswith(SYSTEM_URI) and euid != 0:
+        return ("this user may not use qemu:///system: join the libvirt group "
+                "(`usermod -aG libvirt USER`, then log in again), or build on "
+                "qemu:///session (the default for users other than root)")
+    if uri.startswith(SESSION_URI):
+        return ("qemu:///session starts a libvirtd of this user's own: check that "
+                "libvirt-daemon-system is installed and that $HOME is writable")
+    return "is libvirtd running? (scripts/setup.sh starts virtlogd and libvirtd)"
 
 
 def free_port() -> int:

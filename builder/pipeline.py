@@ -22,7 +22,7 @@ from builder import log as azlog
 from builder.errors import BuildError
 from builder.gc import claim_work_dir
 from builder.keys import KeyPair
-from builder.libvirt import RunningDomain, connection_uri
+from builder.libvirt import RunningDomain, connection_uri, refuse_unsupported_uri
 from builder.log import StepTimer
 from builder.models import Template
 from builder.paths import work_root
@@ -100,6 +100,7 @@ def build(loaded: LoadedTemplate, options: BuildOptions) -> int:
         output_dir=output_directory(loaded, options),
         build_id=os.urandom(4).hex(),
     )
+    refuse_unsupported_uri(ctx.uri, os.geteuid())
     log.info("building %s (%s) with %s", template.name, distro.label, ctx.uri)
     succeeded = False
     with ExitStack() as stack:

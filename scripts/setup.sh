@@ -10,7 +10,7 @@ PACKAGES=(
   python3-venv python3-dev gcc
   libguestfs-tools python3-guestfs linux-image-amd64
   debootstrap fdisk e2fsprogs dosfstools mtools xorriso cpio zstd busybox-static
-  grub-pc-bin grub-common openssh-client openssh-server shellcheck git
+  grub-pc-bin grub-common openssh-client openssh-server shellcheck git acl
   debian-installer-12-netboot-amd64
 )
 

@@ -252,3 +252,27 @@ def test_libvirt_schema_accepts(spec: DomainSpec, tmp_path: Path) -> None:
     proc = subprocess.run(["virt-xml-validate", str(path), "domain"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr + proc.stdout
+
+
+def test_connection_hint_names_the_libvirt_group_for_users_on_system() -> None:
+    from builder.libvirt import connection_hint
+
+    error = ("Failed to connect socket to '/var/run/libvirt/libvirt-sock': "
+             "Permission denied")
+    hint = connection_hint("qemu:///system", error, 1001)
+    assert "libvirt group" in hint and "qemu:///session" in hint
+    assert "libvirt group" not in connection_hint("qemu:///system", error, 0)
+    assert "libvirtd running" in connection_hint("qemu:///system", "No such file", 0)
+    assert "qemu:///session" in connection_hint("qemu:///session", "boom", 1001)
+
+
+def test_root_on_the_session_uri_is_refused_before_anything_starts() -> None:
+    import pytest
+
+    from builder.errors import UsageError
+    from builder.libvirt import refuse_unsupported_uri
+
+    with pytest.raises(UsageError, match="qemu:///session as root is not supported"):
+        refuse_unsupported_uri("qemu:///session", 0)
+    refuse_unsupported_uri("qemu:///session", 1001)
+    refuse_unsupported_uri("qemu:///system", 0)
