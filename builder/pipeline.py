@@ -16,6 +16,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -179,6 +180,9 @@ def keep_outputs(ctx: BuildContext, build_log: logging.Handler,
     build.log. Never raises: a problem here must not hide the build's own error."""
     assert ctx.work_dir is not None
     logs = [BUILD_LOG]
+    for console in (INSTALL_CONSOLE, BOOT_CONSOLE):
+        # A console an earlier failed build kept would pass for this build's.
+        _guarded(console, partial(ctx.kept_console(console).unlink, missing_ok=True))
     if exc is not None:
         failure = failure_of(ctx, exc)
         # The command line prints the error to the terminal; the log files get it here.

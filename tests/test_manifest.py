@@ -223,15 +223,19 @@ def test_a_build_from_a_truncated_image_fails_and_keeps_its_log_and_manifest(
     assert list(data["steps"]) == ["prepare", "source disk"]
     build_log = (out / "build.log").read_text()
     assert "build failed in step source disk" in build_log
+    assert "could not keep" not in build_log
     # --log-file has the same log, written afresh.
     written = log_file.read_text()
     assert "yesterday" not in written and "build failed in step source disk" in written
     assert "building t (Debian 12)" in written
     assert list(work_root.iterdir()) == [], "the work directory was left behind"
 
-    # The failed manifest blocks no rebuild; the next failure replaces it.
+    # The failed manifest blocks no rebuild; the next failure replaces it, and a console
+    # an earlier failed build kept does not pass for this one's.
+    (out / "t.serial.log").write_text("an earlier build's console\n")
     assert main(argv) == 2
     assert validate(out / MANIFEST_FILE)["build_id"] != data["build_id"]
+    assert sorted(p.name for p in out.iterdir()) == ["build.log", "manifest.json"]
 
 
 def test_a_build_with_a_wrong_checksum_fails_before_copying(
