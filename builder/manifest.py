@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MANIFEST_FILE = "manifest.json"
-SCHEMA_ID = "https://azbuild.invalid/schemas/manifest.json"
 Status = Literal["succeeded", "failed"]
 
 
@@ -83,7 +82,7 @@ class Time(_Model):
 class Failure(_Model):
     """Why a failed build failed: what the command line printed as its error."""
 
-    step: str = Field(description="the step that failed (a key of `steps`), or 'cleanup'")
+    step: str = Field(description="the step that failed: the last key of `steps`")
     error: str = Field(description="the error message, secrets masked")
     hint: str | None = Field(description="what to do about it, when azbuild knows")
     exit_code: int = Field(description="azbuild's exit code: 1 failed, 2 the user's input or "
@@ -95,8 +94,7 @@ class Manifest(_Model):
 
     model_config = ConfigDict(
         frozen=True, extra="forbid", title="azbuild build manifest",
-        json_schema_extra={"$schema": "https://json-schema.org/draft/2020-12/schema",
-                           "$id": SCHEMA_ID},
+        json_schema_extra={"$schema": "https://json-schema.org/draft/2020-12/schema"},
     )
 
     status: Status = Field(description="'succeeded', or 'failed' (an interrupt included)")
