@@ -15,6 +15,7 @@ from typing import Literal
 from builder.disk import ImageFormat, detect_image_format
 from builder.errors import BuildError, UsageError
 from builder.guest_checks import GUEST_IDS, guest_checks
+from builder.inputs import verify_image
 from builder.report import TITLES, CheckResult, Report
 from builder.units import MiB, format_size
 from builder.vhd import (
@@ -39,6 +40,8 @@ def run_check(
     skipped = _skip_ids(skip)
     _require_readable(image)
     image_format = detect_image_format(image)
+    if image_format.name != "vhd-fixed":  # a fixed VHD's length is judged by R01/R02
+        verify_image(image, image_format)
     results = format_checks(image, image_format)
     if not set(GUEST_IDS) <= set(skipped):  # one appliance launch for R03..R13
         results += guest_checks(image, image_format.qemu_format, accelerator)

@@ -113,9 +113,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
+    from builder.manifest import manifest_json_schema
     from builder.models import template_json_schema
 
-    _out(json.dumps(template_json_schema(), indent=2))
+    schema = manifest_json_schema() if args.manifest else template_json_schema()
+    _out(json.dumps(schema, indent=2))
     return EXIT_OK
 
 
@@ -155,6 +157,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         output_dir=Path(args.output_dir) if args.output_dir else None,
         connect=args.connect,
         debug=args.debug,
+        log_file=Path(args.log_file) if args.log_file else None,
     )
     code: int = build(loaded, options)
     return code
@@ -232,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="abort keeps the VM's disk and work directory for debugging")
     p.add_argument("--output-dir", metavar="DIR", help="override output.directory")
     p.add_argument("--connect", metavar="URI", help="libvirt URI (overrides vm.connect)")
+    p.add_argument("--log-file", metavar="PATH",
+                   help="write the build's log (as build.log has it) to PATH as well")
 
     p = command("validate", cmd_validate, "check templates without building")
     p.add_argument("templates", nargs="+", metavar="TEMPLATE")
@@ -249,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="directory to write into")
 
     p = command("schema", cmd_schema, "print the template's JSON Schema")
+    p.add_argument("--manifest", action="store_true",
+                   help="print the JSON Schema of a build's manifest.json instead")
     p = command("distros", cmd_distros, "list supported distros and versions")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 

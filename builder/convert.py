@@ -28,11 +28,15 @@ from builder.disk import (
     refuse_existing,
 )
 from builder.errors import BuildError, UsageError
+from builder.inputs import verify_image
 from builder.run import run
 from builder.units import format_size
 from builder.vhd import FOOTER_SIZE, aligned_size, build_footer, check_size
 
 log = logging.getLogger(__name__)
+
+# A destination the user cannot write to, as opposed to one that failed mid-write.
+_UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 def convert_image(src: Path, dst: Path, *, force: bool = False) -> Path:
@@ -42,6 +46,7 @@ def convert_image(src: Path, dst: Path, *, force: bool = False) -> Path:
     _refuse_same_file(src, dst)
     refuse_existing(dst, force=force)
     image_format = detect_image_format(src)
+    verify_image(src, image_format, role="source image")
     log.info("converting %s (%s) to fixed VHD %s", src, image_format.name, dst)
     with _os_errors(dst):
         if image_format.name == "raw":
@@ -166,10 +171,17 @@ def _refuse_same_file(src: Path, dst: Path) -> None:
 
 @contextlib.contextmanager
 def _os_errors(dst: Path) -> Iterator[None]:
-    """Turn OSError (disk full, I/O error) into a BuildError naming the output."""
+    """Turn OSError into an error naming the output: a destination the user cannot write
+    is theirs to fix (UsageError, exit 2); disk full or an I/O error fails the work."""
     try:
         yield
     except OSError as exc:
+        if exc.errno in _UNWRITABLE:
+            raise UsageError(
+                f"cannot write {dst}: {exc.strerror or exc}",
+                hint=f"choose a destination you can write, or fix the permissions of "
+                f"{dst.parent}",
+            ) from exc
         hint = None
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             hint = f"free space on the filesystem of {dst.parent}"

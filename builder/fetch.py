@@ -78,14 +78,7 @@ def fetch_iso(iso: str, checksum: str, *, retries: int = 6, backoff: float = 2.0
         path = Path(iso).expanduser()
         if not path.is_file():
             raise UsageError(f"ISO not found: {path}", hint="check source.iso in the template")
-        log.info("verifying %s (%s)", path, expected.algorithm)
-        actual = file_digest(path, expected.algorithm)
-        if actual != expected.hexdigest:
-            raise UsageError(
-                f"checksum mismatch for {path}:\n  expected {expected}\n"
-                f"  actual   {expected.algorithm}:{actual}",
-                hint="the file is corrupt or the checksum is for another ISO",
-            )
+        verify_local_file(path, expected, what="ISO")
         return path
 
     target = iso_cache_dir() / f"{expected.algorithm}-{expected.hexdigest}.iso"
@@ -110,6 +103,19 @@ def fetch_iso(iso: str, checksum: str, *, retries: int = 6, backoff: float = 2.0
         os.replace(part, target)
     log.info("ISO verified and cached: %s", target)
     return target
+
+
+def verify_local_file(path: Path, expected: Digest, *, what: str) -> None:
+    """UsageError unless the local file `path` has the digest `expected`; the file is
+    left alone either way. `what` names it in the hint ("ISO", "disk image")."""
+    log.info("verifying %s (%s)", path, expected.algorithm)
+    actual = file_digest(path, expected.algorithm)
+    if actual != expected.hexdigest:
+        raise UsageError(
+            f"checksum mismatch for {path}:\n  expected {expected}\n"
+            f"  actual   {expected.algorithm}:{actual}",
+            hint=f"the file is corrupt or the checksum is for another {what}",
+        )
 
 
 def resolve_checksum(checksum: str, iso: str) -> Digest:

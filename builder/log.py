@@ -61,9 +61,9 @@ def setup(debug: bool = False, log_format: str = "text") -> None:
         tree.addHandler(handler)
 
 
-def add_file_handler(path: str) -> logging.Handler:
-    """Everything, at debug level, into a file (the build's build.log)."""
-    handler = logging.FileHandler(path, encoding="utf-8")
+def add_file_handler(path: str, mode: str = "a") -> logging.Handler:
+    """Everything, at debug level, into a file (the build's build.log, --log-file)."""
+    handler = logging.FileHandler(path, mode=mode, encoding="utf-8")
     handler.setLevel(logging.DEBUG)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     handler.addFilter(RedactingFilter())

@@ -62,7 +62,8 @@ class Source(Model):
     checksum: str | None = Field(
         None,
         description="'sha256:<hex>', 'sha512:<hex>', or 'file:<URL or path>' of a checksum file"
-        " (GNU or BSD format); required with `iso`",
+        " (GNU or BSD format); required with `iso`, optional with `disk_image` (verified"
+        " before the image is copied)",
     )
     disk_image: Path | None = Field(
         None, description="an existing disk image (qcow2, raw or VHD) to start from instead"

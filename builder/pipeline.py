@@ -1,7 +1,9 @@
 """The step runner: one ordered list of steps, each registering its cleanup as it acquires.
 
 A step is a plain function `step(ctx, stack)`. Cleanups go on one ExitStack and run
-in reverse order on success, failure, Ctrl-C and SIGTERM alike.
+in reverse order on success, failure, Ctrl-C and SIGTERM alike. Once the work directory
+exists, nothing of a build is lost: however it ends, build.log is kept in the output
+directory, and a failed build also keeps its consoles and a failed manifest.json.
 """
 
 from __future__ import annotations
@@ -15,23 +17,40 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
 from builder import log as azlog
-from builder.errors import BuildError
+from builder.disk import atomic_output
+from builder.errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    AzbuildError,
+    BuildError,
+    Terminated,
+    UsageError,
+)
 from builder.gc import claim_work_dir
 from builder.keys import KeyPair
 from builder.libvirt import RunningDomain, connection_uri, refuse_unsupported_uri
 from builder.log import StepTimer
+from builder.manifest import Failure, write_manifest
 from builder.models import Template
 from builder.paths import work_root
+from builder.redact import redact
 from builder.report import Report
 from builder.ssh import SSHSession
 from builder.template import LoadedTemplate
 from distros import Distro, resolve
 
 log = logging.getLogger(__name__)
+
+BUILD_LOG = "build.log"
+# The consoles in the work directory, kept as <template name>.<file> when a build fails.
+INSTALL_CONSOLE = "install-serial.log"
+BOOT_CONSOLE = "serial.log"
 
 
 @dataclass(frozen=True)
@@ -41,6 +60,7 @@ class BuildOptions:
     output_dir: Path | None = None
     connect: str | None = None
     debug: bool = False
+    log_file: Path | None = None  # --log-file: the build's log written there as well
 
 
 @dataclass
@@ -67,6 +87,8 @@ class BuildContext:
     artifacts: dict[str, Path] = field(default_factory=dict)
     report: Report | None = None
     guest_seconds: float = 0.0
+    step: str | None = None  # the step running now, or the one that failed
+    log_files: list[logging.Handler] = field(default_factory=list)
     started: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @property
@@ -75,6 +97,10 @@ class BuildContext:
 
     def artifact_path(self, fmt: str) -> Path:
         return self.output_dir / f"{self.template.name}.{fmt}"
+
+    def kept_console(self, console: str) -> Path:
+        """Where a failed build keeps a console of its work directory."""
+        return self.output_dir / f"{self.template.name}.{console}"
 
 
 Step = Callable[[BuildContext, ExitStack], None]
@@ -101,11 +127,14 @@ def build(loaded: LoadedTemplate, options: BuildOptions) -> int:
         build_id=os.urandom(4).hex(),
     )
     refuse_unsupported_uri(ctx.uri, os.geteuid())
-    log.info("building %s (%s) with %s", template.name, distro.label, ctx.uri)
     succeeded = False
     with ExitStack() as stack:
+        if options.log_file is not None:
+            ctx.log_files.append(_open_log_file(options.log_file, stack))
+        log.info("building %s (%s) with %s", template.name, distro.label, ctx.uri)
         stack.callback(_report_outcome, ctx, lambda: succeeded)
         for name, step in steps.plan(ctx):
+            ctx.step = name
             with ctx.timer.step(name), _disk_full_is_said(name):
                 step(ctx, stack)
         succeeded = True
@@ -135,6 +164,103 @@ def _report_outcome(ctx: BuildContext, succeeded: Callable[[], bool]) -> None:
         log.info("steps run before the failure:\n%s", ctx.timer.table())
 
 
+def _open_log_file(path: Path, stack: ExitStack) -> logging.Handler:
+    """--log-file: the whole build's log (as build.log has it), written afresh."""
+    try:
+        handler = azlog.add_file_handler(str(path), mode="w")
+    except OSError as exc:
+        raise UsageError(f"cannot write the log file {path}: {exc.strerror or exc}",
+                         hint="check --log-file: its directory must exist and be writable",
+                         ) from None
+    stack.callback(azlog.remove_handler, handler)
+    return handler
+
+
+def failure_of(ctx: BuildContext, exc: BaseException) -> Failure:
+    """What the command line will say about `exc`, for the failed manifest."""
+    step = ctx.step or "prepare"
+    if isinstance(exc, AzbuildError):
+        return Failure(step=step, error=exc.message, hint=exc.hint, exit_code=exc.exit_code)
+    if isinstance(exc, KeyboardInterrupt):
+        return Failure(step=step, error="interrupted by Ctrl-C (SIGINT)", hint=None,
+                       exit_code=EXIT_INTERRUPTED)
+    if isinstance(exc, Terminated):
+        return Failure(step=step, error="terminated by SIGTERM", hint=None,
+                       exit_code=EXIT_TERMINATED)
+    return Failure(step=step, error=f"internal error: {type(exc).__name__}: {exc}",
+                   hint="rerun with --debug for a traceback, and please report it",
+                   exit_code=EXIT_FAILED)
+
+
+def keep_outputs(ctx: BuildContext, build_log: logging.Handler,
+                 exc: BaseException | None) -> None:
+    """As the build ends, with every VM and artifact cleanup done but build.log still open:
+    a failed build keeps its consoles and a failed manifest.json; every build keeps
+    build.log. Never raises: a problem here must not hide the build's own error."""
+    assert ctx.work_dir is not None
+    logs = [BUILD_LOG]
+    for console in (INSTALL_CONSOLE, BOOT_CONSOLE):
+        # A console an earlier failed build kept would pass for this build's.
+        _guarded(console, partial(ctx.kept_console(console).unlink, missing_ok=True))
+    if exc is not None:
+        failure = failure_of(ctx, exc)
+        # The command line prints the error to the terminal; the log files get it here.
+        _to_log_files(ctx, logging.ERROR,
+                      f"build failed in step {failure.step}: {failure.error}"
+                      + (f"\nhint: {failure.hint}" if failure.hint else ""))
+        for console in (INSTALL_CONSOLE, BOOT_CONSOLE):
+            if _keep_console(ctx, console):
+                logs.append(ctx.kept_console(console).name)
+        _guarded("the failed manifest", lambda: write_manifest(ctx, failure, logs))
+    build_log.flush()
+    _guarded(BUILD_LOG, lambda: _copy_build_log(ctx))
+
+
+def _keep_and_propagate(ctx: BuildContext, build_log: logging.Handler,
+                        exc: BaseException | None) -> bool:
+    keep_outputs(ctx, build_log, exc)
+    return False  # the build's own exception, if any, goes on
+
+
+def _keep_console(ctx: BuildContext, console: str) -> bool:
+    assert ctx.work_dir is not None
+    source = ctx.work_dir / console
+    if not source.is_file():
+        return False
+
+    def copy() -> None:
+        kept = ctx.kept_console(console)
+        with atomic_output(kept, force=True) as tmp:
+            # Masked like every other output: a provisioner or answer file may echo a secret.
+            tmp.write_text(redact(source.read_text(errors="replace")))
+        log.info("kept the console %s in %s", console, kept)
+
+    return _guarded(console, copy)
+
+
+def _copy_build_log(ctx: BuildContext) -> None:
+    assert ctx.work_dir is not None
+    source = ctx.work_dir / BUILD_LOG
+    if source.is_file():
+        with atomic_output(ctx.output_dir / BUILD_LOG, force=True) as tmp:
+            shutil.copyfile(source, tmp)
+
+
+def _guarded(what: str, action: Callable[[], object]) -> bool:
+    try:
+        action()
+    except (OSError, AzbuildError) as exc:
+        log.warning("could not keep %s in the output directory: %s", what, exc)
+        return False
+    return True
+
+
+def _to_log_files(ctx: BuildContext, level: int, message: str) -> None:
+    record = log.makeRecord(log.name, level, __file__, 0, "%s", (message,), None)
+    for handler in ctx.log_files:
+        handler.handle(record)
+
+
 # --- shared cleanup helpers ----------------------------------------------------------------
 
 
@@ -150,7 +276,7 @@ def make_work_dir(ctx: BuildContext, stack: ExitStack) -> Path:
         if state["failed"] and ctx.options.on_error == "abort":
             log.warning("--on-error=abort: kept the work directory %s (disk %s, serial log "
                         "%s); remove it with `azbuild gc --yes`", work, ctx.disk,
-                        work / "serial.log")
+                        work / BOOT_CONSOLE)
             return
         shutil.rmtree(work, ignore_errors=True)
 
@@ -158,8 +284,12 @@ def make_work_dir(ctx: BuildContext, stack: ExitStack) -> Path:
     # Registered after remove(), so it runs before it: marks success on a clean exit.
     stack.push(lambda exc_type, exc, tb: _mark(state, exc_type))
     claim_work_dir(work)
-    handler = azlog.add_file_handler(str(work / "build.log"))
+    handler = azlog.add_file_handler(str(work / BUILD_LOG))
     stack.callback(azlog.remove_handler, handler)
+    ctx.log_files.append(handler)
+    stack.callback(ctx.log_files.remove, handler)
+    # Runs after every cleanup registered later (VMs, artifacts), while the log is open.
+    stack.push(lambda exc_type, exc, tb: _keep_and_propagate(ctx, handler, exc))
     ctx.work_dir = work
     return work
 

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from builder.convert import convert_image, raw_to_vhd
 from builder.disk import allocated_bytes
-from builder.errors import BuildError, CommandError, UsageError
+from builder.errors import BuildError, UsageError
 from builder.units import GiB, MiB
 from builder.vhd import FOOTER_SIZE, MAX_SIZE, MIN_SIZE, parse_footer
 
@@ -284,7 +284,7 @@ def test_disk_full_during_in_place_conversion_restores_the_raw(tmp_path: Path) -
         assert sorted(p.name for p in mnt.iterdir()) == ["disk.raw", "filler"]
 
 
-def test_a_failing_qemu_img_leaves_no_partial_output(tmp_path: Path) -> None:
+def test_a_corrupt_qcow2_is_refused_before_any_output(tmp_path: Path) -> None:
     raw, src = tmp_path / "disk.raw", tmp_path / "broken.qcow2"
     make_sparse(raw, 40 * MiB, {n * MiB: os.urandom(MiB) for n in range(40)})
     qemu_img("convert", "-f", "raw", "-O", "qcow2", raw, src)
@@ -292,7 +292,7 @@ def test_a_failing_qemu_img_leaves_no_partial_output(tmp_path: Path) -> None:
         l1_offset = int.from_bytes(f.read(48)[40:48], "big")
         f.seek(l1_offset)
         f.write((0x8000_0000_0000_0200).to_bytes(8, "big"))
-    with pytest.raises(CommandError, match="qemu-img convert"):
+    with pytest.raises(UsageError, match=r"broken\.qcow2 \(qcow2\) is corrupt: qemu-img check"):
         convert_image(src, tmp_path / "out.vhd")
     assert not (tmp_path / "out.vhd").exists()
     assert leftovers(tmp_path) == []

@@ -20,7 +20,7 @@ from builder.libvirt import (
     free_port,
     running_domain,
 )
-from builder.pipeline import BuildContext, timed_guest_wait
+from builder.pipeline import BOOT_CONSOLE, BuildContext, timed_guest_wait
 from builder.seed import write_seed
 from builder.ssh import SSHSession, wait_for_ssh
 
@@ -59,7 +59,7 @@ def boot(ctx: BuildContext, stack: ExitStack) -> None:
     disks = [Disk(ctx.disk, format="raw", bus="virtio")]
     if ctx.seed is not None:
         disks.append(Disk(ctx.seed, format="raw", bus="virtio", readonly=True))
-    ctx.domain = start_domain(ctx, stack, tuple(disks), ctx.work_dir / "serial.log")
+    ctx.domain = start_domain(ctx, stack, tuple(disks), ctx.work_dir / BOOT_CONSOLE)
 
 
 def start_domain(

@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import shutil
 from contextlib import ExitStack
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-from builder import __version__
+from builder import manifest
 from builder.check import run_check
 from builder.convert import raw_to_vhd
-from builder.disk import allocated_bytes, atomic_output, copy_sparse
+from builder.disk import atomic_output, copy_sparse
 from builder.errors import BuildError
-from builder.pipeline import BuildContext
-from builder.redact import redact, redact_data
+from builder.pipeline import BUILD_LOG, BuildContext
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +74,7 @@ def check(ctx: BuildContext, stack: ExitStack) -> None:
                            accelerator="kvm" if ctx.accelerator == "kvm" else "tcg")
     failed = ctx.report.failed()
     if failed:
-        write_manifest(ctx, stack)
+        # The pipeline writes the failed manifest (with the check's lines) as it unwinds.
         details = "\n".join(f"    {c.id} {c.title}: {c.evidence}" for c in failed)
         raise CheckFailed(
             f"the image {image} is not Azure-ready:\n{details}\n"
@@ -91,65 +85,8 @@ def check(ctx: BuildContext, stack: ExitStack) -> None:
 
 
 def write_manifest(ctx: BuildContext, stack: ExitStack) -> None:
-    data = manifest(ctx)
-    target = ctx.output_dir / "manifest.json"
-    with atomic_output(target, force=True) as tmp:
-        tmp.write_text(redact(json.dumps(data, indent=2)) + "\n")
-    assert ctx.work_dir is not None
-    build_log = ctx.work_dir / "build.log"
-    if build_log.exists():
-        with atomic_output(ctx.output_dir / "build.log", force=True) as tmp:
-            shutil.copyfile(build_log, tmp)
-    log.info("wrote %s", target)
+    """The succeeded manifest; the pipeline copies build.log beside it as the build ends."""
+    manifest.write_manifest(ctx, None, [BUILD_LOG])
 
 
-def manifest(ctx: BuildContext) -> dict[str, Any]:
-    template = ctx.template
-    finished = datetime.now(UTC)
-    wall = (finished - ctx.started).total_seconds()
-    artifacts = []
-    for fmt, path in ctx.artifacts.items():
-        artifacts.append({
-            "file": path.name,
-            "format": "vhd-fixed" if fmt == "vhd" else "raw",
-            "size": path.stat().st_size,
-            "allocated": allocated_bytes(path),
-            "sha256": sha256_file(path),
-        })
-    data: dict[str, Any] = {
-        "template": template.name,
-        "template_sha256": ctx.loaded.digest(),
-        "distro": {"name": template.distro.name, "version": template.distro.version,
-                   "label": ctx.distro.label},
-        "azbuild_version": __version__,
-        "started": ctx.started.isoformat(timespec="seconds"),
-        "finished": finished.isoformat(timespec="seconds"),
-        "accelerator": {"used": ctx.accelerator, "reason": ctx.accelerator_reason},
-        "firmware": template.vm.firmware,
-        "provisioning": template.azure.provisioning,
-        "artifacts": artifacts,
-        "skipped_requirements": dict(template.azure.skip),
-        "ready": ctx.report.ready if ctx.report else None,
-        "check": ctx.report.to_dict()["checks"] if ctx.report else None,
-        "steps": dict(ctx.timer.timings),
-        "time": {
-            "wall_seconds": round(wall, 1),
-            "waiting_on_guest_seconds": round(ctx.guest_seconds, 1),
-            "azbuild_seconds": round(wall - ctx.guest_seconds, 1),
-        },
-    }
-    redacted: dict[str, Any] = redact_data(data)
-    return redacted
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb", buffering=0) as f:
-        buffer = bytearray(4 * 1024 * 1024)
-        view = memoryview(buffer)
-        while count := f.readinto(buffer):
-            digest.update(view[:count])
-    return digest.hexdigest()
-
-
-__all__ = ["check", "export", "manifest", "write_manifest"]
+__all__ = ["check", "export", "write_manifest"]

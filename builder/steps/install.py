@@ -12,7 +12,6 @@ along, so a failed install stops the build at once instead of at install.timeout
 from __future__ import annotations
 
 import logging
-import os
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from builder.fetch import fetch_iso
 from builder.initrd import append_to_initrd
 from builder.iso import extract, find_installer, volume_label
 from builder.libvirt import Disk, KernelBoot, RunningDomain, indent
-from builder.pipeline import BuildContext, timed_guest_wait
+from builder.pipeline import INSTALL_CONSOLE, BuildContext, timed_guest_wait
 from builder.redact import redact
 from builder.steps.boot import start_domain
 from builder.volume import write_volume
@@ -36,7 +35,6 @@ from distros.answers import (
 
 log = logging.getLogger(__name__)
 
-INSTALL_SERIAL_LOG = "install-serial.log"
 # Names in the work directory (also what `azbuild render` shows in domain-install.xml).
 KERNEL_FILE = "installer-kernel"
 INITRD_FILE = "installer-initrd"
@@ -83,18 +81,15 @@ def install(ctx: BuildContext, stack: ExitStack) -> None:
     label = volume_label(iso) if ctx.distro.family == "rhel" else None
     cmdline = installer_cmdline(ctx.distro, ctx.template, label)
     log.info("installer kernel command line: %s", redact(cmdline))
-    serial_log = ctx.work_dir / INSTALL_SERIAL_LOG
-    try:
-        with ExitStack() as phase:
-            domain = start_domain(
-                ctx, phase, install_disks(ctx.disk, iso, volume), serial_log,
-                KernelBoot(kernel=kernel, initrd=initrd, cmdline=cmdline), on_reboot="destroy",
-            )
-            with timed_guest_wait(ctx):
-                _wait_for_installer(ctx, domain)
-    except BuildError:
-        _keep_serial_log(ctx, serial_log)
-        raise
+    # A failed build keeps this console in the output directory (see the pipeline).
+    serial_log = ctx.work_dir / INSTALL_CONSOLE
+    with ExitStack() as phase:
+        domain = start_domain(
+            ctx, phase, install_disks(ctx.disk, iso, volume), serial_log,
+            KernelBoot(kernel=kernel, initrd=initrd, cmdline=cmdline), on_reboot="destroy",
+        )
+        with timed_guest_wait(ctx):
+            _wait_for_installer(ctx, domain)
     log.info("the installer finished (%s)", domain.stop_reason)
 
 
@@ -172,18 +167,4 @@ def _context_around(text: str, matched: str) -> str:
 
 
 def _kept_log_name(ctx: BuildContext) -> str:
-    return f"{ctx.template.name}.install-serial.log"
-
-
-def _keep_serial_log(ctx: BuildContext, serial_log: Path) -> None:
-    """A failed install keeps its whole console next to where the image would have been."""
-    if not serial_log.is_file():
-        return
-    ctx.output_dir.mkdir(parents=True, exist_ok=True)
-    kept = ctx.output_dir / _kept_log_name(ctx)
-    tmp = kept.with_name(f".{kept.name}.tmp")
-    # Masked like every other output: an answer file's commands may echo a secret.
-    tmp.write_text(redact(serial_log.read_text(errors="replace")))
-    os.replace(tmp, kept)
-    log.info("kept the installer's console in %s", kept)
-
+    return ctx.kept_console(INSTALL_CONSOLE).name

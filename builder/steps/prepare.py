@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from contextlib import ExitStack, suppress
 from pathlib import Path
 
 from builder.errors import UsageError
 from builder.keys import KeyPair, load_public_key
+from builder.manifest import MANIFEST_FILE
 from builder.pipeline import BuildContext, make_work_dir
 
 log = logging.getLogger(__name__)
@@ -33,8 +35,9 @@ def _check_outputs(ctx: BuildContext, stack: ExitStack) -> None:
     if out.exists() and not out.is_dir():
         raise UsageError(f"output directory {out} is a file")
     targets = [ctx.artifact_path(fmt) for fmt in ctx.template.output.formats]
-    targets.append(out / "manifest.json")
-    existing = [p for p in targets if p.exists()]
+    targets.append(out / MANIFEST_FILE)
+    # A failed build's manifest (and its logs) are no output to protect: a rebuild replaces them.
+    existing = [p for p in targets if p.exists() and not _is_failed_manifest(p)]
     if existing and not ctx.options.force:
         raise UsageError(
             "output already exists: " + ", ".join(str(p) for p in existing),
@@ -44,6 +47,16 @@ def _check_outputs(ctx: BuildContext, stack: ExitStack) -> None:
         out.mkdir(parents=True)
         # Remove the directory again if the build leaves nothing in it.
         stack.callback(_remove_if_empty, out)
+
+
+def _is_failed_manifest(path: Path) -> bool:
+    if path.name != MANIFEST_FILE:
+        return False
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("status") == "failed"
 
 
 def _remove_if_empty(directory: Path) -> None:

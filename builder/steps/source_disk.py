@@ -10,6 +10,8 @@ from pathlib import Path
 
 from builder.disk import copy_sparse, detect_image_format
 from builder.errors import UsageError
+from builder.fetch import resolve_checksum, verify_local_file
+from builder.inputs import verify_image
 from builder.pipeline import BuildContext
 from builder.run import run
 from builder.units import format_size
@@ -24,7 +26,11 @@ def prepare_disk(ctx: BuildContext, stack: ExitStack) -> None:
         raise UsageError(f"source.disk_image not found: {source}")
     assert ctx.work_dir is not None
     disk = ctx.work_dir / "disk.raw"
+    checksum = ctx.template.source.checksum
+    if checksum is not None:
+        verify_local_file(source, resolve_checksum(checksum, str(source)), what="disk image")
     image_format = detect_image_format(source)
+    verify_image(source, image_format, role="source.disk_image")
     log.info("copying %s (%s) to the build's disk %s", source, image_format.name, disk)
     if image_format.name == "raw":
         fd = os.open(disk, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

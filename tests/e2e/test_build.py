@@ -2,7 +2,9 @@
 
 One successful build is shared by the tests that inspect it; the failure cases use
 short timeouts. Every case checks the promise made to users: the right message and
-exit code, no domain left behind, no work directory left, no output written.
+exit code, no domain left behind, no work directory left, and in the output directory
+exactly what a failed build keeps (build.log, its consoles, a failed manifest.json
+that validates against the shipped schema) and no image.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 from expect import assert_waagent_mode
 from userenv import user_env
@@ -30,6 +33,7 @@ from builder.libvirt import (
     domain_name,
     running_domain,
 )
+from builder.manifest import manifest_json_schema
 from builder.run import run
 
 pytestmark = pytest.mark.e2e
@@ -110,6 +114,34 @@ def assert_nothing_left(outcome: Outcome, uri: str) -> None:
     assert list(outcome.work_root.iterdir()) == [], "a work directory was left behind"
     leftovers = list(outcome.output_dir.iterdir()) if outcome.output_dir.exists() else []
     assert leftovers == [], f"output was written: {leftovers}"
+
+
+def validate_manifest(path: Path) -> dict[str, Any]:
+    """manifest.json, validated against `azbuild schema --manifest`."""
+    data: dict[str, Any] = json.loads(path.read_text())
+    jsonschema.Draft202012Validator(manifest_json_schema()).validate(data)
+    return data
+
+
+def assert_failed_build_kept(outcome: Outcome, uri: str, name: str, step: str,
+                             consoles: tuple[str, ...] = ("serial.log",)) -> dict[str, Any]:
+    """No domain or work directory left; in the output directory exactly build.log, the
+    consoles `consoles` (as <name>.<console>) and a failed manifest naming `step`: no image."""
+    assert "Traceback" not in outcome.stderr, outcome.stderr
+    assert azbuild_domains(uri) == [], "a domain was left behind"
+    assert list(outcome.work_root.iterdir()) == [], "a work directory was left behind"
+    kept_consoles = [f"{name}.{console}" for console in consoles]
+    assert sorted(p.name for p in outcome.output_dir.iterdir()) == sorted(
+        ["build.log", "manifest.json", *kept_consoles])
+    manifest = validate_manifest(outcome.output_dir / "manifest.json")
+    assert manifest["status"] == "failed"
+    assert manifest["failure"]["step"] == step, manifest["failure"]
+    assert manifest["failure"]["exit_code"] == outcome.returncode
+    assert manifest["artifacts"] == []
+    assert manifest["logs"] == ["build.log", *kept_consoles]
+    assert list(manifest["steps"])[-1] == step
+    assert f"build failed in step {step}" in (outcome.output_dir / "build.log").read_text()
+    return manifest
 
 
 def write_template(path: Path, body: str) -> Path:
@@ -257,7 +289,9 @@ def test_build_writes_image_manifest_and_log(built: Outcome, libvirt_uri: str) -
     out = built.output_dir
     assert sorted(p.name for p in out.iterdir()) == [
         "build.log", "e2e-debian.raw", "e2e-debian.vhd", "manifest.json"]
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = validate_manifest(out / "manifest.json")
+    assert manifest["status"] == "succeeded" and manifest["failure"] is None
+    assert manifest["logs"] == ["build.log"]
     assert manifest["template"] == "e2e-debian"
     assert manifest["ready"] is True
     assert manifest["distro"]["name"] == "debian"
@@ -432,7 +466,8 @@ inline = ["echo about to fail", "exit 1"]
     outcome = azbuild_build(template, cloud_image, tmp_path)
     assert outcome.returncode == 1, outcome.stderr[-3000:]
     assert "provision" in outcome.stderr and "about to fail" in outcome.stderr
-    assert_nothing_left(outcome, libvirt_uri)
+    manifest = assert_failed_build_kept(outcome, libvirt_uri, "e2e-fail", "provision")
+    assert "about to fail" in manifest["failure"]["error"]
 
 
 def test_sigterm_during_provisioning(cloud_image: Path, tmp_path: Path,
@@ -447,7 +482,8 @@ inline = ["echo provisioning-started", "sleep 600"]
                             "provisioning-started", "provisioning never started")
     assert outcome.returncode == 143, outcome.stderr[-3000:]
     assert "SIGTERM" in outcome.stderr
-    assert_nothing_left(outcome, libvirt_uri)
+    manifest = assert_failed_build_kept(outcome, libvirt_uri, "e2e-sigterm", "provision")
+    assert manifest["failure"]["error"] == "terminated by SIGTERM"
 
 
 def test_guest_that_never_boots(tmp_path: Path, libvirt_uri: str) -> None:
@@ -468,7 +504,9 @@ firmware = "uefi"
     assert "the guest did not start" in outcome.stderr
     assert "no bootable device" in outcome.stderr or "no output" in outcome.stderr
     assert "hint:" in outcome.stderr
-    assert_nothing_left(outcome, libvirt_uri)
+    manifest = assert_failed_build_kept(outcome, libvirt_uri, "e2e-noboot", "boot")
+    assert "the guest did not start" in manifest["failure"]["error"]
+    assert manifest["failure"]["hint"]
 
 
 def test_wrong_host_key(cloud_image: Path, tmp_path: Path, libvirt_uri: str) -> None:
@@ -487,7 +525,7 @@ host_key_file = "{tmp_path / 'host.pub'}"
     assert outcome.returncode == 1, outcome.stderr[-3000:]
     assert pinned.fingerprint in outcome.stderr
     assert outcome.stderr.count("SHA256:") >= 2, "both fingerprints must be named"
-    assert_nothing_left(outcome, libvirt_uri)
+    assert_failed_build_kept(outcome, libvirt_uri, "e2e-wrongkey", "connect")
 
 
 def test_ssh_never_answers(cloud_image: Path, tmp_path: Path, libvirt_uri: str) -> None:
@@ -509,7 +547,7 @@ timeout = "75s"
     assert outcome.returncode == 1, outcome.stderr[-3000:]
     assert "75s" in outcome.stderr or "timed out" in outcome.stderr
     assert "serial console" in outcome.stderr
-    assert_nothing_left(outcome, libvirt_uri)
+    assert_failed_build_kept(outcome, libvirt_uri, "e2e-nossh", "connect")
 
 
 def test_reboot_provisioner(cloud_image: Path, tmp_path: Path, libvirt_uri: str) -> None:

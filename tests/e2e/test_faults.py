@@ -184,7 +184,7 @@ inline = ["echo fault-point-reached", "sleep 600"]
                                settle=120)
     assert outcome.returncode == 1, outcome.stderr[-4000:]
     assert outcome.seconds < 60, f"the build took {outcome.seconds:.0f}s to fail"
-    assert "lost the connection to libvirt" in outcome.stderr
+    assert "lost the connection to libvirt" in outcome.stderr, outcome.stderr[-3000:]
     assert "hint:" in outcome.stderr
     assert_no_leak(outcome, libvirt_uri)
     assert_failed_build_kept(outcome, "e2e-libvirtd", "provision")

@@ -18,12 +18,14 @@ from test_build import (
     AZBUILD,
     REPO,
     Outcome,
+    assert_failed_build_kept,
     assert_nothing_left,
     assert_nothing_left_but_outputs,
     azbuild_domains,
     open_guest,
     run_azbuild_build,
     sigterm_build,
+    validate_manifest,
 )
 
 from builder.run import run
@@ -61,7 +63,8 @@ def test_demo_builds_from_the_iso(demo_built: Outcome, libvirt_uri: str) -> None
     out = demo_built.output_dir
     assert sorted(p.name for p in out.iterdir()) == [
         "build.log", "demo.raw", "demo.vhd", "manifest.json"]
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = validate_manifest(out / "manifest.json")
+    assert manifest["status"] == "succeeded" and manifest["failure"] is None
     assert manifest["ready"] is True
     steps = list(manifest["steps"])
     assert steps.index("install") < steps.index("boot") < steps.index("azure preparation")
@@ -138,8 +141,9 @@ def test_installer_failure_stops_the_build_at_once(
     assert outcome.seconds < 900, "waited for the timeout instead of the failure marker"
     kept = outcome.output_dir / "e2e-lvm.install-serial.log"
     assert "[!!] Load preseed file" in kept.read_text()
-    kept.unlink()  # the one output a failed install leaves, on purpose
-    assert_nothing_left(outcome, libvirt_uri)
+    manifest = assert_failed_build_kept(outcome, libvirt_uri, "e2e-lvm", "install",
+                                        consoles=("install-serial.log",))
+    assert "installer failed" in manifest["failure"]["error"]
 
 
 def test_wrong_iso_checksum(test_installer_iso: Path, tmp_path: Path,
@@ -148,7 +152,8 @@ def test_wrong_iso_checksum(test_installer_iso: Path, tmp_path: Path,
                         "checksum=sha256:" + "0" * 64)
     assert outcome.returncode == 2, outcome.stderr[-3000:]
     assert "checksum mismatch" in outcome.stderr
-    assert_nothing_left(outcome, libvirt_uri)
+    # The ISO is verified in the install step, before any domain: no console yet.
+    assert_failed_build_kept(outcome, libvirt_uri, "demo", "install", consoles=())
     assert test_installer_iso.is_file(), "a local ISO that does not match is left alone"
 
 
@@ -169,4 +174,5 @@ def test_sigterm_during_install(test_installer_iso: Path, tmp_path: Path,
     outcome = sigterm_build(template, tmp_path, iso_vars(stable),
                             "started domain azbuild-e2e-iso-term", "the installer never started")
     assert outcome.returncode == 143, outcome.stderr[-3000:]
-    assert_nothing_left(outcome, libvirt_uri)
+    assert_failed_build_kept(outcome, libvirt_uri, "e2e-iso-term", "install",
+                             consoles=("install-serial.log",))

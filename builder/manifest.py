@@ -1,0 +1,198 @@
+"""manifest.json: what a build made, or where and why it failed; its model is its schema.
+
+Every build that got past its preflight writes one, succeeded or failed. The pydantic
+models below build it (so it matches its schema by construction) and are the schema
+that `azbuild schema --manifest` prints. docs/manifest.md documents every field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from builder import __version__
+from builder.disk import allocated_bytes, atomic_output
+from builder.redact import redact, redact_data
+
+if TYPE_CHECKING:
+    from builder.pipeline import BuildContext
+
+log = logging.getLogger(__name__)
+
+MANIFEST_FILE = "manifest.json"
+Status = Literal["succeeded", "failed"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Distro(_Model):
+    """The distribution the image holds."""
+
+    name: str = Field(description="the template's distro.name, e.g. 'debian'")
+    version: str = Field(description="the template's distro.version, e.g. '12'")
+    label: str = Field(description="a readable name, e.g. 'Debian 12'")
+
+
+class Accelerator(_Model):
+    """How the build's VM ran."""
+
+    used: Literal["kvm", "tcg"] | None = Field(
+        description="the accelerator the VM ran on; null when the build failed before the "
+        "accelerator step")
+    reason: str | None = Field(description="why that accelerator was chosen")
+
+
+class Artifact(_Model):
+    """One image file in the output directory."""
+
+    file: str = Field(description="file name, relative to the output directory")
+    format: Literal["raw", "vhd-fixed"] = Field(description="what the file holds")
+    size: int = Field(ge=0, description="the file's length in bytes")
+    allocated: int = Field(ge=0, description="bytes the filesystem allocated (sparse files)")
+    sha256: str = Field(pattern="^[0-9a-f]{64}$", description="SHA-256 of the whole file")
+
+
+class CheckLine(_Model):
+    """One line of the Azure-readiness check (`azbuild check`)."""
+
+    id: str = Field(description="R01..R13, or another id for an extra finding (a warning)")
+    status: Literal["pass", "fail", "warn", "skip"] = Field(description="the verdict")
+    title: str = Field(description="what the requirement asks")
+    evidence: str = Field(description="what was found")
+
+
+class Time(_Model):
+    """Where the wall time went."""
+
+    wall_seconds: float = Field(ge=0, description="from the start of the build to the manifest")
+    waiting_on_guest_seconds: float = Field(
+        ge=0, description="time spent waiting on the guest (boot, installer, SSH, provisioners, "
+        "shutdown)")
+    azbuild_seconds: float = Field(description="wall_seconds minus waiting_on_guest_seconds")
+
+
+class Failure(_Model):
+    """Why a failed build failed: what the command line printed as its error."""
+
+    step: str = Field(description="the step that failed: the last key of `steps`")
+    error: str = Field(description="the error message, secrets masked")
+    hint: str | None = Field(description="what to do about it, when azbuild knows")
+    exit_code: int = Field(description="azbuild's exit code: 1 failed, 2 the user's input or "
+                           "environment, 130 Ctrl-C, 143 SIGTERM")
+
+
+class Manifest(_Model):
+    """manifest.json in a build's output directory."""
+
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", title="azbuild build manifest",
+        json_schema_extra={"$schema": "https://json-schema.org/draft/2020-12/schema"},
+    )
+
+    status: Status = Field(description="'succeeded', or 'failed' (an interrupt included)")
+    failure: Failure | None = Field(description="why the build failed; null when it succeeded")
+    build_id: str = Field(description="the build's id, as in the VM's and work directory's names")
+    template: str = Field(description="the template's name")
+    template_sha256: str = Field(
+        pattern="^[0-9a-f]{64}$",
+        description="SHA-256 of the resolved template (layers, variables and all)")
+    distro: Distro
+    azbuild_version: str = Field(description="the azbuild that built it")
+    started: str = Field(description="when the build started, ISO 8601 with time zone")
+    finished: str = Field(description="when the manifest was written, ISO 8601 with time zone")
+    accelerator: Accelerator
+    firmware: Literal["bios", "uefi"] = Field(description="the template's vm.firmware")
+    provisioning: str = Field(description="the template's azure.provisioning")
+    artifacts: list[Artifact] = Field(
+        description="the images written; empty for a failed build unless it failed only the "
+        "Azure-readiness check")
+    logs: list[str] = Field(
+        description="log files kept beside the manifest: build.log, and for a failed build "
+        "the installer and boot consoles")
+    skipped_requirements: dict[str, str] = Field(
+        description="requirement id to the reason the template gives for skipping it")
+    ready: bool | None = Field(
+        description="the Azure-readiness verdict; null when the check did not run")
+    check: list[CheckLine] | None = Field(
+        description="the check's lines; null when the check did not run")
+    steps: dict[str, float] = Field(
+        description="seconds per step run, in order; a failed build's last step is the one "
+        "that failed")
+    time: Time
+
+
+def manifest_json_schema() -> dict[str, Any]:
+    """The JSON Schema of manifest.json, as `azbuild schema --manifest` prints it."""
+    return Manifest.model_json_schema()
+
+
+def build_manifest(ctx: BuildContext, failure: Failure | None, logs: list[str]) -> Manifest:
+    """The manifest of the build in `ctx` as it stands now."""
+    template = ctx.template
+    finished = datetime.now(UTC)
+    wall = max((finished - ctx.started).total_seconds(), 0.0)
+    report = ctx.report
+    return Manifest(
+        status="failed" if failure is not None else "succeeded",
+        failure=failure,
+        build_id=ctx.build_id,
+        template=template.name,
+        template_sha256=ctx.loaded.digest(),
+        distro=Distro(name=template.distro.name, version=template.distro.version,
+                      label=ctx.distro.label),
+        azbuild_version=__version__,
+        started=ctx.started.isoformat(timespec="seconds"),
+        finished=finished.isoformat(timespec="seconds"),
+        accelerator=Accelerator(
+            used="kvm" if ctx.accelerator == "kvm" else "tcg" if ctx.accelerator else None,
+            reason=ctx.accelerator_reason),
+        firmware=template.vm.firmware,
+        provisioning=template.azure.provisioning,
+        artifacts=[_artifact(fmt, path) for fmt, path in ctx.artifacts.items()
+                   if path.is_file()],
+        logs=logs,
+        skipped_requirements=dict(template.azure.skip),
+        ready=report.ready if report else None,
+        check=[CheckLine(id=c.id, status=c.status, title=c.title, evidence=c.evidence)
+               for c in report.checks] if report else None,
+        steps=dict(ctx.timer.timings),
+        time=Time(
+            wall_seconds=round(wall, 1),
+            waiting_on_guest_seconds=round(ctx.guest_seconds, 1),
+            azbuild_seconds=round(wall - ctx.guest_seconds, 1),
+        ),
+    )
+
+
+def write_manifest(ctx: BuildContext, failure: Failure | None, logs: list[str]) -> Path:
+    """Write manifest.json into the output directory atomically, secrets masked."""
+    data: dict[str, Any] = redact_data(build_manifest(ctx, failure, logs).model_dump(mode="json"))
+    target = ctx.output_dir / MANIFEST_FILE
+    with atomic_output(target, force=True) as tmp:
+        tmp.write_text(redact(json.dumps(data, indent=2)) + "\n")
+    log.info("wrote %s (%s)", target, data["status"])
+    return target
+
+
+def _artifact(fmt: str, path: Path) -> Artifact:
+    return Artifact(file=path.name, format="vhd-fixed" if fmt == "vhd" else "raw",
+                    size=path.stat().st_size, allocated=allocated_bytes(path),
+                    sha256=sha256_file(path))
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        buffer = bytearray(4 * 1024 * 1024)
+        view = memoryview(buffer)
+        while count := f.readinto(buffer):
+            digest.update(view[:count])
+    return digest.hexdigest()

@@ -1,0 +1,266 @@
+"""manifest.json and what a build keeps: the schema, the writer, and real failed builds.
+
+Every manifest written here is validated against the shipped JSON Schema. The failed
+builds run the real pipeline from the command line up to the source disk step, which
+fails before any VM exists (a truncated image, a wrong checksum)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from builder.cli import main
+from builder.errors import BuildError, Terminated
+from builder.manifest import MANIFEST_FILE, Failure, manifest_json_schema, write_manifest
+from builder.pipeline import BuildContext, BuildOptions, failure_of, keep_outputs
+from builder.report import CheckResult, Report
+from builder.steps.export import CheckFailed
+from builder.template import load_template
+from builder.units import MiB
+from distros import resolve
+
+REPO = Path(__file__).resolve().parent.parent
+DOCS = REPO / "docs" / "manifest.md"
+
+
+def validate(path: Path) -> dict[str, Any]:
+    """The manifest at `path`, after checking it against the shipped schema."""
+    data: dict[str, Any] = json.loads(path.read_text())
+    jsonschema.Draft202012Validator(manifest_json_schema()).validate(data)
+    return data
+
+
+@pytest.fixture
+def work_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "work-root"
+    monkeypatch.setenv("AZBUILD_WORK_DIR", str(root))
+    return root
+
+
+def write_template(directory: Path, image: Path, checksum: str | None = None) -> Path:
+    lines = ['name = "t"', "[source]", f'disk_image = "{image}"']
+    if checksum is not None:
+        lines.append(f'checksum = "{checksum}"')
+    lines += ["[distro]", 'name = "debian"', 'version = "12"', "[vm]", 'disk_size = "128MiB"',
+              "[variables]", 'token = { default = "manifest-Secret-42", sensitive = true }']
+    template = directory / "t.toml"
+    template.write_text("\n".join(lines) + "\n")
+    return template
+
+
+def context(tmp_path: Path) -> BuildContext:
+    image = tmp_path / "disk.raw"
+    image.write_bytes(b"")
+    loaded = load_template(write_template(tmp_path, image))
+    ctx = BuildContext(loaded=loaded, options=BuildOptions(), distro=resolve("debian", "12"),
+                       uri="qemu:///system", output_dir=tmp_path / "out", build_id="c0ffee00")
+    ctx.output_dir.mkdir()
+    ctx.work_dir = tmp_path / "work"
+    ctx.work_dir.mkdir()
+    return ctx
+
+
+# --- the schema ----------------------------------------------------------------------------
+
+
+def test_schema_is_printed_and_is_a_valid_schema(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["schema", "--manifest"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == manifest_json_schema()
+    jsonschema.Draft202012Validator.check_schema(printed)
+    assert printed["additionalProperties"] is False
+    assert set(printed["required"]) == set(printed["properties"])
+
+
+def test_every_schema_field_is_documented() -> None:
+    schema = manifest_json_schema()
+    text = DOCS.read_text()
+    fields = set(schema["properties"])
+    for definition in schema["$defs"].values():
+        fields |= set(definition["properties"])
+    missing = sorted(f for f in fields if f"`{f}`" not in text)
+    assert missing == [], f"docs/manifest.md does not document {missing}"
+
+
+# --- the writer ----------------------------------------------------------------------------
+
+
+def test_a_succeeded_manifest(tmp_path: Path) -> None:
+    ctx = context(tmp_path)
+    raw = ctx.artifact_path("raw")
+    with open(raw, "wb") as f:
+        f.truncate(20 * MiB)
+        f.write(b"boot")
+    ctx.artifacts["raw"] = raw
+    ctx.accelerator, ctx.accelerator_reason = "tcg", "no /dev/kvm"
+    ctx.timer.timings.update({"prepare": 0.5, "export": 1.25})
+    data = validate(write_manifest(ctx, None, ["build.log"]))
+    assert data["status"] == "succeeded" and data["failure"] is None
+    assert data["build_id"] == "c0ffee00"
+    assert data["artifacts"] == [{
+        "file": "t.raw", "format": "raw", "size": 20 * MiB,
+        "allocated": os.stat(raw).st_blocks * 512,
+        "sha256": subprocess.run(["sha256sum", str(raw)], capture_output=True, text=True,
+                                 check=True).stdout.split()[0],
+    }]
+    assert data["steps"] == {"prepare": 0.5, "export": 1.25}
+    assert data["accelerator"] == {"used": "tcg", "reason": "no /dev/kvm"}
+    assert data["ready"] is None and data["check"] is None
+    assert data["logs"] == ["build.log"]
+
+
+def test_a_failed_build_keeps_log_consoles_and_a_failed_manifest(tmp_path: Path) -> None:
+    ctx = context(tmp_path)
+    assert ctx.work_dir is not None
+    (ctx.work_dir / "install-serial.log").write_text("installer says manifest-Secret-42\n")
+    (ctx.work_dir / "serial.log").write_text("login: \n")
+    (ctx.work_dir / "build.log").write_text("12:00:00 INFO    the build so far\n")
+    ctx.timer.timings.update({"prepare": 0.1, "boot": 3.0})
+    ctx.step = "boot"
+    error = BuildError("the guest did not start", hint="look at its console")
+
+    keep_outputs(ctx, _null_handler(), error)
+
+    out = ctx.output_dir
+    assert sorted(p.name for p in out.iterdir()) == [
+        "build.log", "manifest.json", "t.install-serial.log", "t.serial.log"]
+    data = validate(out / MANIFEST_FILE)
+    assert data["status"] == "failed"
+    assert data["failure"] == {"step": "boot", "error": "the guest did not start",
+                               "hint": "look at its console", "exit_code": 1}
+    assert data["steps"] == {"prepare": 0.1, "boot": 3.0}
+    assert data["artifacts"] == []
+    assert data["logs"] == ["build.log", "t.install-serial.log", "t.serial.log"]
+    assert (out / "t.install-serial.log").read_text() == "installer says <sensitive>\n"
+    assert (out / "build.log").read_text().startswith("12:00:00 INFO    the build so far")
+
+
+def test_a_check_failure_keeps_the_image_and_its_verdict(tmp_path: Path) -> None:
+    ctx = context(tmp_path)
+    vhd = ctx.artifact_path("vhd")
+    vhd.write_bytes(b"complete image")
+    ctx.artifacts["vhd"] = vhd
+    ctx.report = Report(image=str(vhd), checks=[
+        CheckResult("R01", "pass", "fixed VHD"), CheckResult("R04", "fail", "swap on /dev/sda2")])
+    ctx.step = "check"
+    keep_outputs(ctx, _null_handler(), CheckFailed("not Azure-ready"))
+    data = validate(ctx.output_dir / MANIFEST_FILE)
+    assert data["status"] == "failed" and data["failure"]["step"] == "check"
+    assert data["ready"] is False
+    assert [(c["id"], c["status"]) for c in data["check"]] == [("R01", "pass"), ("R04", "fail")]
+    assert [a["file"] for a in data["artifacts"]] == ["t.vhd"]
+
+
+@pytest.mark.parametrize(("exc", "error", "code"), [
+    (KeyboardInterrupt(), "interrupted by Ctrl-C (SIGINT)", 130),
+    (Terminated(), "terminated by SIGTERM", 143),
+    (ZeroDivisionError("division by zero"), "internal error: ZeroDivisionError: division by zero",
+     1),
+])
+def test_interrupts_and_bugs_are_failures_too(
+    tmp_path: Path, exc: BaseException, error: str, code: int
+) -> None:
+    ctx = context(tmp_path)
+    ctx.step = "provision"
+    assert failure_of(ctx, exc).model_dump() == {
+        "step": "provision", "error": error, "exit_code": code,
+        "hint": "rerun with --debug for a traceback, and please report it" if code == 1 else None}
+    keep_outputs(ctx, _null_handler(), exc)
+    assert validate(ctx.output_dir / MANIFEST_FILE)["failure"]["exit_code"] == code
+
+
+def test_secrets_in_an_error_are_masked_in_the_manifest(tmp_path: Path) -> None:
+    ctx = context(tmp_path)
+    write_manifest(ctx, Failure(step="provision", error="echo manifest-Secret-42 failed",
+                                hint=None, exit_code=1), ["build.log"])
+    text = (ctx.output_dir / MANIFEST_FILE).read_text()
+    assert "manifest-Secret-42" not in text and "echo <sensitive> failed" in text
+
+
+def _null_handler() -> logging.Handler:
+    return logging.NullHandler()
+
+
+# --- real failed builds, from the command line ---------------------------------------------
+
+
+@pytest.fixture
+def truncated_qcow2(tmp_path: Path) -> Path:
+    image = tmp_path / "cloud.qcow2"
+    subprocess.run(["qemu-img", "create", "-f", "qcow2", str(image), "64M"], check=True,
+                   capture_output=True)
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x55 0 40M", str(image)],
+                   check=True, capture_output=True)
+    os.truncate(image, 16 * MiB)
+    return image
+
+
+def test_a_build_from_a_truncated_image_fails_and_keeps_its_log_and_manifest(
+    tmp_path: Path, work_root: Path, truncated_qcow2: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    template = write_template(tmp_path, truncated_qcow2)
+    out, log_file = tmp_path / "out", tmp_path / "logs" / "nightly.log"
+    log_file.parent.mkdir()
+    log_file.write_text("yesterday's log\n")
+    argv = ["build", str(template), "--output-dir", str(out), "--log-file", str(log_file)]
+
+    assert main(argv) == 2
+    assert "is corrupt" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["build.log", "manifest.json"]
+    data = validate(out / MANIFEST_FILE)
+    assert data["status"] == "failed" and data["artifacts"] == []
+    failure = data["failure"]
+    assert failure["step"] == "source disk" and failure["exit_code"] == 2
+    assert "cloud.qcow2 (qcow2) is corrupt" in failure["error"]
+    assert "truncated" in failure["hint"]
+    assert list(data["steps"]) == ["prepare", "source disk"]
+    build_log = (out / "build.log").read_text()
+    assert "build failed in step source disk" in build_log
+    assert "could not keep" not in build_log
+    # --log-file has the same log, written afresh.
+    written = log_file.read_text()
+    assert "yesterday" not in written and "build failed in step source disk" in written
+    assert "building t (Debian 12)" in written
+    assert list(work_root.iterdir()) == [], "the work directory was left behind"
+
+    # The failed manifest blocks no rebuild; the next failure replaces it, and a console
+    # an earlier failed build kept does not pass for this one's.
+    (out / "t.serial.log").write_text("an earlier build's console\n")
+    assert main(argv) == 2
+    assert validate(out / MANIFEST_FILE)["build_id"] != data["build_id"]
+    assert sorted(p.name for p in out.iterdir()) == ["build.log", "manifest.json"]
+
+
+def test_a_build_with_a_wrong_checksum_fails_before_copying(
+    tmp_path: Path, work_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = tmp_path / "cloud.qcow2"
+    subprocess.run(["qemu-img", "create", "-f", "qcow2", str(image), "64M"], check=True,
+                   capture_output=True)
+    template = write_template(tmp_path, image, "sha256:" + "ab" * 32)
+    out = tmp_path / "out"
+    assert main(["build", str(template), "--output-dir", str(out)]) == 2
+    assert "checksum mismatch" in capsys.readouterr().err
+    data = validate(out / MANIFEST_FILE)
+    assert data["failure"]["step"] == "source disk"
+    assert "checksum mismatch" in data["failure"]["error"]
+
+
+def test_an_unwritable_log_file_is_a_usage_error(
+    tmp_path: Path, work_root: Path, truncated_qcow2: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    template = write_template(tmp_path, truncated_qcow2)
+    out = tmp_path / "out"
+    argv = ["build", str(template), "--output-dir", str(out),
+            "--log-file", str(tmp_path / "missing" / "build.log")]
+    assert main(argv) == 2
+    assert "cannot write the log file" in capsys.readouterr().err
+    assert not out.exists()
+
