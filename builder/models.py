@@ -179,7 +179,7 @@ class Install(Model):
     root_password: str | None = Field(
         None, description="root password during the build (stored only as a SHA-512 hash)"
     )
-    # Distro-specific choices (issue 15); Template._distro_specific_install checks the distro.
+    # Distro-specific choices; Template._distro_specific_install checks the distro.
     ubuntu_kernel: Literal["generic", "azure"] = Field(
         "generic", description="Ubuntu: the kernel installed, linux-generic or linux-azure"
     )
@@ -383,14 +383,18 @@ class Template(Model):
             )
         return value
 
-    @model_validator(mode="after")
-    def _distro_specific_install(self) -> Template:
-        distro = lookup(self.distro.name)
-        if self.install.ubuntu_kernel != "generic" and distro.family != "ubuntu":
-            raise ValueError("install.ubuntu_kernel applies to Ubuntu only")
-        if self.install.rhel_activation_key is not None and distro.name != "rhel":
-            raise ValueError("install.rhel_activation_key and rhel_organization apply to RHEL only")
-        return self
+    @field_validator("install")
+    @classmethod
+    def _distro_specific_install(cls, value: Install, info: ValidationInfo) -> Install:
+        ref = info.data.get("distro")  # absent when the distro itself was rejected
+        if not isinstance(ref, DistroRef):
+            return value
+        distro = lookup(ref.name)
+        if value.ubuntu_kernel != "generic" and distro.family != "ubuntu":
+            raise ValueError("ubuntu_kernel applies to Ubuntu only")
+        if value.rhel_activation_key is not None and distro.name != "rhel":
+            raise ValueError("rhel_activation_key and rhel_organization apply to RHEL only")
+        return value
 
 
 class _SchemaGenerator(GenerateJsonSchema):
