@@ -266,9 +266,10 @@ def installer_cmdline(distro: Distro, template: Template, iso_label: str | None 
     """Kernel arguments for an unattended installer boot of `distro`.
 
     `iso_label` is the installer ISO's volume label; for Anaconda (RHEL 7+) it
-    locates the installer's stage 2 image (`inst.stage2=hd:LABEL=...`). Debian and the
-    RHEL family get `net.ifnames=0`, so that the installer names the NIC eth0 as the
-    installed system will (Anaconda also carries it into the installed bootloader).
+    locates the installer's stage 2 image (`inst.stage2=hd:LABEL=...`). Debian, the
+    RHEL family and SUSE get `net.ifnames=0`, so that the installer names the NIC eth0
+    as the installed system will (Anaconda also carries it into the installed
+    bootloader; AutoYaST's keep_install_network copies the installer's ifcfg file).
     """
     family = distro.family
     args: list[str]
@@ -289,7 +290,7 @@ def installer_cmdline(distro: Distro, template: Template, iso_label: str | None 
         args = ["autoyast=device:///autoinst.xml", "textmode=1"]
     else:
         raise UsageError(f"no unattended installer support for family {family!r}")
-    if family in ("rhel", "debian"):
+    if family in ("rhel", "debian", "suse"):
         args.append(_STABLE_NIC_NAMES)
     args.append(SERIAL_CONSOLE)
     # The template's own arguments follow; one we already give is not repeated.

@@ -603,7 +603,8 @@ def test_user_answer_file_errors(tmp_path: Path) -> None:
      "inst.ks=hd:LABEL=OEMDRV:/ks.cfg inst.text net.ifnames=0 console=ttyS0,115200"),
     ("ubuntu", "24.04", None, "autoinstall ds=nocloud console=ttyS0,115200"),
     ("debian", "12", None, "auto=true priority=critical net.ifnames=0 console=ttyS0,115200"),
-    ("sles", "15", None, "autoyast=device:///autoinst.xml textmode=1 console=ttyS0,115200"),
+    ("sles", "15", None,
+     "autoyast=device:///autoinst.xml textmode=1 net.ifnames=0 console=ttyS0,115200"),
 ])
 def test_installer_cmdline(name: str, version: str, label: str | None, expected: str) -> None:
     template = make_template(name, version)
@@ -612,11 +613,13 @@ def test_installer_cmdline(name: str, version: str, label: str | None, expected:
 
 @pytest.mark.parametrize(("name", "version"), [
     *KICKSTART_DISTROS, ("debian", "11"), ("debian", "12"),
+    ("sles", "12"), ("sles", "15"), ("opensuse-leap", "15"),
 ])
 def test_installer_names_the_nic_as_the_installed_system_will(name: str, version: str) -> None:
-    """d-i's netcfg writes the install-time NIC name into /etc/network/interfaces and
-    Anaconda binds its profile to it: both must see eth0, the name the installed system
-    gets from the net.ifnames=0 that R07 puts on its kernel command line."""
+    """d-i's netcfg writes the install-time NIC name into /etc/network/interfaces,
+    Anaconda binds its profile to it, AutoYaST's keep_install_network copies the
+    installer's ifcfg-<name>: all must see eth0, the name the installed system gets from
+    the net.ifnames=0 that R07 puts on its kernel command line."""
     template = make_template(name, version)
     assert "net.ifnames=0" in template.azure.kernel_args_add
     args = installer_cmdline(resolve(name, version), template, "LABEL").split()
