@@ -34,6 +34,7 @@ from distros import lookup
 REQUIREMENT_IDS = tuple(f"R{n:02d}" for n in range(1, 14))
 _NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 _MODE_RE = r"^0?[0-7]{3,4}$"
+_RHSM_RE = r"^[A-Za-z0-9._:-]{1,255}$"
 _CHECKSUM_RE = re.compile(r"^(sha256:[0-9a-fA-F]{64}|sha512:[0-9a-fA-F]{128}|file:.+)$")
 
 
@@ -179,6 +180,32 @@ class Install(Model):
     root_password: str | None = Field(
         None, description="root password during the build (stored only as a SHA-512 hash)"
     )
+    # Distro-specific choices; Template._distro_specific_install checks the distro.
+    ubuntu_kernel: Literal["generic", "azure"] = Field(
+        "generic", description="Ubuntu: the kernel installed, linux-generic or linux-azure"
+    )
+    rhel_activation_key: str | None = Field(
+        None, json_schema_extra={"pattern": _RHSM_RE},
+        description="RHEL: register in the kickstart's %post with this activation key (with"
+        " rhel_organization); the deprovision unregisters; always sensitive",
+    )
+    rhel_organization: str | None = Field(
+        None, json_schema_extra={"pattern": _RHSM_RE},
+        description="RHEL: the organisation of rhel_activation_key; always sensitive",
+    )
+
+    @field_validator("rhel_activation_key", "rhel_organization")
+    @classmethod
+    def _rhsm_syntax(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(_RHSM_RE, value):
+            raise ValueError("expected letters, digits, '.', '_', ':' or '-' only")
+        return value
+
+    @model_validator(mode="after")
+    def _registration_pair(self) -> Install:
+        if (self.rhel_activation_key is None) != (self.rhel_organization is None):
+            raise ValueError("set both `rhel_activation_key` and `rhel_organization`, or neither")
+        return self
 
 
 class Communicator(Model):
@@ -355,6 +382,19 @@ class Template(Model):
                 "expected 1 to 63 letters, digits, '.', '_' or '-', starting with a letter"
                 f" or digit, found {value!r}"
             )
+        return value
+
+    @field_validator("install")
+    @classmethod
+    def _distro_specific_install(cls, value: Install, info: ValidationInfo) -> Install:
+        ref = info.data.get("distro")  # absent when the distro itself was rejected
+        if not isinstance(ref, DistroRef):
+            return value
+        distro = lookup(ref.name)
+        if value.ubuntu_kernel != "generic" and distro.family != "ubuntu":
+            raise ValueError("ubuntu_kernel applies to Ubuntu only")
+        if value.rhel_activation_key is not None and distro.name != "rhel":
+            raise ValueError("rhel_activation_key and rhel_organization apply to RHEL only")
         return value
 
 

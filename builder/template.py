@@ -41,7 +41,10 @@ _PATH_KEYS = {
 }
 _PROVISIONER_PATH_KEYS = ("script", "source")
 # Fields that hold secrets whatever the template says about its variables.
-_SECRET_FIELDS = (("install", "root_password"), ("communicator", "password"))
+_SECRET_FIELDS = (
+    ("install", "root_password"), ("install", "rhel_activation_key"),
+    ("install", "rhel_organization"), ("communicator", "password"),
+)
 
 
 @dataclass

@@ -58,6 +58,12 @@ class Distro:
         return int(digits.group()) if digits else 0
 
     @property
+    def agent_at_install(self) -> bool:
+        """Whether the unattended install itself puts in the agent (and cloud-init) from the
+        installer's repositories, so that the preparation only checks them (R08, R10)."""
+        return False
+
+    @property
     def label(self) -> str:
         return f"{self.pretty_name} {self.version}"
 

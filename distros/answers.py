@@ -6,7 +6,8 @@ with the same variables, which a user's own `install.answer_file` also receives:
     user, ssh_public_key, host_key_private, host_key_public, root_password_hash,
     firmware, uefi, disk_size, disk_mib, hostname, locale, keyboard, timezone,
     packages, extra_packages, bootloader_args, install_kernel_args, distro, family, major, version,
-    template, suse_keymap, setup_script
+    template, suse_keymap, suse_products, suse_addons, ubuntu_kernel_package,
+    rhel_registration, setup_script
 
 `setup_script` is a POSIX shell script that creates the build user, authorises
 its key, grants it passwordless sudo and installs the pinned host key; the
@@ -45,8 +46,13 @@ _BASE_PACKAGES: dict[str, tuple[str, ...]] = {
     "rhel": ("openssh-server", "sudo"),
     "ubuntu": ("openssh-server", "sudo"),
     "debian": ("openssh-server", "sudo"),
-    "suse": ("openssh", "sudo"),
+    # Named, not left to patterns: install_recommended=false drops what patterns recommend.
+    "suse": ("wicked", "openssh", "sudo"),
 }
+# Interface names as the installed system will see them (R07 adds it to the bootloader):
+# the installer must name the NIC the same way, or its network setup names a NIC that
+# the installed system does not have (d-i's allow-hotplug ens16, Anaconda's profile).
+_STABLE_NIC_NAMES = "net.ifnames=0"
 # AutoYaST's keymap names for the common X layouts (others are passed through).
 _SUSE_KEYMAPS: dict[str, str] = {
     "us": "english-us", "gb": "english-uk", "de": "german", "fr": "french",
@@ -147,10 +153,24 @@ def _environment(loader: jinja2.BaseLoader) -> jinja2.Environment:
 _BUILTIN = _environment(jinja2.FileSystemLoader(str(ANSWER_TEMPLATE_DIR)))
 
 
+def install_packages(distro: Distro, template: Template) -> tuple[str, ...]:
+    """The packages azbuild itself asks the installer for (before the template's own):
+    SSH and sudo, and where the installer's repositories carry them, the agent, cloud-init
+    in cloud-init mode, and on the RHEL family hyperv-daemons (Microsoft's RHEL guide)."""
+    packages = list(_BASE_PACKAGES[distro.family])
+    if distro.family == "rhel" and distro.major >= 7:
+        packages.append("hyperv-daemons")
+    if distro.agent_at_install:
+        packages.append(distro.agent_package)
+        if template.azure.provisioning == "cloud-init":
+            packages.append("cloud-init")
+    return tuple(packages)
+
+
 def answer_variables(distro: Distro, template: Template, ctx: AnswerContext) -> dict[str, Any]:
     """The variables every answer-file template (ours or the user's) is rendered with."""
     install = template.install
-    base = _BASE_PACKAGES[distro.family]
+    base = install_packages(distro, template)
     extra = [p for p in install.packages if p not in base]
     variables: dict[str, Any] = {
         "user": ctx.build_user,
@@ -181,6 +201,17 @@ def answer_variables(distro: Distro, template: Template, ctx: AnswerContext) -> 
         "version": str(distro.version),
         "template": template,
         "suse_keymap": _SUSE_KEYMAPS.get(install.keyboard, install.keyboard),
+        # SUSE: products to select and repositories to add (distros/suse.py).
+        "suse_products": getattr(distro, "install_products", ()),
+        "suse_addons": getattr(distro, "install_addons", ()),
+        # Ubuntu: the kernel package, None for the installer's default (generic).
+        "ubuntu_kernel_package": "linux-azure" if install.ubuntu_kernel == "azure" else None,
+        # RHEL: subscription registration in %post, or None.
+        "rhel_registration": (
+            {"activation_key": install.rhel_activation_key,
+             "organization": install.rhel_organization}
+            if install.rhel_activation_key is not None else None
+        ),
     }
     variables["setup_script"] = _BUILTIN.get_template("_guest-setup.sh.j2").render(variables)
     return variables
@@ -235,7 +266,10 @@ def installer_cmdline(distro: Distro, template: Template, iso_label: str | None 
     """Kernel arguments for an unattended installer boot of `distro`.
 
     `iso_label` is the installer ISO's volume label; for Anaconda (RHEL 7+) it
-    locates the installer's stage 2 image (`inst.stage2=hd:LABEL=...`).
+    locates the installer's stage 2 image (`inst.stage2=hd:LABEL=...`). Debian, the
+    RHEL family and SUSE get `net.ifnames=0`, so that the installer names the NIC eth0
+    as the installed system will (Anaconda also carries it into the installed
+    bootloader; AutoYaST's keep_install_network copies the installer's ifcfg file).
     """
     family = distro.family
     args: list[str]
@@ -256,8 +290,12 @@ def installer_cmdline(distro: Distro, template: Template, iso_label: str | None 
         args = ["autoyast=device:///autoinst.xml", "textmode=1"]
     else:
         raise UsageError(f"no unattended installer support for family {family!r}")
+    if family in ("rhel", "debian", "suse"):
+        args.append(_STABLE_NIC_NAMES)
     args.append(SERIAL_CONSOLE)
-    args.extend(template.install.kernel_args)
+    # The template's own arguments follow; one we already give is not repeated.
+    ours = set(args)
+    args.extend(arg for arg in template.install.kernel_args if arg not in ours)
     return " ".join(args)
 
 

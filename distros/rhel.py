@@ -34,6 +34,12 @@ class RhelLike(Distro):
     initrd_image: ClassVar[str] = "/boot/initramfs-{kernel}.img"
     initrd_lister: ClassVar[str] = "lsinitrd"
     network_style: ClassVar[str] = "keyfile"  # NetworkManager keyfile for eth0
+    # The DVD's AppStream (8 and later) carries WALinuxAgent and cloud-init.
+    agent_in_appstream: ClassVar[bool] = True
+
+    @property
+    def agent_at_install(self) -> bool:
+        return self.major >= 8 and self.agent_in_appstream
 
     def adjust_azure_prep(self, facts: PrepFacts) -> PrepFacts:
         """6: legacy GRUB, mkinitrd, SysV, no NetworkManager; 7: ifcfg files; 8: grubby
@@ -97,3 +103,6 @@ class Oracle(RhelLike):
     aliases = ("oraclelinux", "ol")
     pretty_name = "Oracle Linux"
     versions = ("7", "8", "9")
+    # Oracle ships WALinuxAgent in its online add-on repositories, not on the DVD; an
+    # installed Oracle Linux has those public repositories, where the preparation finds it.
+    agent_in_appstream = False

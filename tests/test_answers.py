@@ -19,6 +19,8 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from passlib.hash import sha512_crypt
+from pydantic import ValidationError
+from pykickstart.constants import KS_SCRIPT_POST
 from pykickstart.errors import KickstartError, KickstartParseWarning
 from pykickstart.parser import KickstartParser
 from pykickstart.version import makeVersion
@@ -81,13 +83,15 @@ _, USER_PUBLIC = _keypair("azbuild-build-key")
 ROOT_HASH = hash_password(PLAIN_PASSWORD)
 
 
-def make_template(name: str, version: str, firmware: str = "bios", **install: Any) -> Template:
+def make_template(name: str, version: str, firmware: str = "bios",
+                  azure: dict[str, Any] | None = None, **install: Any) -> Template:
     return Template.model_validate({
         "name": "answers-test",
         "source": {"iso": "/srv/x.iso", "checksum": "sha256:" + "0" * 64},
         "distro": {"name": name, "version": version},
         "vm": {"firmware": firmware, "disk_size": "30GiB"},
         "install": {"packages": ["vim", "sudo"], "root_password": PLAIN_PASSWORD, **install},
+        "azure": azure or {},
     })
 
 
@@ -101,9 +105,9 @@ def make_ctx(firmware: str = "bios", root_hash: str | None = ROOT_HASH) -> Answe
 
 
 def render(name: str, version: str, firmware: str = "bios", root_hash: str | None = ROOT_HASH,
-           **install: Any) -> tuple[Distro, dict[str, str]]:
+           azure: dict[str, Any] | None = None, **install: Any) -> tuple[Distro, dict[str, str]]:
     distro = resolve(name, version)
-    files = render_answer_files(distro, make_template(name, version, firmware, **install),
+    files = render_answer_files(distro, make_template(name, version, firmware, azure, **install),
                                 make_ctx(firmware, root_hash))
     return distro, files
 
@@ -188,6 +192,58 @@ def test_kickstart_content(version: str, firmware: str) -> None:
     assert packages.count("sudo") == 1
 
 
+def _kickstart(name: str, version: str, firmware: str = "bios", **kwargs: Any) -> Any:
+    """pykickstart's parsed handler of the rendered ks.cfg."""
+    distro, files = render(name, version, firmware, **kwargs)
+    assert isinstance(distro, RhelLike)
+    parser = KickstartParser(makeVersion(distro.kickstart_version))
+    parser.readKickstartFromString(files["ks.cfg"])
+    return parser.handler
+
+
+@pytest.mark.parametrize("firmware", FIRMWARES)
+@pytest.mark.parametrize(("name", "version"), KICKSTART_DISTROS)
+def test_kickstart_installs_the_agent_from_the_dvd(name: str, version: str,
+                                                    firmware: str) -> None:
+    """8 and later: the agent (and cloud-init in cloud-init mode) from the DVD's AppStream,
+    so that an unregistered RHEL, whose DVD is gone after the install, has it (R08)."""
+    distro = resolve(name, version)
+    waagent = set(_kickstart(name, version, firmware).packages.packageList)
+    cloud = set(_kickstart(name, version, firmware,
+                           azure={"provisioning": "cloud-init"}).packages.packageList)
+    assert {"openssh-server", "sudo", "vim"} <= waagent
+    assert ("hyperv-daemons" in waagent) == (distro.major >= 7)
+    on_dvd = distro.major >= 8 and name != "oracle"
+    assert ("WALinuxAgent" in waagent) == on_dvd
+    assert "cloud-init" not in waagent
+    assert ({"WALinuxAgent", "cloud-init"} <= cloud) == on_dvd
+
+
+def test_kickstart_registers_rhel_in_post_only_when_asked() -> None:
+    handler = _kickstart("rhel", "9", "uefi", rhel_activation_key="azbuild-key",
+                         rhel_organization="1234567")
+    posts = [script for script in handler.scripts if script.type == KS_SCRIPT_POST]
+    assert len(posts) == 2 and all(script.errorOnFail for script in posts)
+    assert posts[-1].inChroot
+    assert posts[-1].script.strip() == (
+        "subscription-manager register --org=1234567 --activationkey=azbuild-key"
+    )
+    plain = _kickstart("rhel", "9")
+    assert not any("subscription-manager" in script.script for script in plain.scripts)
+
+
+@pytest.mark.parametrize(("name", "install", "message"), [
+    ("rocky", {"rhel_activation_key": "k", "rhel_organization": "1"}, "RHEL only"),
+    ("rhel", {"rhel_activation_key": "k"}, "both"),
+    ("rhel", {"rhel_activation_key": "k'; reboot", "rhel_organization": "1"}, "letters"),
+    ("debian", {"ubuntu_kernel": "azure"}, "Ubuntu only"),
+])
+def test_distro_specific_install_keys_are_checked(name: str, install: dict[str, Any],
+                                                   message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        make_template(name, "9" if name != "debian" else "12", **install)
+
+
 def test_kickstart_locked_root_without_password() -> None:
     _, files = render("rocky", "9", root_hash=None)
     assert "rootpw --lock" in files["ks.cfg"].splitlines()
@@ -245,6 +301,18 @@ def test_autoinstall_validates_against_subiquity_schema(version: str, firmware: 
 
     meta = yaml.safe_load(files["meta-data"])
     assert meta == {"instance-id": "azbuild-answers-test", "local-hostname": "azbuild"}
+
+
+@pytest.mark.parametrize("firmware", FIRMWARES)
+@pytest.mark.parametrize("version", ["20.04", "22.04", "24.04"])
+def test_autoinstall_kernel_is_generic_unless_azure_is_asked(version: str, firmware: str) -> None:
+    _, files = render("ubuntu", version, firmware)
+    assert "kernel" not in yaml.safe_load(files["user-data"])["autoinstall"]
+    _, files = render("ubuntu", version, firmware, ubuntu_kernel="azure")
+    auto = yaml.safe_load(files["user-data"])["autoinstall"]
+    jsonschema.validate(auto, SCHEMA)
+    # Subiquity's `kernel` section: exactly one of `package` or `flavor`.
+    assert auto["kernel"] == {"package": "linux-azure"}
 
 
 def test_autoinstall_schema_rejects_a_broken_file() -> None:
@@ -355,8 +423,14 @@ def test_autoyast_structure(name: str, version: str, firmware: str) -> None:
     assert list(files) == ["autoinst.xml"]
     root = ET.fromstring(files["autoinst.xml"].encode())
     assert root.tag == YAST + "profile"
-    assert _find(root, "general/mode/final_halt").text == "true"
-    assert _find(root, "general/mode/confirm").text == "false"
+    mode = _find(root, "general/mode")
+    # <halt> powers off after stage 1; final_halt would halt the first boot (Profile.rb
+    # turns it into an init script) and stop the build's provisioning boot.
+    assert mode.findtext(YAST + "halt") == "true"
+    assert mode.find(YAST + "halt").get(CONFIG_TYPE) == "boolean"  # type: ignore[union-attr]
+    assert mode.find(YAST + "final_halt") is None and mode.find(YAST + "final_reboot") is None
+    assert mode.findtext(YAST + "second_stage") == "false"
+    assert mode.findtext(YAST + "confirm") == "false"
 
     (drive,) = _find(root, "partitioning").findall(YAST + "drive")
     assert drive.find(YAST + "type") is None  # a plain disk, not CT_LVM / CT_RAID
@@ -381,7 +455,7 @@ def test_autoyast_structure(name: str, version: str, firmware: str) -> None:
     assert keys == [USER_PUBLIC]
 
     packages = {e.text for e in _find(root, "software/packages")}
-    assert {"openssh", "sudo", "vim"} <= packages
+    assert {"wicked", "openssh", "sudo", "vim"} <= packages
     assert _find(root, "software/packages").get(CONFIG_TYPE) == "list"
     enabled = [e.text for e in _find(root, "services-manager/services/enable")]
     assert enabled == ["sshd"]
@@ -389,6 +463,72 @@ def test_autoyast_structure(name: str, version: str, firmware: str) -> None:
     script = _find(root, "scripts/chroot-scripts/script/source").text or ""
     assert HOST_PRIVATE.strip() in script and USER_PUBLIC in script
     assert 'printf \'%s ALL=(ALL) NOPASSWD: ALL\\n\' "$user"' in script
+
+
+def _addons(root: ET.Element) -> list[dict[str, str | None]]:
+    entries = root.findall(f"{YAST}add-on/{YAST}add_on_products/{YAST}listentry")
+    return [{key: e.findtext(YAST + key) for key in ("media_url", "product_dir", "product")}
+            for e in entries]
+
+
+def _software(root: ET.Element) -> tuple[list[str | None], set[str | None]]:
+    products = [e.text for e in root.findall(f"{YAST}software/{YAST}products/{YAST}product")]
+    packages = {e.text for e in _find(root, "software/packages")}
+    return products, packages
+
+
+@pytest.mark.parametrize("firmware", FIRMWARES)
+def test_sles15_full_medium_selects_the_product_and_adds_the_modules(firmware: str) -> None:
+    _, files = render("sles", "15", firmware)
+    root = ET.fromstring(files["autoinst.xml"].encode())
+    products, packages = _software(root)
+    assert products == ["SLES"]
+    assert _find(root, "software/products").get(CONFIG_TYPE) == "list"
+    assert _addons(root) == [
+        {"media_url": "relurl://", "product_dir": "/Module-Basesystem",
+         "product": "sle-module-basesystem"},
+        {"media_url": "relurl://", "product_dir": "/Module-Server-Applications",
+         "product": "sle-module-server-applications"},
+        {"media_url": "relurl://", "product_dir": "/Module-Public-Cloud",
+         "product": "sle-module-public-cloud"},
+    ]
+    assert _find(root, "add-on/add_on_products").get(CONFIG_TYPE) == "list"
+    assert _find(root, "suse_register/do_registration").text == "false"
+    # The agent comes from the Public Cloud module during the install (R08 only checks it).
+    assert {"python-azure-agent", "wicked", "openssh", "sudo"} <= packages
+    assert "cloud-init" not in packages
+
+
+def test_suse_cloud_init_mode_installs_cloud_init_with_the_agent() -> None:
+    for name in ("sles", "opensuse-leap"):
+        _, files = render(name, "15", azure={"provisioning": "cloud-init"})
+        _, packages = _software(ET.fromstring(files["autoinst.xml"].encode()))
+        assert {"python-azure-agent", "cloud-init"} <= packages, name
+
+
+def test_sles12_dvd_is_one_product_without_the_agent() -> None:
+    """SLES 12's DVD is the SLES product alone; the agent is in the online Public Cloud
+    module, so the install does not ask for it (the preparation installs it)."""
+    _, files = render("sles", "12")
+    root = ET.fromstring(files["autoinst.xml"].encode())
+    products, packages = _software(root)
+    assert products == [] and root.find(YAST + "add-on") is None
+    assert _find(root, "suse_register/do_registration").text == "false"
+    assert "python-azure-agent" not in packages
+
+
+@pytest.mark.parametrize(("version", "release"), [("15", "$releasever"), ("15.5", "15.5")])
+def test_leap_adds_the_oss_repository_for_the_agent(version: str, release: str) -> None:
+    _, files = render("opensuse-leap", version, "uefi")
+    root = ET.fromstring(files["autoinst.xml"].encode())
+    products, packages = _software(root)
+    assert products == []
+    assert _addons(root) == [{
+        "media_url": f"http://download.opensuse.org/distribution/leap/{release}/repo/oss/",
+        "product_dir": "/", "product": None,
+    }]
+    assert root.find(YAST + "suse_register") is None  # Leap has no registration
+    assert "python-azure-agent" in packages and "cloud-init" not in packages
 
 
 # --- across families -------------------------------------------------------------------------
@@ -453,25 +593,47 @@ def test_user_answer_file_errors(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("name", "version", "label", "expected"), [
     ("rhel", "9", "RHEL-9-4-0-BaseOS-x86_64",
      "inst.ks=hd:LABEL=OEMDRV:/ks.cfg inst.stage2=hd:LABEL=RHEL-9-4-0-BaseOS-x86_64 inst.text "
-     "console=ttyS0,115200"),
+     "net.ifnames=0 console=ttyS0,115200"),
     ("centos", "7", "CentOS 7 x86_64",
      "inst.ks=hd:LABEL=OEMDRV:/ks.cfg inst.stage2=hd:LABEL=CentOS\\x207\\x20x86_64 inst.text "
-     "console=ttyS0,115200"),
-    ("centos", "6", "CentOS_6.10_Final", "ks=hd:LABEL=OEMDRV:/ks.cfg text console=ttyS0,115200"),
-    ("rocky", "8", None, "inst.ks=hd:LABEL=OEMDRV:/ks.cfg inst.text console=ttyS0,115200"),
+     "net.ifnames=0 console=ttyS0,115200"),
+    ("centos", "6", "CentOS_6.10_Final",
+     "ks=hd:LABEL=OEMDRV:/ks.cfg text net.ifnames=0 console=ttyS0,115200"),
+    ("rocky", "8", None,
+     "inst.ks=hd:LABEL=OEMDRV:/ks.cfg inst.text net.ifnames=0 console=ttyS0,115200"),
     ("ubuntu", "24.04", None, "autoinstall ds=nocloud console=ttyS0,115200"),
-    ("debian", "12", None, "auto=true priority=critical console=ttyS0,115200"),
-    ("sles", "15", None, "autoyast=device:///autoinst.xml textmode=1 console=ttyS0,115200"),
+    ("debian", "12", None, "auto=true priority=critical net.ifnames=0 console=ttyS0,115200"),
+    ("sles", "15", None,
+     "autoyast=device:///autoinst.xml textmode=1 net.ifnames=0 console=ttyS0,115200"),
 ])
 def test_installer_cmdline(name: str, version: str, label: str | None, expected: str) -> None:
     template = make_template(name, version)
     assert installer_cmdline(resolve(name, version), template, label) == expected
 
 
+@pytest.mark.parametrize(("name", "version"), [
+    *KICKSTART_DISTROS, ("debian", "11"), ("debian", "12"),
+    ("sles", "12"), ("sles", "15"), ("opensuse-leap", "15"),
+])
+def test_installer_names_the_nic_as_the_installed_system_will(name: str, version: str) -> None:
+    """d-i's netcfg writes the install-time NIC name into /etc/network/interfaces,
+    Anaconda binds its profile to it, AutoYaST's keep_install_network copies the
+    installer's ifcfg-<name>: all must see eth0, the name the installed system gets from
+    the net.ifnames=0 that R07 puts on its kernel command line."""
+    template = make_template(name, version)
+    assert "net.ifnames=0" in template.azure.kernel_args_add
+    args = installer_cmdline(resolve(name, version), template, "LABEL").split()
+    assert args.count("net.ifnames=0") == 1
+
+
 def test_installer_cmdline_appends_template_kernel_args() -> None:
     template = make_template("debian", "12", kernel_args=["net.ifnames=0", "debug"])
     assert installer_cmdline(resolve("debian", "12"), template) == (
-        "auto=true priority=critical console=ttyS0,115200 net.ifnames=0 debug"
+        "auto=true priority=critical net.ifnames=0 console=ttyS0,115200 debug"
+    )
+    ubuntu = make_template("ubuntu", "24.04", kernel_args=["net.ifnames=0"])
+    assert installer_cmdline(resolve("ubuntu", "24.04"), ubuntu).endswith(
+        "console=ttyS0,115200 net.ifnames=0"
     )
 
 

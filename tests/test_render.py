@@ -3,6 +3,7 @@ what a build would feed the VM, written without downloading anything or starting
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import xml.etree.ElementTree as ET
@@ -55,6 +56,35 @@ def test_every_example_renders(example: Path, tmp_path: Path) -> None:
     initrd = os_el.findtext("initrd") or ""
     assert initrd.endswith("installer-initrd-answers" if family == "debian"
                            else "installer-initrd")
+
+
+ISO_EXAMPLES = [p for p in EXAMPLES if load_template(p).template.source.iso is not None]
+# Where each family's answer file puts the EFI system partition.
+ESP_MARKS = {
+    "rhel": ("ks.cfg", "part /boot/efi --fstype=efi"),
+    "ubuntu": ("user-data", "path: /boot/efi"),
+    "debian": ("preseed.cfg", "method{ efi }"),
+    "suse": ("autoinst.xml", "<mount>/boot/efi</mount>"),
+}
+
+
+@pytest.mark.parametrize("example", ISO_EXAMPLES, ids=lambda p: p.stem)
+def test_every_iso_example_renders_for_generation_2(example: Path, tmp_path: Path) -> None:
+    """The example under the shipped gen2 layer: UEFI domains and an answer file with an
+    EFI system partition, for every family."""
+    layer = tmp_path / "gen2-variant.toml"
+    layer.write_text(f'extends = ["gen2", "{os.path.relpath(example, tmp_path)}"]\n')
+    template = load_template(layer).template
+    assert template.vm.firmware == "uefi"
+    family = resolve(template.distro.name, template.distro.version).family
+    out = tmp_path / "rendered"
+    assert main(["render", str(layer), "--out", str(out)]) == 0
+    for name in ("domain-install.xml", "domain-boot.xml"):
+        os_el = ET.fromstring((out / name).read_text()).find("os")
+        assert os_el is not None and os_el.get("firmware") == "efi", name
+    answer_file, mark = ESP_MARKS[family]
+    assert mark in (out / answer_file).read_text()
+    assert "uefi" in (out / "azure-prep.sh").read_text().splitlines()[1]
 
 
 @pytest.mark.skipif(shutil.which("virt-xml-validate") is None, reason="needs libvirt-clients")

@@ -230,3 +230,71 @@ def test_render_output_holds_no_secret(sentinel_template: Path, tmp_path: Path) 
     assert {"domain-install.xml", "domain-boot.xml", "kernel-cmdline.txt",
             "azure-prep.sh"} <= names
     assert_no_sentinel(out)
+
+
+# RHEL registration: the activation key and organisation reach the kickstart's %post, so
+# they are secrets whether they come from sensitive variables or are written in the fields.
+RHEL_KEY = TOKEN + "-key"
+RHEL_ORG = TOKEN + "-org"
+RHEL_TEMPLATE = f"""\
+name = "registered"
+
+[variables]
+key = {{ default = "{RHEL_KEY}", sensitive = true }}
+
+[source]
+iso = "rhel-9.4.iso"
+checksum = "sha256:{"0" * 64}"
+
+[distro]
+name = "rhel"
+version = "9"
+
+[install]
+rhel_activation_key = "${{var.key}}"
+rhel_organization = "{RHEL_ORG}"
+"""
+
+
+@pytest.fixture
+def rhel_template(tmp_path: Path) -> Path:
+    path = tmp_path / "registered.toml"
+    path.write_text(RHEL_TEMPLATE)
+    return path
+
+
+def test_rhel_registration_is_masked_in_inspect(
+    rhel_template: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    loaded = load_template(rhel_template)
+    assert loaded.template.install.rhel_activation_key == RHEL_KEY
+    assert loaded.template.install.rhel_organization == RHEL_ORG  # a literal, not a variable
+    assert main(["inspect", str(rhel_template), "--format", "json"]) == 0
+    out, err = capsys.readouterr()
+    assert_no_sentinel(out + err)
+    install = json.loads(out)["install"]
+    assert install["rhel_activation_key"] == install["rhel_organization"] == "<sensitive>"
+
+
+def test_rhel_registration_is_masked_in_the_rendered_kickstart(
+    rhel_template: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "rendered"
+    assert main(["render", str(rhel_template), "--out", str(out)]) == 0
+    assert_no_sentinel(out)
+    register = [line for line in (out / "ks.cfg").read_text().splitlines()
+                if line.startswith("subscription-manager register")]
+    assert register == [
+        "subscription-manager register --org=<sensitive> --activationkey=<sensitive>"
+    ]
+
+
+def test_a_bad_rhel_activation_key_is_masked_in_the_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "t.toml"
+    path.write_text(RHEL_TEMPLATE.replace('"${var.key}"', f'"{RHEL_KEY} x"'))
+    assert main(["validate", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert "install.rhel_activation_key: expected letters" in err
+    assert_no_sentinel(out + err)

@@ -4,12 +4,14 @@ netinst (BIOS), size partitions as partman does, and refuse what it cannot honou
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import installer
 import pytest
 
 from builder.models import Template
 from distros import resolve
-from distros.answers import AnswerContext, render_answer_files
+from distros.answers import AnswerContext, installer_cmdline, render_answer_files
 
 ROOT_HASH = "$6$azbuildtest$" + "x" * 86
 MB = installer.MB
@@ -111,3 +113,70 @@ def test_allocation_refuses_a_disk_too_small() -> None:
     )
     with pytest.raises(installer.InstallFailed, match="needs 4096 MB"):
         installer.allocate(parts, 1000 * MB)
+
+
+# --- the NIC's name, as netcfg writes it -------------------------------------------------
+
+def fake_sysfs(root: Path, address: str = "0000:00:10.0", slot: str | None = "16",
+               acpi_index: str | None = None) -> Path:
+    """A sysfs laid out as the kernel does for a virtio NIC (eth0) on a PCI device, with
+    the ACPI hotplug slot QEMU's i440fx machine exposes for it."""
+    device = root / "devices/pci0000:00" / address
+    (device / "virtio0/net/eth0").mkdir(parents=True)
+    if acpi_index is not None:
+        (device / "acpi_index").write_text(acpi_index + "\n")
+    net = root / "class/net/eth0"
+    net.mkdir(parents=True)
+    (net / "device").symlink_to(device / "virtio0")
+    if slot is not None:
+        slot_dir = root / "bus/pci/slots" / slot
+        slot_dir.mkdir(parents=True)
+        (slot_dir / "address").write_text(address.rsplit(".", 1)[0] + "\n")
+    return root
+
+
+def debian_cmdline(template_args: list[str] | None = None) -> str:
+    template = Template.model_validate({
+        "name": "stand-in",
+        "source": {"iso": "/srv/x.iso", "checksum": "sha256:" + "0" * 64},
+        "distro": {"name": "debian", "version": "12"},
+        "install": {"kernel_args": template_args or []},
+    })
+    return installer_cmdline(resolve("debian", "12"), template)
+
+
+def test_azbuilds_installer_cmdline_gives_the_installed_systems_name(tmp_path: Path) -> None:
+    """The demo's NIC sits in PCI slot 0x10: d-i would write ens16, which the installed
+    system (net.ifnames=0, R07) never has. azbuild's command line makes it eth0."""
+    sys_root = fake_sysfs(tmp_path)
+    cmdline = debian_cmdline()
+    assert installer.interface_name(cmdline, sys_root, "eth0") == "eth0"
+    without = " ".join(a for a in cmdline.split() if a != "net.ifnames=0")
+    assert installer.interface_name(without, sys_root, "eth0") == "ens16"
+    assert installer.interfaces_file("eth0").endswith(
+        "allow-hotplug eth0\niface eth0 inet dhcp\n"
+    )
+
+
+@pytest.mark.parametrize(("address", "slot", "acpi_index", "expected"), [
+    ("0000:00:10.0", "16", None, "ens16"),  # ACPI hotplug slot (QEMU pc)
+    ("0000:00:03.0", "3", None, "ens3"),
+    ("0000:00:10.1", "16", None, "ens16f1"),
+    ("0000:00:10.0", None, None, "enp0s16"),  # no slot: the path name (QEMU q35 root bus)
+    ("0000:01:00.0", None, None, "enp1s0"),  # behind a PCIe root port
+    ("0001:02:1f.0", None, None, "enP1p2s31"),
+    ("0000:00:10.0", "16", "2", "eno2"),  # a firmware index wins over the slot
+    ("0000:00:10.0", "16", "0", "ens16"),  # index 0 means none
+])
+def test_predictable_names(tmp_path: Path, address: str, slot: str | None,
+                           acpi_index: str | None, expected: str) -> None:
+    sys_root = fake_sysfs(tmp_path, address, slot, acpi_index)
+    assert installer.predictable_name(sys_root, "eth0") == expected
+    assert installer.interface_name("console=ttyS0 net.ifnames=0", sys_root, "eth0") == "eth0"
+    assert installer.interface_name("console=ttyS0 net.ifnames=1", sys_root, "eth0") == expected
+
+
+def test_a_nic_without_a_pci_device_keeps_its_kernel_name(tmp_path: Path) -> None:
+    (tmp_path / "class/net/eth0").mkdir(parents=True)
+    assert installer.predictable_name(tmp_path, "eth0") == "eth0"
+    assert installer.predictable_name(tmp_path, "missing0") == "missing0"

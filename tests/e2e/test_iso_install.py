@@ -8,6 +8,7 @@ build is shared by the tests that inspect its image; the failure cases stop earl
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,10 @@ def test_installed_system_is_what_the_preseed_asked_for(demo_files: Any) -> None
     assert "deb http://deb.debian.org/debian bookworm main" in g.cat("/etc/apt/sources.list")
     # debian-installer/add-kernel-opts: the Azure arguments from the first boot on.
     assert "net.ifnames=0" in g.cat("/etc/default/grub")
+    # net.ifnames=0 on the installer's command line: the installer wrote the NIC's name as
+    # the installed system knows it, not its predictable name (ens16).
+    interfaces = g.cat("/etc/network/interfaces")
+    assert "allow-hotplug eth0" in interfaces and not re.search(r"\bens\d", interfaces)
     # The provisioners ran on the installed system.
     assert g.cat("/etc/motd") == (REPO / "examples" / "files" / "motd").read_text()
     # No swap, no LVM (R03, R04): the recipe and the image agree.

@@ -6,7 +6,9 @@ init.sh) and installs that root onto the target disk, driven by the same
 
     partman-auto/disk, partman-auto/method (regular), partman-auto/expert_recipe
     (primary ext4 partitions with sizes; msdos label), partman-auto/choose_recipe,
-    passwd/root-password-crypted, netcfg hostname/domain, time/zone, locale and
+    passwd/root-password-crypted, netcfg hostname/domain and the NIC's name in
+    /etc/network/interfaces (eth0 with net.ifnames=0 on the installer's command line,
+    otherwise the predictable name udev would give, such as ens16), time/zone, locale and
     keyboard, mirror/http/* (the installed sources.list), pkgsel/include and the
     ssh-server task (checked against what the root on the ISO holds),
     debian-installer/add-kernel-opts, grub-installer/bootdev,
@@ -275,6 +277,75 @@ def allocate(partitions: list[Partition], space: int) -> None:
         p.size -= p.size % ALIGN
 
 
+# --- the network interface's name ----------------------------------------------------
+
+_PCI_ADDRESS = re.compile(r"^([0-9a-f]{4}):([0-9a-f]{2}):([0-9a-f]{2})\.([0-7])$")
+_MAX_ONBOARD_INDEX = 16383  # udev ignores larger firmware indexes
+
+
+def _pci_device(sys_root: Path, kernel_name: str) -> Path | None:
+    """The PCI device behind a network interface (a virtio NIC's parent), or None."""
+    link = sys_root / "class/net" / kernel_name / "device"
+    if not link.exists():
+        return None
+    device = link.resolve()
+    while device != device.parent:
+        if _PCI_ADDRESS.match(device.name):
+            return device
+        device = device.parent
+    return None
+
+
+def _firmware_index(device: Path) -> int | None:
+    for attribute in ("acpi_index", "index"):
+        path = device / attribute
+        if path.is_file():
+            text = path.read_text().strip()
+            if text.isdigit() and 0 < int(text) <= _MAX_ONBOARD_INDEX:
+                return int(text)
+    return None
+
+
+def predictable_name(sys_root: Path, kernel_name: str) -> str:
+    """The name systemd-udevd's default policy (onboard, slot, path) gives a PCI NIC:
+    eno<firmware index>, else ens<hotplug slot> when a slot in /sys/bus/pci/slots holds
+    the device, else enp<bus>s<slot>; f<function> for a function other than 0. The
+    installer's initrd has no udev, so the kernel's eth0 is renamed here, as d-i's
+    netcfg would see it on a real installer, which runs udev."""
+    device = _pci_device(sys_root, kernel_name)
+    if device is None:
+        return kernel_name
+    match = _PCI_ADDRESS.match(device.name)
+    assert match is not None
+    domain, bus, slot, function = match.groups()
+    suffix = f"f{int(function)}" if function != "0" else ""
+    onboard = _firmware_index(device)
+    if onboard is not None:
+        return f"eno{onboard}"
+    slots = sys_root / "bus/pci/slots"
+    if slots.is_dir():
+        for slot_dir in sorted(slots.iterdir()):
+            address = slot_dir / "address"
+            if address.is_file() and address.read_text().strip() == f"{domain}:{bus}:{slot}":
+                return f"ens{slot_dir.name}{suffix}"
+    domain_part = f"P{int(domain, 16)}" if domain != "0000" else ""
+    return f"en{domain_part}p{int(bus, 16)}s{int(slot, 16)}{suffix}"
+
+
+def interface_name(cmdline: str, sys_root: Path, kernel_name: str) -> str:
+    """The name netcfg writes into the target's /etc/network/interfaces: the kernel's
+    with net.ifnames=0 on the installer's command line, the predictable name otherwise."""
+    if "net.ifnames=0" in cmdline.split():
+        return kernel_name
+    return predictable_name(sys_root, kernel_name)
+
+
+def interfaces_file(nic: str) -> str:
+    """/etc/network/interfaces as netcfg writes it for a DHCP-configured NIC."""
+    return ("source /etc/network/interfaces.d/*\n\nauto lo\niface lo inet loopback\n\n"
+            f"allow-hotplug {nic}\niface {nic} inet dhcp\n")
+
+
 # --- running things --------------------------------------------------------------------
 
 
@@ -416,13 +487,12 @@ def configure(answers: dict[str, Answer], fstab: list[str]) -> None:
     fqdn = f"{hostname}.{domain} {hostname}" if domain else hostname
     (etc / "hosts").write_text(f"127.0.0.1\tlocalhost\n127.0.1.1\t{fqdn}\n\n"
                                "::1\tlocalhost ip6-localhost ip6-loopback\n")
-    # Like netcfg: DHCP on the interface the installer used (the kernel's name for it).
+    # Like netcfg: DHCP on the interface the installer used, by the name it had there.
     nics = sorted(n for n in os.listdir("/sys/class/net") if n != "lo")
-    nic = nics[0] if nics else "eth0"
-    (etc / "network" / "interfaces").write_text(
-        "source /etc/network/interfaces.d/*\n\nauto lo\niface lo inet loopback\n\n"
-        f"allow-hotplug {nic}\niface {nic} inet dhcp\n"
-    )
+    nic = interface_name(Path("/proc/cmdline").read_text(), Path("/sys"),
+                         nics[0] if nics else "eth0")
+    say(f"network: allow-hotplug {nic} (DHCP)")
+    (etc / "network" / "interfaces").write_text(interfaces_file(nic))
     host = value(answers, "mirror/http/hostname", "deb.debian.org")
     directory = value(answers, "mirror/http/directory", "/debian")
     (etc / "apt" / "sources.list").write_text(
