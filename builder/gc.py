@@ -29,6 +29,7 @@ from builder.libvirt import (
     read_metadata,
 )
 from builder.paths import work_root
+from builder.salvage import salvage
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +125,10 @@ def collect_garbage(remove: bool, connect: str | None) -> list[str]:
         conn.close()
     for path, pid in leftover_work_dirs():
         if remove:
+            kept = salvage(path)
             shutil.rmtree(path, ignore_errors=True)
             lines.append(f"work dir {path} (pid {pid} gone): removed")
+            lines += [f"  {line}" for line in kept]
         else:
             lines.append(f"work dir {path} (pid {pid} gone): leftover")
     if not lines:

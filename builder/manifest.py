@@ -134,8 +134,10 @@ def manifest_json_schema() -> dict[str, Any]:
     return Manifest.model_json_schema()
 
 
-def build_manifest(ctx: BuildContext, failure: Failure | None, logs: list[str]) -> Manifest:
-    """The manifest of the build in `ctx` as it stands now."""
+def build_manifest(ctx: BuildContext, failure: Failure | None, logs: list[str],
+                   with_artifacts: bool = True) -> Manifest:
+    """The manifest of the build in `ctx` as it stands now (`with_artifacts` False: no
+    artifact is listed, so nothing is hashed)."""
     template = ctx.template
     finished = datetime.now(UTC)
     wall = max((finished - ctx.started).total_seconds(), 0.0)
@@ -157,7 +159,7 @@ def build_manifest(ctx: BuildContext, failure: Failure | None, logs: list[str]) 
         firmware=template.vm.firmware,
         provisioning=template.azure.provisioning,
         artifacts=[_artifact(fmt, path) for fmt, path in ctx.artifacts.items()
-                   if path.is_file()],
+                   if path.is_file()] if with_artifacts else [],
         logs=logs,
         skipped_requirements=dict(template.azure.skip),
         ready=report.ready if report else None,

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 from builder import log as azlog
+from builder import salvage
 from builder.disk import atomic_output
 from builder.errors import (
     EXIT_FAILED,
@@ -135,6 +136,7 @@ def build(loaded: LoadedTemplate, options: BuildOptions) -> int:
         stack.callback(_report_outcome, ctx, lambda: succeeded)
         for name, step in steps.plan(ctx):
             ctx.step = name
+            salvage.record(ctx)  # what `azbuild gc` keeps should this process die here
             with ctx.timer.step(name), _disk_full_is_said(name):
                 step(ctx, stack)
         succeeded = True

@@ -264,3 +264,41 @@ def test_an_unwritable_log_file_is_a_usage_error(
     assert "cannot write the log file" in capsys.readouterr().err
     assert not out.exists()
 
+
+
+# --- a build whose process died: what `azbuild gc --yes` keeps ----------------------------
+
+
+def test_a_dead_build_s_log_and_failed_manifest_are_salvaged(tmp_path: Path) -> None:
+    from builder.salvage import DIED, record, salvage
+
+    ctx = context(tmp_path)
+    assert ctx.work_dir is not None
+    ctx.step = "provision"
+    ctx.timer.timings["boot"] = 3.0
+    record(ctx)
+    (ctx.work_dir / "build.log").write_text("12:00:00 INFO    ==> provision\n")
+    half_written = ctx.output_dir / ".t.raw.0123abcd.tmp"
+    half_written.write_bytes(b"partial")
+    someone_elses = ctx.output_dir / "notes.txt"
+    someone_elses.write_text("kept")
+    lines = salvage(ctx.work_dir)
+    assert any("kept its build.log" in line for line in lines), lines
+    manifest = validate(ctx.output_dir / MANIFEST_FILE)
+    assert manifest["status"] == "failed"
+    assert manifest["failure"]["step"] == "provision"
+    assert manifest["failure"]["error"] == DIED
+    assert manifest["logs"] == ["build.log"] and manifest["artifacts"] == []
+    assert manifest["steps"] == {"boot": 3.0}
+    log_text = (ctx.output_dir / "build.log").read_text()
+    assert log_text.startswith("12:00:00 INFO    ==> provision\n") and DIED in log_text
+    assert not half_written.exists() and someone_elses.read_text() == "kept"
+
+
+def test_a_build_that_died_before_its_first_record_leaves_nothing_to_salvage(
+    tmp_path: Path,
+) -> None:
+    from builder.salvage import salvage
+
+    (tmp_path / "work").mkdir()
+    assert salvage(tmp_path / "work") == []
