@@ -141,7 +141,7 @@ CASES = [
     Case("variable-without-value", {"t.toml": BASE + "[variables]\npw = { sensitive = true }\n"},
          ["variables.pw: no value; give it a default or pass --var pw=..."]),
     Case("bad-variable-table", {"t.toml": BASE + "[variables]\npw = { secret = true }\n"},
-         ["variables.pw.secret: Extra inputs are not permitted"]),
+         ["line 11: variables.pw.secret: unknown key"]),
     Case("var-for-undeclared-variable", {"t.toml": BASE}, ["--var nope: no variable 'nope'"],
          args=["--var", "nope=1"]),
     Case("malformed-var", {"t.toml": BASE}, ["--var expects NAME=VALUE, found 'nope'"],
@@ -150,7 +150,7 @@ CASES = [
          args=["--var-file", "vars.toml"], named=None),
     Case("var-file-with-a-table", {"t.toml": BASE + "[variables]\nx = 1\n",
                                    "vars.toml": "[x]\ny = 1\n"},
-         ["vars.toml: x: expected a plain value (text, number or boolean), found a table"],
+         ["vars.toml: line 1: x: expected a plain value (text, number or boolean), found a table"],
          args=["--var-file", "vars.toml"], named="vars.toml"),
     Case("missing-layer", {"t.toml": 'extends = ["gen3"]\n' + BASE},
          ["extends: layer 'gen3' not found (searched", "chain:"]),
@@ -163,7 +163,7 @@ CASES = [
          ["extends: expected a list of layer names or paths"]),
     Case("error-in-a-layer-names-the-layer", {"t.toml": 'extends = ["base.toml"]\n' + BASE,
                                              "base.toml": "[vm]\ncpu = 4\n"},
-         ["base.toml: vm.cpu: unknown key"], named="base.toml"),
+         ["base.toml: line 2: vm.cpu: unknown key"], named="base.toml"),
     Case("empty-output-formats", {"t.toml": BASE + "[output]\nformats = []\n"},
          ["output.formats: List should have at least 1 item"]),
     Case("template-does-not-exist", {}, ["the template file does not exist"]),
@@ -173,7 +173,7 @@ CASES = [
     Case("errors-in-two-layers-at-once",
          {"t.toml": 'extends = ["base.toml"]\n' + BASE + '[install]\ntimeout = "soon"\n',
           "base.toml": '[vm]\nfirmware = "efi"\n'},
-         ["(2 problems)", "base.toml: vm.firmware", "t.toml: install.timeout"]),
+         ["(2 problems)", "base.toml: line 2: vm.firmware", "t.toml: line 12: install.timeout"]),
 ]
 
 # A handful go through the installed console script in a real process.
