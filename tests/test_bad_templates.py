@@ -167,6 +167,54 @@ CASES = [
     Case("empty-output-formats", {"t.toml": BASE + "[output]\nformats = []\n"},
          ["output.formats: List should have at least 1 item"]),
     Case("template-does-not-exist", {}, ["the template file does not exist"]),
+    # Strict types: nothing is coerced between booleans, numbers and strings.
+    Case("boolean-as-port", {"t.toml": BASE + "[communicator]\nport = true\n"},
+         ["t.toml: line 11: communicator.port: expected a valid integer, found the boolean true"]),
+    Case("boolean-as-cpus", {"t.toml": BASE + "[vm]\ncpus = true\n"},
+         ["t.toml: line 11: vm.cpus: expected a valid integer, found the boolean true"]),
+    Case("number-in-a-string-as-cpus", {"t.toml": BASE + '[vm]\ncpus = "4"\n'},
+         ["line 11: vm.cpus: expected a valid integer, found '4'"]),
+    Case("string-as-boolean",
+         {"t.toml": BASE + '[[provision]]\ntype = "shell"\ninline = ["true"]\nsudo = "no"\n'},
+         ["t.toml: line 13: provision[0].sudo: expected a valid boolean, found 'no'"]),
+    Case("number-as-boolean", {"t.toml": BASE + "[azure.agent]\nenable_swap = 1\n"},
+         ["line 11: azure.agent.enable_swap: expected a valid boolean, found the number 1"]),
+    Case("number-as-string", {"t.toml": BASE + "[install]\nlocale = 5\n"},
+         ["line 11: install.locale: expected a valid string, found the number 5"]),
+    Case("integer-as-distro-version", {"t.toml": BASE.replace('version = "9"', "version = 9")},
+         ['line 9: distro.version: expected the version as a string (version = "9")']),
+    Case("decimal-size-unit", {"t.toml": BASE + '[vm]\ndisk_size = "10 GB"\n'},
+         ["line 11: vm.disk_size: decimal unit 'GB' in '10 GB'", "did you mean 10GiB?",
+          "Azure needs whole MiB"]),
+    Case("decimal-size-unit-in-a-layer", {"t.toml": 'extends = ["base.toml"]\n' + BASE,
+                                          "base.toml": '[vm]\n\nmemory = "2MB"\n'},
+         ["base.toml: line 3: vm.memory: decimal unit 'MB'", "did you mean 2MiB?"],
+         named="base.toml"),
+    Case("unknown-key-close-to-a-known-one", {"t.toml": BASE + '[vm]\nfirmwear = "uefi"\n'},
+         ["line 11: vm.firmwear: unknown key; did you mean 'firmware'?"]),
+    Case("unknown-key-in-a-provisioner",
+         {"t.toml": BASE + '[[provision]]\ntype = "shell"\ninlne = ["true"]\n'},
+         ["line 12: provision[0].inlne: unknown key; did you mean 'inline'?"]),
+    Case("unknown-top-level-table", {"t.toml": BASE + "[comunicator]\nport = 2222\n"},
+         ["line 10: comunicator: unknown key; did you mean 'communicator'?"]),
+    Case("unknown-key-in-an-inline-table",
+         {"t.toml": BASE + "[azure]\nagent = { enable_swp = false }\n"},
+         ["line 11: azure.agent.enable_swp: unknown key; did you mean 'enable_swap'?"]),
+    Case("undefined-variable-close-to-a-declared-one",
+         {"t.toml": BASE.replace('"https://example.org/demo.iso"', '"${var.iso_pth}"')
+          + '[variables]\niso_path = "x.iso"\n'},
+         ["line 4: source.iso: undefined variable 'iso_pth'; did you mean 'iso_path'?"]),
+    Case("var-with-a-typo", {"t.toml": BASE + "[variables]\ncpus = 2\n"},
+         ["--var cpu: no variable 'cpu'", "did you mean 'cpus'?"], args=["--var", "cpu=4"]),
+    Case("var-not-of-the-declared-type",
+         {"t.toml": BASE + '[variables]\ncpus = 2\n[vm]\ncpus = "${var.cpus}"\n'},
+         ["--var cpus: expected an integer (the type of the declared default 2), found 'many'"],
+         args=["--var", "cpus=many"], named=None),
+    Case("variable-of-the-wrong-type",
+         {"t.toml": BASE + '[variables]\nswap = "no"\n[azure.agent]\n'
+          'enable_swap = "${var.swap}"\n'},
+         ["line 13: azure.agent.enable_swap: expected a valid boolean, found 'no'"
+          " (the value of ${var.swap})"]),
     Case("two-errors-at-once",
          {"t.toml": BASE.replace('"rocky"', '"slackware"') + '[vm]\ncpus = "many"\n'},
          ["(2 problems)", "distro.name: unknown distro", "vm.cpus: expected a valid integer"]),
@@ -178,7 +226,8 @@ CASES = [
 
 # A handful go through the installed console script in a real process.
 SUBPROCESS = {"toml-syntax-error", "unknown-nested-key", "cyclic-extends",
-              "missing-provisioner-script", "two-errors-at-once", "unset-env-var"}
+              "missing-provisioner-script", "two-errors-at-once", "unset-env-var",
+              "string-as-boolean", "decimal-size-unit"}
 
 
 def _write(case: Case, directory: Path) -> Path:
