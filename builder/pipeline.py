@@ -98,16 +98,17 @@ def build(loaded: LoadedTemplate, options: BuildOptions) -> int:
         output_dir=output_directory(loaded, options),
         build_id=os.urandom(4).hex(),
     )
-    log.info("building %s (%s) with %s", template.name, distro.label, ctx.uri)
-    succeeded = False
-    with ExitStack() as stack:
-        stack.callback(_report_outcome, ctx, lambda: succeeded)
-        for name, step in steps.plan(ctx):
-            with ctx.timer.step(name):
-                step(ctx, stack)
-        succeeded = True
-    log.info("build %s finished; artifacts in %s\n%s", template.name, ctx.output_dir,
-             ctx.timer.table())
+    with azlog.build_scope(ctx.build_id, template.name):
+        log.info("building %s (%s) with %s", template.name, distro.label, ctx.uri)
+        succeeded = False
+        with ExitStack() as stack:
+            stack.callback(_report_outcome, ctx, lambda: succeeded)
+            for name, step in steps.plan(ctx):
+                with ctx.timer.step(name):
+                    step(ctx, stack)
+            succeeded = True
+        log.info("build %s finished; artifacts in %s\n%s", template.name, ctx.output_dir,
+                 ctx.timer.table())
     return 0
 
 

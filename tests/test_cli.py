@@ -157,8 +157,11 @@ def test_global_options_before_or_after_the_command(
     err = capsys.readouterr().err
     records = [json.loads(line) for line in err.splitlines()]  # JSON lines only
     assert any("traceback" in r for r in records)  # --debug took effect
+    problem = next(r for r in records if r.get("key") == "name")
+    assert problem["file"] == str(bad) and problem["line"] == 1
+    assert problem["message"] == "expected a valid string, found the number 1"
     assert records[-1]["level"] == "error"
-    assert "name: expected a valid string" in records[-1]["message"]
+    assert records[-1]["message"] == "1 of 1 templates are invalid"
 
 
 def test_text_logs_are_plain_when_not_on_a_terminal(
