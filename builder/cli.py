@@ -121,7 +121,7 @@ def _log_problems(template: str, exc: AzbuildError) -> None:
                   "key": problem.key, "line": problem.line}
         if problem.column is not None:
             fields["column"] = problem.column
-        log.error("%s", problem.message, extra=fields)
+        log.error("%s", problem, extra=fields)  # the message reads whole on its own
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
