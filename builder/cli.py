@@ -117,8 +117,10 @@ def _log_problems(template: str, exc: AzbuildError) -> None:
                                             "key": None, "line": None})
         return
     for problem in exc.details:
-        fields = {"template": template, "file": str(problem.file) if problem.file else None,
-                  "key": problem.key, "line": problem.line}
+        fields: dict[str, Any] = {
+            "template": template, "file": str(problem.file) if problem.file else None,
+            "key": problem.key, "line": problem.line,
+        }
         if problem.column is not None:
             fields["column"] = problem.column
         log.error("%s", problem, extra=fields)  # the message reads whole on its own
@@ -126,11 +128,45 @@ def _log_problems(template: str, exc: AzbuildError) -> None:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     loaded = _load(args, args.template)
+    if args.provenance:
+        from builder.provenance import format_provenance, provenance
+
+        origins = provenance(loaded)
+        if args.format == "json":
+            _out(json.dumps([o.as_dict() for o in origins], indent=2))
+        else:
+            _out(format_provenance(origins))
+        return EXIT_OK
     data = loaded.redacted_dict()
     if args.format == "json":
         _out(json.dumps(data, indent=2))
     else:
         _out(tomli_w.dumps(data).rstrip())
+    return EXIT_OK
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    from builder.template import available_layers, search_path_warnings
+
+    for warning in search_path_warnings():
+        log.warning("%s", warning)
+    layers = available_layers()
+    for layer in layers:
+        shadowing = layer.shadow_warning()
+        if shadowing is not None:
+            log.warning("%s", shadowing)
+    if args.json:
+        _out(json.dumps([{"name": layer.name, "file": str(layer.path),
+                          "description": layer.description,
+                          "shadows": [str(p) for p in layer.shadows]} for layer in layers],
+                        indent=2))
+        return EXIT_OK
+    rows = [("name", "file", "description")]
+    rows += [(layer.name, str(layer.path), layer.description) for layer in layers]
+    name_width = max(len(row[0]) for row in rows)
+    file_width = max(len(row[1]) for row in rows)
+    for name, file, description in rows:
+        _out(f"{name.ljust(name_width)}  {file.ljust(file_width)}  {description}".rstrip())
     return EXIT_OK
 
 
@@ -301,11 +337,17 @@ def build_parser() -> argparse.ArgumentParser:
     with_vars(p)
     p.add_argument("--format", choices=("toml", "json"), default="toml",
                    help="output format (default: toml)")
+    p.add_argument("--provenance", action="store_true",
+                   help="show which file (template, layer, var file), --var or default set"
+                        " each value")
 
     p = command("render", cmd_render, "write everything a build would feed the VM")
     p.add_argument("template")
     with_vars(p)
     p.add_argument("--out", required=True, metavar="DIR", help="directory to write into")
+
+    p = command("layers", cmd_layers, "list the layers `extends` can name")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     p = command("schema", cmd_schema, "print the template's JSON Schema")
     p = command("distros", cmd_distros, "list supported distros and versions")

@@ -65,10 +65,10 @@ class LoadedTemplate:
     sensitive_variables: set[str] = field(default_factory=set)
     warnings: list[str] = field(default_factory=list)
     # Provenance: the file that set each key, where each variable's value came from
-    # ("--var NAME", a var file, or the declaring file), and the keys that are exactly
-    # one `${var.NAME}` reference.
+    # (None for --var, else the var file or the file that declares its default), and the
+    # keys that are exactly one `${var.NAME}` reference.
     origins: dict[KeyPath, Path] = field(default_factory=dict)
-    variable_sources: dict[str, str] = field(default_factory=dict)
+    variable_sources: dict[str, Path | None] = field(default_factory=dict)
     references: dict[KeyPath, str] = field(default_factory=dict)
 
     def redacted_dict(self) -> dict[str, Any]:
@@ -190,11 +190,14 @@ def load_template(
         raise TemplateError(problems)
 
     declared, sensitive = _declared_variables(layers, problems)
-    overrides, override_origins, given_bases = _variable_overrides(var_files or [], problems)
+    overrides, override_origins, given_bases, override_files = _variable_overrides(
+        var_files or [], problems
+    )
     for name, text in (cli_vars or {}).items():
         overrides[name] = _typed_cli_value(name, text, declared, problems)
         override_origins[name] = f"--var {name}"
         given_bases[name] = Path.cwd()
+        override_files.pop(name, None)
     for name in overrides:
         if name not in declared:
             known = ", ".join(sorted(declared)) or "none"
@@ -213,8 +216,8 @@ def load_template(
     references: dict[KeyPath, str] = {}
     for layer in layers:
         data = {k: v for k, v in layer.data.items() if k not in ("extends", "variables")}
-        data = _anchor_given_paths(copy.deepcopy(data), values, given_bases)
         layer_refs: dict[KeyPath, str] = {}
+        data = _anchor_given_paths(copy.deepcopy(data), values, given_bases, layer_refs)
         data = _interpolate(data, values, layer.path, (), problems, refs=layer_refs)
         _resolve_paths(data, layer.path.parent)
         before = merged.get("provision")
@@ -251,8 +254,10 @@ def load_template(
             update={"output": template.output.model_copy(update={"directory": directory})}
         )
 
-    variable_sources = {name: str(where) for name, (_, where) in declared.items()}
-    variable_sources.update({name: override_origins[name] for name in overrides})
+    variable_sources: dict[str, Path | None] = {
+        name: where for name, (_, where) in declared.items()
+    }
+    variable_sources.update({name: override_files.get(name) for name in overrides})
     loaded = LoadedTemplate(
         template=template,
         path=path.resolve(),
@@ -455,6 +460,8 @@ def _merge(
             if isinstance(existing, list):
                 for item in value:
                     origins[("provision", len(existing))] = source
+                    if isinstance(item, dict):
+                        _record_origins(item, origins, source, ("provision", len(existing)))
                     existing.append(item)
                 continue
         if isinstance(value, dict) and isinstance(into.get(key), dict):
@@ -516,13 +523,28 @@ def _absolute(value: Any, base: Path, is_checksum: bool) -> Any:
     return value
 
 
+def _key_path_of(data: dict[str, Any], table: dict[str, Any], key: str) -> KeyPath:
+    """The key path of `table[key]` in one layer's data (a section or a provisioner)."""
+    for section, value in data.items():
+        if value is table:
+            return (section, key)
+    provisioners = data.get("provision")
+    for index, prov in enumerate(provisioners if isinstance(provisioners, list) else []):
+        if prov is table:
+            return ("provision", index, key)
+    return (key,)
+
+
 def _resolve_paths(data: dict[str, Any], base: Path) -> None:
     for table, key, is_checksum in _path_slots(data):
         table[key] = _absolute(table[key], base, is_checksum)
 
 
 def _anchor_given_paths(
-    data: dict[str, Any], values: dict[str, Any], bases: dict[str, Path]
+    data: dict[str, Any],
+    values: dict[str, Any],
+    bases: dict[str, Path],
+    refs: dict[KeyPath, str],
 ) -> dict[str, Any]:
     """A path key that is exactly `${var.NAME}`, NAME set by --var or --var-file, takes the
     value resolved against where it was given: the working directory for --var, the var
@@ -533,6 +555,7 @@ def _anchor_given_paths(
         if match and match.group(1) in bases and isinstance(values.get(match.group(1)), str):
             name = match.group(1)
             table[key] = _absolute(values[name], bases[name], is_checksum)
+            refs[_key_path_of(data, table, key)] = name
     return data
 
 
@@ -575,12 +598,13 @@ def _declared_variables(
 
 def _variable_overrides(
     var_files: list[Path], problems: list[Problem | str]
-) -> tuple[dict[str, Any], dict[str, str], dict[str, Path]]:
+) -> tuple[dict[str, Any], dict[str, str], dict[str, Path], dict[str, Path]]:
     """Values from --var-file files (later files win) and, per name, where each came from:
-    a label for messages and the directory its relative paths are resolved against."""
+    a label for messages, the directory its relative paths are resolved against, the file."""
     overrides: dict[str, Any] = {}
     origins: dict[str, str] = {}
     bases: dict[str, Path] = {}
+    files: dict[str, Path] = {}
     for var_file in var_files:
         if not var_file.is_file():
             what = "is a directory" if var_file.is_dir() else "not found"
@@ -599,7 +623,8 @@ def _variable_overrides(
                 overrides[name] = value
                 origins[name] = f"{var_file}: {name}"
                 bases[name] = var_file.resolve().parent
-    return overrides, origins, bases
+                files[name] = var_file.resolve()
+    return overrides, origins, bases, files
 
 
 def _variable_values(

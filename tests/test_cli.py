@@ -47,8 +47,8 @@ def _subcommands() -> dict[str, argparse.ArgumentParser]:
     raise AssertionError("no subcommands")
 
 
-COMMANDS = ["validate", "inspect", "schema", "distros", "build", "render", "convert", "check",
-            "gc"]
+COMMANDS = ["validate", "inspect", "layers", "schema", "distros", "build", "render", "convert",
+            "check", "gc"]
 
 
 def test_the_command_set() -> None:
