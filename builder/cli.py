@@ -110,7 +110,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _log_problems(template: str, exc: AzbuildError) -> None:
+def _log_problems(template: str | None, exc: AzbuildError) -> None:
     """One JSON record per problem, with `file`, `key` and `line` (null when not known)."""
     if not isinstance(exc, TemplateError):
         log.error("%s", exc.message, extra={"template": template, "file": template,
@@ -407,7 +407,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AzbuildError as exc:
         if args.debug:
             log.debug("traceback of the error below", exc_info=True)
-        _report(exc.message, exc.hint, log_format, _build_of(exc))
+        message = exc.message
+        if log_format == "json" and isinstance(exc, TemplateError):
+            # One record per problem, then the headline: no multi-line message.
+            _log_problems(getattr(args, "template", None), exc)
+            message = message.splitlines()[0].removesuffix(":")
+        _report(message, exc.hint, log_format, _build_of(exc))
         return exc.exit_code
     except KeyboardInterrupt as exc:
         _report("interrupted by Ctrl-C; cleaned up", None, log_format, _build_of(exc))

@@ -415,6 +415,19 @@ def test_validate_logs_one_json_record_per_problem(tmp_path: Path) -> None:
     assert f"{good}: valid (debian 12)" in proc.stdout
 
 
+def test_a_bad_template_for_any_command_is_one_json_record_per_problem(tmp_path: Path) -> None:
+    bad = tmp_path / "a.toml"
+    bad.write_text(DISK_BASE + '[vm]\ncpus = true\nmemory = "2GB"\n')
+    proc = _run_azbuild(["--log-format", "json", "inspect", str(bad)], tmp_path)
+    assert proc.returncode == 2
+    records = [json.loads(line) for line in proc.stderr.splitlines()]
+    assert [(r.get("key"), r.get("line")) for r in records] == [
+        ("vm.cpus", 10), ("vm.memory", 11), (None, None)
+    ]
+    assert "did you mean 2GiB?" in records[1]["message"]
+    assert records[-1]["message"] == "template is invalid (2 problems)"
+
+
 def test_validate_in_text_stays_readable(tmp_path: Path) -> None:
     bad = tmp_path / "a.toml"
     bad.write_text(DISK_BASE + "[vm]\ncpus = true\n")
