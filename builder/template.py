@@ -162,8 +162,11 @@ def available_layers() -> list[LayerInfo]:
     found: dict[str, list[Path]] = {}
     for directory in layer_search_path():
         for candidate in sorted(directory.glob("*.toml")) if directory.is_dir() else []:
-            if candidate.is_file():
-                found.setdefault(candidate.stem, []).append(candidate.resolve())
+            if not candidate.is_file():
+                continue
+            paths = found.setdefault(candidate.stem, [])
+            if candidate.resolve() not in paths:
+                paths.append(candidate.resolve())
     return [
         LayerInfo(name, paths[0], layer_description(paths[0]), tuple(paths[1:]))
         for name, paths in sorted(found.items())
@@ -385,11 +388,11 @@ def _find_layer(ref: str, declaring: Path, warnings: list[str]) -> Path | None:
         if not candidate.is_absolute():
             candidate = declaring.parent / candidate
         return candidate.resolve() if candidate.is_file() else None
-    found = [
-        (directory / f"{ref}.toml").resolve()
-        for directory in layer_search_path()
-        if (directory / f"{ref}.toml").is_file()
-    ]
+    found: list[Path] = []  # a directory listed twice finds the same file: once is enough
+    for directory in layer_search_path():
+        candidate = (directory / f"{ref}.toml").resolve()
+        if candidate.is_file() and candidate not in found:
+            found.append(candidate)
     if not found:
         return None
     warning = LayerInfo(ref, found[0], "", tuple(found[1:])).shadow_warning()

@@ -99,6 +99,19 @@ def test_a_missing_search_path_entry_is_a_warning_naming_it_and_the_variable(
         assert f"({LAYER_PATH_ENV}={missing}:{tmp_path})" in err
 
 
+def test_the_shipped_directory_on_the_path_shadows_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv(LAYER_PATH_ENV, str(shipped_layers_dir()))
+    template = tmp_path / "t.toml"
+    template.write_text('extends = ["gen2"]\n' + BASE)
+    assert main(["validate", str(template)]) == 0
+    assert main(["layers", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert "WARNING" not in err
+    assert all(layer["shadows"] == [] for layer in json.loads(out.split("\n", 1)[1]))
+
+
 def test_no_warning_without_shadowing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
