@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 import tomli_w
 
@@ -24,6 +24,7 @@ from builder.errors import (
     EXIT_TERMINATED,
     EXIT_USAGE,
     AzbuildError,
+    TemplateError,
     Terminated,
     UsageError,
 )
@@ -43,10 +44,13 @@ def _err(text: str) -> None:
     sys.stderr.flush()
 
 
-def _report(message: str, hint: str | None, log_format: str) -> None:
-    """Say what went wrong: a JSON line in JSON mode, red on a terminal, plain text otherwise."""
+def _report(
+    message: str, hint: str | None, log_format: str, fields: dict[str, Any] | None = None
+) -> None:
+    """Say what went wrong: a JSON line in JSON mode, red on a terminal, plain text otherwise.
+    `fields` go into the JSON line only (the build's id and name)."""
     if log_format == "json":
-        extra = {"hint": hint} if hint else {}
+        extra = {**(fields or {}), **({"hint": hint} if hint else {})}
         log.error("%s", message, extra=extra)
         return
     if sys.stderr.isatty():
@@ -95,20 +99,74 @@ def cmd_validate(args: argparse.Namespace) -> int:
             loaded = _load(args, path)
         except AzbuildError as exc:
             failures.append(f"{path}: {exc.message}")
+            if args.log_format == "json":
+                _log_problems(path, exc)
             continue
         _out(f"{path}: valid ({loaded.template.distro.name} {loaded.template.distro.version})")
+    if failures and args.log_format == "json":
+        raise UsageError(f"{len(failures)} of {len(args.templates)} templates are invalid")
     if failures:
         raise UsageError("\n".join(failures))
     return EXIT_OK
 
 
+def _log_problems(template: str | None, exc: AzbuildError) -> None:
+    """One JSON record per problem, with `file`, `key` and `line` (null when not known)."""
+    if not isinstance(exc, TemplateError):
+        log.error("%s", exc.message, extra={"template": template, "file": template,
+                                            "key": None, "line": None})
+        return
+    for problem in exc.details:
+        fields: dict[str, Any] = {
+            "template": template, "file": str(problem.file) if problem.file else None,
+            "key": problem.key, "line": problem.line,
+        }
+        if problem.column is not None:
+            fields["column"] = problem.column
+        log.error("%s", problem, extra=fields)  # the message reads whole on its own
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     loaded = _load(args, args.template)
+    if args.provenance:
+        from builder.provenance import format_provenance, provenance
+
+        origins = provenance(loaded)
+        if args.format == "json":
+            _out(json.dumps([o.as_dict() for o in origins], indent=2))
+        else:
+            _out(format_provenance(origins))
+        return EXIT_OK
     data = loaded.redacted_dict()
     if args.format == "json":
         _out(json.dumps(data, indent=2))
     else:
         _out(tomli_w.dumps(data).rstrip())
+    return EXIT_OK
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    from builder.template import available_layers, search_path_warnings
+
+    for warning in search_path_warnings():
+        log.warning("%s", warning)
+    layers = available_layers()
+    for layer in layers:
+        shadowing = layer.shadow_warning()
+        if shadowing is not None:
+            log.warning("%s", shadowing)
+    if args.json:
+        _out(json.dumps([{"name": layer.name, "file": str(layer.path),
+                          "description": layer.description,
+                          "shadows": [str(p) for p in layer.shadows]} for layer in layers],
+                        indent=2))
+        return EXIT_OK
+    rows = [("name", "file", "description")]
+    rows += [(layer.name, str(layer.path), layer.description) for layer in layers]
+    name_width = max(len(row[0]) for row in rows)
+    file_width = max(len(row[1]) for row in rows)
+    for name, file, description in rows:
+        _out(f"{name.ljust(name_width)}  {file.ljust(file_width)}  {description}".rstrip())
     return EXIT_OK
 
 
@@ -199,10 +257,47 @@ def cmd_gc(args: argparse.Namespace) -> int:
 # --- parser -------------------------------------------------------------------------------
 
 
+class CommandLineError(Exception):
+    """A command-line mistake found by argparse, reported in the chosen log format."""
+
+    def __init__(self, prog: str, message: str, usage: str) -> None:
+        super().__init__(message)
+        self.prog = prog
+        self.message = message
+        self.usage = usage
+
+
+class _Parser(argparse.ArgumentParser):
+    """Raises instead of printing and exiting, so `--log-format json` covers usage errors.
+    Subcommand parsers are of the same class (argparse uses the parent's type)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise CommandLineError(self.prog, message, self.format_usage())
+
+
+def _requested_log_format(argv: Sequence[str]) -> str:
+    """--log-format from a command line that argparse could not parse."""
+    for index, arg in enumerate(argv):
+        if arg == "--log-format" and index + 1 < len(argv):
+            return argv[index + 1]
+        if arg.startswith("--log-format="):
+            return arg.partition("=")[2]
+    return "text"
+
+
+def _report_command_line_error(exc: CommandLineError, log_format: str) -> None:
+    if log_format == "json":
+        azlog.setup(log_format="json")
+        log.error("%s: %s", exc.prog, exc.message, extra={"usage": exc.usage.strip()})
+        return
+    sys.stderr.write(exc.usage)  # argparse's own form: usage, then "prog: error: ..."
+    _err(f"{exc.prog}: error: {exc.message}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     # Accepted before and after the command. SUPPRESS keeps a subcommand's parser from
     # resetting what was given before the command (`azbuild --debug validate ...`).
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="debug logs, and a traceback with every error")
     common.add_argument("--log-format", choices=("text", "json"), default=argparse.SUPPRESS,
@@ -214,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--var-file", action="append", metavar="FILE.toml",
                        help="read variables from a TOML file (repeatable)")
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="azbuild", parents=[common],
         description="Build Azure-ready Linux images from declarative TOML templates.",
         epilog="exit codes: 0 success, 1 the work failed, 2 bad input, 130 Ctrl-C, 143 SIGTERM",
@@ -247,11 +342,17 @@ def build_parser() -> argparse.ArgumentParser:
     with_vars(p)
     p.add_argument("--format", choices=("toml", "json"), default="toml",
                    help="output format (default: toml)")
+    p.add_argument("--provenance", action="store_true",
+                   help="show which file (template, layer, var file), --var or default set"
+                        " each value")
 
     p = command("render", cmd_render, "write everything a build would feed the VM")
     p.add_argument("template")
     with_vars(p)
     p.add_argument("--out", required=True, metavar="DIR", help="directory to write into")
+
+    p = command("layers", cmd_layers, "list the layers `extends` can name")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     p = command("schema", cmd_schema, "print the template's JSON Schema")
     p.add_argument("--manifest", action="store_true",
@@ -275,6 +376,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _build_of(exc: BaseException) -> dict[str, Any]:
+    """The build_id and build_name an error of a build carries (see log.build_scope)."""
+    fields = getattr(exc, azlog.BUILD_ATTRIBUTE, None)
+    return dict(fields) if isinstance(fields, dict) else {}
+
+
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise Terminated()
 
@@ -283,7 +390,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse exits 2 on usage errors, 0 for --help and --version
+    except CommandLineError as exc:
+        given = sys.argv[1:] if argv is None else argv
+        _report_command_line_error(exc, _requested_log_format(given))
+        return EXIT_USAGE
+    except SystemExit as exc:  # --help and --version exit 0
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     # Both options default to SUPPRESS (see build_parser), so fill them in here.
     args.debug = getattr(args, "debug", False)
@@ -303,13 +414,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AzbuildError as exc:
         if args.debug:
             log.debug("traceback of the error below", exc_info=True)
-        _report(exc.message, exc.hint, log_format)
+        message = exc.message
+        if log_format == "json" and isinstance(exc, TemplateError):
+            # One record per problem, then the headline: no multi-line message.
+            _log_problems(getattr(args, "template", None), exc)
+            message = message.splitlines()[0].removesuffix(":")
+        _report(message, exc.hint, log_format, _build_of(exc))
         return exc.exit_code
-    except KeyboardInterrupt:
-        _report("interrupted by Ctrl-C; cleaned up", None, log_format)
+    except KeyboardInterrupt as exc:
+        _report("interrupted by Ctrl-C; cleaned up", None, log_format, _build_of(exc))
         return EXIT_INTERRUPTED
-    except Terminated:
-        _report("terminated by SIGTERM; cleaned up", None, log_format)
+    except Terminated as exc:
+        _report("terminated by SIGTERM; cleaned up", None, log_format, _build_of(exc))
         return EXIT_TERMINATED
     except Exception as exc:  # a bug: say so plainly, traceback only with --debug
         if args.debug:
@@ -318,6 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"internal error: {type(exc).__name__}: {exc}",
             "rerun with --debug for a traceback, and please report it",
             log_format,
+            _build_of(exc),
         )
         return EXIT_FAILED
     finally:

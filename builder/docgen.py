@@ -32,8 +32,12 @@ the guest is prepared for Azure (`[azure]`) and where the artifacts go
 
 Every default below lives in the models (`builder/models.py`); the JSON
 Schema (`azbuild schema`), `azbuild inspect` and this page all show the same
-values. Unknown keys are errors, so a typo never passes silently. A minimal
-template needs only `name`, `[source]` and `[distro]`:
+values. Unknown keys are errors (with a "did you mean" when a known key is
+close), so a typo never passes silently, and types are strict: nothing is
+converted between booleans, numbers and strings (`port = true`,
+`cpus = "4"`, `sudo = "no"` and `version = 9` are errors that name the file,
+line and key). A minimal template needs only `name`, `[source]` and
+`[distro]`:
 
 ```toml
 name = "rocky-9"
@@ -71,6 +75,14 @@ The shipped layers add choices on top of the defaults, never copies of them:
 | `gen2` | Azure Generation 2: `vm.firmware = "uefi"` |
 | `cloud-init` | `azure.provisioning = "cloud-init"`; resource disk and swap left to cloud-init |
 | `small-vm` | a small build VM (1GiB memory, 4GiB disk) for quick images and CI |
+
+`azbuild layers` lists every layer a name can refer to, with its file and
+description. A layer's description is the block of `#` comment lines at the
+top of its file; start your own layers with one. A layer in
+`AZBUILD_TEMPLATE_PATH` with the name of another (yours called `gen2`, say)
+is used instead of it, with a warning that names both files; an entry of
+`AZBUILD_TEMPLATE_PATH` that does not exist is a warning too.
+`azbuild inspect --provenance` shows which file set each value.
 
 How layers combine:
 
@@ -138,8 +150,10 @@ and an error for `build`.
 
 A *size* is a number of bytes or a number with a unit: `30GiB`, `512MiB`,
 `1.5GiB`, `4096`. Units: `B`, `KiB`, `MiB`, `GiB`, `TiB` (powers of 1024;
-`K`, `M`, `G`, `T` mean the same, as in qemu) and `KB`, `MB`, `GB`, `TB`
-(powers of 1000). Units are case-insensitive. `inspect` shows sizes in the
+`K`, `M`, `G`, `T` mean the same, as in qemu), case-insensitive. Decimal
+units (`kB`, `MB`, `GB`, `TB`) are refused: `"10GB"` would be 9765625KiB,
+not a whole MiB, which Azure needs; the error says
+`did you mean 10GiB? Azure needs whole MiB`. `inspect` shows sizes in the
 largest exact unit.
 
 A *duration* is a number of seconds or numbers with units, written

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -31,11 +33,31 @@ class UsageError(AzbuildError):
     exit_code = EXIT_USAGE
 
 
+@dataclass(frozen=True)
+class Problem:
+    """One problem in a template: what is wrong, and where (each part when known)."""
+
+    message: str
+    file: Path | None = None
+    key: str | None = None
+    line: int | None = None
+    column: int | None = None
+
+    def __str__(self) -> str:
+        parts = [str(self.file)] if self.file is not None else []
+        if self.line is not None:
+            parts.append(f"line {self.line}" + (f", column {self.column}" if self.column else ""))
+        if self.key is not None:
+            parts.append(self.key)
+        return ": ".join([*parts, self.message])
+
+
 class TemplateError(UsageError):
     """One or more problems in a template, all reported at once."""
 
-    def __init__(self, problems: Sequence[str], hint: str | None = None) -> None:
-        self.problems = list(problems)
+    def __init__(self, problems: Sequence[Problem | str], hint: str | None = None) -> None:
+        self.details = [p if isinstance(p, Problem) else Problem(p) for p in problems]
+        self.problems = [str(p) for p in self.details]
         count = len(self.problems)
         head = "template is invalid" if count == 1 else f"template is invalid ({count} problems)"
         super().__init__(head + ":\n" + "\n".join(f"  - {p}" for p in self.problems), hint)

@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from builder.redact import RedactingFilter
@@ -19,6 +20,44 @@ ROOT = "azbuild"
 LOGGER_TREES = (ROOT, "builder", "distros")
 log = logging.getLogger(ROOT)
 
+# Optional fields a record may carry, in the order JSON lines show them: a step's timing,
+# an error's hint, where a template problem is, the usage of a command-line mistake, and
+# the build a record belongs to.
+EXTRA_FIELDS = ("step", "seconds", "hint", "template", "file", "line", "column", "key",
+                "usage", "build_id", "build_name")
+
+# The build being run: (id, name). A ContextVar for the build's own thread, and a process
+# copy for the threads it starts (SSH heartbeat, libvirt events), which see a fresh context.
+_current_build: ContextVar[tuple[str, str] | None] = ContextVar("azbuild_build", default=None)
+_process_build: list[tuple[str, str]] = []
+BUILD_ATTRIBUTE = "azbuild_build"
+
+
+@contextmanager
+def build_scope(build_id: str, build_name: str) -> Iterator[None]:
+    """Every record logged inside carries `build_id` and `build_name`."""
+    token = _current_build.set((build_id, build_name))
+    _process_build.append((build_id, build_name))
+    try:
+        yield
+    except BaseException as exc:
+        # The CLI reports the error after the build has returned: tell it whose error it is.
+        setattr(exc, BUILD_ATTRIBUTE, {"build_id": build_id, "build_name": build_name})
+        raise
+    finally:
+        _process_build.pop()
+        _current_build.reset(token)
+
+
+class BuildFilter(logging.Filter):
+    """Adds the current build's id and name to each record (see build_scope)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        current = _current_build.get() or (_process_build[-1] if _process_build else None)
+        if current is not None and not hasattr(record, "build_id"):
+            record.build_id, record.build_name = current
+        return True
+
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
@@ -28,7 +67,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for key in ("step", "seconds", "hint"):
+        for key in EXTRA_FIELDS:
             if hasattr(record, key):
                 entry[key] = getattr(record, key)
         if record.exc_info and not record.exc_text:
@@ -53,6 +92,7 @@ def setup(debug: bool = False, log_format: str = "text") -> None:
                                                "%H:%M:%S"))
     handler.setLevel(logging.DEBUG if debug else logging.INFO)
     handler.addFilter(RedactingFilter())
+    handler.addFilter(BuildFilter())
     for name in LOGGER_TREES:
         tree = logging.getLogger(name)
         tree.handlers.clear()
@@ -67,6 +107,7 @@ def add_file_handler(path: str, mode: str = "a") -> logging.Handler:
     handler.setLevel(logging.DEBUG)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     handler.addFilter(RedactingFilter())
+    handler.addFilter(BuildFilter())
     for name in LOGGER_TREES:
         logging.getLogger(name).addHandler(handler)
     return handler

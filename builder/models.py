@@ -1,7 +1,8 @@
 """The template's models: every default lives here, and the JSON Schema comes from here.
 
-Models are frozen and reject unknown keys, so a typo is an error at load time,
-never a surprise mid-build.
+Models are frozen, reject unknown keys and are strict: no value is coerced between
+booleans, numbers and strings (`port = true`, `sudo = "no"` are errors), so a typo is
+an error at load time, never a surprise mid-build.
 """
 
 from __future__ import annotations
@@ -39,7 +40,12 @@ _CHECKSUM_RE = re.compile(r"^(sha256:[0-9a-fA-F]{64}|sha512:[0-9a-fA-F]{128}|fil
 
 
 class Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, strict=True)
+
+
+def _path_field(description: str) -> Any:
+    """An optional local path: TOML gives it as a string, which strict mode would refuse."""
+    return Field(None, strict=False, description=description)
 
 
 class Variable(Model):
@@ -66,8 +72,8 @@ class Source(Model):
         " (GNU or BSD format); required with `iso`, optional with `disk_image` (verified"
         " before the image is copied)",
     )
-    disk_image: Path | None = Field(
-        None, description="an existing disk image (qcow2, raw or VHD) to start from instead"
+    disk_image: Path | None = _path_field(
+        "an existing disk image (qcow2, raw or VHD) to start from instead"
     )
     installer_kernel: str | None = Field(
         None, description="path of the installer kernel inside the ISO (default: the distro's)"
@@ -117,7 +123,10 @@ class DistroRef(Model):
                 f" TOML number drops trailing zeros), found the number {value}"
             )
         if isinstance(value, int) and not isinstance(value, bool):
-            return str(value)
+            raise ValueError(
+                f'expected the version as a string (version = "{value}"), found the number'
+                f" {value}"
+            )
         return value
 
     @field_validator("version")
@@ -167,9 +176,7 @@ class Install(Model):
     """The unattended install from an ISO."""
 
     timeout: Duration = Field(3600.0, description="bound on the whole install")
-    answer_file: Path | None = Field(
-        None, description="your own answer-file template instead of the distro's"
-    )
+    answer_file: Path | None = _path_field("your own answer-file template instead of the distro's")
     kernel_args: list[str] = Field(
         default_factory=list, description="extra installer kernel arguments"
     )
@@ -216,11 +223,11 @@ class Communicator(Model):
     password: str | None = Field(
         None, description="log in with this password instead of the build's ephemeral key"
     )
-    private_key_file: Path | None = Field(
-        None, description="log in with this key instead of the build's ephemeral key"
+    private_key_file: Path | None = _path_field(
+        "log in with this key instead of the build's ephemeral key"
     )
-    host_key_file: Path | None = Field(
-        None, description="pin this public host key (for disk images that bring their own)"
+    host_key_file: Path | None = _path_field(
+        "pin this public host key (for disk images that bring their own)"
     )
     timeout: Duration = Field(1200.0, description="bound on the wait for SSH")
     port: Annotated[int, Field(ge=1, le=65535)] = Field(22, description="SSH port in the guest")
@@ -231,7 +238,7 @@ class ShellProvisioner(Model):
 
     type: Literal["shell"] = Field(description="the kind of provisioner")
     inline: list[str] | None = Field(None, description="commands, run one after the other")
-    script: Path | None = Field(None, description="a local script, uploaded and run")
+    script: Path | None = _path_field("a local script, uploaded and run")
     env: dict[str, str] = Field(default_factory=dict, description="environment variables")
     sudo: bool = Field(True, description="run as root through sudo")
     timeout: Duration = Field(7200.0, description="bound on this provisioner")
@@ -247,7 +254,7 @@ class FileProvisioner(Model):
     """Uploads a local file to the guest."""
 
     type: Literal["file"] = Field(description="the kind of provisioner")
-    source: Path = Field(description="the local file")
+    source: Path = Field(strict=False, description="the local file")
     destination: str = Field(description="absolute path in the guest")
     mode: str | None = Field(
         None, json_schema_extra={"pattern": _MODE_RE}, description="octal file mode, e.g. '0644'"

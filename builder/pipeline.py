@@ -127,21 +127,22 @@ def build(loaded: LoadedTemplate, options: BuildOptions) -> int:
         output_dir=output_directory(loaded, options),
         build_id=os.urandom(4).hex(),
     )
-    refuse_unsupported_uri(ctx.uri, os.geteuid())
-    succeeded = False
-    with ExitStack() as stack:
-        if options.log_file is not None:
-            ctx.log_files.append(_open_log_file(options.log_file, stack))
-        log.info("building %s (%s) with %s", template.name, distro.label, ctx.uri)
-        stack.callback(_report_outcome, ctx, lambda: succeeded)
-        for name, step in steps.plan(ctx):
-            ctx.step = name
-            salvage.record(ctx)  # what `azbuild gc` keeps should this process die here
-            with ctx.timer.step(name), _disk_full_is_said(name):
-                step(ctx, stack)
-        succeeded = True
-    log.info("build %s finished; artifacts in %s\n%s", template.name, ctx.output_dir,
-             ctx.timer.table())
+    with azlog.build_scope(ctx.build_id, template.name):
+        refuse_unsupported_uri(ctx.uri, os.geteuid())
+        succeeded = False
+        with ExitStack() as stack:
+            if options.log_file is not None:
+                ctx.log_files.append(_open_log_file(options.log_file, stack))
+            log.info("building %s (%s) with %s", template.name, distro.label, ctx.uri)
+            stack.callback(_report_outcome, ctx, lambda: succeeded)
+            for name, step in steps.plan(ctx):
+                ctx.step = name
+                salvage.record(ctx)  # what `azbuild gc` keeps should this process die here
+                with ctx.timer.step(name), _disk_full_is_said(name):
+                    step(ctx, stack)
+            succeeded = True
+        log.info("build %s finished; artifacts in %s\n%s", template.name, ctx.output_dir,
+                 ctx.timer.table())
     return 0
 
 

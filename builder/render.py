@@ -7,9 +7,11 @@ build generates fresh ones.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
+from builder.errors import UsageError
 from builder.fetch import is_url
 from builder.libvirt import (
     Disk,
@@ -56,7 +58,13 @@ def render(loaded: LoadedTemplate, out: Path) -> list[Path]:
     """Write the rendered files into `out` (created if needed); return their paths."""
     template = loaded.template
     distro = resolve(template.distro.name, template.distro.version)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(
+            f"cannot create the output directory {out}: {exc.strerror}",
+            hint="give --out a directory you can write to",
+        ) from None
     files: dict[str, str] = {}
     user = template.communicator.username
     uri = connection_uri(template.vm.connect)
@@ -108,10 +116,18 @@ def render(loaded: LoadedTemplate, out: Path) -> list[Path]:
     for name, text in files.items():
         path = out / name
         tmp = path.with_name(f".{name}.tmp")
-        tmp.write_text(redact(text))
-        if name.endswith(".sh"):
-            tmp.chmod(0o755)
-        os.replace(tmp, path)
+        try:
+            tmp.write_text(redact(text))
+            if name.endswith(".sh"):
+                tmp.chmod(0o755)
+            os.replace(tmp, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise UsageError(
+                f"cannot write {path}: {exc.strerror}",
+                hint="give --out a directory you can write to",
+            ) from None
         written.append(path)
     return written
 

@@ -8,22 +8,28 @@ know about where it came from. Every problem found is collected, so one run of
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import json
+import logging
 import os
 import re
 import tomllib
-from collections.abc import Iterator
+import typing
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from builder import redact
-from builder.errors import TemplateError
+from builder.errors import Problem, TemplateError
 from builder.models import Template, Variable
+from builder.toml_lines import KeyPath, line_of
+
+log = logging.getLogger(__name__)
 
 LAYER_PATH_ENV = "AZBUILD_TEMPLATE_PATH"
 _REF_RE = re.compile(r"\$\$\{|\$\{([^}]*)\}")
@@ -61,6 +67,12 @@ class LoadedTemplate:
     variables: dict[str, Any]
     sensitive_variables: set[str] = field(default_factory=set)
     warnings: list[str] = field(default_factory=list)
+    # Provenance: the file that set each key, where each variable's value came from
+    # (None for --var, else the var file or the file that declares its default), and the
+    # keys that are exactly one `${var.NAME}` reference.
+    origins: dict[KeyPath, Path] = field(default_factory=dict)
+    variable_sources: dict[str, Path | None] = field(default_factory=dict)
+    references: dict[KeyPath, str] = field(default_factory=dict)
 
     def redacted_dict(self) -> dict[str, Any]:
         """The resolved template as plain data, every secret masked."""
@@ -99,8 +111,69 @@ def layer_search_path() -> list[Path]:
     return [*extra, shipped_layers_dir()]
 
 
+def search_path_warnings() -> list[str]:
+    """One warning per AZBUILD_TEMPLATE_PATH entry that is not a directory."""
+    value = os.environ.get(LAYER_PATH_ENV, "")
+    return [
+        f"{LAYER_PATH_ENV} entry {entry} does not exist or is not a directory; layers are"
+        f" not searched there ({LAYER_PATH_ENV}={value})"
+        for entry in value.split(os.pathsep)
+        if entry and not Path(entry).is_dir()
+    ]
+
+
 def shipped_layer_names() -> list[str]:
     return sorted(p.stem for p in shipped_layers_dir().glob("*.toml"))
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """A layer `extends` can name: the file that wins, and the files of the same name it hides."""
+
+    name: str
+    path: Path
+    description: str
+    shadows: tuple[Path, ...] = ()
+
+    def shadow_warning(self) -> str | None:
+        if not self.shadows:
+            return None
+        hidden = ", ".join(str(p) for p in self.shadows)
+        return (
+            f"layer {self.name!r}: {self.path} shadows {hidden} (found first in"
+            f" {LAYER_PATH_ENV}); rename one of them if that is not what you want"
+        )
+
+
+def layer_description(path: Path) -> str:
+    """A layer's description: the comment lines at the top of its file, joined."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return ""
+    lines = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped.startswith("#"):
+            break
+        lines.append(stripped.lstrip("#").strip())
+    return " ".join(part for part in lines if part)
+
+
+def available_layers() -> list[LayerInfo]:
+    """Every layer name on the search path, the first file of each name winning, sorted."""
+    found: dict[str, list[Path]] = {}
+    for directory in layer_search_path():
+        for candidate in sorted(directory.glob("*.toml")) if directory.is_dir() else []:
+            if not candidate.is_file():
+                continue
+            paths = found.setdefault(candidate.stem, [])
+            if candidate.resolve() not in paths:
+                paths.append(candidate.resolve())
+    return [
+        LayerInfo(name, paths[0], layer_description(paths[0]), tuple(paths[1:]))
+        for name, paths in sorted(found.items())
+    ]
 
 
 def load_template(
@@ -110,40 +183,55 @@ def load_template(
 ) -> LoadedTemplate:
     """Load, layer, interpolate and validate a template; raise TemplateError with every problem."""
     path = Path(path)
-    problems: list[str] = []
+    problems: list[Problem | str] = []
     if not path.is_file():
         what = "is a directory" if path.is_dir() else "does not exist"
-        raise TemplateError([f"{path}: the template file {what}"])
+        raise TemplateError([Problem(f"the template file {what}", path)])
 
-    layers = _unique(_collect_layers(path.resolve(), [], problems))
+    warnings = search_path_warnings()
+    layers = _unique(_collect_layers(path.resolve(), [], problems, warnings))
+    for warning in warnings:
+        log.warning("%s", warning)
     if problems:
         raise TemplateError(problems)
 
     declared, sensitive = _declared_variables(layers, problems)
-    overrides, override_origins, given_bases = _variable_overrides(var_files or [], problems)
-    for name, value in (cli_vars or {}).items():
-        overrides[name] = value
+    overrides, override_origins, given_bases, override_files = _variable_overrides(
+        var_files or [], problems
+    )
+    for name, text in (cli_vars or {}).items():
+        overrides[name] = _typed_cli_value(name, text, declared, problems)
         override_origins[name] = f"--var {name}"
         given_bases[name] = Path.cwd()
+        override_files.pop(name, None)
     for name in overrides:
         if name not in declared:
             known = ", ".join(sorted(declared)) or "none"
-            problems.append(
-                f"{override_origins[name]}: no variable {name!r} is declared in {path}"
-                f" or its layers (declared: {known})"
-            )
+            problems.append(Problem(
+                f"no variable {name!r} is declared in {path} or its layers"
+                f"{_did_you_mean(name, declared)} (declared: {known})",
+                key=override_origins[name],
+            ))
     values = _variable_values(declared, overrides, problems)
     for name in sensitive:
         if name in values:
             redact.register(values[name])
 
     merged: dict[str, Any] = {}
-    origins: dict[tuple[Any, ...], Path] = {}
+    origins: dict[KeyPath, Path] = {}
+    references: dict[KeyPath, str] = {}
     for layer in layers:
         data = {k: v for k, v in layer.data.items() if k not in ("extends", "variables")}
-        data = _anchor_given_paths(copy.deepcopy(data), values, given_bases)
-        data = _interpolate(data, values, layer.path, (), problems)
+        layer_refs: dict[KeyPath, str] = {}
+        data = _anchor_given_paths(copy.deepcopy(data), values, given_bases, layer_refs)
+        data = _interpolate(data, values, layer.path, (), problems, refs=layer_refs)
         _resolve_paths(data, layer.path.parent)
+        before = merged.get("provision")
+        offset = len(before) if isinstance(before, list) else 0
+        for key_path, name in layer_refs.items():
+            if key_path[:1] == ("provision",) and len(key_path) > 1:
+                key_path = ("provision", int(key_path[1]) + offset, *key_path[2:])
+            references[key_path] = name
         _merge(merged, data, origins, layer.path, ())
     if isinstance(merged.get("name"), str) and _NAME_PLACEHOLDER not in merged["name"]:
         merged = _replace_name(merged, merged["name"])
@@ -162,7 +250,7 @@ def load_template(
     try:
         template = Template.model_validate(merged)
     except ValidationError as exc:
-        raise TemplateError(_describe_validation(exc, origins, path)) from None
+        raise TemplateError(_describe_validation(exc, origins, path, references)) from None
 
     output = merged.get("output")
     if not (isinstance(output, dict) and "directory" in output):
@@ -172,12 +260,20 @@ def load_template(
             update={"output": template.output.model_copy(update={"directory": directory})}
         )
 
+    variable_sources: dict[str, Path | None] = {
+        name: where for name, (_, where) in declared.items()
+    }
+    variable_sources.update({name: override_files.get(name) for name in overrides})
     loaded = LoadedTemplate(
         template=template,
         path=path.resolve(),
         layers=[layer.path for layer in layers],
         variables=values,
         sensitive_variables=sensitive,
+        warnings=warnings,
+        origins=origins,
+        variable_sources=variable_sources,
+        references=references,
     )
     return loaded
 
@@ -188,34 +284,36 @@ def check_local_inputs(loaded: LoadedTemplate, building: bool = False) -> list[s
     Returns warnings; raises TemplateError for missing inputs that must exist.
     """
     t = loaded.template
-    problems: list[str] = []
-    warnings: list[str] = []
-    where = loaded.path
+    problems: list[Problem | str] = []
+    source_problems: list[Problem] = []
+
+    def missing(loc: KeyPath, value: object) -> Problem:
+        where = _origin(loc, loaded.origins) or loaded.path
+        return _problem(where, loc, f"file not found: {value}")
+
     for index, prov in enumerate(t.provision):
         for key in _PROVISIONER_PATH_KEYS:
             value = getattr(prov, key, None)
             if isinstance(value, Path) and not value.exists():
-                problems.append(
-                    f"{where}: provision[{index}].{key}: file not found: {value}"
-                )
+                problems.append(missing(("provision", index, key), value))
     for section, key in sorted(_PATH_KEYS - {("source", "disk_image")}):
         value = getattr(getattr(t, section), key)
         if isinstance(value, Path) and not value.exists():
-            problems.append(f"{where}: {section}.{key}: file not found: {value}")
-    source_problems: list[str] = []
+            problems.append(missing((section, key), value))
     if t.source.disk_image is not None and not t.source.disk_image.exists():
-        source_problems.append(f"{where}: source.disk_image: file not found: {t.source.disk_image}")
+        source_problems.append(missing(("source", "disk_image"), t.source.disk_image))
     if t.source.iso is not None and not _is_url(t.source.iso) and not Path(t.source.iso).exists():
-        source_problems.append(f"{where}: source.iso: file not found: {t.source.iso}")
+        source_problems.append(missing(("source", "iso"), t.source.iso))
     checksum = t.source.checksum or ""
     if checksum.startswith("file:") and not _is_url(checksum[5:]) and not Path(
         checksum[5:]
     ).exists():
-        source_problems.append(f"{where}: source.checksum: file not found: {checksum[5:]}")
+        source_problems.append(missing(("source", "checksum"), checksum[5:]))
+    warnings: list[str] = []
     if building:
         problems.extend(source_problems)
     else:
-        warnings.extend(p + " (needed at build time)" for p in source_problems)
+        warnings.extend(f"{p} (needed at build time)" for p in source_problems)
     if problems:
         raise TemplateError(problems)
     loaded.warnings.extend(warnings)
@@ -225,24 +323,24 @@ def check_local_inputs(loaded: LoadedTemplate, building: bool = False) -> list[s
 # --- layers -------------------------------------------------------------------------------
 
 
-def _read_toml(path: Path, problems: list[str]) -> dict[str, Any] | None:
+def _read_toml(path: Path, problems: list[Problem | str]) -> dict[str, Any] | None:
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        problems.append(f"{path}: cannot read: {exc.strerror}")
+        problems.append(Problem(f"cannot read: {exc.strerror}", path))
         return None
     if b"\x00" in raw:
-        problems.append(f"{path}: not a TOML file (it contains binary data)")
+        problems.append(Problem("not a TOML file (it contains binary data)", path))
         return None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        problems.append(f"{path}: not a TOML file (invalid UTF-8 at byte {exc.start})")
+        problems.append(Problem(f"not a TOML file (invalid UTF-8 at byte {exc.start})", path))
         return None
     if not text.strip():
-        problems.append(
-            f"{path}: the file is empty; a template needs at least name, source and distro"
-        )
+        problems.append(Problem(
+            "the file is empty; a template needs at least name, source and distro", path
+        ))
         return None
     try:
         return tomllib.loads(text)
@@ -254,7 +352,7 @@ def _read_toml(path: Path, problems: list[str]) -> dict[str, Any] | None:
 _TOML_POSITION_RE = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
 
 
-def _describe_syntax_error(path: Path, text: str, message: str) -> str:
+def _describe_syntax_error(path: Path, text: str, message: str) -> Problem:
     """'file: line L, column C: TOML syntax error: <expected>, found <what is there>'.
 
     The offending line itself is not quoted: it may hold a secret not yet registered.
@@ -263,15 +361,15 @@ def _describe_syntax_error(path: Path, text: str, message: str) -> str:
     if match is None:  # "(at end of document)" or a message without a position
         head = message.replace(" (at end of document)", "")
         lines = text.splitlines() or [""]
-        return (
-            f"{path}: line {len(lines)}, column {len(lines[-1]) + 1}: TOML syntax error: "
-            f"{_lower_first(head)}, found the end of the file"
+        return Problem(
+            f"TOML syntax error: {_lower_first(head)}, found the end of the file",
+            path, line=len(lines), column=len(lines[-1]) + 1,
         )
     line, column = int(match.group(1)), int(match.group(2))
     head = message[: match.start()]
-    where = f"{path}: line {line}, column {column}: TOML syntax error: {_lower_first(head)}"
+    where = f"TOML syntax error: {_lower_first(head)}"
     if head.startswith("Cannot"):  # "cannot overwrite a value": the position says enough
-        return where
+        return Problem(where, path, line=line, column=column)
     lines = text.split("\n")
     offset = sum(len(row) + 1 for row in lines[: line - 1]) + column - 1
     if offset >= len(text):
@@ -280,31 +378,39 @@ def _describe_syntax_error(path: Path, text: str, message: str) -> str:
         found = "the end of the line"
     else:
         found = repr(text[offset])
-    return f"{where}, found {found}"
+    return Problem(f"{where}, found {found}", path, line=line, column=column)
 
 
 def _lower_first(text: str) -> str:
     return text[:1].lower() + text[1:]
 
 
-def _find_layer(ref: str, declaring: Path) -> Path | None:
+def _find_layer(ref: str, declaring: Path, warnings: list[str]) -> Path | None:
     if "/" in ref or ref.endswith(".toml"):
         candidate = Path(ref).expanduser()
         if not candidate.is_absolute():
             candidate = declaring.parent / candidate
         return candidate.resolve() if candidate.is_file() else None
+    found: list[Path] = []  # a directory listed twice finds the same file: once is enough
     for directory in layer_search_path():
-        candidate = directory / f"{ref}.toml"
-        if candidate.is_file():
-            return candidate.resolve()
-    return None
+        candidate = (directory / f"{ref}.toml").resolve()
+        if candidate.is_file() and candidate not in found:
+            found.append(candidate)
+    if not found:
+        return None
+    warning = LayerInfo(ref, found[0], "", tuple(found[1:])).shadow_warning()
+    if warning is not None and warning not in warnings:
+        warnings.append(warning)
+    return found[0]
 
 
-def _collect_layers(path: Path, chain: list[Path], problems: list[str]) -> list[Layer]:
+def _collect_layers(
+    path: Path, chain: list[Path], problems: list[Problem | str], warnings: list[str]
+) -> list[Layer]:
     """Depth-first: a file's layers come before the file itself."""
     if path in chain:
         cycle = " -> ".join(str(p) for p in [*chain[chain.index(path):], path])
-        problems.append(f"{chain[-1]}: extends: cycle: {cycle}")
+        problems.append(_problem(chain[-1], ("extends",), f"cycle: {cycle}"))
         return []
     data = _read_toml(path, problems)
     if data is None:
@@ -313,11 +419,11 @@ def _collect_layers(path: Path, chain: list[Path], problems: list[str]) -> list[
     if isinstance(extends, str):
         extends = [extends]
     if not isinstance(extends, list) or not all(isinstance(e, str) for e in extends):
-        problems.append(f"{path}: extends: expected a list of layer names or paths")
+        problems.append(_problem(path, ("extends",), "expected a list of layer names or paths"))
         return [Layer(path, data)]
     layers: list[Layer] = []
     for ref in extends:
-        found = _find_layer(ref, path)
+        found = _find_layer(ref, path, warnings)
         if found is None:
             via = " -> ".join(str(p) for p in [*chain, path])
             searched = ", ".join(str(d) for d in layer_search_path())
@@ -325,9 +431,11 @@ def _collect_layers(path: Path, chain: list[Path], problems: list[str]) -> list[
                 f"relative to {path.parent}" if ("/" in ref or ref.endswith(".toml"))
                 else f"searched {searched}"
             )
-            problems.append(f"{path}: extends: layer {ref!r} not found ({hint}); chain: {via}")
+            problems.append(
+                _problem(path, ("extends",), f"layer {ref!r} not found ({hint}); chain: {via}")
+            )
             continue
-        layers.extend(_collect_layers(found, [*chain, path], problems))
+        layers.extend(_collect_layers(found, [*chain, path], problems, warnings))
     layers.append(Layer(path, data))
     return layers
 
@@ -358,6 +466,8 @@ def _merge(
             if isinstance(existing, list):
                 for item in value:
                     origins[("provision", len(existing))] = source
+                    if isinstance(item, dict):
+                        _record_origins(item, origins, source, ("provision", len(existing)))
                     existing.append(item)
                 continue
         if isinstance(value, dict) and isinstance(into.get(key), dict):
@@ -419,13 +529,28 @@ def _absolute(value: Any, base: Path, is_checksum: bool) -> Any:
     return value
 
 
+def _key_path_of(data: dict[str, Any], table: dict[str, Any], key: str) -> KeyPath:
+    """The key path of `table[key]` in one layer's data (a section or a provisioner)."""
+    for section, value in data.items():
+        if value is table:
+            return (section, key)
+    provisioners = data.get("provision")
+    for index, prov in enumerate(provisioners if isinstance(provisioners, list) else []):
+        if prov is table:
+            return ("provision", index, key)
+    return (key,)
+
+
 def _resolve_paths(data: dict[str, Any], base: Path) -> None:
     for table, key, is_checksum in _path_slots(data):
         table[key] = _absolute(table[key], base, is_checksum)
 
 
 def _anchor_given_paths(
-    data: dict[str, Any], values: dict[str, Any], bases: dict[str, Path]
+    data: dict[str, Any],
+    values: dict[str, Any],
+    bases: dict[str, Path],
+    refs: dict[KeyPath, str],
 ) -> dict[str, Any]:
     """A path key that is exactly `${var.NAME}`, NAME set by --var or --var-file, takes the
     value resolved against where it was given: the working directory for --var, the var
@@ -436,6 +561,7 @@ def _anchor_given_paths(
         if match and match.group(1) in bases and isinstance(values.get(match.group(1)), str):
             name = match.group(1)
             table[key] = _absolute(values[name], bases[name], is_checksum)
+            refs[_key_path_of(data, table, key)] = name
     return data
 
 
@@ -443,13 +569,13 @@ def _anchor_given_paths(
 
 
 def _declared_variables(
-    layers: list[Layer], problems: list[str]
+    layers: list[Layer], problems: list[Problem | str]
 ) -> tuple[dict[str, tuple[Variable, Path]], set[str]]:
     declared: dict[str, tuple[Variable, Path]] = {}
     for layer in layers:
         table = layer.data.get("variables", {})
         if not isinstance(table, dict):
-            problems.append(f"{layer.path}: variables: expected a table")
+            problems.append(_problem(layer.path, ("variables",), "expected a table"))
             continue
         for name, spec in table.items():
             if isinstance(spec, dict):
@@ -457,18 +583,16 @@ def _declared_variables(
                     var = Variable.model_validate(spec)
                 except ValidationError as exc:
                     for err in exc.errors():
-                        loc = ".".join(str(p) for p in err["loc"])
-                        problems.append(
-                            f"{layer.path}: variables.{name}.{loc}: {err['msg']}"
-                        )
+                        loc = ("variables", name, *err["loc"])
+                        problems.append(_problem(layer.path, loc, _error_message(err, Variable)))
                     continue
             elif isinstance(spec, (str, int, float, bool)):
                 var = Variable(default=spec)
             else:
-                problems.append(
-                    f"{layer.path}: variables.{name}: expected a value or a table "
-                    "{ default, sensitive, description }"
-                )
+                problems.append(_problem(
+                    layer.path, ("variables", name),
+                    "expected a value or a table { default, sensitive, description }",
+                ))
                 continue
             previous = declared.get(name)
             if previous is not None and previous[0].sensitive and not var.sensitive:
@@ -479,38 +603,40 @@ def _declared_variables(
 
 
 def _variable_overrides(
-    var_files: list[Path], problems: list[str]
-) -> tuple[dict[str, Any], dict[str, str], dict[str, Path]]:
+    var_files: list[Path], problems: list[Problem | str]
+) -> tuple[dict[str, Any], dict[str, str], dict[str, Path], dict[str, Path]]:
     """Values from --var-file files (later files win) and, per name, where each came from:
-    a label for messages and the directory its relative paths are resolved against."""
+    a label for messages, the directory its relative paths are resolved against, the file."""
     overrides: dict[str, Any] = {}
     origins: dict[str, str] = {}
     bases: dict[str, Path] = {}
+    files: dict[str, Path] = {}
     for var_file in var_files:
         if not var_file.is_file():
             what = "is a directory" if var_file.is_dir() else "not found"
-            problems.append(f"--var-file {var_file}: file {what}")
+            problems.append(Problem(f"file {what}", key=f"--var-file {var_file}"))
             continue
         data = _read_toml(var_file, problems)
         if data is None:
             continue
         for name, value in data.items():
             if isinstance(value, (dict, list)):
-                problems.append(
-                    f"{var_file}: {name}: expected a plain value (text, number or boolean),"
-                    f" found a {'table' if isinstance(value, dict) else 'list'}"
-                )
+                problems.append(_problem(
+                    var_file, (name,), "expected a plain value (text, number or boolean),"
+                    f" found a {'table' if isinstance(value, dict) else 'list'}",
+                ))
             else:
                 overrides[name] = value
                 origins[name] = f"{var_file}: {name}"
                 bases[name] = var_file.resolve().parent
-    return overrides, origins, bases
+                files[name] = var_file.resolve()
+    return overrides, origins, bases, files
 
 
 def _variable_values(
     declared: dict[str, tuple[Variable, Path]],
     overrides: dict[str, Any],
-    problems: list[str],
+    problems: list[Problem | str],
 ) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for name, (var, where) in declared.items():
@@ -518,9 +644,9 @@ def _variable_values(
             values[name] = overrides[name]
             continue
         if var.default is None:
-            problems.append(
-                f"{where}: variables.{name}: no value; give it a default or pass --var {name}=..."
-            )
+            problems.append(_problem(
+                where, ("variables", name), f"no value; give it a default or pass --var {name}=..."
+            ))
             continue
         value = var.default
         if isinstance(value, str):
@@ -529,63 +655,109 @@ def _variable_values(
     return values
 
 
+def _typed_cli_value(
+    name: str,
+    text: str,
+    declared: dict[str, tuple[Variable, Path]],
+    problems: list[Problem | str],
+) -> Any:
+    """A --var value is text; it takes the type of the variable's declared default, so that
+    `--var cpus=8` sets a number where `cpus = 4` is declared. Nothing else is converted."""
+    default = declared[name][0].default if name in declared else None
+    if isinstance(default, bool):
+        if text in ("true", "false"):
+            return text == "true"
+        expected = "true or false"
+    elif isinstance(default, int):
+        if re.fullmatch(r"[+-]?\d+", text.strip()):
+            return int(text)
+        expected = "an integer"
+    elif isinstance(default, float):
+        try:
+            return float(text)
+        except ValueError:
+            expected = "a number"
+    else:
+        return text
+    shown = redact.MASK if declared[name][0].sensitive else repr(text)
+    problems.append(Problem(
+        f"expected {expected} (the type of the declared default {default!r}), found {shown}",
+        key=f"--var {name}",
+    ))
+    return text
+
+
+def _did_you_mean(name: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _problem(file: Path, key_path: KeyPath, message: str) -> Problem:
+    """A problem at a key of a file, with the line the key is written on when it is there."""
+    return Problem(message, file, _dotted(key_path), line_of(file, key_path))
+
+
 def _interpolate(
     data: Any,
     values: dict[str, Any],
     where: Path,
     key_path: tuple[Any, ...],
-    problems: list[str],
+    problems: list[Problem | str],
     env_only: bool = False,
+    refs: dict[KeyPath, str] | None = None,
 ) -> Any:
+    """Substitute references; `refs` collects the keys that are exactly one ${var.NAME}."""
     if isinstance(data, dict):
         return {
-            k: _interpolate(v, values, where, (*key_path, k), problems, env_only)
+            k: _interpolate(v, values, where, (*key_path, k), problems, env_only, refs)
             for k, v in data.items()
         }
     if isinstance(data, list):
         return [
-            _interpolate(v, values, where, (*key_path, i), problems, env_only)
+            _interpolate(v, values, where, (*key_path, i), problems, env_only, refs)
             for i, v in enumerate(data)
         ]
     if not isinstance(data, str) or "${" not in data:
         return data
-
-    dotted = _dotted(key_path)
 
     def lookup(ref: str) -> Any:
         kind, _, name = ref.partition(".")
         if kind == "env" and name:
             if name not in os.environ:
                 problems.append(
-                    f"{where}: {dotted}: environment variable {name} is not set"
+                    _problem(where, key_path, f"environment variable {name} is not set")
                 )
                 return ""
             return os.environ[name]
         if kind == "var" and name and not env_only:
             if name not in values:
                 known = ", ".join(sorted(values)) or "none"
-                problems.append(
-                    f"{where}: {dotted}: undefined variable {name!r} (declared: {known})"
-                )
+                problems.append(_problem(
+                    where, key_path, f"undefined variable {name!r}"
+                    f"{_did_you_mean(name, values)} (declared: {known})",
+                ))
                 return ""
             return values[name]
         if ref == "name" and not env_only:
             return _NAME_PLACEHOLDER  # filled in once the merged name is known
         if env_only and (kind == "var" or ref == "name"):
-            problems.append(
-                f"{where}: {dotted}: a variable's default can use only ${{env.NAME}},"
-                f" found ${{{ref}}}"
-            )
+            problems.append(_problem(
+                where, key_path,
+                f"a variable's default can use only ${{env.NAME}}, found ${{{ref}}}",
+            ))
             return ""
-        problems.append(
-            f"{where}: {dotted}: unknown reference ${{{ref}}}; use ${{var.NAME}}, "
-            "${env.NAME} or ${name}"
-        )
+        problems.append(_problem(
+            where, key_path,
+            f"unknown reference ${{{ref}}}; use ${{var.NAME}}, ${{env.NAME}} or ${{name}}",
+        ))
         return ""
 
     whole = re.fullmatch(r"\$\{([^}]*)\}", data)
     if whole:
-        return lookup(whole.group(1).strip())
+        ref = whole.group(1).strip()
+        if refs is not None and ref.startswith("var."):
+            refs[key_path] = ref.removeprefix("var.")
+        return lookup(ref)
 
     def substitute(match: re.Match[str]) -> str:
         if match.group(0) == "$${":
@@ -624,9 +796,12 @@ def _dotted(key_path: tuple[Any, ...]) -> str:
 
 
 def _describe_validation(
-    exc: ValidationError, origins: dict[tuple[Any, ...], Path], fallback: Path
-) -> list[str]:
-    problems = []
+    exc: ValidationError,
+    origins: dict[KeyPath, Path],
+    fallback: Path,
+    references: dict[KeyPath, str],
+) -> list[Problem | str]:
+    problems: list[Problem | str] = []
     for err in exc.errors():
         # Drop the discriminator tag pydantic inserts for tagged unions ("shell", "file", ...).
         loc = tuple(
@@ -635,32 +810,67 @@ def _describe_validation(
                     and p in ("shell", "file", "reboot"))
         )
         where = _origin(loc, origins) or fallback
-        message = err["msg"].removeprefix("Value error, ")
-        if message.startswith("Input should be "):
-            message = "expected " + message.removeprefix("Input should be ")
-        kind = err["type"]
-        if kind == "extra_forbidden":
-            message = "unknown key"
-        elif kind == "missing":
-            message = "required key is missing"
-        elif kind == "union_tag_invalid":
-            message = (
-                "unknown provisioner type; expected 'shell', 'file' or 'reboot',"
-                f" found {err.get('ctx', {}).get('tag')!r}"
-            )
-        elif kind == "union_tag_not_found":
-            message = "a provisioner needs `type` ('shell', 'file' or 'reboot')"
-        elif kind == "literal_error":
-            expected = err.get("ctx", {}).get("expected", "")
-            message = f"expected one of {expected}"
-        found = err.get("input")
-        detail = f"{where}: {_dotted(loc)}: {message}"
-        if kind not in ("missing", "extra_forbidden") and "found " not in message:
-            found_text = _kind_of(found)
-            if found_text not in message:  # some validators quote the value already
-                detail += f", found {found_text}"
-        problems.append(redact.redact(detail))
+        message = _error_message(err, Template)
+        if loc in references:
+            message += f" (the value of ${{var.{references[loc]}}})"
+        problems.append(_problem(where, loc, redact.redact(message)))
     return problems
+
+
+def _error_message(err: Any, root: type[BaseModel]) -> str:
+    """A pydantic error in our words: what was expected, and what was found."""
+    message: str = err["msg"].removeprefix("Value error, ")
+    if message.startswith("Input should be "):
+        message = "expected " + message.removeprefix("Input should be ")
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        key = str(err["loc"][-1])
+        return "unknown key" + _did_you_mean(key, _known_keys(root, tuple(err["loc"][:-1])))
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "union_tag_invalid":
+        message = (
+            "unknown provisioner type; expected 'shell', 'file' or 'reboot',"
+            f" found {err.get('ctx', {}).get('tag')!r}"
+        )
+    elif kind == "union_tag_not_found":
+        message = "a provisioner needs `type` ('shell', 'file' or 'reboot')"
+    elif kind == "literal_error":
+        expected = err.get("ctx", {}).get("expected", "")
+        message = f"expected one of {expected}"
+    if "found " not in message:
+        found_text = _kind_of(err.get("input"))
+        if found_text not in message:  # some validators quote the value already
+            message += f", found {found_text}"
+    return message
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The models an annotation can hold: `X`, `X | None`, `list[X]`, `Annotated[A | B, ...]`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+
+
+def _known_keys(root: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The keys allowed in the table at `loc` (a pydantic location), for "did you mean"."""
+    candidates = [root]
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        holding = [m for m in candidates if part in m.model_fields]
+        if holding:
+            candidates = _models_in(holding[0].model_fields[part].annotation)
+            continue
+        tagged = [  # a tagged union's tag: the provisioner whose `type` is `part`
+            m for m in candidates
+            if "type" in m.model_fields
+            and part in typing.get_args(m.model_fields["type"].annotation)
+        ]
+        if tagged:
+            candidates = tagged
+        # otherwise a key of a table of models (variables.NAME): same candidates
+    return sorted({key for model in candidates for key in model.model_fields})
 
 
 def _kind_of(value: Any) -> str:

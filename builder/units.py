@@ -15,8 +15,9 @@ TiB = 1024**4
 _SIZE_UNITS = {
     "": 1, "b": 1,
     "k": KiB, "kib": KiB, "m": MiB, "mib": MiB, "g": GiB, "gib": GiB, "t": TiB, "tib": TiB,
-    "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
 }
+# Decimal units are refused: "10GB" is 9765625KiB, not a whole MiB, which Azure needs.
+_DECIMAL_UNITS = {"kb": "KiB", "mb": "MiB", "gb": "GiB", "tb": "TiB"}
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -24,7 +25,8 @@ _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 
 
 def parse_size(value: object) -> int:
-    """'30GiB' -> bytes. Plain integers are bytes. K/M/G/T mean KiB/MiB/GiB/TiB, as in qemu."""
+    """'30GiB' -> bytes. Plain integers are bytes. K/M/G/T mean KiB/MiB/GiB/TiB, as in qemu;
+    decimal units (kB, MB, GB, TB) are refused with the binary unit to use instead."""
     if isinstance(value, bool):
         raise ValueError(f"expected a size such as '30GiB', found {value!r}")
     if isinstance(value, int):
@@ -39,6 +41,12 @@ def parse_size(value: object) -> int:
     if not match:
         raise ValueError(f"expected a size such as '30GiB' or '512MiB', found {value!r}")
     number, unit = match.groups()
+    binary = _DECIMAL_UNITS.get(unit.lower())
+    if binary is not None:
+        raise ValueError(
+            f"decimal unit {unit!r} in {value!r}: sizes use binary units; did you mean"
+            f" {number}{binary}? Azure needs whole MiB"
+        )
     factor = _SIZE_UNITS.get(unit.lower())
     if factor is None:
         raise ValueError(
@@ -107,7 +115,7 @@ def _duration_validator(value: Any) -> float:
 # JSON Schema patterns accepting what the parsers accept (JSON Schema regexes have no
 # case-insensitive flag, hence the character classes). "format" marks the kind of value
 # for the schema's readers (docgen, editors); validators ignore unknown formats.
-SIZE_PATTERN = r"^\s*\d+(\.\d+)?\s*([KkMmGgTt]([Ii]?[Bb])?|[Bb])?\s*$"
+SIZE_PATTERN = r"^\s*\d+(\.\d+)?\s*([KkMmGgTt]([Ii][Bb])?|[Bb])?\s*$"
 DURATION_PATTERN = r"^\s*(\d+(\.\d+)?|(\d+(\.\d+)?\s*(ms|s|m|h|d)\s*)+)$"
 SIZE_FORMAT = "size"
 DURATION_FORMAT = "duration"

@@ -12,6 +12,7 @@ import sys
 import textwrap
 import time
 import tomllib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import jsonschema
@@ -46,8 +47,8 @@ def _subcommands() -> dict[str, argparse.ArgumentParser]:
     raise AssertionError("no subcommands")
 
 
-COMMANDS = ["validate", "inspect", "schema", "distros", "build", "render", "convert", "check",
-            "gc"]
+COMMANDS = ["validate", "inspect", "layers", "schema", "distros", "build", "render", "convert",
+            "check", "gc"]
 
 
 def test_the_command_set() -> None:
@@ -157,8 +158,11 @@ def test_global_options_before_or_after_the_command(
     err = capsys.readouterr().err
     records = [json.loads(line) for line in err.splitlines()]  # JSON lines only
     assert any("traceback" in r for r in records)  # --debug took effect
+    problem = next(r for r in records if r.get("key") == "name")
+    assert problem["file"] == str(bad) and problem["line"] == 1
+    assert problem["message"] == f"{bad}: line 1: name: expected a valid string, found the number 1"
     assert records[-1]["level"] == "error"
-    assert "name: expected a valid string" in records[-1]["message"]
+    assert records[-1]["message"] == "1 of 1 templates are invalid"
 
 
 def test_text_logs_are_plain_when_not_on_a_terminal(
@@ -266,3 +270,196 @@ def test_main_from_a_thread_leaves_signals_alone(capsys: pytest.CaptureFixture[s
     assert results == [0]
     assert signal.getsignal(signal.SIGTERM) is before
     assert ": valid (" in capsys.readouterr().out
+
+
+# --- exit codes as a contract (the table in docs/cli.md) ----------------------------------
+# One case per cause, run in text through main() and in JSON in a real process. Rows for corrupt or
+# truncated inputs and missing destinations of `convert` and `check` are tested with those
+# commands (tests/test_convert.py, tests/test_check_format.py); 130 and 143 by
+# test_signals_unwind_and_exit_with_their_code above.
+
+DISK_BASE = textwrap.dedent("""\
+    name = "exit-codes"
+
+    [source]
+    disk_image = "base.qcow2"
+
+    [distro]
+    name = "debian"
+    version = "12"
+""")
+
+
+@dataclass
+class ExitCase:
+    id: str
+    code: int
+    argv: list[str]  # "{dir}" is the case's directory
+    message: str
+    files: dict[str, str] = field(default_factory=dict)
+    build: bool = False  # records come from a build: each carries build_id and build_name
+
+
+def _raw_image(path: Path) -> None:
+    with open(path, "wb") as f:
+        f.truncate(20 * 1024**2 + 3)  # not a VHD, not a whole MiB: not Azure-ready
+
+
+EXIT_CASES = [
+    ExitCase("1-image-not-ready", 1, ["check", "{dir}/disk.raw", "--skip",
+                                      "R03,R04,R05,R06,R07,R08,R09,R10,R11,R12,R13"],
+             "NOT READY"),
+    ExitCase("2-usage-missing-argument", 2, ["build"],
+             "the following arguments are required: template"),
+    ExitCase("2-usage-unknown-option", 2, ["build", "{dir}/t.toml", "--frobnicate"],
+             "unrecognized arguments: --frobnicate"),
+    ExitCase("2-bad-template", 2, ["validate", "{dir}/t.toml"],
+             "vm.cpus: expected a valid integer, found the boolean true",
+             {"t.toml": DISK_BASE + "[vm]\ncpus = true\n"}),
+    ExitCase("2-missing-template", 2, ["inspect", "{dir}/nope.toml"],
+             "the template file does not exist"),
+    ExitCase("2-missing-input", 2, ["build", "{dir}/t.toml"],
+             "source.disk_image: file not found", {"t.toml": DISK_BASE}),
+    ExitCase("2-missing-var-file", 2, ["render", "{dir}/t.toml", "--out", "{dir}/out",
+                                       "--var-file", "{dir}/vars.toml"],
+             "--var-file", {"t.toml": DISK_BASE}),
+    ExitCase("2-unwritable-destination", 2, ["render", "{dir}/t.toml", "--out", "/proc/x"],
+             "cannot create the output directory /proc/x", {"t.toml": DISK_BASE}),
+    ExitCase("2-destination-is-a-file", 2, ["render", "{dir}/t.toml", "--out", "{dir}/t.toml"],
+             "cannot create the output directory", {"t.toml": DISK_BASE}),
+    # Fails in the build's first check, before any work directory, disk or VM exists.
+    ExitCase("2-build-output-is-a-file", 2,
+             ["build", "{dir}/t.toml", "--output-dir", "{dir}/base.qcow2"],
+             "is a file", {"t.toml": DISK_BASE}, build=True),
+]
+
+
+def _exit_case_dir(case: ExitCase, tmp_path: Path) -> Path:
+    for name, text in case.files.items():
+        (tmp_path / name).write_text(text)
+    if "base.qcow2" in DISK_BASE:
+        (tmp_path / "base.qcow2").write_bytes(b"")  # exists; never read by these cases
+    if case.id == "2-missing-input":
+        (tmp_path / "base.qcow2").unlink()
+    _raw_image(tmp_path / "disk.raw")
+    return tmp_path
+
+
+def _run_azbuild(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(AZBUILD), *argv], capture_output=True, text=True, cwd=cwd,
+                          timeout=120, check=False)
+
+
+@pytest.mark.parametrize("case", EXIT_CASES, ids=lambda c: c.id)
+def test_exit_code_contract(
+    case: ExitCase, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    directory = _exit_case_dir(case, tmp_path)
+    monkeypatch.chdir(directory)
+    assert main([a.replace("{dir}", str(directory)) for a in case.argv]) == case.code
+    out, err = capsys.readouterr()
+    assert case.message in out + err
+    assert "Traceback" not in err and "internal error" not in err
+
+
+@pytest.mark.parametrize("case", EXIT_CASES, ids=lambda c: c.id)
+def test_every_stderr_line_is_json_under_log_format_json(case: ExitCase, tmp_path: Path) -> None:
+    directory = _exit_case_dir(case, tmp_path)
+    argv = ["--log-format", "json", *(a.replace("{dir}", str(directory)) for a in case.argv)]
+    proc = _run_azbuild(argv, directory)
+    assert proc.returncode == case.code, proc.stderr
+    records = [json.loads(line) for line in proc.stderr.splitlines()]
+    assert case.message in proc.stdout + " ".join(r["message"] for r in records)
+    if case.code == 2:
+        assert records[-1]["level"] == "error"
+    if case.build:
+        ids = {(r.get("build_id"), r.get("build_name")) for r in records}
+        assert len(ids) == 1 and None not in next(iter(ids)), records
+        assert next(iter(ids))[1] == "exit-codes"
+
+
+def test_a_bug_is_an_internal_error_with_exit_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A command whose code has a bug; main()'s handling of it is what is tested.
+    import builder.cli as cli
+
+    def buggy(args: argparse.Namespace) -> int:
+        return {}["missing"]  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(cli, "cmd_schema", buggy)
+    assert main(["schema"]) == 1
+    err = capsys.readouterr().err
+    assert "error: internal error: KeyError: 'missing'" in err
+    assert "please report it" in err
+
+
+def test_validate_logs_one_json_record_per_problem(tmp_path: Path) -> None:
+    first = tmp_path / "a.toml"
+    first.write_text(DISK_BASE + '[vm]\ncpus = true\nfirmwear = "uefi"\n')
+    second = tmp_path / "b.toml"
+    second.write_text(DISK_BASE.replace('"12"', '"99"'))
+    good = REPO / "examples" / "debian.toml"
+    proc = _run_azbuild(["validate", "--log-format", "json", str(first), str(second), str(good)],
+                        tmp_path)
+    assert proc.returncode == 2
+    records = [json.loads(line) for line in proc.stderr.splitlines()]
+    problems = [r for r in records if "key" in r]
+    assert [(Path(r["file"]).name, r["key"], r["line"]) for r in problems] == [
+        ("a.toml", "vm.cpus", 10), ("a.toml", "vm.firmwear", 11), ("b.toml", "distro.version", 8)
+    ]
+    assert "did you mean 'firmware'?" in problems[1]["message"]
+    assert all("\n" not in r["message"] for r in records)
+    assert records[-1]["message"] == "2 of 3 templates are invalid"
+    assert f"{good}: valid (debian 12)" in proc.stdout
+
+
+def test_a_bad_template_for_any_command_is_one_json_record_per_problem(tmp_path: Path) -> None:
+    bad = tmp_path / "a.toml"
+    bad.write_text(DISK_BASE + '[vm]\ncpus = true\nmemory = "2GB"\n')
+    proc = _run_azbuild(["--log-format", "json", "inspect", str(bad)], tmp_path)
+    assert proc.returncode == 2
+    records = [json.loads(line) for line in proc.stderr.splitlines()]
+    assert [(r.get("key"), r.get("line")) for r in records] == [
+        ("vm.cpus", 10), ("vm.memory", 11), (None, None)
+    ]
+    assert "did you mean 2GiB?" in records[1]["message"]
+    assert records[-1]["message"] == "template is invalid (2 problems)"
+
+
+def test_validate_in_text_stays_readable(tmp_path: Path) -> None:
+    bad = tmp_path / "a.toml"
+    bad.write_text(DISK_BASE + "[vm]\ncpus = true\n")
+    proc = _run_azbuild(["validate", str(bad)], tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr == (
+        f"error: {bad}: template is invalid:\n"
+        f"  - {bad}: line 10: vm.cpus: expected a valid integer, found the boolean true\n"
+    )
+
+
+def test_records_inside_a_build_scope_carry_its_id_and_name(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import logging
+    import threading
+
+    from builder import log as azlog
+
+    azlog.setup(log_format="json")
+    logger = logging.getLogger("builder.test")
+    logger.info("before")
+    with azlog.build_scope("c0ffee00", "demo"):
+        logger.info("in the build")
+        thread = threading.Thread(target=lambda: logger.info("from a thread of the build"))
+        thread.start()
+        thread.join()
+    logger.info("after")
+    records = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [(r["message"], r.get("build_id"), r.get("build_name")) for r in records] == [
+        ("before", None, None),
+        ("in the build", "c0ffee00", "demo"),
+        ("from a thread of the build", "c0ffee00", "demo"),
+        ("after", None, None),
+    ]

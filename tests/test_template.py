@@ -221,12 +221,12 @@ def test_check_local_inputs_warns_for_source_and_fails_for_the_rest(tmp_path: Pa
     with pytest.raises(TemplateError) as info:
         check_local_inputs(loaded)
     assert info.value.problems == [
-        f"{tmp_path}/t.toml: provision[0].script: file not found: {tmp_path}/gone.sh"
+        f"{tmp_path}/t.toml: line 10: provision[0].script: file not found: {tmp_path}/gone.sh"
     ]
     write(tmp_path / "gone.sh", "true\n")
     warnings = check_local_inputs(loaded)
-    assert warnings == [f"{tmp_path}/t.toml: source.iso: file not found: {tmp_path}/demo.iso"
-                        " (needed at build time)"]
+    assert warnings == [f"{tmp_path}/t.toml: line 3: source.iso: file not found:"
+                        f" {tmp_path}/demo.iso (needed at build time)"]
     with pytest.raises(TemplateError, match=r"source\.iso: file not found"):
         check_local_inputs(loaded, building=True)
     write(tmp_path / "demo.iso", "")
@@ -284,7 +284,7 @@ def test_escaped_name_reference_stays_literal(tmp_path: Path) -> None:
 def test_variable_without_value_needs_one(tmp_path: Path) -> None:
     text = BASE + '[variables]\npw = { sensitive = true }\n'
     problems = problems_of(write(tmp_path / "t.toml", text))
-    assert problems == [f"{tmp_path}/t.toml: variables.pw: no value; give it a default or "
+    assert problems == [f"{tmp_path}/t.toml: line 9: variables.pw: no value; give it a default or "
                         "pass --var pw=..."]
     t = load_template(tmp_path / "t.toml", cli_vars={"pw": "swordfish"})
     assert t.sensitive_variables == {"pw"}
@@ -294,8 +294,8 @@ def test_variable_without_value_needs_one(tmp_path: Path) -> None:
 def test_variable_default_may_only_use_env(tmp_path: Path) -> None:
     text = BASE + '[variables]\na = "x"\nb = "${var.a}"\n'
     problems = problems_of(write(tmp_path / "t.toml", text))
-    assert problems == [f"{tmp_path}/t.toml: variables.b: a variable's default can use only "
-                        "${env.NAME}, found ${var.a}"]
+    assert problems == [f"{tmp_path}/t.toml: line 10: variables.b: a variable's default can use"
+                        " only ${env.NAME}, found ${var.a}"]
 
 
 # --- resolved output -----------------------------------------------------------------------
