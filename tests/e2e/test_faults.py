@@ -209,7 +209,7 @@ inline = [
                                "shell] fault-point-reached", lambda _proc: None, settle=180)
     assert outcome.returncode == 1, outcome.stderr[-4000:]
     assert "connection to 127.0.0.1:" in outcome.stderr and "lost" in outcome.stderr
-    assert "sleep 600" in outcome.stderr, "the message names the command"
+    assert "error: provisioner 3/3" in outcome.stderr, "the message names the provisioner"
     assert_failed_build_kept(outcome, libvirt_uri, "e2e-sshd-killed", "provision")
 
 
