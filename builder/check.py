@@ -1,6 +1,6 @@
 """The offline Azure-readiness checker. R01 and R02 are judged here from the image's bytes.
 
-R03..R13 look inside the guest and live in builder/guest_checks.py; run_check marks
+R03..R14 look inside the guest and live in builder/guest_checks.py; run_check marks
 the one place they join the report.
 """
 
@@ -36,7 +36,7 @@ def run_check(image: Path, skip: list[str]) -> Report:
     _require_readable(image)
     image_format = detect_image_format(image)
     results = format_checks(image, image_format)
-    if not set(GUEST_IDS) <= set(skipped):  # one appliance launch for R03..R13
+    if not set(GUEST_IDS) <= set(skipped):  # one appliance launch for R03..R14
         results += guest_checks(image, image_format.qemu_format)
     return _report(image, results, skipped)
 
@@ -203,7 +203,7 @@ def _skip_ids(skip: list[str]) -> list[str]:
             if ident not in TITLES:
                 raise UsageError(
                     f"unknown requirement ID {part.strip()!r} for --skip",
-                    hint="use the IDs R01..R13",
+                    hint="use the IDs R01..R14",
                 )
             ids.append(ident)
     return ids

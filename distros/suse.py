@@ -21,12 +21,14 @@ class SuseLike(Distro):
     initrd_image = "/boot/initrd-{kernel}"
     initrd_lister = "lsinitrd"
     network_style = "wicked"
+    cloud_init_network = False  # cloud-init mode leaves the NIC to wicked
 
 
 @register
 class Sles(SuseLike):
     name = "sles"
     pretty_name = "SUSE Linux Enterprise Server"
+    efi_vendor = "sles"
     versions = ("12", "15")
 
 
@@ -35,4 +37,5 @@ class OpenSuseLeap(SuseLike):
     name = "opensuse-leap"
     aliases = ("opensuse",)
     pretty_name = "openSUSE Leap"
+    efi_vendor = "opensuse"
     versions = ("15",)
