@@ -376,8 +376,9 @@ def write_uefi_disk(root: Path, work: Path, disk: Path, size: int) -> None:
         f"start={ESP_START // 512}, size={ESP_SIZE // 512}, type={ESP_GPT_TYPE}\n"
         f"start={UEFI_ROOT_START // 512}, size={root_size // 512}, type={LINUX_GPT_TYPE}\n"
     ).encode())
-    run(["mkfs.fat", f"--offset={ESP_START // 512}", "-i", ESP_SERIAL, "-n", "ESP", disk,
-         str(ESP_SIZE // 1024)])
+    # FAT16: mkfs.fat would pick FAT32 from the whole disk's size, too big for 63 MiB.
+    run(["mkfs.fat", "-F", "16", f"--offset={ESP_START // 512}", "-i", ESP_SERIAL, "-n", "ESP",
+         disk, str(ESP_SIZE // 1024)])
     efi = work / "efi"
     stub = work / "efi-grub.cfg"
     stub.write_text(f"search.fs_uuid {ROOT_UUID} root\nset prefix=($root)'/boot/grub'\n"
@@ -593,6 +594,13 @@ def _build(src_root: Path, out: Path) -> None:
     t0 = time.monotonic()
     no_storvsc = prepare_root(src_root, root)
     log.info("corpus: prepared root in %.0f s", time.monotonic() - t0)
+    uefi = out / image_name("uefi")
+    write_uefi_disk(root, work, uefi, DISK_SIZE)
+    broken = work / "uefi-no-fallback.raw"
+    run(["cp", "--sparse=always", uefi, broken], timeout=900)
+    _mtools("mdeltree", broken, "::/EFI/BOOT")
+    changed = _diff_overlay(broken, uefi, out / image_name("uefi-no-fallback"))
+    log.info("corpus: uefi-no-fallback differs from the uefi image in %d bytes", changed)
     correct = out / image_name("correct")
     write_disk(root, correct, DISK_SIZE)
     for name, commands in _variant_commands(root, work, no_storvsc).items():
@@ -605,13 +613,6 @@ def _build(src_root: Path, out: Path) -> None:
          correct, out / image_name("correct-vhd")], timeout=1800)
     _lvm_disk(root, work, out / image_name("lvm-root"))
     write_disk(root, out / image_name("big"), BIG_SIZE)
-    uefi = out / image_name("uefi")
-    write_uefi_disk(root, work, uefi, DISK_SIZE)
-    broken = work / "uefi-no-fallback.raw"
-    run(["cp", "--sparse=always", uefi, broken], timeout=900)
-    _mtools("mdeltree", broken, "::/EFI/BOOT")
-    changed = _diff_overlay(broken, uefi, out / image_name("uefi-no-fallback"))
-    log.info("corpus: uefi-no-fallback differs from the uefi image in %d bytes", changed)
     shutil.rmtree(work)
     for img in out.iterdir():
         os.chmod(img, 0o444)

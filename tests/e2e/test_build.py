@@ -522,7 +522,7 @@ name = "e2e-reboot"
 [output]
 formats = ["raw"]
 [azure.skip]  # this test is about the reboot: no Azure preparation, to keep it short
-""" + "\n".join(f'R{n:02d} = "reboot test"' for n in range(1, 14)) + """
+""" + "\n".join(f'R{n:02d} = "reboot test"' for n in range(1, 15)) + """
 
 [[provision]]
 type = "shell"
