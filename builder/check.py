@@ -1,6 +1,6 @@
 """The offline Azure-readiness checker. R01 and R02 are judged here from the image's bytes.
 
-R03..R13 look inside the guest and live in builder/guest_checks.py; run_check marks
+R03..R14 look inside the guest and live in builder/guest_checks.py; run_check marks
 the one place they join the report.
 """
 
@@ -43,7 +43,7 @@ def run_check(
     if image_format.name != "vhd-fixed":  # a fixed VHD's length is judged by R01/R02
         verify_image(image, image_format)
     results = format_checks(image, image_format)
-    if not set(GUEST_IDS) <= set(skipped):  # one appliance launch for R03..R13
+    if not set(GUEST_IDS) <= set(skipped):  # one appliance launch for R03..R14
         results += guest_checks(image, image_format.qemu_format, accelerator)
     return _report(image, results, skipped)
 
@@ -210,7 +210,7 @@ def _skip_ids(skip: list[str]) -> list[str]:
             if ident not in TITLES:
                 raise UsageError(
                     f"unknown requirement ID {part.strip()!r} for --skip",
-                    hint="use the IDs R01..R13",
+                    hint="use the IDs R01..R14",
                 )
             ids.append(ident)
     return ids

@@ -368,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("check", cmd_check, "check an image offline for Azure readiness")
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--skip", action="append", metavar="ID", help="skip a requirement (R01..R13)")
+    p.add_argument("--skip", action="append", metavar="ID", help="skip a requirement (R01..R14)")
 
     p = command("gc", cmd_gc, "list (and with --yes remove) leftover domains and work dirs")
     p.add_argument("--yes", action="store_true", help="remove what is listed")

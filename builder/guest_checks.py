@@ -1,4 +1,4 @@
-"""Offline Azure-readiness checks R03..R13 of a Linux disk image, from one libguestfs launch.
+"""Offline Azure-readiness checks R03..R14 of a Linux disk image, from one libguestfs launch.
 
 The image is added read-only (libguestfs puts a throw-away overlay in front of
 it). The filesystems' clean/dirty state (R13) is read from the raw superblocks
@@ -36,9 +36,13 @@ from builder.run import run
 log = logging.getLogger(__name__)
 
 IMAGE_FORMATS = ("raw", "qcow2", "vpc", "vhdx")
-GUEST_IDS = tuple(f"R{n:02d}" for n in range(3, 14))  # what guest_checks judges
-REQUIRED_ARGS = ("console=ttyS0", "earlyprintk=ttyS0", "rootdelay=300")
+GUEST_IDS = tuple(f"R{n:02d}" for n in range(3, 15))  # what guest_checks judges
+BASE_ARGS = ("console=ttyS0", "earlyprintk=ttyS0")
+ROOTDELAY = "rootdelay=300"
+REQUIRED_ARGS = (*BASE_ARGS, ROOTDELAY)  # dracut (RHEL family, SUSE) and unknown initrds
 FORBIDDEN_ARGS = ("rhgb", "quiet")
+# initramfs-tools' init runs `sleep "$ROOTDELAY"` before it looks for the root device.
+INITRAMFS_TOOLS_INIT = "/usr/share/initramfs-tools/init"
 REQUIRED_MODULES = ("hv_vmbus", "hv_storvsc")
 WANTED_MODULES = ("hv_netvsc",)
 AGENT_PACKAGES = ("waagent", "walinuxagent", "WALinuxAgent", "python-azure-agent",
@@ -61,6 +65,10 @@ SWAP_GPT_TYPE = "0657FD6D-A4AB-43C4-84E5-0933C84B4F4F"
 SWAP_MBR_TYPES = ("0x82",)
 LVM_MBR_TYPES = ("0x8e",)
 LVM_GPT_TYPE = "E6D6D379-F507-44C2-A23C-238F2A3DF928"
+ESP_GPT_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+ESP_MBR_TYPES = ("0xef",)
+FALLBACK_LOADER = "EFI/BOOT/BOOTX64.EFI"
+SHIM_MARK = b"UEFI SHIM"  # shim's version string, in every shim binary
 HISTORY_FILES = (".bash_history", ".zsh_history", ".sh_history", ".ash_history", ".history")
 INSTALLER_LEFTOVERS = (
     "/root/anaconda-ks.cfg", "/root/original-ks.cfg", "/root/initial-setup-ks.cfg",
@@ -251,11 +259,40 @@ def _has_arg(args: Sequence[str], wanted: str) -> bool:
     return False
 
 
-def judge_cmdline(args: Sequence[str]) -> tuple[list[str], list[str], bool]:
-    """(missing required arguments, forbidden arguments present, has crashkernel=auto)."""
-    missing = [w for w in REQUIRED_ARGS if not _has_arg(args, w)]
-    forbidden = [a for a in args if a in FORBIDDEN_ARGS]
+def required_args(initrd_tool: str) -> tuple[str, ...]:
+    """R07's required arguments: rootdelay only where the initrd treats it as an upper bound
+    (dracut, or a tool not recognised); initramfs-tools sleeps it on every boot."""
+    return BASE_ARGS if initrd_tool == "initramfs-tools" else REQUIRED_ARGS
+
+
+def judge_cmdline(
+    args: Sequence[str], initrd_tool: str = "dracut"
+) -> tuple[list[str], list[str], bool]:
+    """(missing required arguments, forbidden arguments present, has crashkernel=auto).
+    On an initramfs-tools image every `rootdelay=` is forbidden."""
+    missing = [w for w in required_args(initrd_tool) if not _has_arg(args, w)]
+    forbidden = [a for a in args if a in FORBIDDEN_ARGS or (
+        initrd_tool == "initramfs-tools" and a.startswith("rootdelay="))]
     return missing, forbidden, "crashkernel=auto" in args
+
+
+def rootdelay_cost(forbidden: Sequence[str], init_evidence: str) -> str:
+    """What a rootdelay on an initramfs-tools image costs, in words (empty when none)."""
+    delays = sorted({a.partition("=")[2] for a in forbidden if a.startswith("rootdelay=")})
+    if not delays:
+        return ""
+    seconds = " or ".join(f"{d} s" for d in delays)
+    return (f"rootdelay on an initramfs-tools image: its init sleeps that long unconditionally "
+            f"({init_evidence}), so every boot on Azure waits {seconds} before it even looks "
+            "for the root disk; remove rootdelay from the GRUB defaults and regenerate grub.cfg")
+
+
+def initramfs_sleep_line(text: str, path: str = INITRAMFS_TOOLS_INIT) -> str:
+    """Evidence for the unconditional sleep in initramfs-tools' init: `path:line: text`."""
+    for number, line in enumerate(text.splitlines(), start=1):
+        if re.search(r'\bsleep\s+"?\$\{?ROOTDELAY', line):
+            return where(path, number, line)
+    return f"{path} reads rootdelay"
 
 
 def parse_key_values(text: str) -> dict[str, tuple[str, int]]:
@@ -643,6 +680,50 @@ def parse_gpt_entries(data: bytes, count: int, size: int) -> list[Partition]:
     return parts
 
 
+def judge_fallback_loader(
+    esp: str, files: Mapping[str, int], loader_is_shim: bool, grub_prefix_in: str | None
+) -> tuple[Status, str]:
+    """R14 from the ESP's files (`EFI/<dir>/<name>` -> size, names as stored: FAT ignores
+    case): the removable-path loader is there and reaches a GRUB configuration, through a
+    grub.cfg beside it, shim's fallback (fbx64.efi) with a vendor's BOOTX64.CSV, a vendor's
+    grub.cfg (a signed GRUB's prefix is its EFI/<vendor>), or `/boot/grub` built into the
+    loader (`grub_prefix_in` names the file that has it)."""
+    lower = {p.lower(): p for p in files}
+    loader = lower.get(FALLBACK_LOADER.lower())
+    vendors = sorted({p.split("/")[1] for p in files
+                      if p.count("/") == 2 and p.split("/")[1].lower() != "boot"})
+    if loader is None or files[loader] == 0:
+        found = ", ".join(f"EFI/{v}" for v in vendors) or "no loader directory"
+        return "fail", (
+            f"{esp}: no {FALLBACK_LOADER} ({found} only): a VM created from this image starts "
+            "with empty UEFI variables and tries only that path; install the boot loader with "
+            "the distro's removable option (grub-install --removable) or copy EFI/<vendor> to "
+            "EFI/BOOT with shim as BOOTX64.EFI")
+    boot = {p.rsplit("/", 1)[1].lower(): p for p in files if p.lower().startswith("efi/boot/")}
+    fallback = next((boot[n] for n in sorted(boot) if n.startswith("fb") and n.endswith(".efi")),
+                    None)
+    if loader_is_shim and fallback is None and not ({"grubx64.efi", "grub.efi"} & set(boot)):
+        return "fail", (f"{esp}: {loader} is shim, but EFI/BOOT holds neither its second stage "
+                        "(grubx64.efi) nor its fallback (fbx64.efi)")
+    elsewhere = [p for p in sorted(files) if p.count("/") == 2 and p.split("/")[1] in vendors]
+    csvs = [p for p in elsewhere if p.rsplit("/", 1)[1].lower() in ("bootx64.csv", "boot.csv")]
+    cfgs = [p for p in elsewhere if p.rsplit("/", 1)[1].lower() == "grub.cfg"]
+    if "grub.cfg" in boot:
+        config = boot["grub.cfg"]
+    elif fallback and csvs:
+        config = f"shim's fallback {fallback} with {csvs[0]}"
+    elif cfgs:
+        config = f"{cfgs[0]} (the prefix of a signed GRUB)"
+    elif grub_prefix_in:
+        config = f"/boot/grub built into {grub_prefix_in}"
+    else:
+        return "fail", (f"{esp}: {loader} finds no grub.cfg: none in EFI/BOOT or "
+                        f"{', '.join(f'EFI/{v}' for v in vendors) or 'a vendor directory'}, "
+                        "and no /boot/grub built into the loader")
+    kind = "shim" if loader_is_shim else "GRUB or another loader"
+    return "pass", f"{esp}: {loader} ({kind}, {files[loader]} bytes) reaches {config}"
+
+
 # ---------------------------------------------------------------- the appliance side
 
 
@@ -779,7 +860,7 @@ class _Facts:
 def guest_checks(
     image: Path, image_format: str, accelerator: Literal["kvm", "tcg"] | None = None
 ) -> list[CheckResult]:
-    """One CheckResult for each of R03..R13 (in that order), then extra warnings (W-*).
+    """One CheckResult for each of R03..R14 (in that order), then extra warnings (W-*).
     The appliance runs on `accelerator`, else on the KVM probe's answer."""
     if image_format not in IMAGE_FORMATS:
         raise UsageError(
@@ -828,6 +909,7 @@ def _run_checks(g: Any, guest: _Guest, image: Path) -> list[CheckResult]:
         _check_sudoers(guest),
         _check_generalised(guest),
         r13,
+        _check_fallback_loader(g, guest, facts),
     ]
     if facts.unmounted:
         extras.append(CheckResult(
@@ -1185,10 +1267,24 @@ def _check_initrds(guest: _Guest) -> CheckResult:
     return _result("R05", "pass", "; ".join(good) + f"; {', '.join(WANTED_MODULES)} too")
 
 
+def _initrd_tool(guest: _Guest) -> tuple[str, str]:
+    """The image's initrd generator and the evidence: initramfs-tools (Debian, Ubuntu) when
+    its init script is there, dracut when its modules are, else "unknown"."""
+    if _listed(guest, INITRAMFS_TOOLS_INIT):
+        text = guest.read_text(INITRAMFS_TOOLS_INIT) or ""
+        return "initramfs-tools", initramfs_sleep_line(text)
+    for path in ("/usr/lib/dracut", "/etc/dracut.conf"):
+        if _listed(guest, path):
+            return "dracut", path
+    return "unknown", ""
+
+
 def _check_cmdline(guest: _Guest, facts: _Facts) -> CheckResult:
     problems: list[str] = []
     notes: list[str] = []
     crash = False
+    tool, tool_evidence = _initrd_tool(guest)
+    rootdelays: list[str] = []
     sources = [("/etc/default/grub", guest.read_text("/etc/default/grub"))] + [
         (f"/etc/default/grub.d/{n}", guest.read_text(f"/etc/default/grub.d/{n}"))
         for n in guest.ls("/etc/default/grub.d") if n.endswith(".cfg")
@@ -1202,8 +1298,9 @@ def _check_cmdline(guest: _Guest, facts: _Facts) -> CheckResult:
             if key in values:
                 args += values[key][0].split()
                 shown.append(f'{values[key][1]}: {key}="{values[key][0]}"')
-        missing, forbidden, has_crash = judge_cmdline(args)
+        missing, forbidden, has_crash = judge_cmdline(args, tool)
         crash = crash or has_crash
+        rootdelays += forbidden
         what = "the grub defaults" if len(files) > 1 else "/etc/default/grub"
         if missing:
             problems.append(f"{what} lack{'s' if len(files) == 1 else ''} "
@@ -1219,8 +1316,9 @@ def _check_cmdline(guest: _Guest, facts: _Facts) -> CheckResult:
                         "and /boot/loader/entries)")
     judged = skipped = 0
     for kl in facts.kernel_lines:
-        missing, forbidden, has_crash = judge_cmdline(kl.args)
+        missing, forbidden, has_crash = judge_cmdline(kl.args, tool)
         crash = crash or has_crash
+        rootdelays += forbidden
         if forbidden:
             problems.append(f"{kl.evidence()}: has {' '.join(forbidden)}")
         if kl.recovery:
@@ -1229,11 +1327,17 @@ def _check_cmdline(guest: _Guest, facts: _Facts) -> CheckResult:
         judged += 1
         if missing:
             problems.append(f"{kl.evidence()}: kernel line lacks {' '.join(missing)}")
+    cost = rootdelay_cost(rootdelays, tool_evidence)
+    if cost:
+        problems.insert(0, cost)
     if problems:
         return _result("R07", "fail", "; ".join(problems))
     configs = sorted({kl.path for kl in facts.kernel_lines})
+    wanted = " ".join(required_args(tool))
     summary = (f"{judged} kernel line(s) in {', '.join(configs)} have "
-               f"{' '.join(REQUIRED_ARGS)}, no {'/'.join(FORBIDDEN_ARGS)}")
+               f"{wanted}, no {'/'.join(FORBIDDEN_ARGS)}")
+    if tool == "initramfs-tools":
+        summary += " and no rootdelay (initramfs-tools sleeps it on every boot)"
     if skipped:
         summary += f" ({skipped} recovery entr{'y' if skipped == 1 else 'ies'} not judged)"
     if crash:
@@ -1439,3 +1543,57 @@ def _check_clean(g: Any, filesystems: Mapping[str, str]) -> CheckResult:
     if not facts:
         return _result("R13", "skip", "no ext2/3/4, xfs or btrfs filesystem to judge")
     return _result("R13", "pass", "; ".join(facts))
+
+
+def _esp_mountpoint(g: Any, guest: _Guest, facts: _Facts, device: str) -> str | None:
+    """Where the ESP is mounted: by the image's fstab, or read-only here on an empty spot."""
+    for mountpoint, dev in facts.mounted.items():
+        if dev == device:
+            return mountpoint
+    for mountpoint in ("/boot/efi", "/efi", "/mnt"):
+        if guest.exists(mountpoint):
+            try:
+                g.mount_ro(device, mountpoint)
+            except RuntimeError as exc:
+                log.debug("cannot mount %s on %s: %s", device, mountpoint, exc)
+                return None
+            guest.forget()
+            facts.mounted[mountpoint] = device
+            return mountpoint
+    return None
+
+
+def _check_fallback_loader(g: Any, guest: _Guest, facts: _Facts) -> CheckResult:
+    esps = [f"{d.device}{p.number}" for d in facts.disks for p in d.partitions
+            if p.type == ESP_GPT_TYPE or p.type in ESP_MBR_TYPES]
+    if not esps:
+        return _result("R14", "skip", "BIOS image (Gen1): no EFI system partition, no "
+                       "removable-path loader needed")
+    device = esps[0]
+    mountpoint = _esp_mountpoint(g, guest, facts, device)
+    if mountpoint is None:
+        return _result("R14", "fail", f"EFI system partition {device} cannot be mounted")
+    esp = f"ESP {device} (at {mountpoint})"
+    efi = next((n for n in guest.ls(mountpoint) if n.lower() == "efi"), None)
+    files: dict[str, int] = {}
+    if efi:
+        for sub in guest.ls(f"{mountpoint}/{efi}"):
+            directory = f"{mountpoint}/{efi}/{sub}"
+            for name, (mode, size) in guest.stat(directory, guest.ls(directory)).items():
+                if _is_reg(mode):
+                    files[f"EFI/{sub}/{name}"] = size
+    lower = {p.lower(): p for p in files}
+    loader = lower.get(FALLBACK_LOADER.lower())
+    is_shim = False
+    prefix_in = None
+    if loader:
+        candidates = [loader] + [p for p in sorted(files) if p.lower().startswith("efi/boot/grub")
+                                 and p.lower().endswith(".efi")]
+        for n, path in enumerate(candidates):
+            data = guest.download(f"{mountpoint}/{efi}/{path[4:]}") or b""
+            if n == 0:
+                is_shim = SHIM_MARK in data
+            if b"/boot/grub" in data and prefix_in is None:
+                prefix_in = path
+    status, evidence = judge_fallback_loader(esp, files, is_shim, prefix_in)
+    return _result("R14", status, evidence)

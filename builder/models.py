@@ -32,7 +32,7 @@ from builder.units import (
 )
 from distros import lookup
 
-REQUIREMENT_IDS = tuple(f"R{n:02d}" for n in range(1, 14))
+REQUIREMENT_IDS = tuple(f"R{n:02d}" for n in range(1, 15))
 _NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 _MODE_RE = r"^0?[0-7]{3,4}$"
 _RHSM_RE = r"^[A-Za-z0-9._:-]{1,255}$"
@@ -326,7 +326,7 @@ class Azure(Model):
         problems = []
         for key, reason in value.items():
             if key not in REQUIREMENT_IDS:
-                problems.append(f"unknown requirement {key!r}; expected one of R01 to R13")
+                problems.append(f"unknown requirement {key!r}; expected one of R01 to R14")
             elif not reason.strip():
                 problems.append(f"skipping {key} needs a reason, found an empty one")
         if problems:

@@ -22,12 +22,13 @@ TITLES = {
     "R11": "sudoers without targetpw or ALL ALL",
     "R12": "generalised (deprovisioned)",
     "R13": "shut down cleanly",
+    "R14": "UEFI fallback boot loader EFI/BOOT/BOOTX64.EFI",
 }
 
 
 @dataclass(frozen=True)
 class CheckResult:
-    id: str  # R01..R13, or another ID for extra findings (always warnings)
+    id: str  # R01..R14, or another ID for extra findings (always warnings)
     status: Status
     evidence: str
     title: str = ""

@@ -1,4 +1,4 @@
-"""Azure preparation as generated shell scripts (requirements R03-R13).
+"""Azure preparation as generated shell scripts (requirements R03-R14).
 
 `prep_scripts()` turns a distro plugin and the template's `[azure]` settings
 into three bash scripts that the pipeline uploads and runs in the guest:
@@ -46,6 +46,9 @@ _USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 _KARG_RE = re.compile(r"^[A-Za-z0-9_.,:=+/@-]+$")
 _MODULE_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 _PATH_RE = re.compile(r"^/[A-Za-z0-9_./-]*$")
+# initramfs-tools' init runs `sleep "$ROOTDELAY"` before it looks for the root device: on
+# those families every rootdelay is removed (R07); "rootdelay=*" is matched as a pattern.
+ROOTDELAY_PATTERN = "rootdelay=*"
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,14 @@ class PrepFacts:
     remove_network_manager: bool  # the distro's guidance says NetworkManager must go
     lis_check: bool  # RHEL 6.0-6.3 need the LIS drivers (R06)
     cloud_init_supported: bool
+    efi_vendor: str  # the ESP's EFI/<vendor> directory of the distro's boot loader (R14)
+    # cloud-init mode: let cloud-init write the NIC's configuration from Azure's metadata
+    # (Ubuntu, Debian) or leave it to NetworkManager/wicked (RHEL family, SUSE).
+    cloud_init_network: bool = True
+    # NetworkManager must ignore Accelerated Networking's Mellanox VFs (RHEL 8/9, Oracle).
+    nm_unmanaged_sriov: bool = False
+    sshd_client_alive: bool = False  # ClientAliveInterval 180 (Microsoft's RHEL guides)
+    recommended_packages: tuple[str, ...] = ()  # e.g. hyperv-daemons on the RHEL family
 
 
 def _fact(distro: Distro, name: str, default: Any = None) -> Any:
@@ -114,6 +125,8 @@ def prep_facts(distro: Distro) -> PrepFacts:
         remove_network_manager=bool(_fact(distro, "remove_network_manager", False)),
         lis_check=False,
         cloud_init_supported=True,
+        efi_vendor=str(_fact(distro, "efi_vendor", distro.name)),
+        cloud_init_network=bool(_fact(distro, "cloud_init_network", True)),
     )
     adjust = getattr(distro, "adjust_azure_prep", None)
     if callable(adjust):
@@ -197,20 +210,45 @@ def _waagent_conf(azure: Azure) -> list[tuple[str, str]]:
     ]
 
 
+def kernel_args(facts: PrepFacts, azure: Azure) -> tuple[list[str], list[str]]:
+    """(arguments to add, arguments to remove) for R07, each listed once. rootdelay is kept
+    where dracut treats it as an upper bound and removed where initramfs-tools sleeps it."""
+    add = list(dict.fromkeys(azure.kernel_args_add))
+    remove = list(dict.fromkeys(azure.kernel_args_remove))
+    if facts.initrd_tool == "initramfs-tools":
+        add = [arg for arg in add if not arg.startswith("rootdelay=")]
+        remove = [arg for arg in remove if not arg.startswith("rootdelay=")]
+        remove.append(ROOTDELAY_PATTERN)
+    return add, remove
+
+
+def _packages(facts: PrepFacts, azure: Azure) -> list[tuple[str, str]]:
+    """(requirement ID, package) the preparation installs when missing, in one transaction."""
+    wanted = [("R08", p) for p in (*facts.agent_extra_packages, facts.agent_package)]
+    wanted.append(("R09", facts.ssh_package))
+    if azure.provisioning == "cloud-init":
+        wanted.append(("R10", "cloud-init"))
+    wanted += [("Hyper-V", p) for p in facts.recommended_packages]  # a recommendation
+    return [(rid, package) for rid, package in wanted if rid not in azure.skip]
+
+
 def prep_context(distro: Distro, azure: Azure, *, firmware: str,
                  build_user: str) -> dict[str, Any]:
     """The values the script templates see (also handy for tests and `render`)."""
     facts = prep_facts(distro)
     _validate(distro, azure, facts, firmware, build_user)
     grub_config = facts.grub_config_uefi if firmware == "uefi" else facts.grub_config_bios
+    args_add, args_remove = kernel_args(facts, azure)
     return {
         "f": facts,
         "distro": distro,
         "label": facts.label,
         "firmware": firmware,
         "mode": azure.provisioning,
-        "args_add": list(azure.kernel_args_add),
-        "args_remove": list(azure.kernel_args_remove),
+        "args_add": args_add,
+        "args_remove": args_remove,
+        "packages": _packages(facts, azure),
+        "grub_install": facts.grub_mkconfig.replace("mkconfig", "install"),
         "modules": list(azure.hyperv_modules),
         "waagent_conf": _waagent_conf(azure),
         "skip": dict(sorted(azure.skip.items())),

@@ -36,6 +36,8 @@ class RhelLike(Distro):
     network_style: ClassVar[str] = "keyfile"  # NetworkManager keyfile for eth0
     # The DVD's AppStream (8 and later) carries WALinuxAgent and cloud-init.
     agent_in_appstream: ClassVar[bool] = True
+    # cloud-init mode: Microsoft's guide leaves the NIC to NetworkManager.
+    cloud_init_network: ClassVar[bool] = False
 
     @property
     def agent_at_install(self) -> bool:
@@ -45,6 +47,12 @@ class RhelLike(Distro):
         """6: legacy GRUB, mkinitrd, SysV, no NetworkManager; 7: ifcfg files; 8: grubby
         and NetworkManager reading ifcfg; 9: grubby, keyfiles, one grub.cfg for BIOS and UEFI."""
         efi = f"/boot/efi/EFI/{self.efi_vendor}"
+        # Microsoft's RHEL guides: sshd keep-alives; the Hyper-V daemons (KVP, VSS, file
+        # copy) from 7 on; NetworkManager ignoring the Accelerated Networking VFs on 8+
+        # and on Oracle Linux.
+        facts = replace(facts, sshd_client_alive=True,
+                        nm_unmanaged_sriov=self.major >= 8 or self.name == "oracle",
+                        recommended_packages=("hyperv-daemons",) if self.major >= 7 else ())
         if self.major <= 6:
             return replace(
                 facts, package_manager="yum", service_manager="sysv", bootloader="grub-legacy",

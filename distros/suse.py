@@ -37,6 +37,7 @@ class SuseLike(Distro):
     initrd_image = "/boot/initrd-{kernel}"
     initrd_lister = "lsinitrd"
     network_style = "wicked"
+    cloud_init_network = False  # cloud-init mode leaves the NIC to wicked
 
     @property
     def install_products(self) -> tuple[str, ...]:
@@ -53,6 +54,7 @@ class SuseLike(Distro):
 class Sles(SuseLike):
     name = "sles"
     pretty_name = "SUSE Linux Enterprise Server"
+    efi_vendor = "sles"
     versions = ("12", "15")
 
     # SLE 15's Full medium: every module is a directory of the medium; base, openssh and
@@ -85,6 +87,7 @@ class OpenSuseLeap(SuseLike):
     name = "opensuse-leap"
     aliases = ("opensuse",)
     pretty_name = "openSUSE Leap"
+    efi_vendor = "opensuse"
     versions = ("15",)
 
     @property

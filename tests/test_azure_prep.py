@@ -9,6 +9,7 @@ and review the diff under tests/golden/ before committing it.
 
 from __future__ import annotations
 
+import configparser
 import os
 import shutil
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from builder.errors import UsageError
 from builder.models import AgentSettings, Azure
@@ -23,6 +25,7 @@ from distros import resolve
 from distros.azure_prep import (
     SCRIPT_NAMES,
     _environment,
+    kernel_args,
     prep_context,
     prep_facts,
     prep_scripts,
@@ -158,10 +161,13 @@ def test_rhel6_script_uses_legacy_tools() -> None:
 
 def test_initrd_and_bootloader_per_family() -> None:
     debian = _render("debian", "12", {}, "bios")["azure-prep.sh"]
-    assert "update-initramfs -u -k all" in debian and "/etc/initramfs-tools/modules" in debian
+    assert 'update-initramfs -u -k "$kernel"' in debian
+    assert "/etc/initramfs-tools/modules" in debian
+    assert "update-initramfs -u -k all" not in debian  # only the initrds lacking a driver
     assert "grub-mkconfig -o /boot/grub/grub.cfg" in debian
     rhel8 = _render("rhel", "8", {}, "uefi")["azure-prep.sh"]
-    assert "dracut --force --regenerate-all" in rhel8
+    assert 'dracut --force "$(initrd_of "$kernel")" "$kernel"' in rhel8
+    assert "--regenerate-all" not in rhel8
     assert "grubby --update-kernel=ALL" in rhel8
     assert "grub2-mkconfig -o /boot/efi/EFI/redhat/grub.cfg" in rhel8
     sles = _render("sles", "15", {}, "uefi")["azure-prep.sh"]
@@ -291,3 +297,252 @@ def test_version_lt(lib: Path) -> None:
     assert _bash(lib, "version_lt 2.6.32 3.8").returncode == 0
     assert _bash(lib, "version_lt 3.10.0 3.8").returncode == 1
     assert _bash(lib, "version_lt 2.6.37 2.6.37").returncode == 1
+
+
+# ---- R07 per family: rootdelay, duplicates ------------------------------------------------
+
+
+def test_rootdelay_per_initrd_tool() -> None:
+    """Kept where dracut bounds the wait (RHEL family, SUSE); removed where initramfs-tools'
+    init sleeps it on every boot (Debian, Ubuntu), whatever the template adds."""
+    for distro, version in (("rhel", "9"), ("oracle", "8"), ("sles", "15")):
+        add, remove = kernel_args(prep_facts(resolve(distro, version)), Azure())
+        assert "rootdelay=300" in add and not any(a.startswith("rootdelay") for a in remove)
+    for distro, version in (("debian", "12"), ("ubuntu", "24.04")):
+        add, remove = kernel_args(prep_facts(resolve(distro, version)), Azure(
+            kernel_args_add=["console=ttyS0", "rootdelay=300", "console=ttyS0"]))
+        assert add == ["console=ttyS0"]
+        assert remove[-1] == "rootdelay=*"
+        scripts = _render(distro, version, {}, "bios")
+        header = "ARGS_ADD='console=ttyS0 earlyprintk=ttyS0 net.ifnames=0'"
+        assert header in scripts["azure-prep.sh"]
+        assert "every boot waits %s s" in scripts["azure-check.sh"]
+
+
+@pytest.fixture(scope="module")
+def debian_lib(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The helper functions of the Debian scripts with Debian's own argument lists."""
+    scripts = _render("debian", "12", {}, "uefi")
+    prep = scripts["azure-prep.sh"]
+    helpers = prep[: prep.index('[ "$(id -u)" = 0 ] || die "run me as root"')]
+    path = tmp_path_factory.mktemp("debian-lib") / "lib.sh"
+    path.write_text(helpers)
+    return path
+
+
+def test_edit_args_removes_any_rootdelay_on_debian(debian_lib: Path) -> None:
+    out = _bash(debian_lib, 'edit_args "quiet rootdelay=300 console=ttyS0 rootdelay=30" 1').stdout
+    assert out.split() == ["console=ttyS0", "earlyprintk=ttyS0", "net.ifnames=0"]
+    assert _bash(debian_lib, "is_removed rootdelay=300").returncode == 0
+    assert _bash(debian_lib, "is_removed rootdelay").returncode == 1
+    # a file named like the pattern's match does not change anything (no globbing)
+    assert _bash(debian_lib, "cd /tmp && is_removed console=ttyS0").returncode == 1
+
+
+def test_edit_args_deduplicates_across_the_two_keys(debian_lib: Path) -> None:
+    linux = "console=ttyS0 earlyprintk=ttyS0 net.ifnames=0"
+    out = _bash(debian_lib, f'edit_args "console=tty1 console=ttyS0 console=tty1" 1 "{linux}"')
+    assert out.stdout.split() == ["console=tty1"]
+    out = _bash(debian_lib, 'edit_args "splash" 1 "net.ifnames=0"').stdout
+    assert out.split() == ["splash", "console=ttyS0", "earlyprintk=ttyS0"]
+
+
+def _section(script: str, start: str, end: str) -> str:
+    """One section of a rendered script, to run on its own (never the whole script)."""
+    assert script.count(start) == 1, start
+    return script[script.index(start): script.index(end, script.index(start))]
+
+
+def test_grub_defaults_edited_once_and_deduplicated(debian_lib: Path, tmp_path: Path) -> None:
+    """The R07 section of Debian's azure-prep.sh on a /etc/default/grub written by d-i with
+    the arguments in both keys and a rootdelay: each argument ends up once, no rootdelay."""
+    prep = _render("debian", "12", {}, "bios")["azure-prep.sh"]
+    section = _section(prep, "DEFAULTS_CHANGED=0", "if [ \"$REGENERATE\" = 1 ]")
+    root = tmp_path / "etc/default"
+    root.mkdir(parents=True)
+    grub = root / "grub"
+    grub.write_text('GRUB_DEFAULT=0\nGRUB_CMDLINE_LINUX_DEFAULT="quiet console=ttyS0 '
+                    'earlyprintk=ttyS0 rootdelay=300 net.ifnames=0"\n'
+                    'GRUB_CMDLINE_LINUX="console=ttyS0 net.ifnames=0"\n')
+    section = section.replace("/etc/default/grub", str(grub))
+    code = f"grub_files() {{ printf '%s\\n' {grub}; }}\n" + section.replace(
+        "grub_files() {", "grub_files_unused() {")
+    proc = _bash(debian_lib, code + "\necho REGENERATE=$REGENERATE")
+    assert proc.returncode == 0, proc.stderr
+    text = grub.read_text()
+    assert 'GRUB_CMDLINE_LINUX="console=ttyS0 net.ifnames=0"' in text
+    assert 'GRUB_CMDLINE_LINUX_DEFAULT="earlyprintk=ttyS0"' in text
+    again = _bash(debian_lib, code)
+    assert again.returncode == 0 and "R07" not in again.stdout  # idempotent
+
+
+# ---- R14: the removable-path boot loader ---------------------------------------------------
+
+
+def test_r14_only_on_uefi() -> None:
+    bios = _render("debian", "12", {}, "bios")
+    assert "R14" not in bios["azure-prep.sh"].split("# ---- R07")[1]
+    assert "result R14 skip \"BIOS image (Gen1)" in bios["azure-check.sh"]
+    uefi = _render("rhel", "9", {}, "uefi")
+    assert "# ---- R14: the removable-path boot loader" in uefi["azure-prep.sh"]
+    assert "grub2-install --target=x86_64-efi" in uefi["azure-prep.sh"]
+    assert "\ncheck_R14\n" in uefi["azure-check.sh"]
+    skipped = _render("debian", "12", {"skip": {"R14": "Gen1 only"}}, "uefi")
+    assert "result R14 skip 'Gen1 only'" in skipped["azure-check.sh"]
+    assert "say 'R14 skipped: Gen1 only'" in skipped["azure-prep.sh"]
+
+
+def _r14(distro: str, version: str, esp: Path) -> subprocess.CompletedProcess[str]:
+    prep = _render(distro, version, {}, "uefi")["azure-prep.sh"]
+    helpers = prep[: prep.index('[ "$(id -u)" = 0 ] || die "run me as root"')]
+    section = _section(prep, "# ---- R14: the removable-path boot loader EFI/BOOT",
+                       'if [ "$CHANGES" = 0 ]')
+    assert "ensure_packages " not in section and "R05" not in section  # R14 alone runs here
+    script = esp.parent / "r14.sh"
+    script.write_text(helpers + f"ESP={esp}\n" + section + 'echo "CHANGES=$CHANGES"\n')
+    return subprocess.run(["bash", str(script)], capture_output=True, text=True)
+
+
+def _esp(tmp_path: Path, vendor: str, files: dict[str, bytes]) -> Path:
+    esp = tmp_path / "esp"
+    (esp / "EFI" / vendor).mkdir(parents=True)
+    for name, data in files.items():
+        (esp / "EFI" / vendor / name).write_bytes(data)
+    return esp
+
+
+def test_r14_copies_the_vendor_loader_with_shim_first(tmp_path: Path) -> None:
+    esp = _esp(tmp_path, "ubuntu", {
+        "shimx64.efi": b"MZ UEFI SHIM $Version: 15.7 $", "grubx64.efi": b"MZ grub",
+        "mmx64.efi": b"MZ mok",
+        "grub.cfg": b"search.fs_uuid x root\nconfigfile /boot/grub/grub.cfg\n",
+        "BOOTX64.CSV": b"shimx64.efi,ubuntu,,\n"})
+    proc = _r14("ubuntu", "24.04", esp)
+    assert proc.returncode == 0, proc.stderr
+    boot = esp / "EFI" / "BOOT"
+    assert (boot / "BOOTX64.EFI").read_bytes().startswith(b"MZ UEFI SHIM")
+    assert (boot / "grubx64.efi").is_file() and (boot / "mmx64.efi").is_file()
+    assert not (boot / "BOOTX64.CSV").exists()
+    assert (boot / "grub.cfg").read_text().endswith("configfile /EFI/ubuntu/grub.cfg\n")
+    assert "R14 copied" in proc.stdout
+    again = _r14("ubuntu", "24.04", esp)
+    assert again.returncode == 0 and "CHANGES=0" in again.stdout, again.stdout
+    assert "not changed" in again.stdout
+
+
+def test_r14_leaves_a_working_fallback_alone(tmp_path: Path) -> None:
+    """RHEL's shim-x64 ships EFI/BOOT/BOOTX64.EFI and fbx64.efi, which boots through
+    EFI/redhat/BOOTX64.CSV: nothing to do."""
+    esp = _esp(tmp_path, "redhat", {"shimx64.efi": b"MZ UEFI SHIM", "grubx64.efi": b"MZ",
+                                     "BOOTX64.CSV": b"shimx64.efi,Red Hat,,\n"})
+    (esp / "EFI" / "BOOT").mkdir()
+    (esp / "EFI" / "BOOT" / "BOOTX64.EFI").write_bytes(b"MZ UEFI SHIM")
+    (esp / "EFI" / "BOOT" / "fbx64.efi").write_bytes(b"MZ fallback")
+    proc = _r14("rhel", "9", esp)
+    assert proc.returncode == 0, proc.stderr
+    assert "CHANGES=0" in proc.stdout and "shim fallback with" in proc.stdout
+
+
+def test_r14_fails_clearly_without_an_esp(tmp_path: Path) -> None:
+    proc = _r14("debian", "12", tmp_path / "nothing")
+    assert proc.returncode == 1
+    assert "R14" in proc.stderr and "is the EFI system partition mounted" in proc.stderr
+
+
+# ---- issue 15: NetworkManager, cloud-init networking, sshd, packages ------------------------
+
+
+def _cloud_cfg(script: str) -> Any:
+    body = script.split("<<'CLOUDCFG'; then\n", 1)[1].split("\nCLOUDCFG\n", 1)[0]
+    return yaml.safe_load(body)
+
+
+@pytest.mark.parametrize(("distro", "version", "applies"), [
+    ("rhel", "9", False), ("oracle", "8", False), ("sles", "15", False),
+    ("opensuse-leap", "15", False), ("ubuntu", "24.04", True), ("debian", "12", True)])
+def test_cloud_init_network_per_family(distro: str, version: str, applies: bool) -> None:
+    prep = _render(distro, version, {"provisioning": "cloud-init"}, "bios")["azure-prep.sh"]
+    cfg = _cloud_cfg(prep)
+    assert cfg["datasource"]["Azure"]["apply_network_config"] is applies
+    assert cfg["datasource_list"] == ["Azure"]
+    if not applies:  # the NIC stays with NetworkManager or wicked: eth0 is configured
+        assert ("eth0.nmconnection" in prep or "ifcfg-eth0" in prep)
+        assert "cloud-init writes eth0's configuration" not in prep
+
+
+@pytest.mark.parametrize(("distro", "version", "unmanaged"), [
+    ("rhel", "8", True), ("rhel", "9", True), ("rocky", "9", True), ("oracle", "7", True),
+    ("oracle", "9", True), ("rhel", "7", False), ("centos", "7", False), ("ubuntu", "24.04", False),
+    ("sles", "15", False)])
+def test_accelerated_networking_vfs_unmanaged(distro: str, version: str, unmanaged: bool) -> None:
+    prep = _render(distro, version, {}, "bios")["azure-prep.sh"]
+    conf = "/etc/NetworkManager/conf.d/99-azure-unmanaged-devices.conf"
+    assert (conf in prep) is unmanaged
+    if unmanaged:
+        body = prep.split("<<'NMCONF'; then\n", 1)[1].split("\nNMCONF\n", 1)[0]
+        parser = configparser.ConfigParser(comment_prefixes=("#",))
+        parser.read_string(body)
+        assert parser["keyfile"]["unmanaged-devices"] == "driver:mlx4_core,driver:mlx5_core"
+        rule = prep.split("<<'UDEV'; then\n", 1)[1].split("\nUDEV\n", 1)[0].splitlines()[-1]
+        assert rule == ('SUBSYSTEM=="net", DRIVERS=="hv_pci", ACTION!="remove", '
+                        'ENV{NM_UNMANAGED}="1"')
+
+
+def test_rhel_family_sshd_keepalive(tmp_path: Path) -> None:
+    prep = _render("rhel", "8", {}, "bios")["azure-prep.sh"]
+    assert "ClientAliveInterval 180" not in _render("debian", "12", {}, "bios")["azure-prep.sh"]
+    program = prep.split("awk '\n  !done && /^[ \\t]*ClientAliveInterval", 1)[1]
+    program = "\n  !done && /^[ \\t]*ClientAliveInterval" + program.split("\n' ", 1)[0] + "\n"
+    config = tmp_path / "sshd_config"
+    config.write_text("PermitRootLogin no\n#ClientAliveInterval 0\nMatch User anoncvs\n"
+                      "  X11Forwarding no\n")
+    out = subprocess.run(["awk", program, str(config)], capture_output=True, text=True).stdout
+    assert out.splitlines() == ["PermitRootLogin no", "#ClientAliveInterval 0",
+                                "ClientAliveInterval 180", "Match User anoncvs",
+                                "  X11Forwarding no"]
+    config.write_text("ClientAliveInterval 30\n")
+    out = subprocess.run(["awk", program, str(config)], capture_output=True, text=True).stdout
+    assert out == "ClientAliveInterval 180\n"
+
+
+def test_packages_in_one_transaction() -> None:
+    prep = _render("rhel", "9", {"provisioning": "cloud-init"}, "bios")["azure-prep.sh"]
+    calls = [ln for ln in prep.splitlines() if ln.startswith("ensure_packages ")]
+    assert calls == ["ensure_packages R08:WALinuxAgent R09:openssh-server R10:cloud-init "
+                     "Hyper-V:hyperv-daemons"]
+    assert prep.count("dnf -y install") == 1
+    debian = _render("debian", "12", {"skip": {"R08": "own agent"}}, "bios")["azure-prep.sh"]
+    assert [ln for ln in debian.splitlines() if ln.startswith("ensure_packages ")] == [
+        "ensure_packages R09:openssh-server"]
+    assert "hyperv-daemons" not in _render("centos", "6", {}, "bios")["azure-prep.sh"]
+
+
+def _check_fn(distro: str, version: str, call: str, tmp_path: Path
+              ) -> subprocess.CompletedProcess[str]:
+    """The helpers and check functions of azure-check.sh (not its main part), then `call`."""
+    check = _render(distro, version, {}, "uefi")["azure-check.sh"]
+    helpers = check[: check.index('result R01 skip "checked on the finished image')]
+    script = tmp_path / "check.sh"
+    script.write_text(helpers + call + "\n")
+    return subprocess.run(["bash", str(script)], capture_output=True, text=True)
+
+
+def test_in_guest_r14(tmp_path: Path) -> None:
+    esp = _esp(tmp_path, "debian", {"shimx64.efi": b"MZ UEFI SHIM", "grubx64.efi": b"MZ",
+                                    "grub.cfg": b"configfile /boot/grub/grub.cfg\n"})
+    out = _check_fn("debian", "12", f"ESP={esp}; check_R14", tmp_path).stdout
+    assert out.startswith("R14 fail no EFI/BOOT/BOOTX64.EFI on the ESP"), out
+    assert "empty UEFI variables" in out
+    assert _r14("debian", "12", esp).returncode == 0
+    out = _check_fn("debian", "12", f"ESP={esp}; check_R14", tmp_path).stdout
+    assert out.startswith(f"R14 pass {esp}/EFI/BOOT/BOOTX64.EFI, configuration: "), out
+
+
+def test_in_guest_r07_says_what_rootdelay_costs(tmp_path: Path) -> None:
+    problems = "unwanted:quiet unwanted:rootdelay=300"
+    out = _check_fn("ubuntu", "24.04", f'explain "{problems}"', tmp_path).stdout
+    assert out.strip() == (f"{problems} (initramfs-tools: its init sleeps rootdelay "
+                           "unconditionally, so every boot waits 300 s)")
+    out = _check_fn("rhel", "9", 'arg_problems "console=ttyS0 earlyprintk=ttyS0 '
+                    'net.ifnames=0" 1', tmp_path).stdout
+    assert out.strip() == "missing:rootdelay=300"  # dracut families keep it

@@ -18,8 +18,10 @@ from builder.guest_checks import (
     fstab_swaps,
     grub_defaults,
     grub_kernel_lines,
+    initramfs_sleep_line,
     initrd_version,
     judge_cmdline,
+    judge_fallback_loader,
     judge_waagent_conf,
     kernel_version_status,
     parse_dpkg_status,
@@ -32,6 +34,8 @@ from builder.guest_checks import (
     parse_mbr,
     parse_shell_assignments,
     password_locked,
+    required_args,
+    rootdelay_cost,
     shadow_password_field,
     sudoers_findings,
     superblock_state,
@@ -174,6 +178,78 @@ def test_bls_entry_with_grubenv_kernelopts() -> None:
 )
 def test_judge_cmdline(args: str, missing: list[str], forbidden: list[str], crash: bool) -> None:
     assert judge_cmdline(args.split()) == (missing, forbidden, crash)
+
+
+@pytest.mark.parametrize(
+    ("args", "missing", "forbidden"),
+    [
+        ("console=ttyS0 earlyprintk=ttyS0", [], []),
+        ("console=ttyS0 earlyprintk=ttyS0 rootdelay=300", [], ["rootdelay=300"]),
+        ("console=ttyS0,115200n8 rootdelay=30 quiet", ["earlyprintk=ttyS0"],
+         ["rootdelay=30", "quiet"]),
+    ],
+)
+def test_judge_cmdline_initramfs_tools(args: str, missing: list[str], forbidden: list[str]
+                                       ) -> None:
+    """Debian and Ubuntu: initramfs-tools sleeps rootdelay, so none is wanted."""
+    assert judge_cmdline(args.split(), "initramfs-tools") == (missing, forbidden, False)
+    assert "rootdelay=300" not in required_args("initramfs-tools")
+    assert "rootdelay=300" in required_args("dracut") and "rootdelay=300" in required_args("")
+
+
+INITRAMFS_INIT = Path("/usr/share/initramfs-tools/init")
+
+
+def test_rootdelay_cost_names_the_sleep() -> None:
+    text = (INITRAMFS_INIT.read_text() if INITRAMFS_INIT.exists() else
+            'starttime=$((starttime + 1))\nif [ "$ROOTDELAY" ]; then\n\tsleep "$ROOTDELAY"\nfi\n')
+    evidence = initramfs_sleep_line(text)
+    assert evidence.startswith("/usr/share/initramfs-tools/init:")
+    assert evidence.endswith('sleep "$ROOTDELAY"')
+    cost = rootdelay_cost(["quiet", "rootdelay=300"], evidence)
+    assert "every boot on Azure waits 300 s" in cost and evidence in cost
+    assert rootdelay_cost(["quiet"], evidence) == ""
+
+
+# ---------------------------------------------------------------- UEFI fallback loader (R14)
+
+ESP = "ESP /dev/sda1 (at /boot/efi)"
+SHIM, GRUB = 950_000, 2_500_000
+
+
+@pytest.mark.parametrize(
+    ("files", "shim", "prefix_in", "status", "fragment"),
+    [
+        # Debian with d-i's force-efi-extra-removable: shim, grub and the stub in EFI/debian
+        ({"EFI/debian/shimx64.efi": SHIM, "EFI/debian/grubx64.efi": GRUB,
+          "EFI/debian/grub.cfg": 120, "EFI/BOOT/BOOTX64.EFI": SHIM,
+          "EFI/BOOT/grubx64.efi": GRUB}, True, None, "pass",
+         "EFI/debian/grub.cfg (the prefix of a signed GRUB)"),
+        # RHEL's shim-x64: fallback with the vendor's CSV
+        ({"EFI/redhat/shimx64.efi": SHIM, "EFI/redhat/BOOTX64.CSV": 90,
+          "EFI/BOOT/BOOTX64.EFI": SHIM, "EFI/BOOT/fbx64.efi": 80_000}, True, None, "pass",
+         "shim's fallback EFI/BOOT/fbx64.efi with EFI/redhat/BOOTX64.CSV"),
+        # grub-install --removable: prefix built in, names in FAT's upper case
+        ({"EFI/BOOT/BOOTX64.EFI": GRUB}, False, "EFI/BOOT/BOOTX64.EFI", "pass",
+         "/boot/grub built into EFI/BOOT/BOOTX64.EFI"),
+        ({"EFI/boot/bootx64.efi": GRUB, "EFI/boot/grub.cfg": 60}, False, None, "pass",
+         "reaches EFI/boot/grub.cfg"),
+        # the corpus's broken image: the distro's loader only, no removable path
+        ({"EFI/debian/shimx64.efi": SHIM, "EFI/debian/grubx64.efi": GRUB,
+          "EFI/debian/grub.cfg": 120}, False, None, "fail",
+         "no EFI/BOOT/BOOTX64.EFI (EFI/debian only)"),
+        ({"EFI/BOOT/BOOTX64.EFI": 0}, False, None, "fail", "no EFI/BOOT/BOOTX64.EFI"),
+        ({"EFI/BOOT/BOOTX64.EFI": SHIM, "EFI/debian/grub.cfg": 1}, True, None, "fail",
+         "neither its second stage"),
+        ({"EFI/BOOT/BOOTX64.EFI": GRUB}, False, None, "fail", "finds no grub.cfg"),
+    ],
+)
+def test_judge_fallback_loader(files: dict[str, int], shim: bool, prefix_in: str | None,
+                               status: str, fragment: str) -> None:
+    got_status, evidence = judge_fallback_loader(ESP, files, shim, prefix_in)
+    assert (got_status, fragment in evidence) == (status, True), evidence
+    if status == "fail" and "no EFI/BOOT" in fragment:
+        assert "empty UEFI variables" in evidence and "--removable" in evidence
 
 
 def test_kernel_versions() -> None:

@@ -1,4 +1,4 @@
-"""The image corpus for the offline Azure-readiness checks (R03..R13).
+"""The image corpus for the offline Azure-readiness checks (R03..R14).
 
 No VM boots. From the cached debootstrapped root (scripts/make-rootfs.sh) one
 Azure-ready root is prepared in a chroot (the Debian agent package installed,
@@ -9,7 +9,10 @@ and every variant is that disk with exactly one requirement broken, applied at
 image-write time with `debugfs -w` on a copy. The variants are then stored as
 qcow2 overlays on the correct raw disk (`qemu-img convert -B`), so the corpus
 costs one disk of space and also exercises the qcow2 input path. The LVM
-variant is laid out inside the libguestfs appliance. Everything is cached under
+variant is laid out inside the libguestfs appliance. The UEFI images are GPT disks with an
+EFI system partition (`mkfs.fat` and mtools, at an offset) holding Debian's signed shim and
+GRUB (from `apt-get download`, unpacked with `dpkg-deb -x`), in EFI/debian and on the
+removable path EFI/BOOT; the broken one lacks EFI/BOOT (R14). Everything is cached under
 `cache_dir()/fixtures/check-corpus-<key>/`, keyed by the root's path and this
 file's hash.
 """
@@ -28,6 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from builder.appliance import Drive, launch
 from builder.initrd_list import list_initrd, modules_in
 from builder.paths import cache_dir
 from builder.run import run
@@ -39,8 +43,20 @@ MIB = 1024 * 1024
 DISK_SIZE = 2 * 1024 * MIB
 BIG_SIZE = 30 * 1024 * MIB
 ROOT_UUID = "3f1b6a52-7d0e-4c3a-9a57-2b8e1f0c6d11"
-CMDLINE_DEFAULT = "console=tty1 console=ttyS0,115200n8 earlyprintk=ttyS0 rootdelay=300"
+# Debian: no rootdelay (initramfs-tools sleeps it on every boot, R07).
+CMDLINE_DEFAULT = "console=tty1 console=ttyS0,115200n8 earlyprintk=ttyS0"
 HV_MODULES = ("hv_vmbus", "hv_storvsc", "hv_netvsc")
+ESP_START = MIB
+ESP_SIZE = 63 * MIB
+UEFI_ROOT_START = 64 * MIB
+ESP_SERIAL = "1234ABCD"  # the vfat UUID 1234-ABCD
+ESP_GPT_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+LINUX_GPT_TYPE = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
+EFI_PACKAGES = {  # package -> the signed binary it ships, and its name on the ESP
+    "shim-signed": ("usr/lib/shim/shimx64.efi.signed", "shimx64.efi"),
+    "grub-efi-amd64-signed": ("usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed",
+                              "grubx64.efi"),
+}
 
 WAAGENT_CLOUD_INIT = {
     "Provisioning.Agent": "cloud-init",
@@ -70,6 +86,7 @@ class Expect:
     fails: str | None
     evidence: str = ""
     fmt: str = "qcow2"
+    firmware: str = "bios"  # "uefi": a GPT disk with an EFI system partition (R14 judged)
 
 
 EXPECTED: dict[str, Expect] = {
@@ -80,6 +97,7 @@ EXPECTED: dict[str, Expect] = {
     "swap-fstab": Expect("R04", "/etc/fstab:3: /swapfile none swap"),
     "lvm-root": Expect("R03", "LVM", fmt="raw"),
     "quiet": Expect("R07", "quiet"),
+    "rootdelay": Expect("R07", "every boot on Azure waits 300 s"),
     "no-console": Expect("R07", "console=ttyS0"),
     "no-storvsc": Expect("R05", "(zstd) lacks hv_storvsc"),
     "agent-missing": Expect("R08", "not installed"),
@@ -92,6 +110,9 @@ EXPECTED: dict[str, Expect] = {
     "cloud-instance": Expect("R12", "/var/lib/cloud/instance"),
     "dirty-state": Expect("R13", "not clean"),
     "needs-recovery": Expect("R13", "needs_recovery"),
+    "uefi": Expect(None, fmt="raw", firmware="uefi"),
+    "uefi-no-fallback": Expect("R14", "no EFI/BOOT/BOOTX64.EFI (EFI/debian only)",
+                               firmware="uefi"),
 }
 
 
@@ -270,7 +291,19 @@ def prepare_root(src: Path, root: Path) -> Path:
         (conf_dir / "modules").write_text("hv_vmbus\nhv_netvsc\n")
         _chroot(root, "mkinitramfs", "-d", "/tmp/initramfs-no-storvsc",
                 "-o", "/tmp/initrd-no-storvsc", kver)
+        # Debian's signed shim and GRUB for the UEFI images' ESP, not installed in the root.
+        _chroot(root, "sh", "-c", "cd /tmp && apt-get download -q "
+                + " ".join(EFI_PACKAGES))
         _chroot(root, "apt-get", "clean")
+    efi = root.parent / "efi"
+    efi.mkdir()
+    for package, (member, name) in EFI_PACKAGES.items():
+        deb = next((root / "tmp").glob(f"{package}_*.deb"))
+        unpacked = root.parent / f"{package}-unpacked"
+        run(["dpkg-deb", "-x", deb, unpacked])
+        shutil.move(unpacked / member, efi / name)
+        shutil.rmtree(unpacked)
+        deb.unlink()
     no_storvsc = root.parent / "initrd-no-storvsc"
     shutil.move(root / "tmp/initrd-no-storvsc", no_storvsc)
     shutil.rmtree(conf_dir)
@@ -306,6 +339,8 @@ def _sanity(root: Path, no_storvsc: Path) -> None:
     assert set(HV_MODULES) <= good, good
     bad = modules_in(list_initrd(no_storvsc.read_bytes()))
     assert "hv_storvsc" not in bad and "hv_vmbus" in bad, bad
+    assert b"UEFI SHIM" in (root.parent / "efi/shimx64.efi").read_bytes(), "not a shim"
+    assert (root.parent / "efi/grubx64.efi").read_bytes()[:2] == b"MZ", "not an EFI binary"
 
 
 # ---------------------------------------------------------------- disks
@@ -322,6 +357,44 @@ def write_disk(root: Path, disk: Path, size: int) -> None:
          "-E", f"offset={MIB}", disk, f"{(size - MIB) // 1024}k"],
         timeout=1800,
     )
+
+
+def _mtools(tool: str, disk: Path, *args: str) -> None:
+    """An mtools command on the FAT of the ESP at ESP_START of `disk` (no mount, no loop)."""
+    run([tool, "-i", f"{disk}@@{ESP_START}", *args], env={**os.environ, "MTOOLS_SKIP_CHECK": "1"})
+
+
+def write_uefi_disk(root: Path, work: Path, disk: Path, size: int) -> None:
+    """GPT with an EFI system partition at 1 MiB (FAT, Debian's shim and GRUB in EFI/debian
+    and on the removable path EFI/BOOT, as d-i's force-efi-extra-removable leaves them)
+    and the root at 64 MiB, mounting the ESP at /boot/efi."""
+    disk.unlink(missing_ok=True)
+    with disk.open("wb") as f:
+        f.truncate(size)
+    root_size = size - UEFI_ROOT_START - MIB  # the backup GPT lives in the last MiB
+    run(["sfdisk", "-q", disk], input=(
+        "label: gpt\n"
+        f"start={ESP_START // 512}, size={ESP_SIZE // 512}, type={ESP_GPT_TYPE}\n"
+        f"start={UEFI_ROOT_START // 512}, size={root_size // 512}, type={LINUX_GPT_TYPE}\n"
+    ).encode())
+    # FAT16: mkfs.fat would pick FAT32 from the whole disk's size, too big for 63 MiB.
+    run(["mkfs.fat", "-F", "16", f"--offset={ESP_START // 512}", "-i", ESP_SERIAL, "-n", "ESP",
+         disk, str(ESP_SIZE // 1024)])
+    efi = work / "efi"
+    stub = work / "efi-grub.cfg"
+    stub.write_text(f"search.fs_uuid {ROOT_UUID} root\nset prefix=($root)'/boot/grub'\n"
+                    "configfile $prefix/grub.cfg\n")
+    _mtools("mmd", disk, "::/EFI", "::/EFI/debian", "::/EFI/BOOT")
+    _mtools("mcopy", disk, str(efi / "shimx64.efi"), str(efi / "grubx64.efi"),
+            "::/EFI/debian/")
+    _mtools("mcopy", disk, str(stub), "::/EFI/debian/grub.cfg")
+    _mtools("mcopy", disk, str(efi / "shimx64.efi"), "::/EFI/BOOT/BOOTX64.EFI")
+    _mtools("mcopy", disk, str(efi / "grubx64.efi"), "::/EFI/BOOT/grubx64.efi")
+    run(["mke2fs", "-q", "-F", "-t", "ext4", "-U", ROOT_UUID, "-L", "root", "-d", root,
+         "-E", f"offset={UEFI_ROOT_START}", disk, f"{root_size // 1024}k"], timeout=1800)
+    fstab = (root / "etc/fstab").read_text() + (
+        f"UUID={ESP_SERIAL[:4]}-{ESP_SERIAL[4:]} /boot/efi vfat umask=0077 0 1\n")
+    debugfs(disk, ["mkdir /boot/efi", *_put(work, "/etc/fstab", fstab)], UEFI_ROOT_START)
 
 
 def debugfs(disk: Path, commands: list[str], offset: int = MIB) -> None:
@@ -365,6 +438,7 @@ def _variant_commands(root: Path, work: Path, no_storvsc: Path) -> dict[str, lis
     removed_status = "\n\n".join(stanzas)
     assert removed_status != status
     quiet = f"quiet {CMDLINE_DEFAULT}"
+    rootdelay = f"{CMDLINE_DEFAULT} rootdelay=300"
     no_console = CMDLINE_DEFAULT.replace("console=ttyS0,115200n8 ", "")
     hostkey = work / "hostkey"
     run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", hostkey])
@@ -379,6 +453,10 @@ def _variant_commands(root: Path, work: Path, no_storvsc: Path) -> dict[str, lis
         "quiet": [
             *_put(work, "/etc/default/grub", grub_defaults(quiet)),
             *_put(work, "/boot/grub/grub.cfg", grub_cfg(kver, quiet)),
+        ],
+        "rootdelay": [
+            *_put(work, "/etc/default/grub", grub_defaults(rootdelay)),
+            *_put(work, "/boot/grub/grub.cfg", grub_cfg(kver, rootdelay)),
         ],
         "no-console": [
             *_put(work, "/etc/default/grub", grub_defaults(no_console)),
@@ -423,15 +501,11 @@ def _lvm_disk(root: Path, work: Path, disk: Path) -> None:
     """Root on an LVM logical volume (one PV partition, type 8e), laid out in the appliance:
     one launch creates the PV, VG and LV; the ext4 is made from the root on the host at the
     LV's size, then a second launch copies it into the LV."""
-    import guestfs  # the system binding, visible in the venv
-
     disk.unlink(missing_ok=True)
     with disk.open("wb") as f:
         f.truncate(DISK_SIZE)
-    g = guestfs.GuestFS(python_return_dict=True)
+    g = launch([Drive(disk, "raw", readonly=False)])
     try:
-        g.add_drive_opts(str(disk), format="raw", readonly=False)
-        g.launch()
         g.part_init("/dev/sda", "msdos")
         g.part_add("/dev/sda", "p", 2048, -1)
         g.part_set_mbr_id("/dev/sda", 1, 0x8E)
@@ -449,11 +523,8 @@ def _lvm_disk(root: Path, work: Path, disk: Path) -> None:
         timeout=1800)
     debugfs(fs_image, _put(work, "/etc/fstab",
                            "/dev/mapper/vgroot-root / ext4 errors=remount-ro 0 1\n"), 0)
-    g = guestfs.GuestFS(python_return_dict=True)
+    g = launch([Drive(disk, "raw", readonly=False), Drive(fs_image, "raw")])
     try:
-        g.add_drive_opts(str(disk), format="raw", readonly=False)
-        g.add_drive_opts(str(fs_image), format="raw", readonly=True)
-        g.launch()
         g.vg_activate_all(True)
         g.copy_device_to_device("/dev/sdb", "/dev/vgroot/root", sparse=True)
         g.vg_activate_all(False)
@@ -517,6 +588,13 @@ def _build(src_root: Path, out: Path) -> None:
     t0 = time.monotonic()
     no_storvsc = prepare_root(src_root, root)
     log.info("corpus: prepared root in %.0f s", time.monotonic() - t0)
+    uefi = out / image_name("uefi")
+    write_uefi_disk(root, work, uefi, DISK_SIZE)
+    broken = work / "uefi-no-fallback.raw"
+    run(["cp", "--sparse=always", uefi, broken], timeout=900)
+    _mtools("mdeltree", broken, "::/EFI/BOOT")
+    changed = _diff_overlay(broken, uefi, out / image_name("uefi-no-fallback"))
+    log.info("corpus: uefi-no-fallback differs from the uefi image in %d bytes", changed)
     correct = out / image_name("correct")
     write_disk(root, correct, DISK_SIZE)
     for name, commands in _variant_commands(root, work, no_storvsc).items():

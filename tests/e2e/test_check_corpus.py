@@ -1,10 +1,10 @@
-"""guest_checks (R03..R13) on a corpus of real Debian 12 disk images (tests/e2e/corpus.py):
-the correct image passes everything; each variant breaks exactly one requirement and is
-reported under that ID with concrete evidence, while every other requirement still passes."""
+"""guest_checks (R03..R14) on a corpus of real Debian 12 disk images (tests/e2e/corpus.py):
+the correct images (BIOS and UEFI) pass everything; each variant breaks exactly one
+requirement and is reported under that ID with concrete evidence, while every other
+requirement still passes (R14 is skipped on the BIOS images: no EFI system partition)."""
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -17,12 +17,10 @@ from builder.report import CheckResult
 
 pytestmark = pytest.mark.e2e
 
-# KVM is broken on the project's machines (docs: /work/shared/ENVIRONMENT.md);
-# a caller that knows better sets these itself.
-os.environ.setdefault("LIBGUESTFS_BACKEND", "direct")
-os.environ.setdefault("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg")
+# No LIBGUESTFS_* variable is set: the appliance runs on azbuild's own accelerator
+# decision (builder/appliance.py), the path every user takes.
 
-R_IDS = [f"R{n:02d}" for n in range(3, 14)]
+R_IDS = [f"R{n:02d}" for n in range(3, 15)]
 _results: dict[str, tuple[list[CheckResult], float]] = {}
 
 
@@ -59,6 +57,8 @@ def test_variant_fails_exactly_its_requirement(corpus: Path, name: str) -> None:
         if rid == expect.fails:
             assert r.status == "fail", f"{name}: {rid} should fail: {r}"
             assert expect.evidence in r.evidence, f"{name}: evidence {r.evidence!r}"
+        elif rid == "R14" and expect.firmware == "bios":
+            assert r.status == "skip" and "BIOS image" in r.evidence, f"{name}: {r}"
         else:
             assert r.status == "pass", f"{name}: {rid} should pass: {r}"
 
@@ -79,6 +79,23 @@ def test_correct_image_evidence_is_concrete(corpus: Path) -> None:
     assert "/dev/sda1 ext4: clean" in by_id["R13"].evidence
     # sfdisk + mke2fs leave the MBR's boot code empty: reported, but only as a warning
     assert by_id["W-MBR"].status == "warn"
+    # Debian: initramfs-tools sleeps rootdelay, so the correct image has none
+    assert "and no rootdelay" in by_id["R07"].evidence
+
+
+def test_uefi_image_evidence_is_concrete(corpus: Path) -> None:
+    by_id = {r.id: r for r in _check(corpus, "uefi")[0]}
+    assert "/dev/sda: gpt partition table" in by_id["R03"].evidence
+    r14 = by_id["R14"].evidence
+    assert "ESP /dev/sda1 (at /boot/efi)" in r14 and "(shim," in r14
+    assert "EFI/debian/grub.cfg" in r14
+    assert "W-MBR" not in by_id
+
+
+def test_rootdelay_cost_is_stated(corpus: Path) -> None:
+    r07 = {r.id: r for r in _check(corpus, "rootdelay")[0]}["R07"]
+    assert "/usr/share/initramfs-tools/init:" in r07.evidence
+    assert 'sleep "$ROOTDELAY"' in r07.evidence
 
 
 def test_waagent_mode_judged_by_its_own_rules(corpus: Path) -> None:
@@ -92,7 +109,7 @@ def test_30_gib_image_is_checked_quickly(corpus: Path) -> None:
     assert image.stat().st_size == 30 * 1024**3
     results, seconds = _check(corpus, "big")
     print(f"\n30 GiB image checked in {seconds:.1f} s")
-    assert all(r.status == "pass" for r in results if r.id.startswith("R"))
+    assert all(r.status == "pass" for r in results if r.id.startswith("R") and r.id != "R14")
     # The target is 30 s under TCG on an idle machine; shared CI cores get slack.
     assert seconds < 120
 

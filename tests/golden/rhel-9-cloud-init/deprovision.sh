@@ -62,12 +62,29 @@ else
   ERRORS=$((ERRORS + 1))
 fi
 
+# A subscription registered during the build (install.rhel_activation_key) must not
+# travel with the image; unregistering needs the network, so it comes before it stops.
+unregister() {
+  command -v subscription-manager >/dev/null 2>&1 || return 0
+  if subscription-manager identity >/dev/null 2>&1; then
+    subscription-manager unregister || return 1
+  fi
+  subscription-manager clean
+}
+step "R12 unregistered the subscription (if any) and removed its identity" unregister
+
 # The agent deletes only the user named in Azure's provisioning data, and a build VM
 # has none: the build's user goes here, with its processes, home and sudo rule.
 remove_build_user() {
   if id "$BUILD_USER" >/dev/null 2>&1; then
     pkill -KILL -u "$BUILD_USER" 2>/dev/null || true
-    sleep 1
+    # Wait until the killed processes are gone (userdel refuses a logged-in user), up to
+    # 5 s, instead of a fixed sleep.
+    local tries=0
+    while pgrep -u "$BUILD_USER" >/dev/null 2>&1 && [ "$tries" -lt 50 ]; do
+      sleep 0.1
+      tries=$((tries + 1))
+    done
     userdel -r -f "$BUILD_USER" 2>/dev/null || userdel -r "$BUILD_USER" || return 1
   fi
   local file

@@ -67,7 +67,13 @@ fi
 remove_build_user() {
   if id "$BUILD_USER" >/dev/null 2>&1; then
     pkill -KILL -u "$BUILD_USER" 2>/dev/null || true
-    sleep 1
+    # Wait until the killed processes are gone (userdel refuses a logged-in user), up to
+    # 5 s, instead of a fixed sleep.
+    local tries=0
+    while pgrep -u "$BUILD_USER" >/dev/null 2>&1 && [ "$tries" -lt 50 ]; do
+      sleep 0.1
+      tries=$((tries + 1))
+    done
     userdel -r -f "$BUILD_USER" 2>/dev/null || userdel -r "$BUILD_USER" || return 1
   fi
   local file
