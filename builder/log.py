@@ -18,6 +18,7 @@ ROOT = "azbuild"
 # (paramiko) stay out of the user's output.
 LOGGER_TREES = (ROOT, "builder", "distros")
 log = logging.getLogger(ROOT)
+_format = "text"  # what setup() chose; progress reporting follows it
 
 
 class JsonFormatter(logging.Formatter):
@@ -28,7 +29,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for key in ("step", "seconds", "hint"):
+        for key in ("step", "seconds", "hint", "progress"):
             if hasattr(record, key):
                 entry[key] = getattr(record, key)
         if record.exc_info and not record.exc_text:
@@ -39,6 +40,8 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup(debug: bool = False, log_format: str = "text") -> None:
+    global _format
+    _format = log_format
     handler: logging.Handler
     if log_format == "json":
         handler = logging.StreamHandler(sys.stderr)
@@ -59,6 +62,11 @@ def setup(debug: bool = False, log_format: str = "text") -> None:
         tree.setLevel(logging.DEBUG)
         tree.propagate = False
         tree.addHandler(handler)
+
+
+def current_format() -> str:
+    """"json" or "text", as set up for this process."""
+    return _format
 
 
 def add_file_handler(path: str) -> logging.Handler:
