@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 
 META_SHA256 = "azbuild_sha256"
 META_READY = "azbuild_ready"
-META_STATE = "azbuild_state"  # "uploading" until the read-back matched, then "verified"
+# "uploading" until the read-back matched, then "verified"; "corrupt" when it did not
+META_STATE = "azbuild_state"
 META_VERSION = "azbuild_version"
 
 
@@ -105,10 +106,11 @@ def publish_blob(image: Path, container_url: str, blob_name: str | None = None,
             mismatch = verify_blob(blob, image, jobs=jobs, progress=progress)
         verify_seconds = time.monotonic() - verify_started
         if mismatch is not None:
+            blob.set_blob_metadata(_metadata(local, state="corrupt"))
             raise BuildError(
                 f"the blob {url.public}/{name} read back differs from {image} at byte "
                 f"{mismatch.offset}: {mismatch.reason}; it does not hash to {local.sha256}",
-                hint="upload it again from scratch with --force (it replaces the blob)",
+                hint="run the same command again: a blob marked corrupt is uploaded from scratch",
             )
         blob.set_blob_metadata(_metadata(local, state="verified"))
     result = PublishResult(url=f"{url.public}/{name}", blob=name, sha256=local.sha256,
@@ -182,17 +184,22 @@ def _create_or_resume(blob: Any, local: LocalImage, force: bool) -> bool:
     except ResourceNotFoundError:
         props = None
     if props is not None:
-        same = (str(props.blob_type).endswith("PageBlob") and props.size == local.size
+        same = (props.blob_type == "PageBlob" and props.size == local.size
                 and (props.metadata or {}).get(META_SHA256) == local.sha256)
-        if same:
+        state = (props.metadata or {}).get(META_STATE)
+        if same and state != "corrupt":
             return True
-        if not force:
+        if same:
+            log.warning("the blob %s failed its last verification: uploading it again",
+                        blob.blob_name)
+        elif not force:
             raise UsageError(
                 f"the blob {blob.blob_name} already exists and holds something else "
                 f"({props.size} bytes, sha256 {(props.metadata or {}).get(META_SHA256)})",
                 hint="choose another name with --blob, or replace it with --force",
             )
-        log.warning("--force: replacing the existing blob %s", blob.blob_name)
+        else:
+            log.warning("--force: replacing the existing blob %s", blob.blob_name)
         blob.delete_blob(delete_snapshots="include")
     blob.create_page_blob(local.size, metadata=_metadata(local, state="uploading"))
     return False
