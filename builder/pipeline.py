@@ -15,7 +15,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from builder import log as azlog
 from builder.gc import claim_work_dir
@@ -64,6 +64,7 @@ class BuildContext:
     session: SSHSession | None = None
     artifacts: dict[str, Path] = field(default_factory=dict)
     report: Report | None = None
+    published: list[dict[str, Any]] = field(default_factory=list)  # [[publish]] records
     guest_seconds: float = 0.0
     started: datetime = field(default_factory=lambda: datetime.now(UTC))
 

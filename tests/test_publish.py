@@ -299,3 +299,72 @@ def test_refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "not ready for Azure" in err and "--force" in err
     assert main(["publish", str(image), "--container-url", "ftp://x/y"]) == 2
     assert main(["publish", str(image), "--container-url", url, "--jobs", "0"]) == 2
+
+
+PUBLISH_TEMPLATE = f"""\
+name = "published"
+[source]
+disk_image = "base.qcow2"
+[distro]
+name = "debian"
+version = "12"
+[vm]
+firmware = "uefi"
+
+[[publish]]
+type = "azure-page-blob"
+container_url = "https://acct.blob.core.windows.net/images?sv=2022-11-02&sig=SecretSig123%3D"
+
+[[publish]]
+type = "azure-image"
+disk_source = "upload"
+subscription_id = "{"0" * 8}-0000-0000-0000-{"0" * 12}"
+resource_group = "rg"
+location = "westeurope"
+image_name = "published-image"
+timeout = "30m"
+
+[[publish]]
+type = "azure-gallery"
+container_url = "https://acct.blob.core.windows.net/images"
+storage_account_id = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Storage/x/a"
+subscription_id = "s"
+resource_group = "rg"
+location = "westeurope"
+gallery = "gal"
+image_definition = "debian-12"
+version = "1.2.3"
+end_of_life = 2027-06-30
+exclude_from_latest = true
+keep_latest = 3
+tags = {{ team = "images" }}
+"""
+
+
+def test_publish_entries_in_a_template(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                       ) -> None:
+    from builder.publish.entries import AzureGallery, AzureImage, AzurePageBlob
+    from builder.template import load_template
+
+    path = tmp_path / "t.toml"
+    path.write_text(PUBLISH_TEMPLATE)
+    entries = load_template(path).template.publish
+    assert [type(e) for e in entries] == [AzurePageBlob, AzureImage, AzureGallery]
+    image, gallery = entries[1], entries[2]
+    assert isinstance(image, AzureImage) and image.timeout == 1800.0
+    assert image.container_url is None and image.jobs == 8
+    assert isinstance(gallery, AzureGallery) and str(gallery.end_of_life) == "2027-06-30"
+    assert gallery.keep_latest == 3 and gallery.exclude_from_latest
+    assert main(["inspect", str(path), "--format", "json"]) == 0
+    out = capsys.readouterr().out
+    assert "SecretSig123" not in out  # a SAS written straight into the template is masked
+    assert json.loads(out)["publish"][2]["version"] == "1.2.3"
+    bad = tmp_path / "bad.toml"
+    bad.write_text(PUBLISH_TEMPLATE.replace('version = "1.2.3"', 'version = "1.2"')
+                   .replace("[vm]", '[output]\nformats = ["raw"]\n[vm]'))
+    assert main(["validate", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "expected MAJOR.MINOR.PATCH" in err
+    bad.write_text(PUBLISH_TEMPLATE.replace("[vm]", '[output]\nformats = ["raw"]\n[vm]'))
+    assert main(["validate", str(bad)]) == 2
+    assert 'add "vhd" to output.formats' in capsys.readouterr().err

@@ -246,3 +246,29 @@ def _storage_errors(where: str, name: str) -> Iterator[None]:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return redact(text[0] if text else type(exc).__name__)
+
+
+def upload_to_existing_blob(image: Path, sas_url: str, jobs: int = DEFAULT_JOBS
+                            ) -> dict[str, Any]:
+    """Send `image` into a page blob that exists already at its size, such as a managed
+    disk in the ReadyToUpload state behind its write SAS; read back and compare."""
+    from urllib.parse import urlsplit
+
+    from azure.storage.blob import BlobClient
+
+    from builder.publish.auth import register_sas
+
+    parts = urlsplit(sas_url)
+    register_sas(parts.query)
+    where = f"{parts.scheme}://{parts.netloc}{parts.path}"
+    with _storage_errors(where, Path(parts.path).name):
+        blob = BlobClient.from_blob_url(sas_url)
+        with Progress("upload", image.stat().st_size) as progress:
+            stats = upload_pages(blob, image, jobs=jobs, present=present_ranges(blob),
+                                 progress=progress)
+        with Progress("verify", image.stat().st_size) as progress:
+            mismatch = verify_blob(blob, image, jobs=jobs, progress=progress)
+        if mismatch is not None:
+            raise BuildError(f"{where} read back differs from {image} at byte "
+                             f"{mismatch.offset}: {mismatch.reason}")
+    return {"url": where, **stats.as_dict()}

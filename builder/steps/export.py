@@ -128,6 +128,7 @@ def manifest(ctx: BuildContext) -> dict[str, Any]:
         "skipped_requirements": dict(template.azure.skip),
         "ready": ctx.report.ready if ctx.report else None,
         "check": ctx.report.to_dict()["checks"] if ctx.report else None,
+        "publish": ctx.published,
         "steps": dict(ctx.timer.timings),
         "time": {
             "wall_seconds": round(wall, 1),
