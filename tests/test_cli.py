@@ -47,7 +47,7 @@ def _subcommands() -> dict[str, argparse.ArgumentParser]:
 
 
 COMMANDS = ["validate", "inspect", "schema", "distros", "build", "render", "convert", "check",
-            "gc"]
+            "gc", "publish"]
 
 
 def test_the_command_set() -> None:

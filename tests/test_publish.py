@@ -368,3 +368,58 @@ def test_publish_entries_in_a_template(tmp_path: Path, capsys: pytest.CaptureFix
     bad.write_text(PUBLISH_TEMPLATE.replace("[vm]", '[output]\nformats = ["raw"]\n[vm]'))
     assert main(["validate", str(bad)]) == 2
     assert 'add "vhd" to output.formats' in capsys.readouterr().err
+
+
+def test_the_build_step_publishes_and_the_manifest_records_it(
+    azurite: Azurite, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The publish step as a build runs it after the check, with the manifest it writes;
+    the VM part of the build is not needed for it (tests/e2e has the whole build)."""
+    from contextlib import ExitStack
+
+    from builder.pipeline import BuildContext, BuildOptions
+    from builder.report import Report
+    from builder.steps import export, plan
+    from builder.steps.publish import PublishFailed, publish
+    from builder.template import load_template
+    from distros import resolve
+
+    out = tmp_path / "out"
+    out.mkdir()
+    image = out / "stepped.vhd"
+    data = make_sparse_vhd(image, 64 * MiB, 8 * MiB, extent=4 * MiB, zero_extent=MiB)
+    _container(azurite, "stepped")
+    monkeypatch.setenv(CONNECTION_STRING_ENV, azurite.connection_string)
+    template = tmp_path / "stepped.toml"
+    template.write_text(
+        'name = "stepped"\n[source]\ndisk_image = "base.qcow2"\n'
+        '[distro]\nname = "debian"\nversion = "12"\n'
+        f'[[publish]]\ntype = "azure-page-blob"\ncontainer_url = "{azurite.account_url}/stepped"\n'
+        'blob = "stepped-1.vhd"\n')
+    loaded = load_template(template)
+    ctx = BuildContext(loaded=loaded, options=BuildOptions(), distro=resolve("debian", "12"),
+                       uri="qemu:///session", output_dir=out, build_id="t",
+                       work_dir=tmp_path)
+    names = [name for name, _ in plan(ctx)]
+    assert names[-3:] == ["check", "publish", "manifest"]
+    ctx.artifacts["vhd"] = image
+    ctx.report = Report(str(image))  # the check step passed (no failure)
+    with ExitStack() as stack:
+        publish(ctx, stack)
+        export.write_manifest(ctx, stack)
+    [record] = json.loads((out / "manifest.json").read_text())["publish"]
+    assert record["url"] == f"{azurite.account_url}/stepped/stepped-1.vhd"
+    assert record["bytes_sent"] == data + PAGE
+    assert record["bytes_sent"] + record["bytes_skipped"] == image.stat().st_size
+    assert record["duration_seconds"] > 0 and record["resources"] == []
+    # A failing entry: the manifest still says what happened, the image stays.
+    broken = loaded.template.model_copy(update={"publish": [
+        loaded.template.publish[0].model_copy(
+            update={"container_url": f"{azurite.account_url}/no-such-container"})]})
+    ctx.loaded = type(loaded)(**{**loaded.__dict__, "template": broken})
+    ctx.published.clear()
+    with pytest.raises(PublishFailed, match="container does not exist"), ExitStack() as stack:
+        publish(ctx, stack)
+    [record] = json.loads((out / "manifest.json").read_text())["publish"]
+    assert "container does not exist" in record["error"]
+    assert image.exists()

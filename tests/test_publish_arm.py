@@ -10,12 +10,14 @@ stand-in for our code.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import itertools
 import json
 import time
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -321,3 +323,43 @@ def test_a_failed_gallery_version_is_deleted() -> None:
                                "cleanup", record)
     assert api.count("DELETE", "/versions/1.3.0") == 1
     assert "retention_deleted" not in record  # retention only runs after a success
+
+
+def test_direct_upload_fills_the_empty_disk_through_its_write_sas(
+    azurite: Any, tmp_path: Path
+) -> None:
+    """disk_source = "upload": an empty disk (ReadyToUpload), write access granted, the VHD
+    sent through the SAS the service hands out (here an Azurite page blob standing for the
+    disk), access revoked, then the image."""
+    from azure.storage.blob import BlobSasPermissions, generate_blob_sas
+    from azurite import ACCOUNT, KEY
+    from sparse_vhd import make_sparse_vhd
+
+    from builder.publish.blob import upload_to_existing_blob
+
+    image = tmp_path / "demo.vhd"
+    data = make_sparse_vhd(image, 64 * 1024**2, 16 * 1024**2, extent=8 * 1024**2,
+                           zero_extent=1024**2)
+    size = image.stat().st_size
+    container = azurite.service().create_container("disks")
+    disk_blob = container.get_blob_client("abcd")
+    disk_blob.create_page_blob(size)  # what a disk in ReadyToUpload looks like to a writer
+    sas = generate_blob_sas(ACCOUNT, "disks", "abcd", account_key=KEY,
+                            permission=BlobSasPermissions(read=True, write=True),
+                            expiry=datetime.now(UTC) + timedelta(hours=1))
+    api = ComputeApi(access_sas=f"{azurite.account_url}/disks/abcd?{sas}")
+    facts = ImageFacts(**{**FACTS.__dict__, "size": size})
+    record: dict[str, Any] = {}
+    entry = image_entry(disk_source="upload", container_url=None)
+    create_image(compute(api), entry, facts, None,
+                 lambda url: upload_to_existing_blob(image, url, jobs=4), "cleanup", record)
+    assert put_body(api, "/disks/")["properties"]["creationData"] == {
+        "createOption": "Upload", "uploadSizeBytes": size}
+    [grant] = [b for m, p, b in api.log if p.endswith("/beginGetAccess")]
+    assert grant == {"access": "Write", "durationInSeconds": 86400}
+    calls = [p.rsplit("/", 1)[1] for m, p, _ in api.log if m != "GET"]
+    assert calls == ["demo-image-osdisk", "beginGetAccess", "endGetAccess", "demo-image"]
+    assert record["upload"]["bytes_sent"] == data + 512
+    assert record["upload"]["url"] == f"{azurite.account_url}/disks/abcd"  # no SAS
+    digest = hashlib.sha256(disk_blob.download_blob().readall()).hexdigest()
+    assert digest == hashlib.sha256(image.read_bytes()).hexdigest()
