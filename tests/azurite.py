@@ -5,6 +5,7 @@ scripts/setup.sh installs it from the npm registry into AZURITE_DIR (Node.js fro
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import socket
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 AZURITE_DIR = Path(os.environ.get("AZBUILD_AZURITE_DIR", "/var/cache/azbuild/azurite"))
 AZURITE_BIN = AZURITE_DIR / "node_modules" / ".bin" / "azurite-blob"
@@ -84,3 +86,11 @@ def running(workspace: Path) -> Iterator[Azurite]:
             proc.kill()
             proc.wait()
         log.close()
+
+
+def blob_sha256(blob: Any) -> str:
+    """The sha256 of a whole blob as the service returns it (every byte downloaded)."""
+    digest = hashlib.sha256()
+    for chunk in blob.download_blob(max_concurrency=4).chunks():
+        digest.update(chunk)
+    return digest.hexdigest()
