@@ -79,11 +79,12 @@ class LocalImage:
 
 def publish_blob(image: Path, container_url: str, blob_name: str | None = None,
                  jobs: int = DEFAULT_JOBS, force: bool = False,
-                 ready: bool | None = None, env: Mapping[str, str] | None = None
-                 ) -> PublishResult:
+                 ready: bool | None = None, env: Mapping[str, str] | None = None,
+                 **client_options: Any) -> PublishResult:
     """Upload `image` as a page blob and verify it. `ready` is the offline check's verdict
     when the caller knows it (a build); else it comes from a manifest.json beside the image
-    or from running the check."""
+    or from running the check. `client_options` go to the storage client (e.g. a
+    raw_request_hook for bench/bench_publish.py)."""
     started = time.monotonic()
     env = os.environ if env is None else env
     if jobs < 1:
@@ -92,7 +93,7 @@ def publish_blob(image: Path, container_url: str, blob_name: str | None = None,
     local = inspect_image(image, force=force, ready=ready)
     name = blob_name or image.name
     with _storage_errors(url.public, name):
-        container, auth = open_container(url, env)
+        container, auth = open_container(url, env, **client_options)
         blob = container.get_blob_client(name)
         resumed = _create_or_resume(blob, local, force)
         present = present_ranges(blob) if resumed else []
