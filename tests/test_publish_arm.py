@@ -184,7 +184,8 @@ def image_entry(**overrides: Any) -> AzureImage:
     values: dict[str, Any] = {
         "type": "azure-image", "container_url": "https://acct.blob.core.windows.net/images",
         "subscription_id": SUB, "resource_group": "rg", "location": "westeurope",
-        "image_name": "demo-image", "tags": {"team": "images"}, **overrides}
+        "image_name": "demo-image", "storage_account_id": ACCOUNT_ID,
+        "tags": {"team": "images"}, **overrides}
     return AzureImage.model_validate(values)
 
 
@@ -210,7 +211,8 @@ def test_managed_disk_then_image_from_the_blob() -> None:
     assert put_body(api, "/disks/demo-image-osdisk") == {
         "location": "westeurope", "tags": TAGS,
         "properties": {"osType": "Linux", "hyperVGeneration": "V2",
-                       "creationData": {"createOption": "Import", "sourceUri": BLOB}}}
+                       "creationData": {"createOption": "Import", "sourceUri": BLOB,
+                                        "storageAccountId": ACCOUNT_ID}}}
     # Images - Create Or Update, "from a managed disk".
     assert put_body(api, "/images/demo-image") == {
         "location": "westeurope", "tags": TAGS,
@@ -225,15 +227,14 @@ def test_managed_disk_then_image_from_the_blob() -> None:
         ("disk", "created"), ("image", "created")]
 
 
-def test_bios_is_generation_1_and_a_storage_account_id_is_passed_on() -> None:
+def test_bios_is_generation_1() -> None:
     api = ComputeApi()
     facts = ImageFacts(**{**FACTS.__dict__, "firmware": "bios"})
-    create_image(compute(api), image_entry(storage_account_id=ACCOUNT_ID), facts, BLOB, None,
-                 "cleanup", {})
-    disk = put_body(api, "/disks/")
-    assert disk["properties"]["hyperVGeneration"] == "V1"
-    assert disk["properties"]["creationData"]["storageAccountId"] == ACCOUNT_ID
+    create_image(compute(api), image_entry(), facts, BLOB, None, "cleanup", {})
+    assert put_body(api, "/disks/")["properties"]["hyperVGeneration"] == "V1"
     assert put_body(api, "/images/")["properties"]["hyperVGeneration"] == "V1"
+    with pytest.raises(ValueError, match="storage_account_id"):
+        image_entry(storage_account_id=None)
 
 
 @pytest.mark.parametrize("on_error", ["cleanup", "abort"])
@@ -350,7 +351,7 @@ def test_direct_upload_fills_the_empty_disk_through_its_write_sas(
     api = ComputeApi(access_sas=f"{azurite.account_url}/disks/abcd?{sas}")
     facts = ImageFacts(**{**FACTS.__dict__, "size": size})
     record: dict[str, Any] = {}
-    entry = image_entry(disk_source="upload", container_url=None)
+    entry = image_entry(disk_source="upload", container_url=None, storage_account_id=None)
     create_image(compute(api), entry, facts, None,
                  lambda url: upload_to_existing_blob(image, url, jobs=4), "cleanup", record)
     assert put_body(api, "/disks/")["properties"]["creationData"] == {

@@ -96,9 +96,8 @@ def disk_body(entry: AzureImage, facts: ImageFacts, source_uri: str | None) -> d
     """Disks - Create Or Update: import the blob, or an empty disk ready for upload."""
     creation: dict[str, Any]
     if source_uri is not None:
-        creation = {"createOption": "Import", "sourceUri": source_uri}
-        if entry.storage_account_id:
-            creation["storageAccountId"] = entry.storage_account_id
+        creation = {"createOption": "Import", "sourceUri": source_uri,
+                    "storageAccountId": entry.storage_account_id}
     else:
         creation = {"createOption": "Upload", "uploadSizeBytes": facts.size}
     return {

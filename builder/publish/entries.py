@@ -88,14 +88,16 @@ class AzureImage(_ArmEntry):
     )
     storage_account_id: str | None = Field(
         None,
-        description="resource ID of the container's storage account (needed when it is in "
-        "another subscription)",
+        description="resource ID of the container's storage account; required with "
+        "disk_source = \"blob\" (the disk imports the blob from it)",
     )
 
     @model_validator(mode="after")
     def _needs_container(self) -> AzureImage:
-        if self.container_url is None and self.disk_source == "blob":
-            raise ValueError('`container_url` is required unless disk_source = "upload"')
+        if self.disk_source == "blob" and (self.container_url is None
+                                           or self.storage_account_id is None):
+            raise ValueError('`container_url` and `storage_account_id` are required unless '
+                             'disk_source = "upload"')
         return self
 
 
