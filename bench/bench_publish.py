@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import threading
@@ -117,9 +118,11 @@ def main() -> int:
                 rows.append(bench_upload_blob(image, service, concurrency))
                 print(f"done: {rows[-1]['contender']} {rows[-1]['wall']:.1f}s", file=sys.stderr)
     load = os.getloadavg()
+    version = subprocess.run([str(azurite.AZURITE_BIN), "--version"], capture_output=True,
+                             text=True, check=False).stdout.strip()
     print(f"Image: fixed VHD, virtual size {format_size(size)}, {format_size(written)} of "
           f"non-zero data, {allocated / 2**20:.0f} MiB allocated. Azurite "
-          f"{azurite.AZURITE_BIN.parent.parent.name} on 127.0.0.1; {os.cpu_count()} CPUs, "
+          f"{version} on 127.0.0.1; {os.cpu_count()} CPUs, "
           f"load average {load[0]:.1f} at the end; Python {platform.python_version()}.\n")
     print("| contender | bytes sent | Put Page requests | upload s | verify s | wall s | "
           "MiB/s of data sent | verified |")

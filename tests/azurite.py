@@ -54,6 +54,15 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _die_with_parent() -> None:
+    """Azurite gets SIGTERM when the test process dies, even killed: no orphan server."""
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 @contextmanager
 def running(workspace: Path) -> Iterator[Azurite]:
     """Start Azurite's blob service on a free port with its data in `workspace`; stop it."""
@@ -64,6 +73,7 @@ def running(workspace: Path) -> Iterator[Azurite]:
          "--location", str(workspace), "--skipApiVersionCheck", "--loose", "--silent",
          "--disableTelemetry"],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        preexec_fn=_die_with_parent,
     )
     try:
         deadline = time.monotonic() + 30
