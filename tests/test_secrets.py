@@ -265,3 +265,13 @@ def test_publish_keeps_a_sas_and_a_connection_string_out_of_every_output(
         env={**env, "AZURE_STORAGE_CONNECTION_STRING": key})
     assert conn.returncode == 2, conn.stderr
     assert_no_sentinel(conn.stdout + conn.stderr)
+
+
+def test_identity_secrets_from_the_environment_are_masked() -> None:
+    """DefaultAzureCredential reads a client secret from the environment: it is registered
+    before any credential is made (a real failing token request takes minutes of retries
+    here, so the registration itself is what is checked)."""
+    from builder.publish.auth import register_identity_secrets
+
+    register_identity_secrets({"AZURE_CLIENT_SECRET": SENTINEL, "AZURE_CLIENT_ID": "id"})
+    assert_no_sentinel(redact.redact(f"token request failed: client_secret={SENTINEL!r}"))

@@ -219,9 +219,14 @@ def wait_for(poller: Any, what: str, timeout: float,
 
 def compute_client(subscription_id: str, **options: Any) -> Any:
     """A ComputeManagementClient authenticated by DefaultAzureCredential."""
+    import os
+
     from azure.identity import DefaultAzureCredential
     from azure.mgmt.compute import ComputeManagementClient
 
+    from builder.publish.auth import register_identity_secrets
+
+    register_identity_secrets(os.environ)
     credential = DefaultAzureCredential(exclude_interactive_browser_credential=True)
     return ComputeManagementClient(credential, subscription_id, **options)
 

@@ -81,6 +81,17 @@ def register_connection_string(text: str) -> None:
             redact.register(part.partition("=")[2].strip())
 
 
+IDENTITY_SECRET_ENVS = ("AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PASSWORD",
+                        "AZURE_PASSWORD")
+
+
+def register_identity_secrets(env: Mapping[str, str]) -> None:
+    """The secrets DefaultAzureCredential may read from the environment stay out of output."""
+    for name in IDENTITY_SECRET_ENVS:
+        if env.get(name):
+            redact.register(env[name])
+
+
 def choose_auth(url: ContainerUrl, env: Mapping[str, str]) -> AuthMethod:
     """The first method of the documented order that applies."""
     if url.has_sas:
@@ -121,6 +132,7 @@ def open_container(url: ContainerUrl, env: Mapping[str, str],
         )
     from azure.identity import DefaultAzureCredential
 
+    register_identity_secrets(env)
     credential = DefaultAzureCredential(exclude_interactive_browser_credential=True)
     return ContainerClient(url.account_url, url.container, credential=credential,
                            **client_options), method
