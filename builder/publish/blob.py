@@ -118,7 +118,8 @@ def publish_blob(image: Path, container_url: str, blob_name: str | None = None,
                            ready=local.ready, auth=auth, resumed=resumed, stats=stats,
                            verify_seconds=verify_seconds,
                            seconds=time.monotonic() - started)
-    log.info("%s (authenticated with %s)", result.summary(), AUTH_DESCRIPTIONS[auth])
+    # The command prints this line itself; a build logs it (builder/steps/publish.py).
+    log.debug("%s (authenticated with %s)", result.summary(), AUTH_DESCRIPTIONS[auth])
     return result
 
 

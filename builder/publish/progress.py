@@ -73,6 +73,7 @@ class Progress:
         if self._thread is not None:
             self._thread.join()
         if self._bar is not None:
+            self._emit()  # the bar's last state, even for a phase shorter than INTERVAL
             self._bar.stop()
         if exc_type is None and self.mode == "json":
             self._emit()

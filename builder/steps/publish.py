@@ -61,6 +61,7 @@ def run_entry(ctx: BuildContext, entry: PublishEntry, image: Path, ready: bool |
         assert entry.container_url is not None
         result = publish_blob(image, entry.container_url, entry.blob, jobs=entry.jobs,
                               force=ctx.options.force, ready=ready)
+        log.info("%s", result.summary())
         upload = result.as_dict()
         record.update(upload)
     if isinstance(entry, AzurePageBlob):
