@@ -246,6 +246,15 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ready else EXIT_FAILED
 
 
+def cmd_publish(args: argparse.Namespace) -> int:
+    from builder.publish.blob import publish_blob
+
+    result = publish_blob(Path(args.image), args.container_url, args.blob, jobs=args.jobs,
+                          force=args.force)
+    _out(result.summary())
+    return EXIT_OK
+
+
 def cmd_gc(args: argparse.Namespace) -> int:
     from builder.gc import collect_garbage
 
@@ -369,6 +378,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--skip", action="append", metavar="ID", help="skip a requirement (R01..R14)")
+
+    p = command("publish", cmd_publish, "upload a fixed VHD to Azure as a page blob, verified")
+    p.add_argument("image", metavar="IMAGE.vhd")
+    p.add_argument("--container-url", required=True, metavar="URL",
+                   help="https://ACCOUNT.blob.core.windows.net/CONTAINER[?SAS]")
+    p.add_argument("--blob", metavar="NAME", help="the blob's name (default: the file's name)")
+    p.add_argument("--jobs", type=int, default=8, metavar="N",
+                   help="Put Page requests in flight (default: 8)")
+    p.add_argument("--force", action="store_true",
+                   help="publish an image that is not ready, and replace a blob holding "
+                        "another image")
 
     p = command("gc", cmd_gc, "list (and with --yes remove) leftover domains and work dirs")
     p.add_argument("--yes", action="store_true", help="remove what is listed")

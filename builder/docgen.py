@@ -249,7 +249,7 @@ def _sections(schema: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
         **schema,
         "properties": {
             k: v for k, v in schema["properties"].items()
-            if not _ref_name(_without_null(v)) and k not in ("provision", "variables")
+            if not _ref_name(_without_null(v)) and k not in ("provision", "publish", "variables")
         },
     }
     yield "Top level", top
@@ -263,11 +263,11 @@ def _sections(schema: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
                 yield from walk(dotted, defs[name])
 
     yield from walk("", schema)
-    provision = schema["properties"]["provision"]["items"]
-    for option in provision.get("oneOf", []):
-        model = defs[_ref_name(option) or ""]
-        kind = model["properties"]["type"].get("const")
-        yield f'[[provision]] type = "{kind}"', model
+    for table in ("provision", "publish"):
+        for option in schema["properties"][table]["items"].get("oneOf", []):
+            model = defs[_ref_name(option) or ""]
+            kind = model["properties"]["type"].get("const")
+            yield f'[[{table}]] type = "{kind}"', model
     yield "[variables.NAME]", defs["Variable"]
 
 
@@ -280,7 +280,7 @@ def render() -> str:
         if heading == "Top level":
             lines.append(
                 "Keys outside any table. `[variables]` is described under "
-                "[Variables](#variables), `[[provision]]` below.\n"
+                "[Variables](#variables), `[[provision]]` and `[[publish]]` below.\n"
             )
         elif model.get("description"):
             lines.append(model["description"].strip() + "\n")

@@ -19,12 +19,13 @@ ROOT = "azbuild"
 # (paramiko) stay out of the user's output.
 LOGGER_TREES = (ROOT, "builder", "distros")
 log = logging.getLogger(ROOT)
+_format = "text"  # what setup() chose; progress reporting follows it
 
 # Optional fields a record may carry, in the order JSON lines show them: a step's timing,
 # an error's hint, where a template problem is, the usage of a command-line mistake, and
 # the build a record belongs to.
 EXTRA_FIELDS = ("step", "seconds", "hint", "template", "file", "line", "column", "key",
-                "usage", "build_id", "build_name")
+                "usage", "build_id", "build_name", "progress")
 
 # The build being run: (id, name). A ContextVar for the build's own thread, and a process
 # copy for the threads it starts (SSH heartbeat, libvirt events), which see a fresh context.
@@ -78,6 +79,8 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup(debug: bool = False, log_format: str = "text") -> None:
+    global _format
+    _format = log_format
     handler: logging.Handler
     if log_format == "json":
         handler = logging.StreamHandler(sys.stderr)
@@ -99,6 +102,11 @@ def setup(debug: bool = False, log_format: str = "text") -> None:
         tree.setLevel(logging.DEBUG)
         tree.propagate = False
         tree.addHandler(handler)
+
+
+def current_format() -> str:
+    """"json" or "text", as set up for this process."""
+    return _format
 
 
 def add_file_handler(path: str, mode: str = "a") -> logging.Handler:

@@ -123,6 +123,10 @@ class Manifest(_Model):
         description="the Azure-readiness verdict; null when the check did not run")
     check: list[CheckLine] | None = Field(
         description="the check's lines; null when the check did not run")
+    publish: list[dict[str, Any]] = Field(
+        description="one record per [[publish]] entry run, in order: type, what was sent "
+        "and skipped, the blob's URL (no SAS), the Azure resources created, duration, and "
+        "the error of a failed entry (docs/publish.md)")
     steps: dict[str, float] = Field(
         description="seconds per step run, in order; a failed build's last step is the one "
         "that failed")
@@ -165,6 +169,7 @@ def build_manifest(ctx: BuildContext, failure: Failure | None, logs: list[str],
         ready=report.ready if report else None,
         check=[CheckLine(id=c.id, status=c.status, title=c.title, evidence=c.evidence)
                for c in report.checks] if report else None,
+        publish=list(ctx.published),
         steps=dict(ctx.timer.timings),
         time=Time(
             wall_seconds=round(wall, 1),

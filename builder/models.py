@@ -22,6 +22,7 @@ from pydantic import (
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
+from builder.publish.entries import PublishEntry
 from builder.units import (
     DURATION_FORMAT,
     SIZE_FORMAT,
@@ -380,6 +381,16 @@ class Template(Model):
     azure: Azure = Field(default_factory=Azure)
     shutdown: Shutdown = Field(default_factory=Shutdown)
     output: Output = Field(default_factory=Output)
+    publish: list[PublishEntry] = Field(
+        default_factory=list,
+        description="where the VHD goes after the check step (docs/publish.md)",
+    )
+
+    @model_validator(mode="after")
+    def _publish_needs_vhd(self) -> Template:
+        if self.publish and "vhd" not in self.output.formats:
+            raise ValueError('[[publish]] uploads the VHD: add "vhd" to output.formats')
+        return self
 
     @field_validator("name")
     @classmethod

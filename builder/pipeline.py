@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from builder import log as azlog
 from builder import salvage
@@ -87,6 +87,7 @@ class BuildContext:
     session: SSHSession | None = None
     artifacts: dict[str, Path] = field(default_factory=dict)
     report: Report | None = None
+    published: list[dict[str, Any]] = field(default_factory=list)  # [[publish]] records
     guest_seconds: float = 0.0
     step: str | None = None  # the step running now, or the one that failed
     log_files: list[logging.Handler] = field(default_factory=list)

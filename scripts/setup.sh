@@ -25,6 +25,11 @@ missing=()
 for pkg in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
 done
+# Node.js and npm run Azurite for the publish tests. A nodejs package that bundles npm
+# (as some builds of it do) conflicts with Debian's npm, so the commands are what counts.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  missing+=(nodejs npm)
+fi
 if [ "${#missing[@]}" -gt 0 ]; then
   log "installing system packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -44,6 +49,19 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! .venv/bin/python -
   log "installing azbuild into .venv"
   .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
   echo "$want" > "$stamp"
+fi
+
+# Azurite, the Azure Storage emulator the publish tests run against (docs/publish.md),
+# from the npm registry into a fixed cache folder: no global install, one pinned major.
+AZURITE_DIR=${AZBUILD_AZURITE_DIR:-/var/cache/azbuild/azurite}
+AZURITE_VERSION=3
+if [ ! -x "$AZURITE_DIR/node_modules/.bin/azurite-blob" ] \
+   || [ "$(cat "$AZURITE_DIR/.azbuild-version" 2>/dev/null)" != "$AZURITE_VERSION" ]; then
+  log "installing azurite@$AZURITE_VERSION into $AZURITE_DIR"
+  mkdir -p "$AZURITE_DIR"
+  npm install --prefix "$AZURITE_DIR" --no-audit --no-fund --loglevel=error \
+    "azurite@$AZURITE_VERSION" >/dev/null
+  echo "$AZURITE_VERSION" > "$AZURITE_DIR/.azbuild-version"
 fi
 
 # No systemd as PID 1 on these machines: start the daemons by hand when absent.

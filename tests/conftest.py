@@ -25,3 +25,14 @@ def _isolated_process_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: takes more than a few seconds")
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A running Azurite blob service (tests/azurite.py), shared by the session."""
+    import azurite as emulator
+
+    if not emulator.available():
+        pytest.fail(f"Azurite is not installed at {emulator.AZURITE_BIN}: run scripts/setup.sh")
+    with emulator.running(tmp_path_factory.mktemp("azurite")) as service:
+        yield service

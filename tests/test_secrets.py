@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -298,3 +300,44 @@ def test_a_bad_rhel_activation_key_is_masked_in_the_error(
     out, err = capsys.readouterr()
     assert "install.rhel_activation_key: expected letters" in err
     assert_no_sentinel(out + err)
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_publish_keeps_a_sas_and_a_connection_string_out_of_every_output(
+    azurite: Any, tmp_path: Path, log_format: str
+) -> None:
+    """A SAS signature and an account key that carry the sentinel, refused by a real blob
+    service (Azurite), with --debug: neither shows in the logs or the error."""
+    from urllib.parse import quote
+
+    from sparse_vhd import make_sparse_vhd
+
+    image = tmp_path / "img.vhd"
+    make_sparse_vhd(image, 32 * 1024**2, 4 * 1024**2, extent=4 * 1024**2, zero_extent=0)
+    azurite.service().create_container(f"secrets-{log_format}")
+    url = f"{azurite.account_url}/secrets-{log_format}"
+    env = {k: v for k, v in os.environ.items() if k != "AZURE_STORAGE_CONNECTION_STRING"}
+    sas = subprocess.run(
+        [str(AZBUILD), "--debug", "--log-format", log_format, "publish", str(image),
+         "--container-url", f"{url}?sv=2022-11-02&sp=rw&sig={quote(SENTINEL)}", "--force"],
+        capture_output=True, text=True, timeout=120, check=False, env=env)
+    assert sas.returncode == 2, sas.stderr
+    assert "refused the credentials" in sas.stderr
+    assert_no_sentinel(sas.stdout + sas.stderr)
+    assert quote(TOKEN) not in sas.stdout + sas.stderr
+    key = azurite.connection_string.replace("AccountKey=", f"AccountKey={SENTINEL}")
+    conn = subprocess.run(
+        [str(AZBUILD), "--debug", "--log-format", log_format, "publish", str(image),
+         "--container-url", url, "--force"],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**env, "AZURE_STORAGE_CONNECTION_STRING": key})
+    assert conn.returncode == 2, conn.stderr
+    assert_no_sentinel(conn.stdout + conn.stderr)
+
+
+def test_identity_secrets_from_the_environment_are_masked() -> None:
+    """DefaultAzureCredential reads a client secret from the environment: it is registered
+    before any credential is made (a real failing token request takes minutes of retries
+    here, so the registration itself is what is checked)."""
+    from builder.publish.auth import register_identity_secrets
+
+    register_identity_secrets({"AZURE_CLIENT_SECRET": SENTINEL, "AZURE_CLIENT_ID": "id"})
+    assert_no_sentinel(redact.redact(f"token request failed: client_secret={SENTINEL!r}"))

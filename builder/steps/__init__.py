@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 from builder.pipeline import BuildContext, Step
-from builder.steps import boot, export, install, prepare, provision, shutdown, source_disk
+from builder.steps import (
+    boot,
+    export,
+    install,
+    prepare,
+    provision,
+    publish,
+    shutdown,
+    source_disk,
+)
 
 
 def plan(ctx: BuildContext) -> list[tuple[str, Step]]:
@@ -29,6 +38,8 @@ def plan(ctx: BuildContext) -> list[tuple[str, Step]]:
         ("shutdown", shutdown.shutdown),
         ("export", export.export),
         ("check", export.check),
-        ("manifest", export.write_manifest),
     ]
+    if ctx.template.publish:
+        steps.append(("publish", publish.publish))
+    steps.append(("manifest", export.write_manifest))
     return steps

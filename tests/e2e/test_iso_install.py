@@ -8,13 +8,16 @@ build is shared by the tests that inspect its image; the failure cases stop earl
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import installer  # the test installer's own parser gives the expected layout
 import pytest
+from azurite import blob_sha256
 from test_build import (
     AZBUILD,
     REPO,
@@ -181,3 +184,27 @@ def test_sigterm_during_install(test_installer_iso: Path, tmp_path: Path,
     assert outcome.returncode == 143, outcome.stderr[-3000:]
     assert_failed_build_kept(outcome, libvirt_uri, "e2e-iso-term", "install",
                              consoles=("install-serial.log",))
+    assert_nothing_left(outcome, libvirt_uri)
+
+
+def test_azbuild_publish_uploads_the_demos_vhd_to_azurite(
+    demo_built: Outcome, azurite: Any
+) -> None:
+    """The demo's manifest says ready, so no --force is needed; only its data is sent."""
+    vhd = demo_built.output_dir / "demo.vhd"
+    manifest = json.loads((demo_built.output_dir / "manifest.json").read_text())
+    [artifact] = [a for a in manifest["artifacts"] if a["file"] == "demo.vhd"]
+    container = azurite.service().create_container("demo")
+    proc = subprocess.run(
+        [*AZBUILD, "publish", str(vhd), "--container-url", f"{azurite.account_url}/demo"],
+        capture_output=True, text=True, cwd=REPO, timeout=1800, check=False,
+        env={**os.environ, "AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string})
+    assert proc.returncode == 0, proc.stderr
+    assert "verified sha256 " + artifact["sha256"] in proc.stdout
+    blob = container.get_blob_client("demo.vhd")
+    props = blob.get_blob_properties()
+    assert props.metadata["azbuild_ready"] == "true"
+    assert props.metadata["azbuild_sha256"] == artifact["sha256"]
+    sent = int(proc.stdout.split("sent ")[1].split("(")[1].split(" bytes")[0])
+    assert sent <= artifact["allocated"] * 1.01
+    assert blob_sha256(blob) == artifact["sha256"]
