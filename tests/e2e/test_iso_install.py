@@ -12,12 +12,13 @@ import os
 import re
 import subprocess
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import installer  # the test installer's own parser gives the expected layout
 import pytest
-from azurite import blob_sha256
+from azurite import ACCOUNT, KEY, blob_sha256
 from test_build import (
     AZBUILD,
     REPO,
@@ -48,10 +49,33 @@ def iso_vars(iso: Path) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def demo_built(test_installer_iso: Path, tmp_path_factory: pytest.TempPathFactory) -> Outcome:
+def demo_sas(azurite: Any) -> str:
+    """A SAS for the container the shared demo build publishes into (Azurite)."""
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+    azurite.service().create_container("built")
+    return str(generate_container_sas(
+        ACCOUNT, "built", account_key=KEY,
+        permission=ContainerSasPermissions(read=True, add=True, create=True, write=True,
+                                           delete=True, list=True),
+        expiry=datetime.now(UTC) + timedelta(hours=3)))
+
+
+@pytest.fixture(scope="session")
+def demo_built(test_installer_iso: Path, tmp_path_factory: pytest.TempPathFactory,
+               azurite: Any, demo_sas: str) -> Outcome:
+    """The README's demo, plus one [[publish]] entry into Azurite whose SAS comes in
+    through a sensitive variable: one build serves the ISO-path and the publish tests."""
     tmp = tmp_path_factory.mktemp("demo")
+    template = tmp / "demo.toml"
+    template.write_text(
+        f'extends = ["{DEMO}"]\n\n'
+        '[variables]\ncontainer_url = { sensitive = true, description = "with its SAS" }\n\n'
+        '[[publish]]\ntype = "azure-page-blob"\ncontainer_url = "${var.container_url}"\n'
+        'blob = "demo-${name}.vhd"\n')
     # The stable name, as the README's demo uses it (SHA256SUMS lists that name).
-    outcome = build_iso(DEMO, test_installer_iso.parent / "azbuild-test-installer.iso", tmp)
+    outcome = build_iso(template, test_installer_iso.parent / "azbuild-test-installer.iso",
+                        tmp, "--var", f"container_url={azurite.account_url}/built?{demo_sas}")
     assert outcome.returncode == 0, outcome.stderr[-6000:]
     return outcome
 
@@ -208,3 +232,26 @@ def test_azbuild_publish_uploads_the_demos_vhd_to_azurite(
     sent = int(proc.stdout.split("sent ")[1].split("(")[1].split(" bytes")[0])
     assert sent <= artifact["allocated"] * 1.01
     assert blob_sha256(blob) == artifact["sha256"]
+
+
+def test_the_demo_build_s_publish_entry_uploaded_it(
+    demo_built: Outcome, azurite: Any, demo_sas: str
+) -> None:
+    """`azbuild build` with a [[publish]] entry: the blob holds the image, the manifest
+    records the upload, and no output holds the SAS."""
+    manifest = json.loads((demo_built.output_dir / "manifest.json").read_text())
+    steps = list(manifest["steps"])
+    assert steps.index("check") < steps.index("publish") < steps.index("manifest")
+    [record] = manifest["publish"]
+    [artifact] = [a for a in manifest["artifacts"] if a["format"] == "vhd-fixed"]
+    assert record["url"] == f"{azurite.account_url}/built/demo-demo.vhd"
+    assert record["sha256"] == artifact["sha256"] and record["ready"] is True
+    assert record["bytes_sent"] + record["bytes_skipped"] == artifact["size"]
+    assert record["bytes_sent"] <= artifact["allocated"] * 1.01
+    blob = azurite.service().get_container_client("built").get_blob_client("demo-demo.vhd")
+    assert blob_sha256(blob) == artifact["sha256"]
+    signature = demo_sas.split("sig=")[1].split("&")[0]
+    for text in (demo_built.stdout, demo_built.stderr,
+                 (demo_built.output_dir / "manifest.json").read_text(),
+                 (demo_built.output_dir / "build.log").read_text()):
+        assert signature not in text
