@@ -99,21 +99,27 @@ def _try_reflink(src_fd: int, dst_fd: int) -> bool:
     return True
 
 
-def _data_ranges(fd: int, length: int) -> Iterator[tuple[int, int]]:
-    """(start, end) of every allocated range below `length`, from SEEK_DATA/SEEK_HOLE."""
+def data_ranges(fd: int, length: int) -> list[tuple[int, int]]:
+    """[start, end) of every allocated range below `length`, from SEEK_DATA/SEEK_HOLE
+    (holes left out). A file system without SEEK_DATA reports everything as data, which
+    is still correct."""
+    ranges: list[tuple[int, int]] = []
     pos = 0
     while pos < length:
         try:
             start = os.lseek(fd, pos, os.SEEK_DATA)
         except OSError as exc:
             if exc.errno == errno.ENXIO:  # only a hole remains
-                return
+                break
+            if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):
+                return [(0, length)] if length else []
             raise
         if start >= length:
-            return
+            break
         end = min(os.lseek(fd, start, os.SEEK_HOLE), length)
-        yield start, end
+        ranges.append((start, end))
         pos = end
+    return ranges
 
 
 class _Copier:
@@ -151,7 +157,7 @@ class _Copier:
 
 
 def _pieces(fd: int, length: int) -> Iterator[tuple[int, int]]:
-    for start, end in _data_ranges(fd, length):
+    for start, end in data_ranges(fd, length):
         for pos in range(start, end, _PIECE):
             yield pos, min(_PIECE, end - pos)
 

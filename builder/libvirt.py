@@ -323,12 +323,14 @@ def refuse_unsupported_uri(uri: str, euid: int) -> None:
 
 def connection_hint(uri: str, error: str, euid: int) -> str:
     """What to do about a connection that failed with `error`."""
-    denied = any(word in error.lower() for word in
-                 ("permission denied", "authentication unavailable", "not authorized"))
-    if denied and uri.startswith(SYSTEM_URI) and euid != 0:
+    if uri.startswith(SYSTEM_URI) and euid != 0:
+        polkit = "system bus" in error.lower() or "polkit" in error.lower()
         return ("this user may not use qemu:///system: join the libvirt group "
-                "(`usermod -aG libvirt USER`, then log in again), or build on "
-                "qemu:///session (the default for users other than root)")
+                "(`usermod -aG libvirt USER`, then log in again)"
+                + (", and since libvirtd asks polkit (over the system D-Bus) to authorise "
+                   "users, set unix_sock_group = \"libvirt\" and auth_unix_rw = \"none\" in "
+                   "/etc/libvirt/libvirtd.conf" if polkit else "")
+                + "; or build on qemu:///session (the default for users other than root)")
     if uri.startswith(SESSION_URI):
         return ("qemu:///session starts a libvirtd of this user's own: check that "
                 "libvirt-daemon-system is installed and that $HOME is writable")

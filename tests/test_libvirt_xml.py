@@ -262,6 +262,8 @@ def test_connection_hint_names_the_libvirt_group_for_users_on_system() -> None:
     hint = connection_hint("qemu:///system", error, 1001)
     assert "libvirt group" in hint and "qemu:///session" in hint
     assert "libvirt group" not in connection_hint("qemu:///system", error, 0)
+    no_bus = "internal error: Unable to get system bus connection: Could not connect"
+    assert "auth_unix_rw" in connection_hint("qemu:///system", no_bus, 1001)
     assert "libvirtd running" in connection_hint("qemu:///system", "No such file", 0)
     assert "qemu:///session" in connection_hint("qemu:///session", "boom", 1001)
 

@@ -418,8 +418,17 @@ def test_the_build_step_publishes_and_the_manifest_records_it(
             update={"container_url": f"{azurite.account_url}/no-such-container"})]})
     ctx.loaded = type(loaded)(**{**loaded.__dict__, "template": broken})
     ctx.published.clear()
-    with pytest.raises(PublishFailed, match="container does not exist"), ExitStack() as stack:
+    with pytest.raises(PublishFailed, match="container does not exist") as failed, \
+            ExitStack() as stack:
         publish(ctx, stack)
-    [record] = json.loads((out / "manifest.json").read_text())["publish"]
+    # As the pipeline does for every failed build (pipeline.keep_outputs).
+    from builder.manifest import write_manifest
+    from builder.pipeline import failure_of
+
+    ctx.step = "publish"
+    write_manifest(ctx, failure_of(ctx, failed.value), ["build.log"])
+    written = json.loads((out / "manifest.json").read_text())
+    assert written["status"] == "failed" and written["failure"]["step"] == "publish"
+    [record] = written["publish"]
     assert "container does not exist" in record["error"]
     assert image.exists()

@@ -14,6 +14,8 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from builder.disk import data_ranges as data_ranges  # re-exported for the uploader
+
 PAGE = 512  # a page blob's unit: every write starts and ends on it
 MAX_PUT = 4 * 1024 * 1024  # the most one Put Page request may carry
 # Zeros are detected per file-system block: finer would split data into many tiny requests.
@@ -30,29 +32,6 @@ class Piece:
 
     offset: int
     length: int
-
-
-def data_ranges(fd: int, size: int) -> list[Range]:
-    """The ranges of [0, size) that the file system reports as data (holes left out).
-
-    A file system without SEEK_DATA reports everything as data, which is still correct."""
-    ranges: list[Range] = []
-    offset = 0
-    while offset < size:
-        try:
-            start = os.lseek(fd, offset, os.SEEK_DATA)
-        except OSError as exc:
-            if exc.errno == errno.ENXIO:  # no data after offset
-                break
-            if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):
-                return [(0, size)] if size else []
-            raise
-        if start >= size:
-            break
-        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
-        ranges.append((start, end))
-        offset = end
-    return ranges
 
 
 def align(ranges: Sequence[Range], size: int) -> list[Range]:
