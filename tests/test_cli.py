@@ -307,7 +307,7 @@ def _raw_image(path: Path) -> None:
 
 EXIT_CASES = [
     ExitCase("1-image-not-ready", 1, ["check", "{dir}/disk.raw", "--skip",
-                                      "R03,R04,R05,R06,R07,R08,R09,R10,R11,R12,R13"],
+                                      "R03,R04,R05,R06,R07,R08,R09,R10,R11,R12,R13,R14"],
              "NOT READY"),
     ExitCase("2-usage-missing-argument", 2, ["build"],
              "the following arguments are required: template"),
