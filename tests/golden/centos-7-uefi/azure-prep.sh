@@ -479,7 +479,12 @@ scan_initrds() {
       STALE="$STALE $kernel"
       continue
     fi
-    listing=$(lsinitrd "$image")
+    # An initrd the lister cannot read proves nothing: rebuild it rather than stop.
+    if ! listing=$(lsinitrd "$image" 2>/dev/null); then
+      say "R05 ${image##*/} cannot be listed (lsinitrd failed): to be rebuilt"
+      STALE="$STALE $kernel"
+      continue
+    fi
     missing=""
     for module in $MODULES; do
       if module_missing "$kernel" "$module" "$listing"; then missing="$missing $module"; fi
