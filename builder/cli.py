@@ -315,8 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     def with_vars(p: argparse.ArgumentParser) -> None:
         p.add_argument("--var", action="append", metavar="NAME=VALUE",
                        help="set a template variable (repeatable)")
-        p.add_argument("--var-file", action="append", metavar="FILE.toml",
-                       help="read variables from a TOML file (repeatable)")
+        p.add_argument("--var-file", action="append", metavar="FILE",
+                       help="read variables from a TOML file, or JSON if FILE ends in .json"
+                            " (repeatable); AZBUILD_VAR_NAME in the environment sets NAME too")
 
     parser = _Parser(
         prog="azbuild", parents=[common],
