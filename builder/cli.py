@@ -263,6 +263,14 @@ def cmd_gc(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_prune(args: argparse.Namespace) -> int:
+    from builder.prune import prune
+
+    for line in prune(Path(args.output_dir), args.keep, dry_run=args.dry_run):
+        _out(line)
+    return EXIT_OK
+
+
 # --- parser -------------------------------------------------------------------------------
 
 
@@ -315,8 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     def with_vars(p: argparse.ArgumentParser) -> None:
         p.add_argument("--var", action="append", metavar="NAME=VALUE",
                        help="set a template variable (repeatable)")
-        p.add_argument("--var-file", action="append", metavar="FILE.toml",
-                       help="read variables from a TOML file (repeatable)")
+        p.add_argument("--var-file", action="append", metavar="FILE",
+                       help="read variables from a TOML file, or JSON if FILE ends in .json"
+                            " (repeatable); AZBUILD_VAR_NAME in the environment sets NAME too")
 
     parser = _Parser(
         prog="azbuild", parents=[common],
@@ -389,6 +398,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true",
                    help="publish an image that is not ready, and replace a blob holding "
                         "another image")
+
+    p = command("prune", cmd_prune,
+                "remove all but the N newest builds of each template in an output directory")
+    p.add_argument("output_dir", metavar="OUTPUT_DIR")
+    p.add_argument("--keep", type=int, required=True, metavar="N",
+                   help="builds to keep per template name, newest by the manifest's `finished`")
+    p.add_argument("--dry-run", action="store_true", help="say what would be removed; remove "
+                   "nothing")
 
     p = command("gc", cmd_gc, "list (and with --yes remove) leftover domains and work dirs")
     p.add_argument("--yes", action="store_true", help="remove what is listed")

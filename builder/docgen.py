@@ -112,14 +112,19 @@ root_password = { sensitive = true }                   # no default: must be giv
 
 `${var.NAME}` inserts a variable anywhere in a string, `${env.NAME}` an
 environment variable (an unset one is an error), and `${name}` the template's
-`name`. A string that is nothing but one reference takes the variable's type,
-so `cpus = "${var.cpus}"` is a number when the variable is. Write `$${` for a
-literal `${`. Variable defaults may use `${env.NAME}`.
+`name`. `${build.date}` (UTC, `YYYYMMDD`), `${build.timestamp}` (UTC, compact
+ISO 8601: `20261130T231500Z`) and `${build.id}` (the build's 8 hex digits, as
+in its work directory and manifest) are fixed once per build. A string that
+is nothing but one reference takes the variable's type, so
+`cpus = "${var.cpus}"` is a number when the variable is. Write `$${` for a
+literal `${`. Variable defaults may use `${env.NAME}` and `${build.NAME}`.
 
-On the command line, `--var NAME=VALUE` and `--var-file FILE.toml` (a TOML
-file of `NAME = value` lines) set variables; `--var` wins over `--var-file`,
-and later files over earlier ones. Setting a variable no file declares is an
-error. A variable with `sensitive = true` never appears in any output: logs,
+On the command line, `--var NAME=VALUE` and `--var-file FILE` (a TOML file
+of `NAME = value` lines, or a JSON object when the name ends in `.json`) set
+variables, and so does `AZBUILD_VAR_NAME` in the environment. Precedence,
+lowest to highest: the default, var files in order, `AZBUILD_VAR_NAME`,
+`--var`. Setting a variable no file declares with `--var` or `--var-file` is
+an error. A variable with `sensitive = true` never appears in any output: logs,
 error messages, `inspect`, manifests; it is shown as `<sensitive>`.
 `install.root_password` and `communicator.password` are always treated as
 sensitive. See [variables.md](variables.md) for more.
@@ -135,9 +140,9 @@ This holds for `source.iso`, `source.disk_image`, a `file:` checksum,
 `~` is expanded; `http://` and `https://` URLs are left alone.
 
 A path that is exactly one variable (`iso = "${var.iso}"`) follows the
-value: set with `--var`, it is relative to the working directory; set in a
-`--var-file`, to that file's directory; the declared default, to the file
-that uses it. A path with a variable inside (`script = "scripts/${var.name}"`)
+value: set with `--var` or `AZBUILD_VAR_NAME`, it is relative to the working
+directory; set in a `--var-file`, to that file's directory; the declared
+default, to the file that uses it. A path with a variable inside (`script = "scripts/${var.name}"`)
 is relative to the file that writes it.
 
 `azbuild validate` checks that every local input exists: layers,

@@ -126,7 +126,7 @@ def build(loaded: LoadedTemplate, options: BuildOptions) -> int:
         distro=distro,
         uri=connection_uri(options.connect or template.vm.connect),
         output_dir=output_directory(loaded, options),
-        build_id=os.urandom(4).hex(),
+        build_id=loaded.build.id,  # fixed at load time: ${build.id} is this id
     )
     with azlog.build_scope(ctx.build_id, template.name):
         refuse_unsupported_uri(ctx.uri, os.geteuid())

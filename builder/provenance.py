@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from builder.template import LoadedTemplate
+from builder.template import VAR_ENV_PREFIX, LoadedTemplate
 from builder.toml_lines import KeyPath
 
 
@@ -15,9 +15,10 @@ from builder.toml_lines import KeyPath
 class Origin:
     """Where one value comes from.
 
-    `source` is "template", "layer", "--var", "var-file" or "default"; `file` is the file
-    that holds the value (none for --var and defaults); `via` names the variable when the
-    key is exactly `${var.NAME}`, which the file that writes the key is `via_file`.
+    `source` is "template", "layer", "--var", "environment" (AZBUILD_VAR_<name>),
+    "var-file" or "default"; `file` is the file that holds the value (none for --var, the
+    environment and defaults); `via` names the variable when the key is exactly
+    `${var.NAME}`, which the file that writes the key is `via_file`.
     """
 
     key: str
@@ -61,7 +62,8 @@ def _variable_origin(loaded: LoadedTemplate, key: str, value: Any, name: str) ->
         return Origin(key, value, "default")
     file = loaded.variable_sources[name]
     if file is None:
-        return Origin(key, value, "--var")
+        from_environment = name in loaded.environment_variables
+        return Origin(key, value, "environment" if from_environment else "--var")
     if file in loaded.layers:
         return Origin(key, value, _file_kind(loaded, file), file)
     return Origin(key, value, "var-file", file)
@@ -96,6 +98,8 @@ def format_provenance(origins: list[Origin]) -> str:
 
 def _describe(origin: Origin) -> str:
     where = f"{origin.source} {origin.file}" if origin.file else origin.source
+    if origin.source == "environment":
+        where += f" {VAR_ENV_PREFIX}{origin.via or origin.key.removeprefix('variables.')}"
     if origin.via is not None:
         where += f" (via ${{var.{origin.via}}} in {origin.via_file})"
     return where

@@ -20,6 +20,7 @@ from builder.libvirt import (
     KernelBoot,
     connection_uri,
     default_dac_label,
+    domain_name,
     domain_xml,
 )
 from builder.paths import cache_dir
@@ -68,7 +69,8 @@ def render(loaded: LoadedTemplate, out: Path) -> list[Path]:
     files: dict[str, str] = {}
     user = template.communicator.username
     uri = connection_uri(template.vm.connect)
-    work = Path("/var/lib/azbuild/work") / f"{template.name}-RENDER"
+    # The build id the template was loaded with: the one ${build.id} gave in the template.
+    work = Path("/var/lib/azbuild/work") / f"{template.name}-{loaded.build.id}"
 
     if template.source.iso is not None:
         password = template.install.root_password
@@ -141,7 +143,7 @@ def _spec(
 ) -> DomainSpec:
     vm = loaded.template.vm
     return DomainSpec(
-        name=f"azbuild-{loaded.template.name}-RENDER",
+        name=domain_name(loaded.template.name, loaded.build.id),
         vcpus=vm.cpus,
         memory=vm.memory,
         accelerator="tcg" if vm.accelerator == "tcg" else "kvm",

@@ -16,8 +16,9 @@ import os
 import re
 import tomllib
 import typing
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,8 @@ from builder.toml_lines import KeyPath, line_of
 log = logging.getLogger(__name__)
 
 LAYER_PATH_ENV = "AZBUILD_TEMPLATE_PATH"
+# AZBUILD_VAR_<name> sets the template variable <name>, as PKR_VAR_<name> does for Packer.
+VAR_ENV_PREFIX = "AZBUILD_VAR_"
 _REF_RE = re.compile(r"\$\$\{|\$\{([^}]*)\}")
 _WHOLE_VAR_RE = re.compile(r"\$\{\s*var\.([^}\s]+)\s*\}")
 # Stands for ${name} until the merged name is known; a private-use character cannot clash
@@ -51,6 +54,32 @@ _SECRET_FIELDS = (
     ("install", "root_password"), ("install", "rhel_activation_key"),
     ("install", "rhel_organization"), ("communicator", "password"),
 )
+
+
+@dataclass(frozen=True)
+class BuildInfo:
+    """One build's identity, fixed when its template is loaded, so that `inspect` and `render`
+    show the values the build uses: its id (the work directory's and domain's names carry it)
+    and the time, for `${build.id}`, `${build.date}` and `${build.timestamp}`."""
+
+    id: str
+    time: datetime
+
+    @classmethod
+    def new(cls, now: datetime | None = None) -> BuildInfo:
+        return cls(id=os.urandom(4).hex(), time=now or datetime.now(UTC))
+
+    def values(self) -> dict[str, str]:
+        """The `${build.NAME}` values: UTC date YYYYMMDD, compact ISO 8601 time, id."""
+        utc = self.time.astimezone(UTC)
+        return {
+            "date": utc.strftime("%Y%m%d"),
+            "timestamp": utc.strftime("%Y%m%dT%H%M%SZ"),
+            "id": self.id,
+        }
+
+
+BUILD_VARIABLES = ("date", "timestamp", "id")
 
 
 @dataclass
@@ -73,6 +102,9 @@ class LoadedTemplate:
     origins: dict[KeyPath, Path] = field(default_factory=dict)
     variable_sources: dict[str, Path | None] = field(default_factory=dict)
     references: dict[KeyPath, str] = field(default_factory=dict)
+    # Variables whose value came from an AZBUILD_VAR_<name> environment variable.
+    environment_variables: set[str] = field(default_factory=set)
+    build: BuildInfo = field(default_factory=BuildInfo.new)
 
     def redacted_dict(self) -> dict[str, Any]:
         """The resolved template as plain data, every secret masked."""
@@ -180,9 +212,18 @@ def load_template(
     path: Path | str,
     cli_vars: dict[str, str] | None = None,
     var_files: list[Path] | None = None,
+    *,
+    build: BuildInfo | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> LoadedTemplate:
-    """Load, layer, interpolate and validate a template; raise TemplateError with every problem."""
+    """Load, layer, interpolate and validate a template; raise TemplateError with every problem.
+
+    Variables: declared defaults < `var_files` (later wins) < AZBUILD_VAR_<name> in `environ`
+    (default: os.environ) < `cli_vars`. `build` fixes `${build.*}` (default: a new build).
+    """
     path = Path(path)
+    build = build or BuildInfo.new()
+    build_values = build.values()
     problems: list[Problem | str] = []
     if not path.is_file():
         what = "is a directory" if path.is_dir() else "does not exist"
@@ -199,11 +240,20 @@ def load_template(
     overrides, override_origins, given_bases, override_files = _variable_overrides(
         var_files or [], problems
     )
+    from_environment = _environment_values(
+        os.environ if environ is None else environ, declared, path, problems
+    )
+    for name, value in from_environment.items():
+        overrides[name] = value
+        override_origins[name] = f"{VAR_ENV_PREFIX}{name}"
+        given_bases[name] = Path.cwd()
+        override_files.pop(name, None)
     for name, text in (cli_vars or {}).items():
         overrides[name] = _typed_cli_value(name, text, declared, problems)
         override_origins[name] = f"--var {name}"
         given_bases[name] = Path.cwd()
         override_files.pop(name, None)
+        from_environment.pop(name, None)
     for name in overrides:
         if name not in declared:
             known = ", ".join(sorted(declared)) or "none"
@@ -212,7 +262,7 @@ def load_template(
                 f"{_did_you_mean(name, declared)} (declared: {known})",
                 key=override_origins[name],
             ))
-    values = _variable_values(declared, overrides, problems)
+    values = _variable_values(declared, overrides, build_values, problems)
     for name in sensitive:
         if name in values:
             redact.register(values[name])
@@ -224,7 +274,9 @@ def load_template(
         data = {k: v for k, v in layer.data.items() if k not in ("extends", "variables")}
         layer_refs: dict[KeyPath, str] = {}
         data = _anchor_given_paths(copy.deepcopy(data), values, given_bases, layer_refs)
-        data = _interpolate(data, values, layer.path, (), problems, refs=layer_refs)
+        data = _interpolate(
+            data, values, layer.path, (), problems, refs=layer_refs, build=build_values
+        )
         _resolve_paths(data, layer.path.parent)
         before = merged.get("provision")
         offset = len(before) if isinstance(before, list) else 0
@@ -274,6 +326,8 @@ def load_template(
         origins=origins,
         variable_sources=variable_sources,
         references=references,
+        environment_variables=set(from_environment),
+        build=build,
     )
     return loaded
 
@@ -606,7 +660,8 @@ def _variable_overrides(
     var_files: list[Path], problems: list[Problem | str]
 ) -> tuple[dict[str, Any], dict[str, str], dict[str, Path], dict[str, Path]]:
     """Values from --var-file files (later files win) and, per name, where each came from:
-    a label for messages, the directory its relative paths are resolved against, the file."""
+    a label for messages, the directory its relative paths are resolved against, the file.
+    A file named *.json is JSON (one object); any other is TOML."""
     overrides: dict[str, Any] = {}
     origins: dict[str, str] = {}
     bases: dict[str, Path] = {}
@@ -616,15 +671,19 @@ def _variable_overrides(
             what = "is a directory" if var_file.is_dir() else "not found"
             problems.append(Problem(f"file {what}", key=f"--var-file {var_file}"))
             continue
-        data = _read_toml(var_file, problems)
+        is_json = var_file.suffix.lower() == ".json"
+        data = _read_json(var_file, problems) if is_json else _read_toml(var_file, problems)
         if data is None:
             continue
         for name, value in data.items():
-            if isinstance(value, (dict, list)):
-                problems.append(_problem(
-                    var_file, (name,), "expected a plain value (text, number or boolean),"
-                    f" found a {'table' if isinstance(value, dict) else 'list'}",
-                ))
+            if isinstance(value, (dict, list)) or value is None:
+                found = ("null" if value is None
+                         else f"a {'table' if isinstance(value, dict) else 'list'}")
+                message = f"expected a plain value (text, number or boolean), found {found}"
+                problems.append(
+                    Problem(message, var_file, name, _json_key_line(var_file, name))
+                    if is_json else _problem(var_file, (name,), message)
+                )
             else:
                 overrides[name] = value
                 origins[name] = f"{var_file}: {name}"
@@ -633,9 +692,72 @@ def _variable_overrides(
     return overrides, origins, bases, files
 
 
+def _read_json(path: Path, problems: list[Problem | str]) -> dict[str, Any] | None:
+    """A JSON var file: one object of NAME: value."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        problems.append(Problem(f"cannot read: {exc.strerror}", path))
+        return None
+    except UnicodeDecodeError as exc:
+        problems.append(Problem(f"not a JSON file (invalid UTF-8 at byte {exc.start})", path))
+        return None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        # The offending text is not quoted: it may hold a secret not yet registered.
+        problems.append(Problem(f"JSON syntax error: {_lower_first(exc.msg)}", path,
+                                line=exc.lineno, column=exc.colno))
+        return None
+    if not isinstance(data, dict):
+        found = "a string" if isinstance(data, str) else "null" if data is None else _kind_of(data)
+        problems.append(Problem(
+            f"expected a JSON object of variable names to values, found {found}", path
+        ))
+        return None
+    return data
+
+
+def _json_key_line(path: Path, name: str) -> int | None:
+    """The first line of a JSON file where `name` is written as a key."""
+    pattern = re.compile(re.escape(json.dumps(name)) + r"\s*:")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return next((n for n, line in enumerate(lines, 1) if pattern.search(line)), None)
+
+
+def _environment_values(
+    environ: Mapping[str, str],
+    declared: dict[str, tuple[Variable, Path]],
+    template: Path,
+    problems: list[Problem | str],
+) -> dict[str, Any]:
+    """Values from AZBUILD_VAR_<name>, typed as --var values are. One environment serves many
+    templates (a nightly job), so a name the template does not declare is not an error: it
+    is ignored, with a warning when it is close to a declared name (a typo, most likely)."""
+    values: dict[str, Any] = {}
+    for key in sorted(environ):
+        if not key.startswith(VAR_ENV_PREFIX):
+            continue
+        name = key.removeprefix(VAR_ENV_PREFIX)
+        if name in declared:
+            values[name] = _typed_cli_value(name, environ[key], declared, problems, label=key)
+            continue
+        close = difflib.get_close_matches(name, list(declared), n=1)
+        if close:
+            log.warning("%s is set, but %s declares no variable %r (did you mean %r?);"
+                        " it is ignored", key, template, name, close[0])
+        else:
+            log.debug("%s is set, but %s declares no variable %r; ignored", key, template, name)
+    return values
+
+
 def _variable_values(
     declared: dict[str, tuple[Variable, Path]],
     overrides: dict[str, Any],
+    build: dict[str, str],
     problems: list[Problem | str],
 ) -> dict[str, Any]:
     values: dict[str, Any] = {}
@@ -650,7 +772,9 @@ def _variable_values(
             continue
         value = var.default
         if isinstance(value, str):
-            value = _interpolate(value, {}, where, ("variables", name), problems, env_only=True)
+            value = _interpolate(
+                value, {}, where, ("variables", name), problems, env_only=True, build=build
+            )
         values[name] = value
     return values
 
@@ -660,9 +784,11 @@ def _typed_cli_value(
     text: str,
     declared: dict[str, tuple[Variable, Path]],
     problems: list[Problem | str],
+    label: str | None = None,
 ) -> Any:
     """A --var value is text; it takes the type of the variable's declared default, so that
-    `--var cpus=8` sets a number where `cpus = 4` is declared. Nothing else is converted."""
+    `--var cpus=8` sets a number where `cpus = 4` is declared. Nothing else is converted.
+    The same holds for AZBUILD_VAR_<name> (`label` names where the text came from)."""
     default = declared[name][0].default if name in declared else None
     if isinstance(default, bool):
         if text in ("true", "false"):
@@ -682,7 +808,7 @@ def _typed_cli_value(
     shown = redact.MASK if declared[name][0].sensitive else repr(text)
     problems.append(Problem(
         f"expected {expected} (the type of the declared default {default!r}), found {shown}",
-        key=f"--var {name}",
+        key=label or f"--var {name}",
     ))
     return text
 
@@ -705,16 +831,18 @@ def _interpolate(
     problems: list[Problem | str],
     env_only: bool = False,
     refs: dict[KeyPath, str] | None = None,
+    build: dict[str, str] | None = None,
 ) -> Any:
-    """Substitute references; `refs` collects the keys that are exactly one ${var.NAME}."""
+    """Substitute references; `refs` collects the keys that are exactly one ${var.NAME}.
+    `env_only` (a variable's default) allows ${env.NAME} and ${build.NAME} only."""
     if isinstance(data, dict):
         return {
-            k: _interpolate(v, values, where, (*key_path, k), problems, env_only, refs)
+            k: _interpolate(v, values, where, (*key_path, k), problems, env_only, refs, build)
             for k, v in data.items()
         }
     if isinstance(data, list):
         return [
-            _interpolate(v, values, where, (*key_path, i), problems, env_only, refs)
+            _interpolate(v, values, where, (*key_path, i), problems, env_only, refs, build)
             for i, v in enumerate(data)
         ]
     if not isinstance(data, str) or "${" not in data:
@@ -729,6 +857,15 @@ def _interpolate(
                 )
                 return ""
             return os.environ[name]
+        if kind == "build" and build is not None:
+            if name in build:
+                return build[name]
+            choices = ", ".join(f"${{build.{n}}}" for n in BUILD_VARIABLES)
+            problems.append(_problem(
+                where, key_path, f"unknown build variable ${{{ref}}}"
+                f"{_did_you_mean(name, BUILD_VARIABLES)} (there are {choices})",
+            ))
+            return ""
         if kind == "var" and name and not env_only:
             if name not in values:
                 known = ", ".join(sorted(values)) or "none"
@@ -743,12 +880,14 @@ def _interpolate(
         if env_only and (kind == "var" or ref == "name"):
             problems.append(_problem(
                 where, key_path,
-                f"a variable's default can use only ${{env.NAME}}, found ${{{ref}}}",
+                "a variable's default can use only ${env.NAME} and ${build.NAME},"
+                f" found ${{{ref}}}",
             ))
             return ""
         problems.append(_problem(
             where, key_path,
-            f"unknown reference ${{{ref}}}; use ${{var.NAME}}, ${{env.NAME}} or ${{name}}",
+            f"unknown reference ${{{ref}}}; use ${{var.NAME}}, ${{env.NAME}},"
+            " ${build.date}, ${build.timestamp}, ${build.id} or ${name}",
         ))
         return ""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,8 @@ def _isolated_process_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     # Secrets registered by one test's template must not mask (or hide leaks in) another's.
     redact.clear()
     monkeypatch.delenv("AZBUILD_TEMPLATE_PATH", raising=False)
+    for name in [n for n in os.environ if n.startswith("AZBUILD_VAR_")]:  # set template vars
+        monkeypatch.delenv(name)
     yield
     redact.clear()
 

@@ -48,7 +48,7 @@ def _subcommands() -> dict[str, argparse.ArgumentParser]:
 
 
 COMMANDS = ["validate", "inspect", "layers", "schema", "distros", "build", "render", "convert",
-            "check", "gc", "publish"]
+            "check", "gc", "publish", "prune"]
 
 
 def test_the_command_set() -> None:
@@ -327,6 +327,10 @@ EXIT_CASES = [
              "cannot create the output directory /proc/x", {"t.toml": DISK_BASE}),
     ExitCase("2-destination-is-a-file", 2, ["render", "{dir}/t.toml", "--out", "{dir}/t.toml"],
              "cannot create the output directory", {"t.toml": DISK_BASE}),
+    ExitCase("2-prune-missing-output-dir", 2, ["prune", "{dir}/nope", "--keep", "3"],
+             "/nope does not exist"),
+    ExitCase("2-prune-keep-zero", 2, ["prune", "{dir}", "--keep", "0"],
+             "--keep must be at least 1, found 0"),
     # Fails in the build's first check, before any work directory, disk or VM exists.
     ExitCase("2-build-output-is-a-file", 2,
              ["build", "{dir}/t.toml", "--output-dir", "{dir}/base.qcow2"],

@@ -192,6 +192,45 @@ def test_secret_from_var_and_var_file(tmp_path: Path, capsys: pytest.CaptureFixt
         assert_no_sentinel(out + err)
 
 
+def test_secret_from_the_environment_and_a_json_var_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    template = tmp_path / "t.toml"
+    template.write_text(TEMPLATE.replace(f'default = "{SENTINEL_TOML}", ', ""))
+    var_file = tmp_path / "secret.json"
+    var_file.write_text(json.dumps({"password": SENTINEL}))
+    for extra, env in (([], {"AZBUILD_VAR_password": SENTINEL}),
+                       (["--var-file", str(var_file)], {})):
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        for command in (["--format", "json"], ["--provenance"]):
+            assert main(["--debug", "inspect", str(template), *command, *extra]) == 0
+            out, err = capsys.readouterr()
+            assert_no_sentinel(out + err)
+            if command == ["--provenance"]:
+                assert "variables.password = \"<sensitive>\"" in out
+            else:
+                assert json.loads(out)["variables"]["password"] == "<sensitive>"
+        for key in env:
+            monkeypatch.delenv(key)
+
+
+def test_an_environment_secret_of_the_wrong_type_is_masked_in_a_real_process(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "t.toml"
+    path.write_text(SMALL.replace(f'default = "{SENTINEL_TOML}"', "default = 1234"))
+    env = {**os.environ, "AZBUILD_VAR_password": SENTINEL}
+    proc = subprocess.run(
+        [str(AZBUILD), "--debug", "--log-format", "json", "validate", str(path)],
+        capture_output=True, text=True, timeout=60, check=False, env=env,
+    )
+    assert proc.returncode == 2
+    assert "AZBUILD_VAR_password: expected an integer (the type of the declared default 1234)," \
+        " found <sensitive>" in proc.stderr
+    assert_no_sentinel(proc.stdout + proc.stderr)
+
+
 def test_redact_masks_escaped_forms_and_tracebacks() -> None:
     redact.register(SENTINEL)
     assert redact.redact(f"a {SENTINEL} b {SENTINEL!r} c {json.dumps(SENTINEL)}") == (

@@ -291,11 +291,11 @@ def test_variable_without_value_needs_one(tmp_path: Path) -> None:
     assert t.redacted_dict()["variables"] == {"pw": "<sensitive>"}
 
 
-def test_variable_default_may_only_use_env(tmp_path: Path) -> None:
+def test_variable_default_may_only_use_env_and_build(tmp_path: Path) -> None:
     text = BASE + '[variables]\na = "x"\nb = "${var.a}"\n'
     problems = problems_of(write(tmp_path / "t.toml", text))
     assert problems == [f"{tmp_path}/t.toml: line 10: variables.b: a variable's default can use"
-                        " only ${env.NAME}, found ${var.a}"]
+                        " only ${env.NAME} and ${build.NAME}, found ${var.a}"]
 
 
 # --- resolved output -----------------------------------------------------------------------
