@@ -8,6 +8,8 @@ an error at load time, never a surprise mid-build.
 from __future__ import annotations
 
 import re
+import zoneinfo
+from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -22,6 +24,7 @@ from pydantic import (
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
+from builder.installer_names import KEYBOARD_LAYOUTS, LOCALES
 from builder.publish.entries import PublishEntry
 from builder.units import (
     DURATION_FORMAT,
@@ -32,12 +35,15 @@ from builder.units import (
     format_size,
 )
 from distros import lookup
+from distros.azure_prep import KARG_RE, MODULE_RE, PATH_RE, USER_RE
 
 REQUIREMENT_IDS = tuple(f"R{n:02d}" for n in range(1, 15))
 _NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 _MODE_RE = r"^0?[0-7]{3,4}$"
 _RHSM_RE = r"^[A-Za-z0-9._:-]{1,255}$"
 _CHECKSUM_RE = re.compile(r"^(sha256:[0-9a-fA-F]{64}|sha512:[0-9a-fA-F]{128}|file:.+)$")
+_LOCALE_RE = re.compile(r"^(?P<base>[a-z]{2,3}_[A-Z]{2})(?:\.[A-Za-z0-9-]+)?(?P<mod>@[a-z]+)?$")
+_MIB = 1024 * 1024
 
 
 class Model(BaseModel):
@@ -202,6 +208,48 @@ class Install(Model):
         description="RHEL: the organisation of rhel_activation_key; always sensitive",
     )
 
+    @field_validator("kernel_args")
+    @classmethod
+    def _kernel_args_words(cls, value: list[str]) -> list[str]:
+        for arg in value:
+            if not arg or any(c.isspace() for c in arg):
+                raise ValueError(
+                    "each installer kernel argument is one word (the command line is joined"
+                    f" with spaces), found {arg!r}"
+                )
+        return value
+
+    @field_validator("locale")
+    @classmethod
+    def _known_locale(cls, value: str) -> str:
+        match = _LOCALE_RE.match(value)
+        if match is None or match["base"] + (match["mod"] or "") not in LOCALES:
+            raise ValueError(
+                "expected a glibc locale such as 'en_US.UTF-8' or 'de_DE.UTF-8'"
+                f" (language_TERRITORY[.codeset][@modifier]), found {value!r}"
+            )
+        return value
+
+    @field_validator("keyboard")
+    @classmethod
+    def _known_keyboard(cls, value: str) -> str:
+        if value not in KEYBOARD_LAYOUTS:
+            raise ValueError(
+                f"expected an XKB keyboard layout such as 'us', 'gb' or 'de', found {value!r}"
+            )
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        zones = _host_time_zones()
+        if zones and value not in zones:
+            raise ValueError(
+                "expected a time zone of the tz database such as 'UTC' or 'Europe/Berlin',"
+                f" found {value!r}"
+            )
+        return value
+
     @field_validator("rhel_activation_key", "rhel_organization")
     @classmethod
     def _rhsm_syntax(cls, value: str | None) -> str | None:
@@ -214,6 +262,12 @@ class Install(Model):
         if (self.rhel_activation_key is None) != (self.rhel_organization is None):
             raise ValueError("set both `rhel_activation_key` and `rhel_organization`, or neither")
         return self
+
+
+@cache
+def _host_time_zones() -> frozenset[str]:
+    """The host's tz database names (empty when the host has none: nothing is refused)."""
+    return frozenset(zoneinfo.available_timezones())
 
 
 class Communicator(Model):
@@ -232,6 +286,16 @@ class Communicator(Model):
     )
     timeout: Duration = Field(1200.0, description="bound on the wait for SSH")
     port: Annotated[int, Field(ge=1, le=65535)] = Field(22, description="SSH port in the guest")
+
+    @field_validator("username")
+    @classmethod
+    def _removable_login(cls, value: str) -> str:
+        if value == "root" or not USER_RE.match(value):
+            raise ValueError(
+                "expected a login name the deprovision can remove: lower-case letters,"
+                f" digits, '_' or '-', at most 32, not 'root', found {value!r}"
+            )
+        return value
 
 
 class ShellProvisioner(Model):
@@ -262,6 +326,13 @@ class FileProvisioner(Model):
     )
     owner: str | None = Field(None, description="'user' or 'user:group' in the guest")
 
+    @field_validator("destination")
+    @classmethod
+    def _absolute_destination(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"expected an absolute path in the guest, found {value!r}")
+        return value
+
     @field_validator("mode")
     @classmethod
     def _octal_mode(cls, value: str | None) -> str | None:
@@ -291,7 +362,27 @@ class AgentSettings(Model):
     )
     resource_disk_mount_point: str = Field("/mnt/resource", description="where it is mounted")
     enable_swap: bool = Field(True, description="swap on the resource disk")
-    swap_size: Size = Field(2048 * 1024**2, description="size of that swap")
+    swap_size: Size = Field(2048 * 1024**2, description="size of that swap (whole MiB)")
+
+    @field_validator("resource_disk_mount_point")
+    @classmethod
+    def _plain_mount_point(cls, value: str) -> str:
+        if not PATH_RE.match(value):
+            raise ValueError(
+                "expected a plain absolute path (letters, digits, '_', '.', '-', '/'),"
+                f" found {value!r}"
+            )
+        return value
+
+    @field_validator("swap_size")
+    @classmethod
+    def _whole_mib(cls, value: int) -> int:
+        if value % _MIB:
+            raise ValueError(
+                f"waagent takes the swap size in whole MiB, found {value} bytes"
+                f" ({value / _MIB:.2f}MiB)"
+            )
+        return value
 
 
 class Azure(Model):
@@ -320,6 +411,29 @@ class Azure(Model):
         default_factory=dict,
         description="requirements to leave alone, each with the reason: { R10 = \"...\" }",
     )
+
+    @field_validator("kernel_args_add", "kernel_args_remove")
+    @classmethod
+    def _quotable_kernel_args(cls, value: list[str]) -> list[str]:
+        bad = [arg for arg in value if not KARG_RE.match(arg)]
+        if bad:
+            raise ValueError(
+                "kernel arguments go into the bootloader configuration as plain words: letters,"
+                " digits and _ . , : = + / @ - only (no quotes or spaces), found "
+                + ", ".join(repr(arg) for arg in bad)
+            )
+        return value
+
+    @field_validator("hyperv_modules")
+    @classmethod
+    def _module_names(cls, value: list[str]) -> list[str]:
+        bad = [module for module in value if not MODULE_RE.match(module)]
+        if bad:
+            raise ValueError(
+                "expected kernel module names (letters, digits, '_' and '-'), found "
+                + ", ".join(repr(module) for module in bad)
+            )
+        return value
 
     @field_validator("skip")
     @classmethod

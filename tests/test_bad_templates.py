@@ -215,6 +215,78 @@ CASES = [
           'enable_swap = "${var.swap}"\n'},
          ["line 13: azure.agent.enable_swap: expected a valid boolean, found 'no'"
           " (the value of ${var.swap})"]),
+    # Values that used to fail only once the build had started (issue 11).
+    Case("build-user-root", {"t.toml": BASE + '[communicator]\nusername = "root"\n'},
+         ["line 11: communicator.username: expected a login name the deprovision can remove",
+          "found 'root'"]),
+    Case("build-user-with-shell",
+         {"t.toml": BASE + '[communicator]\nusername = "x;touch /tmp/p;y"\n'},
+         ["line 11: communicator.username:", "found 'x;touch /tmp/p;y'"]),
+    Case("unquotable-kernel-argument",
+         {"t.toml": BASE + "[azure]\nkernel_args_add = ['console=\"ttyS0\"']\n"},
+         ["line 11: azure.kernel_args_add: kernel arguments go into the bootloader",
+          "found 'console=\"ttyS0\"'"]),
+    Case("unquotable-kernel-argument-removed",
+         {"t.toml": BASE + '[azure]\nkernel_args_remove = ["quiet", "a b"]\n'},
+         ["line 11: azure.kernel_args_remove:", "found 'a b'"]),
+    Case("installer-kernel-argument-with-a-space",
+         {"t.toml": BASE + '[install]\nkernel_args = ["inst.text", "a b"]\n'},
+         ["line 11: install.kernel_args: each installer kernel argument is one word",
+          "found 'a b'"]),
+    Case("bad-module-name", {"t.toml": BASE + '[azure]\nhyperv_modules = ["hv vmbus"]\n'},
+         ["line 11: azure.hyperv_modules: expected kernel module names", "found 'hv vmbus'"]),
+    Case("bad-resource-disk-mount-point",
+         {"t.toml": BASE + '[azure.agent]\nresource_disk_mount_point = "/mnt/my disk"\n'},
+         ["line 11: azure.agent.resource_disk_mount_point: expected a plain absolute path",
+          "found '/mnt/my disk'"]),
+    Case("swap-size-not-whole-mib", {"t.toml": BASE + '[azure.agent]\nswap_size = "1536KiB"\n'},
+         ["line 11: azure.agent.swap_size: waagent takes the swap size in whole MiB",
+          "found 1572864 bytes (1.50MiB)"]),
+    Case("host-key-file-with-an-iso",
+         {"t.toml": BASE + '[communicator]\nhost_key_file = "host.pub"\n',
+          "host.pub": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9"
+                      "GKJl\n"},
+         ["line 11: communicator.host_key_file: cannot be used with an ISO install"]),
+    Case("cloud-init-on-rhel-6",
+         {"t.toml": BASE.replace('"rocky"', '"rhel"').replace('"9"', '"6"')
+          + '[azure]\nprovisioning = "cloud-init"\n'},
+         ["line 11: azure.provisioning: cloud-init provisioning is not supported on"
+          " Red Hat Enterprise Linux 6"]),
+    Case("directory-as-file-provisioner-source",
+         {"t.toml": BASE + '[[provision]]\ntype = "file"\nsource = "conf"\n'
+          'destination = "/etc/conf"\n', "conf/a": ""},
+         ["line 12: provision[0].source:", "conf is a directory; give a file"]),
+    Case("directory-as-shell-script",
+         {"t.toml": BASE + '[[provision]]\ntype = "shell"\nscript = "scripts"\n',
+          "scripts/a.sh": ""},
+         ["line 12: provision[0].script:", "scripts is a directory"]),
+    Case("relative-file-provisioner-destination",
+         {"t.toml": BASE + '[[provision]]\ntype = "file"\nsource = "motd"\n'
+          'destination = "etc/motd"\n', "motd": "hi\n"},
+         ["line 13: provision[0].destination: expected an absolute path in the guest",
+          "found 'etc/motd'"]),
+    Case("unknown-time-zone", {"t.toml": BASE + '[install]\ntimezone = "Europe/Atlantis"\n'},
+         ["line 11: install.timezone: expected a time zone of the tz database",
+          "found 'Europe/Atlantis'"]),
+    Case("unknown-locale", {"t.toml": BASE + '[install]\nlocale = "en_UK.UTF-8"\n'},
+         ["line 11: install.locale: expected a glibc locale", "found 'en_UK.UTF-8'"]),
+    Case("locale-that-is-no-locale", {"t.toml": BASE + '[install]\nlocale = "English"\n'},
+         ["line 11: install.locale: expected a glibc locale", "found 'English'"]),
+    Case("unknown-keymap", {"t.toml": BASE + '[install]\nkeyboard = "uk"\n'},
+         ["line 11: install.keyboard: expected an XKB keyboard layout", "found 'uk'"]),
+    Case("answer-file-syntax-error",
+         {"t.toml": BASE + '[install]\nanswer_file = "ks.cfg.j2"\n',
+          "ks.cfg.j2": "text\n{% if uefi %}\nbootloader\n"},
+         ["line 11: install.answer_file:", "ks.cfg.j2: answer-file template error at line 3"]),
+    Case("host-key-file-without-a-key",
+         {"t.toml": NO_SOURCE + '[source]\ndisk_image = "base.raw"\n'
+          '[communicator]\nhost_key_file = "host.pub"\n',
+          "base.raw": b"\0" * 512, "host.pub": "# nothing here\n"},
+         ["communicator.host_key_file: no public key in", "host.pub"]),
+    Case("late-failures-at-once",
+         {"t.toml": BASE + '[communicator]\nusername = "root"\n[install]\nkeyboard = "uk"\n'
+          'timezone = "Mars/Olympus"\n'},
+         ["(3 problems)", "communicator.username", "install.keyboard", "install.timezone"]),
     Case("two-errors-at-once",
          {"t.toml": BASE.replace('"rocky"', '"slackware"') + '[vm]\ncpus = "many"\n'},
          ["(2 problems)", "distro.name: unknown distro", "vm.cpus: expected a valid integer"]),
@@ -227,7 +299,8 @@ CASES = [
 # A handful go through the installed console script in a real process.
 SUBPROCESS = {"toml-syntax-error", "unknown-nested-key", "cyclic-extends",
               "missing-provisioner-script", "two-errors-at-once", "unset-env-var",
-              "string-as-boolean", "decimal-size-unit"}
+              "string-as-boolean", "decimal-size-unit", "build-user-with-shell",
+              "directory-as-file-provisioner-source"}
 
 
 def _write(case: Case, directory: Path) -> Path:
