@@ -150,7 +150,10 @@ class VM(Model):
 
     cpus: Annotated[int, Field(ge=1, le=256)] = Field(2, description="virtual CPUs of the build VM")
     memory: Size = Field(2 * 1024**3, description="guest memory")
-    disk_size: Size = Field(30 * 1024**3, description="OS disk size (the VHD's virtual size)")
+    disk_size: Size = Field(
+        30 * 1024**3, description="OS disk size (the VHD's virtual size); at least a local"
+        " source.disk_image's virtual size",
+    )
     accelerator: Literal["auto", "kvm", "tcg"] = Field(
         "auto", description="auto uses KVM only when a guest kernel really runs under it"
     )
@@ -185,12 +188,19 @@ class Install(Model):
     timeout: Duration = Field(3600.0, description="bound on the whole install")
     answer_file: Path | None = _path_field("your own answer-file template instead of the distro's")
     kernel_args: list[str] = Field(
-        default_factory=list, description="extra installer kernel arguments"
+        default_factory=list, description="extra installer kernel arguments, one word each"
     )
     packages: list[str] = Field(default_factory=list, description="extra packages to install")
-    locale: str = Field("en_US.UTF-8", description="the installed system's locale")
-    keyboard: str = Field("us", description="the installed system's keyboard layout")
-    timezone: str = Field("UTC", description="the installed system's time zone")
+    locale: str = Field(
+        "en_US.UTF-8", description="the installed system's locale, one glibc supports"
+        " (language_TERRITORY[.codeset][@modifier])",
+    )
+    keyboard: str = Field(
+        "us", description="the installed system's keyboard layout, an XKB layout name"
+    )
+    timezone: str = Field(
+        "UTC", description="the installed system's time zone, a name in the host's tz database"
+    )
     root_password: str | None = Field(
         None, description="root password during the build (stored only as a SHA-512 hash)"
     )
@@ -274,7 +284,10 @@ class Communicator(Model):
     """How azbuild logs in to the guest after the install."""
 
     type: Literal["ssh"] = Field("ssh", description="only SSH for now")
-    username: str = Field("azbuild", description="the build's user in the guest")
+    username: str = Field(
+        "azbuild", description="the build's user in the guest, removed at the end: a login"
+        " name (lower-case letters, digits, '_', '-'), not root",
+    )
     password: str | None = Field(
         None, description="log in with this password instead of the build's ephemeral key"
     )
@@ -282,7 +295,7 @@ class Communicator(Model):
         "log in with this key instead of the build's ephemeral key"
     )
     host_key_file: Path | None = _path_field(
-        "pin this public host key (for disk images that bring their own)"
+        "pin this public host key (for disk images that bring their own; not with `iso`)"
     )
     timeout: Duration = Field(1200.0, description="bound on the wait for SSH")
     port: Annotated[int, Field(ge=1, le=65535)] = Field(22, description="SSH port in the guest")
@@ -319,8 +332,8 @@ class FileProvisioner(Model):
     """Uploads a local file to the guest."""
 
     type: Literal["file"] = Field(description="the kind of provisioner")
-    source: Path = Field(strict=False, description="the local file")
-    destination: str = Field(description="absolute path in the guest")
+    source: Path = Field(strict=False, description="the local file (not a directory)")
+    destination: str = Field(description="absolute path in the guest (starts with '/')")
     mode: str | None = Field(
         None, json_schema_extra={"pattern": _MODE_RE}, description="octal file mode, e.g. '0644'"
     )
@@ -360,7 +373,9 @@ class AgentSettings(Model):
     resource_disk_filesystem: Literal["ext4", "ext3", "xfs", "btrfs"] = Field(
         "ext4", description="its filesystem"
     )
-    resource_disk_mount_point: str = Field("/mnt/resource", description="where it is mounted")
+    resource_disk_mount_point: str = Field(
+        "/mnt/resource", description="where it is mounted: a plain absolute path"
+    )
     enable_swap: bool = Field(True, description="swap on the resource disk")
     swap_size: Size = Field(2048 * 1024**2, description="size of that swap (whole MiB)")
 
@@ -389,16 +404,18 @@ class Azure(Model):
     """How the guest is prepared for Azure; the requirement ids are those of `azbuild check`."""
 
     provisioning: Literal["waagent", "cloud-init"] = Field(
-        "waagent", description="who provisions on first boot (R10)"
+        "waagent", description="who provisions on first boot (R10); RHEL 6 has waagent only"
     )
     kernel_args_add: list[str] = Field(
         default_factory=lambda: ["console=ttyS0", "earlyprintk=ttyS0", "rootdelay=300",
                                  "net.ifnames=0"],
-        description="kernel arguments added to the bootloader defaults (R07)",
+        description="kernel arguments added to the bootloader defaults (R07); plain words:"
+        " letters, digits and _ . , : = + / @ -",
     )
     kernel_args_remove: list[str] = Field(
         default_factory=lambda: ["rhgb", "quiet", "crashkernel=auto"],
-        description="kernel arguments removed from the bootloader defaults (R07)",
+        description="kernel arguments removed from the bootloader defaults (R07); plain"
+        " words as for kernel_args_add",
     )
     hyperv_modules: list[str] = Field(
         default_factory=lambda: ["hv_vmbus", "hv_netvsc", "hv_storvsc"],
