@@ -321,6 +321,17 @@ class ShellProvisioner(Model):
     sudo: bool = Field(True, description="run as root through sudo")
     timeout: Duration = Field(7200.0, description="bound on this provisioner")
 
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = [name for name in value if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name)]
+        if bad:
+            raise ValueError(
+                "expected environment variable names (letters, digits and '_', not starting"
+                " with a digit), found " + ", ".join(repr(name) for name in bad)
+            )
+        return value
+
     @model_validator(mode="after")
     def _one_body(self) -> ShellProvisioner:
         if (self.inline is None) == (self.script is None):
@@ -332,7 +343,9 @@ class FileProvisioner(Model):
     """Uploads a local file to the guest."""
 
     type: Literal["file"] = Field(description="the kind of provisioner")
-    source: Path = Field(strict=False, description="the local file (not a directory)")
+    source: Path = Field(
+        strict=False, description="the local file, or a directory uploaded as a tree"
+    )
     destination: str = Field(description="absolute path in the guest (starts with '/')")
     mode: str | None = Field(
         None, json_schema_extra={"pattern": _MODE_RE}, description="octal file mode, e.g. '0644'"

@@ -52,7 +52,10 @@ def file_problems(template: Template) -> Found:
     for index, prov in enumerate(template.provision):
         for key in ("script", "source"):
             path = getattr(prov, key, None)
-            if isinstance(path, Path):
+            if key == "source" and isinstance(path, Path) and path.is_dir():
+                # A file provisioner uploads a directory tree: each file must be readable.
+                found.extend(_readable_tree(("provision", index, key), path))
+            elif isinstance(path, Path):
                 found.extend(_readable(("provision", index, key), path))
     comm = template.communicator
     if comm.private_key_file is not None:
@@ -87,6 +90,19 @@ def _readable(loc: KeyPath, path: Path) -> Found:
             pass
     except OSError as exc:
         return [(loc, f"cannot read {path}: {exc.strerror}")]
+    return []
+
+
+def _readable_tree(loc: KeyPath, directory: Path) -> Found:
+    """The first file of an uploaded tree that cannot be read (symlinks are uploaded as links)."""
+    for root, _dirs, files in os.walk(directory):
+        for name in sorted(files):
+            path = Path(root) / name
+            if path.is_symlink() or not path.is_file():
+                continue
+            problem = _readable(loc, path)
+            if problem:
+                return problem
     return []
 
 

@@ -252,10 +252,10 @@ CASES = [
           + '[azure]\nprovisioning = "cloud-init"\n'},
          ["line 11: azure.provisioning: cloud-init provisioning is not supported on"
           " Red Hat Enterprise Linux 6"]),
-    Case("directory-as-file-provisioner-source",
-         {"t.toml": BASE + '[[provision]]\ntype = "file"\nsource = "conf"\n'
-          'destination = "/etc/conf"\n', "conf/a": ""},
-         ["line 12: provision[0].source:", "conf is a directory; give a file"]),
+    Case("shell-env-name-with-a-dash",
+         {"t.toml": BASE + '[[provision]]\ntype = "shell"\ninline = ["true"]\n'
+          'env = { MY-VAR = "1" }\n'},
+         ["line 13: provision[0].env: expected environment variable names", "found 'MY-VAR'"]),
     Case("directory-as-shell-script",
          {"t.toml": BASE + '[[provision]]\ntype = "shell"\nscript = "scripts"\n',
           "scripts/a.sh": ""},
@@ -300,7 +300,7 @@ CASES = [
 SUBPROCESS = {"toml-syntax-error", "unknown-nested-key", "cyclic-extends",
               "missing-provisioner-script", "two-errors-at-once", "unset-env-var",
               "string-as-boolean", "decimal-size-unit", "build-user-with-shell",
-              "directory-as-file-provisioner-source"}
+              "shell-env-name-with-a-dash"}
 
 
 def _write(case: Case, directory: Path) -> Path:

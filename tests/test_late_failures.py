@@ -118,3 +118,30 @@ def test_host_key_file_with_an_image_source_is_valid(
     (tmp_path / "host.pub").write_text(HOST_PUBLIC)
     template = _image_template(tmp_path, '[communicator]\nhost_key_file = "host.pub"\n')
     assert main(["validate", str(template)]) == 0, capsys.readouterr().err
+
+
+def test_a_directory_as_file_provisioner_source_is_valid(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file provisioner uploads a directory as a tree (builder.ssh), so it is no error."""
+    _qcow2(tmp_path / "base.qcow2", "64M")
+    (tmp_path / "conf.d").mkdir()
+    (tmp_path / "conf.d" / "a.conf").write_text("a")
+    template = _image_template(
+        tmp_path, '[[provision]]\ntype = "file"\nsource = "conf.d"\ndestination = "/etc/x"\n'
+    )
+    assert main(["validate", str(template)]) == 0, capsys.readouterr().err
+
+
+def test_a_socket_inside_an_uploaded_directory_is_left_to_the_upload(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The upload skips what is not a file, directory or symlink (with a warning)."""
+    _qcow2(tmp_path / "base.qcow2", "64M")
+    (tmp_path / "conf.d").mkdir()
+    template = _image_template(
+        tmp_path, '[[provision]]\ntype = "file"\nsource = "conf.d"\ndestination = "/etc/x"\n'
+    )
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(tmp_path / "conf.d" / "s.sock"))
+        assert main(["validate", str(template)]) == 0, capsys.readouterr().err
