@@ -15,13 +15,18 @@ from pathlib import Path
 
 from builder.disk import detect_image_format
 from builder.errors import CommandError, UsageError
-from builder.fetch import is_url
+from builder.fetch import is_url, resolve_checksum
 from builder.models import Template
 from builder.run import run
 from builder.toml_lines import KeyPath
 from builder.units import format_size
 from distros import resolve
-from distros.answers import answer_file_syntax_error
+from distros.answers import (
+    AnswerContext,
+    answer_file_syntax_error,
+    hash_password,
+    render_answer_files,
+)
 from distros.azure_prep import prep_facts
 
 log = logging.getLogger(__name__)
@@ -58,18 +63,22 @@ def file_problems(template: Template) -> Found:
             elif isinstance(path, Path):
                 found.extend(_readable(("provision", index, key), path))
     comm = template.communicator
-    if comm.private_key_file is not None:
-        found.extend(_readable(("communicator", "private_key_file"), comm.private_key_file))
+    private_key = comm.private_key_file
+    if private_key is not None and private_key.exists():
+        loc: KeyPath = ("communicator", "private_key_file")
+        found.extend(_readable(loc, private_key) or _private_key(loc, private_key))
     host_key = comm.host_key_file
     if host_key is not None and host_key.exists():
-        loc: KeyPath = ("communicator", "host_key_file")
+        loc = ("communicator", "host_key_file")
         found.extend(_readable(loc, host_key) or _public_key(loc, host_key))
     answer = template.install.answer_file
     if answer is not None and answer.exists():
         loc = ("install", "answer_file")
-        found.extend(_readable(loc, answer) or _answer_syntax(loc, answer))
+        found.extend(_readable(loc, answer) or _answer_syntax(loc, answer)
+                     or _answer_render(loc, template))
     if template.source.iso is not None and not is_url(template.source.iso):
         found.extend(_readable(("source", "iso"), Path(template.source.iso)))
+    found.extend(_checksum_file(template))
     image = template.source.disk_image
     if image is not None and image.exists():
         loc = ("source", "disk_image")
@@ -113,6 +122,60 @@ def _public_key(loc: KeyPath, path: Path) -> Found:
         load_public_key(path)
     except UsageError as exc:
         return [(loc, exc.message)]
+    return []
+
+
+def _private_key(loc: KeyPath, path: Path) -> Found:
+    from builder.keys import load_private_key  # paramiko: only when a key file is named
+
+    try:
+        load_private_key(path)
+    except UsageError as exc:
+        return [(loc, exc.message + (f" ({exc.hint})" if exc.hint else ""))]
+    return []
+
+
+def _checksum_file(template: Template) -> Found:
+    """A local checksum file must name the source file (its name is all that is looked up)."""
+    source = template.source
+    checksum = source.checksum or ""
+    path = checksum.removeprefix("file:")
+    target = source.iso if source.iso is not None else str(source.disk_image)
+    if not checksum.startswith("file:") or is_url(path) or not Path(path).is_file():
+        return []
+    unreadable = _readable(("source", "checksum"), Path(path))
+    if unreadable:
+        return unreadable
+    try:
+        resolve_checksum(checksum, target)
+    except UsageError as exc:
+        return [(("source", "checksum"), exc.message)]
+    return []
+
+
+def _answer_render(loc: KeyPath, template: Template) -> Found:
+    """Render the user's answer file as `azbuild render` does (placeholder keys): a variable
+    it names that azbuild does not give fails here, not after the ISO download."""
+    if template.source.iso is None:
+        return []
+    from builder import render  # the render's placeholders; it imports the template layer
+
+    password = template.install.root_password
+    context = AnswerContext(
+        build_user=template.communicator.username,
+        ssh_public_key=render.PLACEHOLDER_CLIENT_PUBLIC,
+        host_key_private=render.PLACEHOLDER_HOST_PRIVATE,
+        host_key_public=render.PLACEHOLDER_HOST_PUBLIC,
+        root_password_hash=hash_password(password) if password else None,
+        firmware=template.vm.firmware,
+        disk_size=template.vm.disk_size,
+        hostname=template.name[:63],
+    )
+    distro = resolve(template.distro.name, template.distro.version)
+    try:
+        render_answer_files(distro, template, context)
+    except UsageError as exc:
+        return [(loc, exc.message + (f" ({exc.hint})" if exc.hint else ""))]
     return []
 
 

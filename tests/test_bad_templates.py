@@ -278,6 +278,18 @@ CASES = [
          {"t.toml": BASE + '[install]\nanswer_file = "ks.cfg.j2"\n',
           "ks.cfg.j2": "text\n{% if uefi %}\nbootloader\n"},
          ["line 11: install.answer_file:", "ks.cfg.j2: answer-file template error at line 3"]),
+    Case("answer-file-with-an-unknown-variable",
+         {"t.toml": BASE + '[install]\nanswer_file = "ks.cfg.j2"\n',
+          "ks.cfg.j2": "text\nuser --name={{ build_user }}\n"},
+         ["line 11: install.answer_file:", "answer-file template error: 'build_user' is"
+          " undefined", "available variables:"]),
+    Case("private-key-file-that-is-no-key",
+         {"t.toml": BASE + '[communicator]\nprivate_key_file = "id"\n', "id": "hello\n"},
+         ["line 11: communicator.private_key_file: cannot read private key", "id"]),
+    Case("checksum-file-without-the-iso",
+         {"t.toml": BASE.replace(f'"sha256:{SHA}"', '"file:SHA256SUMS"'),
+          "SHA256SUMS": f"{SHA}  other.iso\n"},
+         ["line 5: source.checksum:", "demo.iso"]),
     Case("host-key-file-without-a-key",
          {"t.toml": NO_SOURCE + '[source]\ndisk_image = "base.raw"\n'
           '[communicator]\nhost_key_file = "host.pub"\n',

@@ -145,3 +145,17 @@ def test_a_socket_inside_an_uploaded_directory_is_left_to_the_upload(
     with socket.socket(socket.AF_UNIX) as sock:
         sock.bind(str(tmp_path / "conf.d" / "s.sock"))
         assert main(["validate", str(template)]) == 0, capsys.readouterr().err
+
+
+def test_an_encrypted_private_key_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The build loads the key without a passphrase when it connects, after the VM booted."""
+    _qcow2(tmp_path / "base.qcow2", "64M")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "secret", "-f",
+                    str(tmp_path / "id")], check=True)
+    template = _image_template(tmp_path, '[communicator]\nprivate_key_file = "id"\n')
+    assert main(["validate", str(template)]) == 2
+    err = capsys.readouterr().err
+    assert f"{template}: line 11: communicator.private_key_file:" in err
+    assert str(tmp_path / "id") in err
