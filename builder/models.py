@@ -8,6 +8,8 @@ an error at load time, never a surprise mid-build.
 from __future__ import annotations
 
 import re
+import zoneinfo
+from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -22,6 +24,7 @@ from pydantic import (
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
+from builder.installer_names import KEYBOARD_LAYOUTS, LOCALES
 from builder.publish.entries import PublishEntry
 from builder.units import (
     DURATION_FORMAT,
@@ -32,12 +35,15 @@ from builder.units import (
     format_size,
 )
 from distros import lookup
+from distros.azure_prep import KARG_RE, MODULE_RE, PATH_RE, USER_RE
 
 REQUIREMENT_IDS = tuple(f"R{n:02d}" for n in range(1, 15))
 _NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 _MODE_RE = r"^0?[0-7]{3,4}$"
 _RHSM_RE = r"^[A-Za-z0-9._:-]{1,255}$"
 _CHECKSUM_RE = re.compile(r"^(sha256:[0-9a-fA-F]{64}|sha512:[0-9a-fA-F]{128}|file:.+)$")
+_LOCALE_RE = re.compile(r"^(?P<base>[a-z]{2,3}_[A-Z]{2})(?:\.[A-Za-z0-9-]+)?(?P<mod>@[a-z]+)?$")
+_MIB = 1024 * 1024
 
 
 class Model(BaseModel):
@@ -144,7 +150,10 @@ class VM(Model):
 
     cpus: Annotated[int, Field(ge=1, le=256)] = Field(2, description="virtual CPUs of the build VM")
     memory: Size = Field(2 * 1024**3, description="guest memory")
-    disk_size: Size = Field(30 * 1024**3, description="OS disk size (the VHD's virtual size)")
+    disk_size: Size = Field(
+        30 * 1024**3, description="OS disk size (the VHD's virtual size); at least a local"
+        " source.disk_image's virtual size",
+    )
     accelerator: Literal["auto", "kvm", "tcg"] = Field(
         "auto", description="auto uses KVM only when a guest kernel really runs under it"
     )
@@ -179,12 +188,19 @@ class Install(Model):
     timeout: Duration = Field(3600.0, description="bound on the whole install")
     answer_file: Path | None = _path_field("your own answer-file template instead of the distro's")
     kernel_args: list[str] = Field(
-        default_factory=list, description="extra installer kernel arguments"
+        default_factory=list, description="extra installer kernel arguments, one word each"
     )
     packages: list[str] = Field(default_factory=list, description="extra packages to install")
-    locale: str = Field("en_US.UTF-8", description="the installed system's locale")
-    keyboard: str = Field("us", description="the installed system's keyboard layout")
-    timezone: str = Field("UTC", description="the installed system's time zone")
+    locale: str = Field(
+        "en_US.UTF-8", description="the installed system's locale, one glibc supports"
+        " (language_TERRITORY[.codeset][@modifier])",
+    )
+    keyboard: str = Field(
+        "us", description="the installed system's keyboard layout, an XKB layout name"
+    )
+    timezone: str = Field(
+        "UTC", description="the installed system's time zone, a name in the host's tz database"
+    )
     root_password: str | None = Field(
         None, description="root password during the build (stored only as a SHA-512 hash)"
     )
@@ -202,6 +218,48 @@ class Install(Model):
         description="RHEL: the organisation of rhel_activation_key; always sensitive",
     )
 
+    @field_validator("kernel_args")
+    @classmethod
+    def _kernel_args_words(cls, value: list[str]) -> list[str]:
+        for arg in value:
+            if not arg or any(c.isspace() for c in arg):
+                raise ValueError(
+                    "each installer kernel argument is one word (the command line is joined"
+                    f" with spaces), found {arg!r}"
+                )
+        return value
+
+    @field_validator("locale")
+    @classmethod
+    def _known_locale(cls, value: str) -> str:
+        match = _LOCALE_RE.match(value)
+        if match is None or match["base"] + (match["mod"] or "") not in LOCALES:
+            raise ValueError(
+                "expected a glibc locale such as 'en_US.UTF-8' or 'de_DE.UTF-8'"
+                f" (language_TERRITORY[.codeset][@modifier]), found {value!r}"
+            )
+        return value
+
+    @field_validator("keyboard")
+    @classmethod
+    def _known_keyboard(cls, value: str) -> str:
+        if value not in KEYBOARD_LAYOUTS:
+            raise ValueError(
+                f"expected an XKB keyboard layout such as 'us', 'gb' or 'de', found {value!r}"
+            )
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        zones = _host_time_zones()
+        if zones and value not in zones:
+            raise ValueError(
+                "expected a time zone of the tz database such as 'UTC' or 'Europe/Berlin',"
+                f" found {value!r}"
+            )
+        return value
+
     @field_validator("rhel_activation_key", "rhel_organization")
     @classmethod
     def _rhsm_syntax(cls, value: str | None) -> str | None:
@@ -216,11 +274,20 @@ class Install(Model):
         return self
 
 
+@cache
+def _host_time_zones() -> frozenset[str]:
+    """The host's tz database names (empty when the host has none: nothing is refused)."""
+    return frozenset(zoneinfo.available_timezones())
+
+
 class Communicator(Model):
     """How azbuild logs in to the guest after the install."""
 
     type: Literal["ssh"] = Field("ssh", description="only SSH for now")
-    username: str = Field("azbuild", description="the build's user in the guest")
+    username: str = Field(
+        "azbuild", description="the build's user in the guest, removed at the end: a login"
+        " name (lower-case letters, digits, '_', '-'), not root",
+    )
     password: str | None = Field(
         None, description="log in with this password instead of the build's ephemeral key"
     )
@@ -228,10 +295,20 @@ class Communicator(Model):
         "log in with this key instead of the build's ephemeral key"
     )
     host_key_file: Path | None = _path_field(
-        "pin this public host key (for disk images that bring their own)"
+        "pin this public host key (for disk images that bring their own; not with `iso`)"
     )
     timeout: Duration = Field(1200.0, description="bound on the wait for SSH")
     port: Annotated[int, Field(ge=1, le=65535)] = Field(22, description="SSH port in the guest")
+
+    @field_validator("username")
+    @classmethod
+    def _removable_login(cls, value: str) -> str:
+        if value == "root" or not USER_RE.match(value):
+            raise ValueError(
+                "expected a login name the deprovision can remove: lower-case letters,"
+                f" digits, '_' or '-', at most 32, not 'root', found {value!r}"
+            )
+        return value
 
 
 class ShellProvisioner(Model):
@@ -244,6 +321,17 @@ class ShellProvisioner(Model):
     sudo: bool = Field(True, description="run as root through sudo")
     timeout: Duration = Field(7200.0, description="bound on this provisioner")
 
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = [name for name in value if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name)]
+        if bad:
+            raise ValueError(
+                "expected environment variable names (letters, digits and '_', not starting"
+                " with a digit), found " + ", ".join(repr(name) for name in bad)
+            )
+        return value
+
     @model_validator(mode="after")
     def _one_body(self) -> ShellProvisioner:
         if (self.inline is None) == (self.script is None):
@@ -255,12 +343,21 @@ class FileProvisioner(Model):
     """Uploads a local file to the guest."""
 
     type: Literal["file"] = Field(description="the kind of provisioner")
-    source: Path = Field(strict=False, description="the local file")
-    destination: str = Field(description="absolute path in the guest")
+    source: Path = Field(
+        strict=False, description="the local file, or a directory uploaded as a tree"
+    )
+    destination: str = Field(description="absolute path in the guest (starts with '/')")
     mode: str | None = Field(
         None, json_schema_extra={"pattern": _MODE_RE}, description="octal file mode, e.g. '0644'"
     )
     owner: str | None = Field(None, description="'user' or 'user:group' in the guest")
+
+    @field_validator("destination")
+    @classmethod
+    def _absolute_destination(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"expected an absolute path in the guest, found {value!r}")
+        return value
 
     @field_validator("mode")
     @classmethod
@@ -289,25 +386,49 @@ class AgentSettings(Model):
     resource_disk_filesystem: Literal["ext4", "ext3", "xfs", "btrfs"] = Field(
         "ext4", description="its filesystem"
     )
-    resource_disk_mount_point: str = Field("/mnt/resource", description="where it is mounted")
+    resource_disk_mount_point: str = Field(
+        "/mnt/resource", description="where it is mounted: a plain absolute path"
+    )
     enable_swap: bool = Field(True, description="swap on the resource disk")
-    swap_size: Size = Field(2048 * 1024**2, description="size of that swap")
+    swap_size: Size = Field(2048 * 1024**2, description="size of that swap (whole MiB)")
+
+    @field_validator("resource_disk_mount_point")
+    @classmethod
+    def _plain_mount_point(cls, value: str) -> str:
+        if not PATH_RE.match(value):
+            raise ValueError(
+                "expected a plain absolute path (letters, digits, '_', '.', '-', '/'),"
+                f" found {value!r}"
+            )
+        return value
+
+    @field_validator("swap_size")
+    @classmethod
+    def _whole_mib(cls, value: int) -> int:
+        if value % _MIB:
+            raise ValueError(
+                f"waagent takes the swap size in whole MiB, found {value} bytes"
+                f" ({value / _MIB:.2f}MiB)"
+            )
+        return value
 
 
 class Azure(Model):
     """How the guest is prepared for Azure; the requirement ids are those of `azbuild check`."""
 
     provisioning: Literal["waagent", "cloud-init"] = Field(
-        "waagent", description="who provisions on first boot (R10)"
+        "waagent", description="who provisions on first boot (R10); RHEL 6 has waagent only"
     )
     kernel_args_add: list[str] = Field(
         default_factory=lambda: ["console=ttyS0", "earlyprintk=ttyS0", "rootdelay=300",
                                  "net.ifnames=0"],
-        description="kernel arguments added to the bootloader defaults (R07)",
+        description="kernel arguments added to the bootloader defaults (R07); plain words:"
+        " letters, digits and _ . , : = + / @ -",
     )
     kernel_args_remove: list[str] = Field(
         default_factory=lambda: ["rhgb", "quiet", "crashkernel=auto"],
-        description="kernel arguments removed from the bootloader defaults (R07)",
+        description="kernel arguments removed from the bootloader defaults (R07); plain"
+        " words as for kernel_args_add",
     )
     hyperv_modules: list[str] = Field(
         default_factory=lambda: ["hv_vmbus", "hv_netvsc", "hv_storvsc"],
@@ -320,6 +441,29 @@ class Azure(Model):
         default_factory=dict,
         description="requirements to leave alone, each with the reason: { R10 = \"...\" }",
     )
+
+    @field_validator("kernel_args_add", "kernel_args_remove")
+    @classmethod
+    def _quotable_kernel_args(cls, value: list[str]) -> list[str]:
+        bad = [arg for arg in value if not KARG_RE.match(arg)]
+        if bad:
+            raise ValueError(
+                "kernel arguments go into the bootloader configuration as plain words: letters,"
+                " digits and _ . , : = + / @ - only (no quotes or spaces), found "
+                + ", ".join(repr(arg) for arg in bad)
+            )
+        return value
+
+    @field_validator("hyperv_modules")
+    @classmethod
+    def _module_names(cls, value: list[str]) -> list[str]:
+        bad = [module for module in value if not MODULE_RE.match(module)]
+        if bad:
+            raise ValueError(
+                "expected kernel module names (letters, digits, '_' and '-'), found "
+                + ", ".join(repr(module) for module in bad)
+            )
+        return value
 
     @field_validator("skip")
     @classmethod

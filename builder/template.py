@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from builder import redact
+from builder import redact, template_checks
 from builder.errors import Problem, TemplateError
 from builder.models import Template, Variable
 from builder.toml_lines import KeyPath, line_of
@@ -312,6 +312,11 @@ def load_template(
             update={"output": template.output.model_copy(update={"directory": directory})}
         )
 
+    late = [_problem(_origin(loc, origins) or path, loc, redact.redact(message))
+            for loc, message in template_checks.value_problems(template)]
+    if late:
+        raise TemplateError(late)
+
     variable_sources: dict[str, Path | None] = {
         name: where for name, (_, where) in declared.items()
     }
@@ -363,6 +368,10 @@ def check_local_inputs(loaded: LoadedTemplate, building: bool = False) -> list[s
         checksum[5:]
     ).exists():
         source_problems.append(missing(("source", "checksum"), checksum[5:]))
+    problems.extend(
+        _problem(_origin(loc, loaded.origins) or loaded.path, loc, redact.redact(message))
+        for loc, message in template_checks.file_problems(t)
+    )
     warnings: list[str] = []
     if building:
         problems.extend(source_problems)

@@ -252,6 +252,17 @@ def _render_user_file(path: Path, variables: dict[str, Any]) -> str:
         ) from None
 
 
+def answer_file_syntax_error(path: Path) -> str | None:
+    """The Jinja2 syntax error in a user's answer-file template, or None (checked at load time,
+    before any VM; undefined variables only show when it is rendered)."""
+    env = _environment(jinja2.FileSystemLoader(str(path.parent)))
+    try:
+        env.get_template(path.name)
+    except jinja2.TemplateSyntaxError as exc:
+        return f"answer-file template error at line {exc.lineno}: {exc.message}"
+    return None
+
+
 def _kickstart_arg(distro: Distro) -> str:
     key = "ks" if distro.major <= 6 else "inst.ks"
     return f"{key}=hd:LABEL=OEMDRV:/ks.cfg"

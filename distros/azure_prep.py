@@ -40,12 +40,14 @@ CLOUD_INIT_DROPIN = "/etc/cloud/cloud.cfg.d/91-azbuild-azure.cfg"
 
 Firmware = Literal["bios", "uefi"]
 
-_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+# The template's models check the same patterns at load time (builder.models); these
+# checks stay as the scripts' own guard.
+USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 # Kernel arguments go inside a double-quoted /etc/default/grub value and into sed-free
 # bash arrays: plain printable words only.
-_KARG_RE = re.compile(r"^[A-Za-z0-9_.,:=+/@-]+$")
-_MODULE_RE = re.compile(r"^[A-Za-z0-9_-]+$")
-_PATH_RE = re.compile(r"^/[A-Za-z0-9_./-]*$")
+KARG_RE = re.compile(r"^[A-Za-z0-9_.,:=+/@-]+$")
+MODULE_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+PATH_RE = re.compile(r"^/[A-Za-z0-9_./-]*$")
 # initramfs-tools' init runs `sleep "$ROOTDELAY"` before it looks for the root device: on
 # those families every rootdelay is removed (R07); "rootdelay=*" is matched as a pattern.
 ROOTDELAY_PATTERN = "rootdelay=*"
@@ -167,16 +169,16 @@ def _validate(distro: Distro, azure: Azure, facts: PrepFacts, firmware: str,
     problems: list[str] = []
     if firmware not in ("bios", "uefi"):
         problems.append(f"firmware must be 'bios' or 'uefi', found {firmware!r}")
-    if not _USER_RE.match(build_user) or build_user == "root":
+    if not USER_RE.match(build_user) or build_user == "root":
         problems.append(f"build user {build_user!r} is not a removable login name")
     for arg in (*azure.kernel_args_add, *azure.kernel_args_remove):
-        if not _KARG_RE.match(arg):
+        if not KARG_RE.match(arg):
             problems.append(f"kernel argument {arg!r} has characters azbuild cannot quote safely")
     for module in azure.hyperv_modules:
-        if not _MODULE_RE.match(module):
+        if not MODULE_RE.match(module):
             problems.append(f"module name {module!r} is not a kernel module name")
     mount = azure.agent.resource_disk_mount_point
-    if not _PATH_RE.match(mount):
+    if not PATH_RE.match(mount):
         problems.append(f"resource disk mount point {mount!r} must be a plain absolute path")
     if azure.agent.swap_size % (1024 * 1024):
         problems.append("azure.agent.swap_size must be a whole number of MiB")

@@ -1,0 +1,214 @@
+"""Checks of a loaded template that need more than one key, the distro, or the local files.
+
+They used to fail only once the build had started (some after the VM had booted); run at
+load time, they make `azbuild validate` refuse the template instead. Each check returns
+(key path, message) pairs; builder.template turns them into problems naming the file and
+the line. Nothing here starts a VM or writes a file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from builder.disk import detect_image_format
+from builder.errors import CommandError, UsageError
+from builder.fetch import is_url, resolve_checksum
+from builder.models import Template
+from builder.run import run
+from builder.toml_lines import KeyPath
+from builder.units import format_size
+from distros import resolve
+from distros.answers import (
+    AnswerContext,
+    answer_file_syntax_error,
+    hash_password,
+    render_answer_files,
+)
+from distros.azure_prep import prep_facts
+
+log = logging.getLogger(__name__)
+
+Found = list[tuple[KeyPath, str]]
+# Image formats the source-disk step converts to the build's raw disk.
+STARTABLE_FORMATS = ("raw", "qcow2", "vhd-fixed", "vhd-dynamic", "vhdx")
+
+
+def value_problems(template: Template) -> Found:
+    """Combinations of values the build would refuse."""
+    found: Found = []
+    if template.source.iso is not None and template.communicator.host_key_file is not None:
+        found.append((("communicator", "host_key_file"),
+                      "cannot be used with an ISO install: the installed system gets the host"
+                      " key azbuild generates; remove communicator.host_key_file"))
+    distro = resolve(template.distro.name, template.distro.version)
+    if template.azure.provisioning == "cloud-init" and not prep_facts(distro).cloud_init_supported:
+        found.append((("azure", "provisioning"),
+                      f"cloud-init provisioning is not supported on {distro.label};"
+                      ' use provisioning = "waagent"'))
+    return found
+
+
+def file_problems(template: Template) -> Found:
+    """What is wrong with the local files that exist (a missing one is reported elsewhere)."""
+    found: Found = []
+    for index, prov in enumerate(template.provision):
+        for key in ("script", "source"):
+            path = getattr(prov, key, None)
+            if key == "source" and isinstance(path, Path) and path.is_dir():
+                # A file provisioner uploads a directory tree: each file must be readable.
+                found.extend(_readable_tree(("provision", index, key), path))
+            elif isinstance(path, Path):
+                found.extend(_readable(("provision", index, key), path))
+    comm = template.communicator
+    private_key = comm.private_key_file
+    if private_key is not None and private_key.exists():
+        loc: KeyPath = ("communicator", "private_key_file")
+        found.extend(_readable(loc, private_key) or _private_key(loc, private_key))
+    host_key = comm.host_key_file
+    if host_key is not None and host_key.exists():
+        loc = ("communicator", "host_key_file")
+        found.extend(_readable(loc, host_key) or _public_key(loc, host_key))
+    answer = template.install.answer_file
+    if answer is not None and answer.exists():
+        loc = ("install", "answer_file")
+        found.extend(_readable(loc, answer) or _answer_syntax(loc, answer)
+                     or _answer_render(loc, template))
+    if template.source.iso is not None and not is_url(template.source.iso):
+        found.extend(_readable(("source", "iso"), Path(template.source.iso)))
+    found.extend(_checksum_file(template))
+    image = template.source.disk_image
+    if image is not None and image.exists():
+        loc = ("source", "disk_image")
+        found.extend(_readable(loc, image) or _source_image(template, image))
+    return found
+
+
+def _readable(loc: KeyPath, path: Path) -> Found:
+    """A regular file this process can open, or the reason it is not (nothing when missing)."""
+    if not path.exists():
+        return []
+    if path.is_dir():
+        return [(loc, f"{path} is a directory; give a file")]
+    if not path.is_file():
+        return [(loc, f"{path} is not a regular file")]
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        return [(loc, f"cannot read {path}: {exc.strerror}")]
+    return []
+
+
+def _readable_tree(loc: KeyPath, directory: Path) -> Found:
+    """The first file of an uploaded tree that cannot be read (symlinks are uploaded as links)."""
+    for root, _dirs, files in os.walk(directory):
+        for name in sorted(files):
+            path = Path(root) / name
+            if path.is_symlink() or not path.is_file():
+                continue
+            problem = _readable(loc, path)
+            if problem:
+                return problem
+    return []
+
+
+def _public_key(loc: KeyPath, path: Path) -> Found:
+    from builder.keys import load_public_key  # paramiko: only when a key file is named
+
+    try:
+        load_public_key(path)
+    except UsageError as exc:
+        return [(loc, exc.message)]
+    return []
+
+
+def _private_key(loc: KeyPath, path: Path) -> Found:
+    from builder.keys import load_private_key  # paramiko: only when a key file is named
+
+    try:
+        load_private_key(path)
+    except UsageError as exc:
+        return [(loc, exc.message + (f" ({exc.hint})" if exc.hint else ""))]
+    return []
+
+
+def _checksum_file(template: Template) -> Found:
+    """A local checksum file must name the source file (its name is all that is looked up)."""
+    source = template.source
+    checksum = source.checksum or ""
+    path = checksum.removeprefix("file:")
+    target = source.iso if source.iso is not None else str(source.disk_image)
+    if not checksum.startswith("file:") or is_url(path) or not Path(path).is_file():
+        return []
+    unreadable = _readable(("source", "checksum"), Path(path))
+    if unreadable:
+        return unreadable
+    try:
+        resolve_checksum(checksum, target)
+    except UsageError as exc:
+        return [(("source", "checksum"), exc.message)]
+    return []
+
+
+def _answer_render(loc: KeyPath, template: Template) -> Found:
+    """Render the user's answer file as `azbuild render` does (placeholder keys): a variable
+    it names that azbuild does not give fails here, not after the ISO download."""
+    if template.source.iso is None:
+        return []
+    from builder import render  # the render's placeholders; it imports the template layer
+
+    password = template.install.root_password
+    context = AnswerContext(
+        build_user=template.communicator.username,
+        ssh_public_key=render.PLACEHOLDER_CLIENT_PUBLIC,
+        host_key_private=render.PLACEHOLDER_HOST_PRIVATE,
+        host_key_public=render.PLACEHOLDER_HOST_PUBLIC,
+        root_password_hash=hash_password(password) if password else None,
+        firmware=template.vm.firmware,
+        disk_size=template.vm.disk_size,
+        hostname=template.name[:63],
+    )
+    distro = resolve(template.distro.name, template.distro.version)
+    try:
+        render_answer_files(distro, template, context)
+    except UsageError as exc:
+        return [(loc, exc.message + (f" ({exc.hint})" if exc.hint else ""))]
+    return []
+
+
+def _answer_syntax(loc: KeyPath, path: Path) -> Found:
+    error = answer_file_syntax_error(path)
+    return [(loc, f"{path}: {error}")] if error else []
+
+
+def _source_image(template: Template, image: Path) -> Found:
+    """The image must be of a format the build starts from and fit in vm.disk_size."""
+    loc: KeyPath = ("source", "disk_image")
+    image_format = detect_image_format(image)
+    if image_format.name not in STARTABLE_FORMATS:
+        return [(loc, f"{image} is a {image_format.name} image, which azbuild cannot start"
+                      " from; use raw, qcow2, VHD or VHDX")]
+    try:
+        virtual = virtual_size(image, image_format.qemu_format)
+    except CommandError as exc:
+        return [(loc, f"qemu-img cannot read {image}: {exc.stderr.strip() or exc.message}")]
+    except UsageError as exc:  # qemu-img is not installed: the build says so itself
+        log.warning("the size of %s is not checked: %s", image, exc.message)
+        return []
+    if template.vm.disk_size < virtual:
+        return [(("vm", "disk_size"),
+                 f"{format_size(template.vm.disk_size)} is smaller than the source image"
+                 f" {image} ({format_size(virtual)}); set vm.disk_size to at least"
+                 f" {format_size(virtual)}")]
+    return []
+
+
+def virtual_size(image: Path, qemu_format: str) -> int:
+    """The disk size an image holds: a raw file's length, else what qemu-img info says."""
+    if qemu_format == "raw":
+        return os.stat(image).st_size
+    info = run(["qemu-img", "info", "-f", qemu_format, "--output", "json", str(image)])
+    return int(json.loads(info.stdout)["virtual-size"])
