@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_template import problems_of, write
 
 from builder import log as azlog
 from builder.cli import main
-from builder.errors import TemplateError, UsageError
+from builder.errors import UsageError
 from builder.pipeline import BuildOptions, build
 from builder.provenance import provenance
 from builder.template import BuildInfo, load_template
@@ -41,18 +42,6 @@ cpus = "${var.cpus}"
 # 23:15 UTC on 30 November, already 1 December in UTC+2: the values are UTC.
 NIGHT = BuildInfo(id="c0ffee00", time=datetime(2026, 12, 1, 1, 15, 7,
                                                tzinfo=timezone(timedelta(hours=2))))
-
-
-def write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
-
-
-def problems_of(path: Path, **kwargs: Any) -> list[str]:
-    with pytest.raises(TemplateError) as info:
-        load_template(path, **kwargs)
-    return info.value.problems
 
 
 # --- ${build.*} ------------------------------------------------------------------------------
