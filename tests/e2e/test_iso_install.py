@@ -208,7 +208,6 @@ def test_sigterm_during_install(test_installer_iso: Path, tmp_path: Path,
     assert outcome.returncode == 143, outcome.stderr[-3000:]
     assert_failed_build_kept(outcome, libvirt_uri, "e2e-iso-term", "install",
                              consoles=("install-serial.log",))
-    assert_nothing_left(outcome, libvirt_uri)
 
 
 def test_azbuild_publish_uploads_the_demos_vhd_to_azurite(
@@ -241,7 +240,8 @@ def test_the_demo_build_s_publish_entry_uploaded_it(
     records the upload, and no output holds the SAS."""
     manifest = json.loads((demo_built.output_dir / "manifest.json").read_text())
     steps = list(manifest["steps"])
-    assert steps.index("check") < steps.index("publish") < steps.index("manifest")
+    # The manifest is written in the last step, so its own timing is not in it.
+    assert steps[-2:] == ["check", "publish"], steps
     [record] = manifest["publish"]
     [artifact] = [a for a in manifest["artifacts"] if a["format"] == "vhd-fixed"]
     assert record["url"] == f"{azurite.account_url}/built/demo-demo.vhd"
