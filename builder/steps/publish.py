@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.errors import AzbuildError, BuildError
+from builder.manifest import sha256_file
 from builder.pipeline import BuildContext
 from builder.publish.arm import ImageFacts, compute_client, create_gallery_version, create_image
 from builder.publish.blob import publish_blob
@@ -65,7 +66,7 @@ def run_entry(ctx: BuildContext, entry: PublishEntry, image: Path, ready: bool |
         return
     assert upload is not None or not needs_blob
     facts = ImageFacts(template_name=ctx.template.name, template_sha256=ctx.loaded.digest(),
-                       image_sha256=upload["sha256"] if upload else _sha256(image),
+                       image_sha256=upload["sha256"] if upload else sha256_file(image),
                        firmware=ctx.template.vm.firmware, size=image.stat().st_size)
     compute = compute_client(entry.subscription_id)
     blob_uri = upload["url"] if upload else None
@@ -76,12 +77,6 @@ def run_entry(ctx: BuildContext, entry: PublishEntry, image: Path, ready: bool |
     elif isinstance(entry, AzureGallery):
         assert blob_uri is not None
         create_gallery_version(compute, entry, facts, blob_uri, ctx.options.on_error, record)
-
-
-def _sha256(image: Path) -> str:
-    from builder.manifest import sha256_file
-
-    return sha256_file(image)
 
 
 def _upload_to_disk(image: Path, sas_url: str, jobs: int) -> dict[str, Any]:
