@@ -270,7 +270,8 @@ ensure_packages() {
   done
   [ -n "$missing" ] || return 0
   say "installing$names"
-  DEBIAN_FRONTEND=noninteractive apt-get -q update
+  # No translated descriptions: they are most of the index download and nothing here reads them.
+  DEBIAN_FRONTEND=noninteractive apt-get -q -o Acquire::Languages=none update
   # shellcheck disable=SC2086 # one word per package
   DEBIAN_FRONTEND=noninteractive apt-get -q -y install $names
   for item in $missing; do
