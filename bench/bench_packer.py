@@ -160,6 +160,7 @@ def packer_template(*, image: Path, run_dir: Path, seed_dir: Path, private_key: 
 
 # PACKER_LOG lines: "2026/12/01 02:41:07 ui: ==> qemu: Connected to SSH!" (seconds only).
 LOG_LINE_RE = re.compile(r"^(\d{4}/\d\d/\d\d \d\d:\d\d:\d\d) (.*)$")
+ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")  # ui lines are coloured unless -color=false
 # (mark, pattern on the text after the timestamp); each mark is its first match.
 MARK_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("disk copied", re.compile(r"ui: ==> qemu: Resizing hard drive")),
@@ -170,6 +171,10 @@ MARK_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("post-processor start", re.compile(r"ui: ==> qemu: Running post-processor: shell-local")),
     ("build finished", re.compile(r"ui: Build 'qemu' finished")),
 )
+SSH_ATTEMPT_RE = re.compile(r"\[INFO\] Attempting SSH connection to")
+# Under qemu's user network the forwarded port accepts before the guest's sshd listens,
+# and Packer then waits out a fixed handshake timeout (a minute in 1.6.6).
+SSH_HANDSHAKE_TIMEOUT_RE = re.compile(r"SSH handshake err: Timeout during SSH handshake")
 PROVISIONER_RE = re.compile(
     r"ui: ==> qemu: (Provisioning with shell script: .*|Uploading .*=> .*)$")
 
@@ -182,6 +187,8 @@ class PackerLog:
     end: datetime | None = None
     marks: dict[str, datetime] = field(default_factory=dict)
     provisioners: list[tuple[str, datetime]] = field(default_factory=list)
+    ssh_attempts: int = 0
+    ssh_handshake_timeouts: int = 0
 
 
 def parse_packer_log(text: str) -> PackerLog:
@@ -191,13 +198,15 @@ def parse_packer_log(text: str) -> PackerLog:
         if m is None:
             continue  # a continuation of a multi-line entry
         stamp = datetime.strptime(m.group(1), "%Y/%m/%d %H:%M:%S")
-        rest = m.group(2)
+        rest = ANSI_RE.sub("", m.group(2))
         if log.start is None:
             log.start = stamp
         log.end = stamp
         for mark, pattern in MARK_PATTERNS:
             if mark not in log.marks and pattern.search(rest):
                 log.marks[mark] = stamp
+        log.ssh_attempts += bool(SSH_ATTEMPT_RE.search(rest))
+        log.ssh_handshake_timeouts += bool(SSH_HANDSHAKE_TIMEOUT_RE.search(rest))
         if p := PROVISIONER_RE.search(rest):
             log.provisioners.append((p.group(1), stamp))
     return log
@@ -262,6 +271,7 @@ class Run:
     elapsed: float | None = None  # seconds the tool's process ran, timed from here
     phases: dict[str, float | None] = field(default_factory=dict)
     output_size: int | None = None  # bytes of the VHD it wrote
+    ssh_attempts: tuple[int, int] | None = None  # Packer: attempts, handshake timeouts
     leaked: list[str] = field(default_factory=list)  # processes left behind, killed here
     error: str | None = None
 
@@ -346,7 +356,7 @@ def tail(path: Path, lines: int = 25) -> str:
 
 def packer_command(packer: str, template: Path, nice: int) -> list[str]:
     prefix = ["nice", "-n", str(nice)] if nice else []
-    return [*prefix, packer, "build", "-force", str(template)]
+    return [*prefix, packer, "build", "-force", "-color=false", str(template)]
 
 
 def azbuild_command(image: Path, output: Path, nice: int) -> list[str]:
@@ -372,7 +382,9 @@ def run_packer(packer: str, image: Path, base: Path, pair: int, nice: int) -> Ru
         image=image, run_dir=run.run_dir, seed_dir=seed, private_key=key,
         azure_script=script), indent=2) + "\n")
     log = run.run_dir / "packer.log"
-    env = clean_env({"PACKER_LOG": "1", "PACKER_LOG_PATH": str(log),
+    tmp = run.run_dir / "tmp"  # Packer's plugin sockets and its seed ISO: ours to remove
+    tmp.mkdir()
+    env = clean_env({"TMPDIR": str(tmp), "PACKER_LOG": "1", "PACKER_LOG_PATH": str(log),
                      "PACKER_CACHE_DIR": str(run.run_dir / "cache"),
                      "CHECKPOINT_DISABLE": "1"})
     run.command = packer_command(packer, template, nice)
@@ -383,7 +395,9 @@ def run_packer(packer: str, image: Path, base: Path, pair: int, nice: int) -> Ru
     finally:
         reap_leftovers(run)
     if log.exists():
-        run.phases = packer_phases(parse_packer_log(log.read_text(errors="replace")))
+        parsed = parse_packer_log(log.read_text(errors="replace"))
+        run.phases = packer_phases(parsed)
+        run.ssh_attempts = (parsed.ssh_attempts, parsed.ssh_handshake_timeouts)
     vhd = run.run_dir / VHD_NAME
     run.output_size = vhd.stat().st_size if vhd.exists() else None
     if run.exit_status != 0 or run.output_size is None:
@@ -495,6 +509,10 @@ def report(runs: list[Run], facts: list[tuple[str, str]]) -> str:
         phases = [r.phases for r in good if r.tool == tool and r.phases]
         if phases:
             out += [f"## {tool} phases ({source})", "", *phase_table(phases), ""]
+    attempts = [r.ssh_attempts for r in good if r.ssh_attempts is not None]
+    if attempts:
+        out += ["Packer's SSH attempts per run (of them, handshake timeouts, a minute each): "
+                + ", ".join(f"{a} ({t})" for a, t in attempts) + ".", ""]
     for r in runs:
         if r.error is not None:
             out += [f"## pair {r.pair}, {r.tool} failed; the end of its output, verbatim", "",
