@@ -163,7 +163,6 @@ LOG_LINE_RE = re.compile(r"^(\d{4}/\d\d/\d\d \d\d:\d\d:\d\d) (.*)$")
 ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")  # ui lines are coloured unless -color=false
 # (mark, pattern on the text after the timestamp); each mark is its first match.
 MARK_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("disk copied", re.compile(r"ui: ==> qemu: Resizing hard drive")),
     ("qemu start", re.compile(r"Executing \S*qemu-system")),
     ("SSH connected", re.compile(r"ui: ==> qemu: Connected to SSH!")),
     ("shutdown command", re.compile(r"ui: ==> qemu: Gracefully halting virtual machine")),
@@ -212,6 +211,18 @@ def parse_packer_log(text: str) -> PackerLog:
     return log
 
 
+def provisioner_label(number: int, line: str) -> str:
+    """A name that is the same in every run: Packer's inline scripts get random names."""
+    line = re.sub(r"/tmp/packer-shell\d+", "(inline)", line)
+    if m := re.match(r"Provisioning with shell script: (.*)$", line):
+        kind = f"shell {Path(m.group(1)).name if m.group(1) != '(inline)' else '(inline)'}"
+    elif m := re.match(r"Uploading (.*) => (.*)$", line):
+        kind = f"file {Path(m.group(1)).name} => {m.group(2)}"
+    else:
+        kind = line
+    return f"provisioner {number}: {kind}"
+
+
 def packer_phases(log: PackerLog) -> dict[str, float | None]:
     """Seconds per phase, from one mark to the next (None: a mark is missing)."""
     def span(a: datetime | None, b: datetime | None) -> float | None:
@@ -227,8 +238,8 @@ def packer_phases(log: PackerLog) -> dict[str, float | None]:
     # Each provisioner from its first line to the next one's (the last: to the shutdown).
     starts = [*log.provisioners, ("", m["shutdown command"])] if "shutdown command" in m \
         else log.provisioners
-    for (name, began), (_, ended) in itertools.pairwise(starts):
-        phases[f"provisioner: {name}"] = span(began, ended)
+    for number, ((name, began), (_, ended)) in enumerate(itertools.pairwise(starts), 1):
+        phases[provisioner_label(number, name)] = span(began, ended)
     phases["shutdown (deprovision, power-off)"] = span(m.get("shutdown command"),
                                                        m.get("VM stopped"))
     phases["VM stopped to post-processor"] = span(m.get("VM stopped"),

@@ -122,3 +122,37 @@ def test_azbuild_overhead_is_wall_minus_guest_minus_check() -> None:
     assert phases["orchestration overhead (process wall - guest - check)"] == 19.0
     assert bp.azbuild_phases(manifest, None)[
         "orchestration overhead (process wall - guest - check)"] is None
+
+
+# Lines of a real run's PACKER_LOG (the first run of this benchmark, 2026-12-01, TCG),
+# verbatim and coloured as Packer wrote them; most of the plugin chatter left out.
+PACKER_LOG = Path(__file__).resolve().parent / "data" / "packer-1.6.6-qemu.log"
+
+
+def test_phases_from_a_real_packer_log() -> None:
+    log = bp.parse_packer_log(PACKER_LOG.read_text())
+    assert (log.ssh_attempts, log.ssh_handshake_timeouts) == (8, 1)
+    assert bp.packer_phases(log) == {
+        "disk copy and resize, seed ISO": 1.0,  # 02:31:57 to the qemu command at 02:31:58
+        "boot to SSH": 114.0,  # to `Connected to SSH!` at 02:33:52
+        "SSH connected to first provisioner": 0.0,
+        "provisioner 1: shell (inline)": 5.0,
+        "provisioner 2: file motd => /tmp/motd": 0.0,
+        "provisioner 3: shell (inline)": 3.0,
+        "provisioner 4: shell azure.sh": 304.0,  # to `Gracefully halting` at 02:39:04
+        "shutdown (deprovision, power-off)": 8.0,  # to `VM shut down.` at 02:39:12
+        "VM stopped to post-processor": 0.0,
+        "post-processor (qemu-img convert to VHD)": 0.0,
+        "whole log": 435.0,  # Packer's own "finished after 7 minutes 15 seconds"
+    }
+
+
+def test_phases_of_a_log_cut_short_are_unknown_not_zero() -> None:
+    text = "".join(line for line in PACKER_LOG.read_text().splitlines(keepends=True)
+                   if "2026/12/01 02:3" in line and line < "2026/12/01 02:34")
+    phases = bp.packer_phases(bp.parse_packer_log(text))
+    assert phases["boot to SSH"] == 114.0
+    assert phases["shutdown (deprovision, power-off)"] is None
+    assert phases["post-processor (qemu-img convert to VHD)"] is None
+    assert "provisioner 1: shell (inline)" in phases  # up to the next provisioner's line
+    assert not any(name.startswith("provisioner 4") for name in phases)
