@@ -303,11 +303,12 @@ def ensure_packer() -> str:
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     install = ["apt-get", "install", "-y", PACKER_PACKAGE]
     if subprocess.run(install, env=env, check=False).returncode != 0:
-        subprocess.run(["apt-get", "update"], env=env, check=True)
-        subprocess.run(install, env=env, check=True)
+        subprocess.run(["apt-get", "update"], env=env, check=False)
+        subprocess.run(install, env=env, check=False)
     found = shutil.which("packer")
     if not found:
-        raise SystemExit("apt-get installed packer but it is not on PATH")
+        raise SystemExit("bench_packer: could not install Debian's package `packer` "
+                         "(run as root, with apt reachable), or put packer on PATH")
     return found
 
 
