@@ -156,3 +156,20 @@ def test_phases_of_a_log_cut_short_are_unknown_not_zero() -> None:
     assert phases["post-processor (qemu-img convert to VHD)"] is None
     assert "provisioner 1: shell (inline)" in phases  # up to the next provisioner's line
     assert not any(name.startswith("provisioner 4") for name in phases)
+
+
+def test_report_counts_only_runs_that_wrote_their_vhd(tmp_path: Path) -> None:
+    packer = bp.Run("packer", 1, tmp_path / "packer-1", ["packer", "build", "t.json"], 0, 435.0,
+                    {"boot to SSH": 114.0}, 4 * 2**30 + 512, (8, 1))
+    azbuild = bp.Run("azbuild", 1, tmp_path / "azbuild-1", ["azbuild", "build"], 0, 300.0,
+                     {"step: connect": 40.0}, 4 * 2**30 + 512)
+    failed = bp.Run("azbuild", 2, tmp_path / "azbuild-2", ["azbuild", "build"], 1, 20.0,
+                    error="boom")
+    text = bp.report([packer, azbuild, failed], [("kernel", "6.1")])
+    assert "| packer | 435.0 s (min 435.0, max 435.0, n=1) |" in text
+    assert "| azbuild | 300.0 s (min 300.0, max 300.0, n=1) |" in text
+    assert "**0.69x**" in text
+    assert "| 2 | azbuild | 1 | 20.0 s | - | nothing |" in text
+    assert "## pair 2, azbuild failed; the end of its output, verbatim\n\n```\nboom\n```" in text
+    assert "| boot to SSH | 114.0 | 114.0 | 114.0 | 1 |" in text
+    assert "8 (1)." in text
