@@ -278,6 +278,7 @@ class Run:
     pair: int
     run_dir: Path
     command: list[str] = field(default_factory=list)
+    env_shown: str = ""  # the variables set for the tool, as the report shows them
     exit_status: int | None = None
     elapsed: float | None = None  # seconds the tool's process ran, timed from here
     phases: dict[str, float | None] = field(default_factory=dict)
@@ -400,6 +401,8 @@ def run_packer(packer: str, image: Path, base: Path, pair: int, nice: int) -> Ru
                      "PACKER_CACHE_DIR": str(run.run_dir / "cache"),
                      "CHECKPOINT_DISABLE": "1"})
     run.command = packer_command(packer, template, nice)
+    run.env_shown = " ".join(f"{k}={env[k]}" for k in ("PACKER_LOG", "PACKER_LOG_PATH",
+                                                        "PACKER_CACHE_DIR", "TMPDIR"))
     print(f"pair {pair}, packer: {' '.join(run.command)}", file=sys.stderr)
     out = run.run_dir / "packer.out"
     try:
@@ -423,6 +426,7 @@ def run_azbuild(image: Path, base: Path, pair: int, nice: int) -> Run:
     output.mkdir(parents=True)
     work.mkdir()
     run.command = azbuild_command(image, output, nice)
+    run.env_shown = f"AZBUILD_WORK_DIR={work}"
     print(f"pair {pair}, azbuild: {' '.join(run.command)}  (AZBUILD_WORK_DIR={work})",
           file=sys.stderr)
     out = run.run_dir / "azbuild.out"
@@ -500,8 +504,8 @@ def report(runs: list[Run], facts: list[tuple[str, str]]) -> str:
     for tool in TOOLS:
         first = next((r for r in runs if r.tool == tool), None)
         if first is not None:
-            out += [f"{tool} (pair {first.pair}):", "", "```", " ".join(first.command), "```",
-                    ""]
+            out += [f"{tool} (pair {first.pair}; no LIBGUESTFS_* variable):", "", "```",
+                    " ".join([first.env_shown, *first.command]).strip(), "```", ""]
     out += ["## Runs (in the order they ran)", "",
             "| pair | tool | exit status | wall time | VHD bytes | left running |",
             "|---|---|---|---|---|---|"]
