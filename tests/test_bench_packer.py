@@ -159,12 +159,15 @@ def test_phases_of_a_log_cut_short_are_unknown_not_zero() -> None:
 
 
 def test_report_counts_only_runs_that_wrote_their_vhd(tmp_path: Path) -> None:
-    packer = bp.Run("packer", 1, tmp_path / "packer-1", ["packer", "build", "t.json"], 0, 435.0,
-                    {"boot to SSH": 114.0}, 4 * 2**30 + 512, (8, 1))
-    azbuild = bp.Run("azbuild", 1, tmp_path / "azbuild-1", ["azbuild", "build"], 0, 300.0,
-                     {"step: connect": 40.0}, 4 * 2**30 + 512)
-    failed = bp.Run("azbuild", 2, tmp_path / "azbuild-2", ["azbuild", "build"], 1, 20.0,
-                    error="boom")
+    vhd_bytes = 4 * 2**30 + 512
+    packer = bp.Run("packer", 1, tmp_path / "packer-1", command=["packer", "build", "t.json"],
+                    exit_status=0, elapsed=435.0, phases={"boot to SSH": 114.0},
+                    output_size=vhd_bytes, ssh_attempts=(8, 1))
+    azbuild = bp.Run("azbuild", 1, tmp_path / "azbuild-1", command=["azbuild", "build"],
+                     env_shown="AZBUILD_WORK_DIR=/w", exit_status=0, elapsed=300.0,
+                     phases={"step: connect": 40.0}, output_size=vhd_bytes)
+    failed = bp.Run("azbuild", 2, tmp_path / "azbuild-2", command=["azbuild", "build"],
+                    exit_status=1, elapsed=20.0, error="boom")
     text = bp.report([packer, azbuild, failed], [("kernel", "6.1")])
     assert "| packer | 435.0 s (min 435.0, max 435.0, n=1) |" in text
     assert "| azbuild | 300.0 s (min 300.0, max 300.0, n=1) |" in text
@@ -173,3 +176,4 @@ def test_report_counts_only_runs_that_wrote_their_vhd(tmp_path: Path) -> None:
     assert "## pair 2, azbuild failed; the end of its output, verbatim\n\n```\nboom\n```" in text
     assert "| boot to SSH | 114.0 | 114.0 | 114.0 | 1 |" in text
     assert "8 (1)." in text
+    assert "```\nAZBUILD_WORK_DIR=/w azbuild build\n```" in text
