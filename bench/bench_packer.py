@@ -213,7 +213,7 @@ def parse_packer_log(text: str) -> PackerLog:
 
 def provisioner_label(number: int, line: str) -> str:
     """A name that is the same in every run: Packer's inline scripts get random names."""
-    line = re.sub(r"/tmp/packer-shell\d+", "(inline)", line)
+    line = re.sub(r"\S*/packer-shell\d+$", "(inline)", line)
     if m := re.match(r"Provisioning with shell script: (.*)$", line):
         kind = f"shell {Path(m.group(1)).name if m.group(1) != '(inline)' else '(inline)'}"
     elif m := re.match(r"Uploading (.*) => (.*)$", line):

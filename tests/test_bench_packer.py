@@ -177,3 +177,12 @@ def test_report_counts_only_runs_that_wrote_their_vhd(tmp_path: Path) -> None:
     assert "| boot to SSH | 114.0 | 114.0 | 114.0 | 1 |" in text
     assert "8 (1)." in text
     assert "```\nAZBUILD_WORK_DIR=/w azbuild build\n```" in text
+
+
+def test_inline_scripts_are_named_alike_wherever_packer_writes_them() -> None:
+    assert bp.provisioner_label(
+        1, "Provisioning with shell script: /var/tmp/b/packer-1/tmp/packer-shell3870406381"
+    ) == "provisioner 1: shell (inline)"
+    assert bp.provisioner_label(
+        4, "Provisioning with shell script: /var/tmp/b/packer-1/azure-prep.sh"
+    ) == "provisioner 4: shell azure-prep.sh"
