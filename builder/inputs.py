@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder.disk import ImageFormat
-from builder.errors import UsageError
+from builder.errors import UsageError, indent
 from builder.run import run
 from builder.vhd import FOOTER_SIZE, parse_footer
 
@@ -162,7 +162,7 @@ def _qemu_img_check(path: Path, image_format: ImageFormat, role: str) -> None:
         return
     details = [line.removeprefix("qemu-img: ").strip()
                for line in proc.stderr.splitlines() if line.strip()]
-    shown = "\n".join(f"    {line}" for line in details[:_STDERR_LINES])
+    shown = indent(details[:_STDERR_LINES])
     if len(details) > _STDERR_LINES:
         shown += f"\n    ... and {len(details) - _STDERR_LINES} more"
     if proc.returncode == CHECK_CORRUPT:

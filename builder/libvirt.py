@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import libvirt
 
-from builder.errors import BuildError, UsageError
+from builder.errors import BuildError, UsageError, indent
 from builder.serial import SerialLog
 from builder.waits import WaitReporter
 
@@ -549,10 +549,6 @@ _STARTED_OR_NO_BOOT = re.compile(
     rf"(?m)(?P<noboot>{_NO_BOOT_DEVICE})|(?P<os>^(?!{_FIRMWARE_LINE}).*\S)"
 )
 
-
-def indent(text: str) -> str:
-    """`text` with every line indented by four spaces (console quotes in messages)."""
-    return "\n".join("    " + line for line in text.splitlines())
 
 
 def _is_hostfwd_failure(exc: Exception) -> bool:
