@@ -84,14 +84,6 @@ class BuildError(AzbuildError):
     """A build step failed."""
 
 
-class Interrupted(AzbuildError):
-    """Ctrl-C or SIGTERM; the exit code depends on which."""
-
-    def __init__(self, signal_name: str, exit_code: int) -> None:
-        super().__init__(f"interrupted by {signal_name}; cleaned up")
-        self.exit_code = exit_code
-
-
 def indent(text: str | Iterable[str]) -> str:
     """Lines indented by four spaces: quoted output (a console, a command's stderr, a
     list of findings) inside a message. `text` is one string of lines, or the lines."""

@@ -80,7 +80,6 @@ LEASE_DIRS = {  # directory -> which of its files are leases
     "/var/lib/dhcpcd": "*.lease", "/var/lib/dhcpcd5": "*.lease", "/var/lib/wicked": "*lease*",
     "/var/lib/systemd/netif/leases": "*",
 }
-SMALL_FILE = 4 * 1024 * 1024  # larger files go through download(), not read_file()
 EXT_MAGIC = 0xEF53
 EXT_STATE_VALID = 0x0001
 EXT_STATE_ERROR = 0x0002

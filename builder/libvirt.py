@@ -472,32 +472,12 @@ class RunningDomain:
         self.stopped_event.set()
         self.attention.set()
 
-    def fail_if_stopped(self, doing: str, tail_lines: int = 30) -> None:
-        """Raise BuildError quoting the serial log's end if the domain is no longer running."""
-        if self.stopped_event.is_set() or not self.is_running():
-            raise self.stopped_error(doing, tail_lines)
-
     def stopped_error(self, doing: str, tail_lines: int = 30) -> BuildError:
         tail = self.serial.tail(tail_lines) or "(the serial console is empty)"
         reason = self.stop_reason or "the domain stopped"
         return BuildError(
             f"{reason} while {doing}; the end of the serial console "
             f"({self.spec.serial_log}):\n{indent(tail)}"
-        )
-
-    def wait_for_serial(self, pattern: str, timeout: float, doing: str) -> str:
-        """Wait for `pattern` on the serial console; fail at once when the domain
-        stops first, and with the log's end after `timeout`. Returns the matched text."""
-        match = self.serial.wait_for(pattern, timeout, stop=self.attention, what=doing)
-        self.check_connection()
-        if match is not None:
-            return match.group(0)
-        if self.stopped_event.is_set():
-            raise self.stopped_error(doing)
-        tail = self.serial.tail(30) or "(the serial console is empty)"
-        raise BuildError(
-            f"timed out after {timeout:.0f}s {doing}; the end of the serial console:\n"
-            + indent(tail)
         )
 
     def wait_started(self, timeout: float) -> None:
