@@ -577,6 +577,33 @@ def running_domain(
         _cleanup(running, conn)
 
 
+def list_azbuild_domains(conn: Any) -> list[tuple[Any, DomainMetadata | None]]:
+    """Every domain named `azbuild-...` on `conn`, with the azbuild metadata it carries
+    (None when it has none); one that vanishes while being listed is left out."""
+    found: list[tuple[Any, DomainMetadata | None]] = []
+    for dom in conn.listAllDomains(0):
+        if not dom.name().startswith(DOMAIN_PREFIX):
+            continue
+        try:
+            found.append((dom, read_metadata(dom.XMLDesc(0))))
+        except libvirt.libvirtError:
+            continue  # gone meanwhile
+    return found
+
+
+def remove_domain(dom: Any) -> None:
+    """Destroy `dom` if it runs and undefine it if it is persistent; one already gone
+    is fine."""
+    try:
+        if dom.isActive():
+            dom.destroy()
+        if dom.isPersistent():
+            dom.undefine()
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+            raise
+
+
 RECONNECT_SECONDS = 30.0
 
 
