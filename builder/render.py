@@ -78,7 +78,8 @@ def render(loaded: LoadedTemplate, out: Path, *, force: bool = False) -> list[Pa
     """
     _check_out(out, force=force)
     files = rendered_files(loaded)
-    _write_all(out, {name: redact(text, mask_for(name)) for name, text in files.items()})
+    masked = {name: redact(text, mask_for(name)) for name, text in files.items()}
+    _write_all(Path(os.path.abspath(out)), masked)  # `--out .` has a parent to work in
     return [out / name for name in files]
 
 
