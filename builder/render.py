@@ -115,9 +115,11 @@ def rendered_files(loaded: LoadedTemplate) -> dict[str, str]:
             hostname=template.name[:63],
         )
         files.update(render_answer_files(distro, template, answers))
-        label = _iso_label(template.source.iso, template.source.checksum)
+        # As the install step: only Anaconda (the RHEL family) is told the ISO's label.
+        stage2 = distro.family == "rhel"
+        label = _iso_label(template.source.iso, template.source.checksum) if stage2 else None
         cmdline = installer_cmdline(distro, template, label)
-        late_label = distro.family == "rhel" and label is None
+        late_label = stage2 and distro.major >= 7 and label is None
         files["kernel-cmdline.txt"] = (LABEL_AT_BUILD_TIME if late_label else "") + cmdline + "\n"
         answer_volume = (work / ANSWER_VOLUME_FILE
                          if distro.answer_volume_label is not None else None)

@@ -247,6 +247,27 @@ def test_rhel_cmdline_says_when_the_label_is_read_at_build_time(tmp_path: Path) 
     assert "inst.stage2" not in cmdline.splitlines()[1]
 
 
+def test_rhel_cmdline_reads_the_label_of_a_cached_download(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AZBUILD_CACHE_DIR", str(tmp_path / "cache"))
+    iso = make_iso(tmp_path / "dl.iso", {"README": b"x"}, label="ALMA9")
+    digest = hashlib.sha256(iso.read_bytes()).hexdigest()
+    (tmp_path / "cache" / "iso").mkdir(parents=True)
+    iso.rename(tmp_path / "cache" / "iso" / f"sha256-{digest}.iso")
+    out = tmp_path / "rendered"
+    template = _rhel_template(tmp_path, "https://example.invalid/alma.iso", f"sha256:{digest}")
+    assert main(["render", str(template), "--out", str(out)]) == 0
+    assert "inst.stage2=hd:LABEL=ALMA9 " in (out / "kernel-cmdline.txt").read_text()
+
+
+def test_other_families_get_no_stage2_note(tmp_path: Path) -> None:
+    out = tmp_path / "rendered"
+    assert main(["render", str(REPO / "examples" / "ubuntu.toml"), "--out", str(out)]) == 0
+    cmdline = (out / "kernel-cmdline.txt").read_text()
+    assert not cmdline.startswith("#") and "inst.stage2" not in cmdline
+
+
 def test_a_non_empty_out_is_refused_and_force_replaces_it_whole(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
