@@ -225,7 +225,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     from builder.render import render
 
     loaded = _load(args, args.template)
-    for written in render(loaded, Path(args.out)):
+    for written in render(loaded, Path(args.out), force=args.force):
         _out(str(written))
     return EXIT_OK
 
@@ -367,7 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("render", cmd_render, "write everything a build would feed the VM")
     p.add_argument("template")
     with_vars(p)
-    p.add_argument("--out", required=True, metavar="DIR", help="directory to write into")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="directory to write into: new or empty, unless --force")
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out whole")
 
     p = command("layers", cmd_layers, "list the layers `extends` can name")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")

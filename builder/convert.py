@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import logging
 import os
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from builder.disk import (
 )
 from builder.errors import BuildError, UsageError
 from builder.inputs import verify_image
+from builder.qemu_img import convert_to_raw_argv, virtual_size
 from builder.run import run
 from builder.units import format_size
 from builder.vhd import FOOTER_SIZE, aligned_size, build_footer, check_size
@@ -117,12 +117,11 @@ def _copy_to_vhd(src: Path, dst: Path, length: int, *, force: bool) -> Path:
 
 
 def _qemu_to_vhd(src: Path, image_format: ImageFormat, dst: Path, *, force: bool) -> Path:
-    info = run(["qemu-img", "info", "-f", image_format.qemu_format, "--output", "json", src])
-    virtual = int(json.loads(info.stdout)["virtual-size"])
+    virtual = virtual_size(src, image_format.qemu_format)
     size = aligned_size(virtual)
     check_size(size)
     with atomic_output(dst, force=force) as tmp:
-        run(["qemu-img", "convert", "-f", image_format.qemu_format, "-O", "raw", src, tmp])
+        run(convert_to_raw_argv(src, image_format.qemu_format, tmp))
         written = tmp.stat().st_size
         if written != virtual:
             raise BuildError(

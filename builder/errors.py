@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,17 +84,15 @@ class BuildError(AzbuildError):
     """A build step failed."""
 
 
-class Interrupted(AzbuildError):
-    """Ctrl-C or SIGTERM; the exit code depends on which."""
-
-    def __init__(self, signal_name: str, exit_code: int) -> None:
-        super().__init__(f"interrupted by {signal_name}; cleaned up")
-        self.exit_code = exit_code
+def indent(text: str | Iterable[str]) -> str:
+    """Lines indented by four spaces: quoted output (a console, a command's stderr, a
+    list of findings) inside a message. `text` is one string of lines, or the lines."""
+    lines = text.splitlines() if isinstance(text, str) else text
+    return "\n".join("    " + line for line in lines)
 
 
 def _tail(text: str, lines: int = 20) -> str:
-    kept = text.rstrip().splitlines()[-lines:]
-    return "\n".join("    " + line for line in kept)
+    return indent(text.rstrip().splitlines()[-lines:])
 
 
 class Terminated(BaseException):

@@ -65,6 +65,25 @@ def iso_cache_dir() -> Path:
     return cache_dir() / "iso"
 
 
+def cached_iso(digest: Digest) -> Path:
+    """Where a downloaded ISO with this digest is kept."""
+    return iso_cache_dir() / f"{digest.algorithm}-{digest.hexdigest}.iso"
+
+
+def local_iso(iso: str, checksum: str | None) -> Path | None:
+    """The ISO's file if it is already here, without downloading or reading anything:
+    the local path, or the cached download when the checksum is written inline (a
+    'file:' checksum would have to be fetched first). None when it is not here."""
+    if not is_url(iso):
+        path = Path(iso).expanduser()
+        return path if path.is_file() else None
+    kind, _, value = (checksum or "").partition(":")
+    if kind.lower() not in ("sha256", "sha512") or not value:
+        return None
+    path = cached_iso(Digest(kind.lower(), value.lower()))
+    return path if path.is_file() else None
+
+
 def fetch_iso(iso: str, checksum: str, *, retries: int = 6, backoff: float = 2.0) -> Path:
     """A verified local copy of `iso` (a local path or an http(s) URL).
 
@@ -81,7 +100,7 @@ def fetch_iso(iso: str, checksum: str, *, retries: int = 6, backoff: float = 2.0
         verify_local_file(path, expected, what="ISO")
         return path
 
-    target = iso_cache_dir() / f"{expected.algorithm}-{expected.hexdigest}.iso"
+    target = cached_iso(expected)
     if target.is_file():
         log.info("ISO cache hit: %s", target)
         return target

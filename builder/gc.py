@@ -17,16 +17,15 @@ import logging
 import os
 import shutil
 from pathlib import Path
-
-import libvirt
+from typing import Any
 
 from builder.libvirt import (
-    DOMAIN_PREFIX,
     connection_uri,
+    list_azbuild_domains,
     open_connection,
     process_alive,
     process_start_ticks,
-    read_metadata,
+    remove_domain,
 )
 from builder.paths import work_root
 from builder.salvage import salvage
@@ -79,32 +78,14 @@ def leftover_work_dirs(root: Path | None = None) -> list[tuple[Path, int]]:
     return found
 
 
-def _leftover_domains(conn: libvirt.virConnect) -> list[tuple[libvirt.virDomain, str]]:
-    found: list[tuple[libvirt.virDomain, str]] = []
-    for dom in conn.listAllDomains(0):
-        name = dom.name()
-        if not name.startswith(DOMAIN_PREFIX):
-            continue
-        try:
-            meta = read_metadata(dom.XMLDesc(0))
-        except libvirt.libvirtError:
-            continue  # gone meanwhile
+def _leftover_domains(conn: Any) -> list[tuple[Any, str]]:
+    found: list[tuple[Any, str]] = []
+    for dom, meta in list_azbuild_domains(conn):
         if meta is None:
             found.append((dom, "no azbuild metadata"))
         elif not _owner_alive(meta.pid, meta.pid_start):
             found.append((dom, f"pid {meta.pid} gone, template {meta.template}"))
     return found
-
-
-def _remove_domain(dom: libvirt.virDomain) -> None:
-    try:
-        if dom.isActive():
-            dom.destroy()
-        if dom.isPersistent():
-            dom.undefine()
-    except libvirt.libvirtError as exc:
-        if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
-            raise
 
 
 def collect_garbage(remove: bool, connect: str | None) -> list[str]:
@@ -117,7 +98,7 @@ def collect_garbage(remove: bool, connect: str | None) -> list[str]:
         for dom, why in _leftover_domains(conn):
             name = dom.name()
             if remove:
-                _remove_domain(dom)
+                remove_domain(dom)
                 lines.append(f"domain {name} ({why}): destroyed")
             else:
                 lines.append(f"domain {name} ({why}): leftover")

@@ -30,6 +30,7 @@ from typing import Any, Literal
 from builder.appliance import Drive, launch
 from builder.errors import CommandError, UsageError
 from builder.initrd_list import InitrdError, kernel_versions_in, list_initrd, module_name
+from builder.qemu_img import info_argv
 from builder.report import CheckResult, Status
 from builder.run import run
 
@@ -80,7 +81,6 @@ LEASE_DIRS = {  # directory -> which of its files are leases
     "/var/lib/dhcpcd": "*.lease", "/var/lib/dhcpcd5": "*.lease", "/var/lib/wicked": "*lease*",
     "/var/lib/systemd/netif/leases": "*",
 }
-SMALL_FILE = 4 * 1024 * 1024  # larger files go through download(), not read_file()
 EXT_MAGIC = 0xEF53
 EXT_STATE_VALID = 0x0001
 EXT_STATE_ERROR = 0x0002
@@ -869,7 +869,7 @@ def guest_checks(
     if not image.is_file() or not os.access(image, os.R_OK):
         raise UsageError(f"cannot read {image}: not a readable file")
     try:  # the input's fault, told apart from an appliance that cannot start
-        run(["qemu-img", "info", "-f", image_format, image], timeout=120)
+        run(info_argv(image, image_format), timeout=120)
     except CommandError as exc:
         raise UsageError(
             f"cannot open {image} as a {image_format} disk image: "

@@ -41,7 +41,6 @@ LZMA_ALONE_MAGIC = b"\x5d\x00\x00"
 S_IFMT = 0o170000
 S_IFDIR = 0o040000
 S_IFREG = 0o100000
-S_IFLNK = 0o120000
 
 
 class InitrdError(UsageError):

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder.disk import ImageFormat
-from builder.errors import UsageError
+from builder.errors import UsageError, indent
+from builder.qemu_img import check_argv
 from builder.run import run
 from builder.vhd import FOOTER_SIZE, parse_footer
 
@@ -49,11 +50,6 @@ class Extent:
 
     end: int
     what: str
-
-
-def qemu_img_check_argv(path: Path, qemu_format: str) -> list[str]:
-    """`qemu-img check` of `path`, read only, with its findings as JSON on stdout."""
-    return ["qemu-img", "check", "-f", qemu_format, "--output", "json", str(path)]
 
 
 def verify_image(path: Path, image_format: ImageFormat, *, role: str = "image") -> None:
@@ -152,7 +148,7 @@ def _require_extents(path: Path, role: str, length: int, extents: list[Extent]) 
 
 
 def _qemu_img_check(path: Path, image_format: ImageFormat, role: str) -> None:
-    proc = run(qemu_img_check_argv(path, image_format.qemu_format), check=False)
+    proc = run(check_argv(path, image_format.qemu_format), check=False)
     if proc.returncode in (CHECK_OK, CHECK_UNSUPPORTED):
         return
     findings = _findings(proc.stdout)
@@ -162,7 +158,7 @@ def _qemu_img_check(path: Path, image_format: ImageFormat, role: str) -> None:
         return
     details = [line.removeprefix("qemu-img: ").strip()
                for line in proc.stderr.splitlines() if line.strip()]
-    shown = "\n".join(f"    {line}" for line in details[:_STDERR_LINES])
+    shown = indent(details[:_STDERR_LINES])
     if len(details) > _STDERR_LINES:
         shown += f"\n    ... and {len(details) - _STDERR_LINES} more"
     if proc.returncode == CHECK_CORRUPT:

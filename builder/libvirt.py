@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import libvirt
 
-from builder.errors import BuildError, UsageError
+from builder.errors import BuildError, UsageError, indent
 from builder.serial import SerialLog
 from builder.waits import WaitReporter
 
@@ -472,32 +472,12 @@ class RunningDomain:
         self.stopped_event.set()
         self.attention.set()
 
-    def fail_if_stopped(self, doing: str, tail_lines: int = 30) -> None:
-        """Raise BuildError quoting the serial log's end if the domain is no longer running."""
-        if self.stopped_event.is_set() or not self.is_running():
-            raise self.stopped_error(doing, tail_lines)
-
     def stopped_error(self, doing: str, tail_lines: int = 30) -> BuildError:
         tail = self.serial.tail(tail_lines) or "(the serial console is empty)"
         reason = self.stop_reason or "the domain stopped"
         return BuildError(
             f"{reason} while {doing}; the end of the serial console "
             f"({self.spec.serial_log}):\n{indent(tail)}"
-        )
-
-    def wait_for_serial(self, pattern: str, timeout: float, doing: str) -> str:
-        """Wait for `pattern` on the serial console; fail at once when the domain
-        stops first, and with the log's end after `timeout`. Returns the matched text."""
-        match = self.serial.wait_for(pattern, timeout, stop=self.attention, what=doing)
-        self.check_connection()
-        if match is not None:
-            return match.group(0)
-        if self.stopped_event.is_set():
-            raise self.stopped_error(doing)
-        tail = self.serial.tail(30) or "(the serial console is empty)"
-        raise BuildError(
-            f"timed out after {timeout:.0f}s {doing}; the end of the serial console:\n"
-            + indent(tail)
         )
 
     def wait_started(self, timeout: float) -> None:
@@ -550,10 +530,6 @@ _STARTED_OR_NO_BOOT = re.compile(
 )
 
 
-def indent(text: str) -> str:
-    """`text` with every line indented by four spaces (console quotes in messages)."""
-    return "\n".join("    " + line for line in text.splitlines())
-
 
 def _is_hostfwd_failure(exc: Exception) -> bool:
     return HOSTFWD_FAILURE in str(exc)
@@ -599,6 +575,33 @@ def running_domain(
         yield running
     finally:
         _cleanup(running, conn)
+
+
+def list_azbuild_domains(conn: Any) -> list[tuple[Any, DomainMetadata | None]]:
+    """Every domain named `azbuild-...` on `conn`, with the azbuild metadata it carries
+    (None when it has none); one that vanishes while being listed is left out."""
+    found: list[tuple[Any, DomainMetadata | None]] = []
+    for dom in conn.listAllDomains(0):
+        if not dom.name().startswith(DOMAIN_PREFIX):
+            continue
+        try:
+            found.append((dom, read_metadata(dom.XMLDesc(0))))
+        except libvirt.libvirtError:
+            continue  # gone meanwhile
+    return found
+
+
+def remove_domain(dom: Any) -> None:
+    """Destroy `dom` if it runs and undefine it if it is persistent; one already gone
+    is fine."""
+    try:
+        if dom.isActive():
+            dom.destroy()
+        if dom.isPersistent():
+            dom.undefine()
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+            raise
 
 
 RECONNECT_SECONDS = 30.0

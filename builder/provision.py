@@ -14,9 +14,9 @@ import shlex
 import time
 from collections.abc import Callable, Sequence
 
-from builder.errors import BuildError, UsageError
+from builder.errors import BuildError, UsageError, indent
 from builder.models import FileProvisioner, RebootProvisioner, ShellProvisioner
-from builder.ssh import SSHSession, format_tail
+from builder.ssh import SSHSession
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def _shell(session: SSHSession, provisioner: ShellProvisioner, label: str, name:
     if status != 0:
         raise BuildError(
             f"{name} failed with exit status {status}"
-            + (":\n" + format_tail(tail) if tail else " (no output)")
+            + (":\n" + indent(tail) if tail else " (no output)")
         )
 
 

@@ -9,8 +9,13 @@ from __future__ import annotations
 import json
 import logging
 from typing import Any
+from xml.sax.saxutils import escape
 
 MASK = "<sensitive>"
+XML_MASK = escape(MASK)
+"""`<sensitive>` as XML text: the file still parses, and reads `<sensitive>` when parsed."""
+SHELL_MASK = "__sensitive__"
+"""One shell word in any quoting: `<sensitive>` outside quotes would be a redirection."""
 _secrets: set[str] = set()
 
 
@@ -26,7 +31,8 @@ def register(value: object) -> None:
         return
     _secrets.add(text)
     escaped_forms = (
-        repr(text)[1:-1], json.dumps(text)[1:-1], json.dumps(text, ensure_ascii=False)[1:-1]
+        repr(text)[1:-1], json.dumps(text)[1:-1], json.dumps(text, ensure_ascii=False)[1:-1],
+        escape(text), escape(text, {'"': "&quot;"}),  # XML text and attributes
     )
     for escaped in escaped_forms:
         if len(escaped) >= MIN_LENGTH:
@@ -37,10 +43,10 @@ def clear() -> None:
     _secrets.clear()
 
 
-def redact(text: str) -> str:
+def redact(text: str, mask: str = MASK) -> str:
     for secret in sorted(_secrets, key=len, reverse=True):
         if secret in text:
-            text = text.replace(secret, MASK)
+            text = text.replace(secret, mask)
     return text
 
 

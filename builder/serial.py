@@ -21,7 +21,6 @@ from builder.waits import WaitReporter
 
 log = logging.getLogger(__name__)
 
-SERIAL_LOG_NAME = "serial.log"
 POLL_SECONDS = 0.1
 
 # CSI sequences (colours, cursor moves), OSC sequences, and two-byte ESC sequences.

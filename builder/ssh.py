@@ -35,7 +35,7 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from types import TracebackType
@@ -43,7 +43,7 @@ from typing import Any
 
 import paramiko
 
-from builder.errors import BuildError, UsageError
+from builder.errors import BuildError, UsageError, indent
 from builder.keys import fingerprint_blob, parse_public_line
 from builder.waits import FIRST_REPORT, WaitReporter
 
@@ -87,9 +87,6 @@ def _short(command: str, limit: int = 80) -> str:
         first, more = first[: limit - 3], True
     return first + ("..." if more else "")
 
-
-def format_tail(lines: Iterator[str] | list[str] | collections.deque[str]) -> str:
-    return "\n".join("    " + line for line in lines)
 
 
 def wrap_command(
@@ -611,7 +608,7 @@ class SSHSession:
                 if timeout is not None and now - start > timeout:
                     raise CommandTimeout(
                         f"command timed out after {timeout:.0f}s on {self.where}: "
-                        f"{_short(command)}\n{format_tail(kept)}".rstrip()
+                        f"{_short(command)}\n{indent(kept)}".rstrip()
                     )
                 if not self._transport.is_active():
                     raise self._lost(command, kept, "the connection closed")
@@ -667,7 +664,7 @@ class SSHSession:
     def _lost(self, command: str, kept: collections.deque[str], why: str) -> ConnectionLost:
         return ConnectionLost(
             f"connection to {self.where} lost ({why}) while running: {_short(command)}"
-            + ("\n" + format_tail(kept) if kept else "")
+            + ("\n" + indent(kept) if kept else "")
         )
 
     def check_output(
@@ -688,7 +685,7 @@ class SSHSession:
         if status != 0:
             raise BuildError(
                 f"command failed with exit status {status} on {self.where}: {_short(command)}"
-                + ("\n" + format_tail(tail) if tail else "")
+                + ("\n" + indent(tail) if tail else "")
             )
         return "\n".join(lines)
 
@@ -711,7 +708,7 @@ class SSHSession:
         if status != 0:
             raise BuildError(
                 f"could not start a detached command on {self.where}: {_short(command)}"
-                + ("\n" + format_tail(lines[-TAIL_LINES:]) if lines else "")
+                + ("\n" + indent(lines[-TAIL_LINES:]) if lines else "")
             )
         log.debug("ssh %s: started detached: %s", self.where, _short(command))
 
@@ -768,7 +765,7 @@ class SSHSession:
         if status != 0:
             raise BuildError(
                 f"upload of {local} to {remote} failed in the guest (exit status {status})"
-                + ("\n" + format_tail(lines[-TAIL_LINES:]) if lines else "")
+                + ("\n" + indent(lines[-TAIL_LINES:]) if lines else "")
             )
         return count
 

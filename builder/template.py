@@ -27,6 +27,7 @@ from pydantic import BaseModel, ValidationError
 
 from builder import redact, template_checks
 from builder.errors import Problem, TemplateError
+from builder.fetch import is_url
 from builder.models import Template, Variable
 from builder.toml_lines import KeyPath, line_of
 
@@ -361,10 +362,10 @@ def check_local_inputs(loaded: LoadedTemplate, building: bool = False) -> list[s
             problems.append(missing((section, key), value))
     if t.source.disk_image is not None and not t.source.disk_image.exists():
         source_problems.append(missing(("source", "disk_image"), t.source.disk_image))
-    if t.source.iso is not None and not _is_url(t.source.iso) and not Path(t.source.iso).exists():
+    if t.source.iso is not None and not is_url(t.source.iso) and not Path(t.source.iso).exists():
         source_problems.append(missing(("source", "iso"), t.source.iso))
     checksum = t.source.checksum or ""
-    if checksum.startswith("file:") and not _is_url(checksum[5:]) and not Path(
+    if checksum.startswith("file:") and not is_url(checksum[5:]) and not Path(
         checksum[5:]
     ).exists():
         source_problems.append(missing(("source", "checksum"), checksum[5:]))
@@ -554,10 +555,6 @@ def _record_origins(
             _record_origins(value, origins, source, (*prefix, key))
 
 
-def _is_url(value: str) -> bool:
-    return value.startswith(("http://", "https://"))
-
-
 def _path_slots(data: dict[str, Any]) -> Iterator[tuple[dict[str, Any], str, bool]]:
     """(table, key, is_checksum) for every key of one layer's data that holds a local path."""
     for section, key in sorted(_PATH_KEYS):
@@ -586,7 +583,7 @@ def _absolute(value: Any, base: Path, is_checksum: bool) -> Any:
         if value.startswith("file:"):
             return "file:" + _absolute(value[5:], base, False)
         return value
-    if value and not _is_url(value):
+    if value and not is_url(value):
         p = Path(value).expanduser()
         return str(p if p.is_absolute() else (base / p))
     return value

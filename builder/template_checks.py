@@ -8,7 +8,6 @@ the line. Nothing here starts a VM or writes a file.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -17,7 +16,7 @@ from builder.disk import detect_image_format
 from builder.errors import CommandError, UsageError
 from builder.fetch import is_url, resolve_checksum
 from builder.models import Template
-from builder.run import run
+from builder.qemu_img import virtual_size
 from builder.toml_lines import KeyPath
 from builder.units import format_size
 from distros import resolve
@@ -206,9 +205,3 @@ def _source_image(template: Template, image: Path) -> Found:
     return []
 
 
-def virtual_size(image: Path, qemu_format: str) -> int:
-    """The disk size an image holds: a raw file's length, else what qemu-img info says."""
-    if qemu_format == "raw":
-        return os.stat(image).st_size
-    info = run(["qemu-img", "info", "-f", qemu_format, "--output", "json", str(image)])
-    return int(json.loads(info.stdout)["virtual-size"])

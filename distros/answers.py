@@ -22,7 +22,6 @@ from __future__ import annotations
 import base64
 import logging
 import re
-import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -32,6 +31,7 @@ import markupsafe
 
 from builder.errors import UsageError
 from distros import Distro
+from distros.quoting import shell_quote
 
 if TYPE_CHECKING:
     from builder.models import Template
@@ -121,10 +121,6 @@ def hash_password(password: str) -> str:
     return str(sha512_crypt.using(rounds=5000).hash(password))
 
 
-def _shquote(value: object) -> str:
-    return shlex.quote(str(value))
-
-
 def _b64(value: object) -> str:
     return base64.b64encode(str(value).encode()).decode()
 
@@ -144,7 +140,7 @@ def _environment(loader: jinja2.BaseLoader) -> jinja2.Environment:
         lstrip_blocks=True,
         autoescape=lambda name: name is not None and ".xml" in name,
     )
-    env.filters["shquote"] = _shquote
+    env.filters["shquote"] = shell_quote
     env.filters["b64"] = _b64
     env.filters["cdata"] = _cdata
     return env

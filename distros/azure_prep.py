@@ -19,7 +19,6 @@ anything.
 from __future__ import annotations
 
 import re
-import shlex
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any, Literal
@@ -28,6 +27,7 @@ import jinja2
 
 from builder.errors import UsageError
 from distros import Distro
+from distros.quoting import shell_quote
 
 if TYPE_CHECKING:
     from builder.models import Azure
@@ -138,11 +138,6 @@ def prep_facts(distro: Distro) -> PrepFacts:
     return facts
 
 
-def shell_quote(value: object) -> str:
-    """Quote one word for bash; plain words stay readable."""
-    return shlex.quote(str(value))
-
-
 def _yn(value: bool) -> str:
     return "y" if value else "n"
 
@@ -160,7 +155,7 @@ def _environment() -> jinja2.Environment:
         comment_start_string="{##",
         comment_end_string="##}",
     )
-    env.filters["q"] = shell_quote
+    env.filters["shquote"] = shell_quote
     return env
 
 

@@ -16,7 +16,7 @@ from builder.cli import main
 from builder.convert import convert_image
 from builder.disk import detect_image_format
 from builder.errors import UsageError
-from builder.inputs import qemu_img_check_argv, raw_extents, verify_image
+from builder.inputs import raw_extents, verify_image
 from builder.pipeline import BuildContext, BuildOptions
 from builder.steps.source_disk import prepare_disk
 from builder.template import load_template
@@ -42,13 +42,6 @@ def truncate(path: Path, size: int) -> None:
 
 def names(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir())
-
-
-def test_qemu_img_check_argv() -> None:
-    assert qemu_img_check_argv(Path("/images/a disk.qcow2"), "qcow2") == [
-        "qemu-img", "check", "-f", "qcow2", "--output", "json", "/images/a disk.qcow2"]
-    assert qemu_img_check_argv(Path("d.vhd"), "vpc") == [
-        "qemu-img", "check", "-f", "vpc", "--output", "json", "d.vhd"]
 
 
 # --- the repro: a truncated qcow2 ------------------------------------------------------------

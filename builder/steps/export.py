@@ -11,7 +11,7 @@ from builder import manifest
 from builder.check import run_check
 from builder.convert import raw_to_vhd
 from builder.disk import atomic_output, copy_sparse
-from builder.errors import BuildError
+from builder.errors import BuildError, indent
 from builder.pipeline import BUILD_LOG, BuildContext
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ def check(ctx: BuildContext, stack: ExitStack) -> None:
     failed = ctx.report.failed()
     if failed:
         # The pipeline writes the failed manifest (with the check's lines) as it unwinds.
-        details = "\n".join(f"    {c.id} {c.title}: {c.evidence}" for c in failed)
+        details = indent(f"{c.id} {c.title}: {c.evidence}" for c in failed)
         raise CheckFailed(
             f"the image {image} is not Azure-ready:\n{details}\n"
             f"it is kept with \"ready\": false in {ctx.output_dir / 'manifest.json'}",

@@ -15,11 +15,11 @@ import logging
 from contextlib import ExitStack
 from pathlib import Path
 
-from builder.errors import BuildError
+from builder.errors import BuildError, indent
 from builder.fetch import fetch_iso
 from builder.initrd import append_to_initrd
 from builder.iso import extract, find_installer, volume_label
-from builder.libvirt import Disk, KernelBoot, RunningDomain, indent
+from builder.libvirt import Disk, KernelBoot, RunningDomain
 from builder.pipeline import INSTALL_CONSOLE, BuildContext, timed_guest_wait
 from builder.redact import redact
 from builder.steps.boot import start_domain

@@ -8,7 +8,7 @@ import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
-from builder.errors import BuildError
+from builder.errors import BuildError, indent
 from builder.pipeline import BuildContext, timed_guest_wait
 from builder.provision import run_provisioners
 from builder.ssh import SSHSession
@@ -73,7 +73,7 @@ def _run_script(session: SSHSession, name: str, prefix: str) -> list[str]:
     status = session.run(f"/bin/bash {GUEST_DIR}/{name}", sudo=True, on_line=on_line,
                          timeout=PREP_TIMEOUT)
     if status != 0:
-        tail = "\n".join("    " + line for line in lines[-30:])
+        tail = indent(lines[-30:])
         raise BuildError(f"{name} failed with exit status {status} in the guest:\n{tail}")
     return lines
 
@@ -90,7 +90,7 @@ def _run_check(session: SSHSession) -> None:
                 timeout=CHECK_TIMEOUT)
     failed = [m for m in map(_CHECK_LINE.match, lines) if m and m.group(2) == "fail"]
     if failed:
-        details = "\n".join(f"    {m.group(1)}: {m.group(3)}" for m in failed)
+        details = indent(f"{m.group(1)}: {m.group(3)}" for m in failed)
         ids = ", ".join(m.group(1) for m in failed)
         raise BuildError(
             f"the guest does not meet {ids} after the Azure preparation:\n{details}",

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from contextlib import ExitStack
-from pathlib import Path
 
 from builder.disk import copy_sparse, detect_image_format
 from builder.errors import UsageError
 from builder.fetch import resolve_checksum, verify_local_file
 from builder.inputs import verify_image
 from builder.pipeline import BuildContext
+from builder.qemu_img import convert_to_raw_argv, virtual_size
 from builder.run import run
 from builder.units import format_size
 
@@ -39,14 +38,13 @@ def prepare_disk(ctx: BuildContext, stack: ExitStack) -> None:
         finally:
             os.close(fd)
     elif image_format.name in ("qcow2", "vhd-fixed", "vhd-dynamic", "vhdx"):
-        run(["qemu-img", "convert", "-f", image_format.qemu_format, "-O", "raw",
-             source, disk])
+        run(convert_to_raw_argv(source, image_format.qemu_format, disk))
     else:
         raise UsageError(
             f"source.disk_image {source} is a {image_format.name} image, which azbuild "
             "cannot start from; use raw, qcow2, VHD or VHDX"
         )
-    virtual = _virtual_size(disk)
+    virtual = virtual_size(disk, "raw")
     wanted = ctx.template.vm.disk_size
     if wanted < virtual:
         raise UsageError(
@@ -59,6 +57,3 @@ def prepare_disk(ctx: BuildContext, stack: ExitStack) -> None:
     ctx.disk = disk
 
 
-def _virtual_size(path: Path) -> int:
-    info = run(["qemu-img", "info", "-f", "raw", "--output", "json", path])
-    return int(json.loads(info.stdout)["virtual-size"])

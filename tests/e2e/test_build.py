@@ -455,7 +455,8 @@ def test_exported_image_boots_by_itself(built: Outcome, tmp_path: Path,
     with running_domain(spec, libvirt_uri) as domain:
         # No rootdelay on Debian (initramfs-tools' init would sleep it: R07), so the
         # exported image reaches its login prompt within 120 s even under TCG.
-        domain.wait_for_serial(r"login:", 120, "booting the exported image")
+        assert domain.serial.wait_for(r"login:", 120, stop=domain.stopped_event), \
+            domain.serial.tail()
         assert "Linux version" in domain.serial.text()
     assert azbuild_domains(libvirt_uri) == []
 

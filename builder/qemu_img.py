@@ -1,0 +1,35 @@
+"""`qemu-img` command lines, built by pure functions (tested argument for argument), and
+the one reading of an image's virtual size."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from builder.run import run
+
+
+def check_argv(path: Path, qemu_format: str) -> list[str]:
+    """`qemu-img check` of `path`, read only, with its findings as JSON on stdout."""
+    return ["qemu-img", "check", "-f", qemu_format, "--output", "json", str(path)]
+
+
+def info_argv(path: Path, qemu_format: str) -> list[str]:
+    """`qemu-img info` of `path` read as `qemu_format` (never probed), as JSON on stdout."""
+    return ["qemu-img", "info", "-f", qemu_format, "--output", "json", str(path)]
+
+
+def convert_to_raw_argv(src: Path, qemu_format: str, dst: Path) -> list[str]:
+    """`qemu-img convert` of `src` (read as `qemu_format`) into the raw file `dst`."""
+    return ["qemu-img", "convert", "-f", qemu_format, "-O", "raw", str(src), str(dst)]
+
+
+def virtual_size(path: Path, qemu_format: str) -> int:
+    """The disk size an image holds: a raw file's length, else what qemu-img info says.
+
+    Raises CommandError when qemu-img cannot read it (UsageError when it is missing)."""
+    if qemu_format == "raw":
+        return os.stat(path).st_size
+    info = run(info_argv(path, qemu_format))
+    return int(json.loads(info.stdout)["virtual-size"])
