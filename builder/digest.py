@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,8 +27,6 @@ log = logging.getLogger(__name__)
 
 CHUNK = 4 * 1024 * 1024  # one read, and one update of zeros: big enough to amortise calls
 _ZEROS = memoryview(bytes(CHUNK))
-
-Range = tuple[int, int]
 
 
 class Cancelled(Exception):
@@ -43,12 +41,11 @@ def hash_zeros(digest: hashlib._Hash, count: int) -> None:
         count -= step
 
 
-def update_sparse(digest: hashlib._Hash, fd: int, size: int, ranges: Sequence[Range] | None = None,
+def update_sparse(digest: hashlib._Hash, fd: int, size: int,
                   cancel: threading.Event | None = None) -> None:
-    """Feed the first `size` bytes of `fd` to `digest`, reading only its data `ranges`
-    (default: asked of the file system) and hashing zeros for the holes."""
-    if ranges is None:
-        ranges = data_ranges(fd, size)
+    """Feed the first `size` bytes of `fd` to `digest`, reading only its data (as the file
+    system reports it) and hashing zeros for the holes."""
+    ranges = data_ranges(fd, size)
     buffer = bytearray(CHUNK)
     view = memoryview(buffer)
     offset = 0
@@ -67,20 +64,9 @@ def update_sparse(digest: hashlib._Hash, fd: int, size: int, ranges: Sequence[Ra
         offset = max(offset, end)
 
 
-def sha256_sparse(fd: int, size: int, ranges: Sequence[Range] | None = None) -> str:
-    """The sha256 of the first `size` bytes of `fd`, holes hashed without being read."""
-    digest = hashlib.sha256()
-    update_sparse(digest, fd, size, ranges)
-    return digest.hexdigest()
-
-
 def sha256_file(path: Path) -> str:
-    """The sha256 of the whole file at `path`."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return sha256_sparse(fd, os.fstat(fd).st_size)
-    finally:
-        os.close(fd)
+    """The sha256 of the whole file at `path`, holes hashed without being read."""
+    return _hash_path(path, path.stat().st_size, None).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -182,6 +168,10 @@ class BackgroundDigests:
         if self._error is not None:
             raise self._error
         return self._digests
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
 
     def stop(self) -> None:
         """Stop hashing and wait for the thread (at most one chunk's read)."""

@@ -131,7 +131,7 @@ def test_stopping_ends_the_thread_without_digests(tmp_path: Path) -> None:
             f.write(os.urandom(MiB))
     digests = BackgroundDigests({"raw": big}, vhd_holds_raw=True)
     digests.stop()
-    assert not digests._thread.is_alive()
+    assert not digests.running
     found = digests.wait()
     # Stopped mid-way (nothing), or it had already finished (then the digest is right).
     assert found == {} or found[big].sha256 == plain_sha256(big)

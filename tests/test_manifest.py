@@ -366,5 +366,5 @@ def test_an_interrupted_build_stops_the_hashing_before_its_artifacts_go(tmp_path
     assert ctx.digests is not None
     with pytest.raises(KeyboardInterrupt), stack:
         raise KeyboardInterrupt
-    assert not ctx.digests._thread.is_alive()
+    assert not ctx.digests.running
     assert not ctx.artifact_path("raw").exists() and not ctx.artifact_path("vhd").exists()

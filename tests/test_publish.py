@@ -427,3 +427,61 @@ def test_the_build_step_publishes_and_the_manifest_records_it(
     [record] = written["publish"]
     assert "container does not exist" in record["error"]
     assert image.exists()
+
+
+def test_the_build_step_reuses_the_manifests_digest_of_an_unchanged_image(
+    azurite: Azurite, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the export step hashed is not hashed again while the file's size, mtime and
+    inode are the ones hashed. Shown by changing a byte behind the stamp's back (mtime
+    put back): the step then records the digest it was given, not the file's."""
+    from contextlib import ExitStack
+
+    from builder.digest import BackgroundDigests
+    from builder.pipeline import BuildContext, BuildOptions
+    from builder.report import Report
+    from builder.steps.publish import publish
+    from builder.template import load_template
+    from distros import resolve
+
+    out = tmp_path / "out"
+    out.mkdir()
+    image = out / "reused.vhd"
+    make_sparse_vhd(image, 64 * MiB, 4 * MiB, extent=4 * MiB, zero_extent=MiB)
+    _container(azurite, "reused")
+    monkeypatch.setenv(CONNECTION_STRING_ENV, azurite.connection_string)
+    template = tmp_path / "reused.toml"
+    template.write_text(
+        'name = "reused"\n[source]\ndisk_image = "base.qcow2"\n'
+        '[distro]\nname = "debian"\nversion = "12"\n'
+        f'[[publish]]\ntype = "azure-page-blob"\ncontainer_url = "{azurite.account_url}/reused"\n'
+        'blob = "reused.vhd"\n')
+    ctx = BuildContext(loaded=load_template(template), options=BuildOptions(force=True),
+                       distro=resolve("debian", "12"), uri="qemu:///session", output_dir=out,
+                       build_id="t", work_dir=tmp_path)
+    ctx.artifacts["vhd"] = image
+    ctx.report = Report(str(image))
+    ctx.digests = BackgroundDigests(ctx.artifacts, vhd_holds_raw=True)
+    hashed = ctx.digests.wait()[image].sha256
+    assert hashed == sha256_file(image)
+
+    def change_a_byte(mask: int) -> None:
+        with open(image, "r+b") as f:
+            f.seek(MiB)
+            byte = f.read(1)
+            f.seek(MiB)
+            f.write(bytes([byte[0] ^ mask]))
+
+    stat = image.stat()
+    change_a_byte(0xFF)
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the stamp unchanged
+    with ExitStack() as stack:
+        publish(ctx, stack)
+    assert ctx.published[-1]["sha256"] == hashed != sha256_file(image)
+
+    change_a_byte(0x0F)  # an ordinary change moves the mtime: the step hashes the file again
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    ctx.published.clear()
+    with ExitStack() as stack:
+        publish(ctx, stack)
+    assert ctx.published[-1]["sha256"] == sha256_file(image) != hashed
