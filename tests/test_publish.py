@@ -12,7 +12,7 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from azurite import Azurite
@@ -27,6 +27,9 @@ from builder.publish.blob import META_READY, META_SHA256, META_STATE, publish_bl
 from builder.publish.ranges import MAX_PUT, PAGE
 from builder.units import GiB, MiB
 from builder.vhd import build_footer
+
+if TYPE_CHECKING:
+    from builder.pipeline import BuildContext
 
 AZBUILD = Path(sys.executable).parent / "azbuild"
 
@@ -365,6 +368,27 @@ def test_publish_entries_in_a_template(tmp_path: Path, capsys: pytest.CaptureFix
     assert 'add "vhd" to output.formats' in capsys.readouterr().err
 
 
+def _step_context(azurite: Azurite, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                  name: str, blob: str, force: bool = False) -> BuildContext:
+    """A build's context for the publish step: a template named and publishing into the
+    new container `name` (as `blob`); the output directory is tmp_path/out."""
+    from builder.pipeline import BuildContext, BuildOptions
+    from builder.template import load_template
+    from distros import resolve
+
+    _container(azurite, name)
+    monkeypatch.setenv(CONNECTION_STRING_ENV, azurite.connection_string)
+    template = tmp_path / f"{name}.toml"
+    template.write_text(
+        f'name = "{name}"\n[source]\ndisk_image = "base.qcow2"\n'
+        '[distro]\nname = "debian"\nversion = "12"\n'
+        f'[[publish]]\ntype = "azure-page-blob"\ncontainer_url = "{azurite.account_url}/{name}"\n'
+        f'blob = "{blob}"\n')
+    return BuildContext(loaded=load_template(template), options=BuildOptions(force=force),
+                        distro=resolve("debian", "12"), uri="qemu:///session",
+                        output_dir=tmp_path / "out", build_id="t", work_dir=tmp_path)
+
+
 def test_the_build_step_publishes_and_the_manifest_records_it(
     azurite: Azurite, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -372,29 +396,16 @@ def test_the_build_step_publishes_and_the_manifest_records_it(
     the VM part of the build is not needed for it (tests/e2e has the whole build)."""
     from contextlib import ExitStack
 
-    from builder.pipeline import BuildContext, BuildOptions
     from builder.report import Report
     from builder.steps import export, plan
     from builder.steps.publish import PublishFailed, publish
-    from builder.template import load_template
-    from distros import resolve
 
     out = tmp_path / "out"
     out.mkdir()
     image = out / "stepped.vhd"
     data = make_sparse_vhd(image, 64 * MiB, 8 * MiB, extent=4 * MiB, zero_extent=MiB)
-    _container(azurite, "stepped")
-    monkeypatch.setenv(CONNECTION_STRING_ENV, azurite.connection_string)
-    template = tmp_path / "stepped.toml"
-    template.write_text(
-        'name = "stepped"\n[source]\ndisk_image = "base.qcow2"\n'
-        '[distro]\nname = "debian"\nversion = "12"\n'
-        f'[[publish]]\ntype = "azure-page-blob"\ncontainer_url = "{azurite.account_url}/stepped"\n'
-        'blob = "stepped-1.vhd"\n')
-    loaded = load_template(template)
-    ctx = BuildContext(loaded=loaded, options=BuildOptions(), distro=resolve("debian", "12"),
-                       uri="qemu:///session", output_dir=out, build_id="t",
-                       work_dir=tmp_path)
+    ctx = _step_context(azurite, tmp_path, monkeypatch, "stepped", "stepped-1.vhd")
+    loaded = ctx.loaded
     names = [name for name, _ in plan(ctx)]
     assert names[-3:] == ["check", "publish", "manifest"]
     ctx.artifacts["vhd"] = image
@@ -438,27 +449,14 @@ def test_the_build_step_reuses_the_manifests_digest_of_an_unchanged_image(
     from contextlib import ExitStack
 
     from builder.digest import BackgroundDigests
-    from builder.pipeline import BuildContext, BuildOptions
     from builder.report import Report
     from builder.steps.publish import publish
-    from builder.template import load_template
-    from distros import resolve
 
     out = tmp_path / "out"
     out.mkdir()
     image = out / "reused.vhd"
     make_sparse_vhd(image, 64 * MiB, 4 * MiB, extent=4 * MiB, zero_extent=MiB)
-    _container(azurite, "reused")
-    monkeypatch.setenv(CONNECTION_STRING_ENV, azurite.connection_string)
-    template = tmp_path / "reused.toml"
-    template.write_text(
-        'name = "reused"\n[source]\ndisk_image = "base.qcow2"\n'
-        '[distro]\nname = "debian"\nversion = "12"\n'
-        f'[[publish]]\ntype = "azure-page-blob"\ncontainer_url = "{azurite.account_url}/reused"\n'
-        'blob = "reused.vhd"\n')
-    ctx = BuildContext(loaded=load_template(template), options=BuildOptions(force=True),
-                       distro=resolve("debian", "12"), uri="qemu:///session", output_dir=out,
-                       build_id="t", work_dir=tmp_path)
+    ctx = _step_context(azurite, tmp_path, monkeypatch, "reused", "reused.vhd", force=True)
     ctx.artifacts["vhd"] = image
     ctx.report = Report(str(image))
     ctx.digests = BackgroundDigests(ctx.artifacts, vhd_holds_raw=True)
