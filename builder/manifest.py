@@ -7,7 +7,6 @@ that `azbuild schema --manifest` prints. docs/manifest.md documents every field.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from datetime import UTC, datetime
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from builder import __version__
+from builder.digest import BackgroundDigests, sha256_file
 from builder.disk import allocated_bytes, atomic_output
 from builder.redact import redact, redact_data
 
@@ -162,7 +162,7 @@ def build_manifest(ctx: BuildContext, failure: Failure | None, logs: list[str],
             reason=ctx.accelerator_reason),
         firmware=template.vm.firmware,
         provisioning=template.azure.provisioning,
-        artifacts=[_artifact(fmt, path) for fmt, path in ctx.artifacts.items()
+        artifacts=[_artifact(fmt, path, ctx.digests) for fmt, path in ctx.artifacts.items()
                    if path.is_file()] if with_artifacts else [],
         logs=logs,
         skipped_requirements=dict(template.azure.skip),
@@ -189,17 +189,8 @@ def write_manifest(ctx: BuildContext, failure: Failure | None, logs: list[str]) 
     return target
 
 
-def _artifact(fmt: str, path: Path) -> Artifact:
+def _artifact(fmt: str, path: Path, digests: BackgroundDigests | None) -> Artifact:
+    # The export step's background hashing, when the file is unchanged since; else now.
+    sha256 = (digests.known(path) if digests is not None else None) or sha256_file(path)
     return Artifact(file=path.name, format="vhd-fixed" if fmt == "vhd" else "raw",
-                    size=path.stat().st_size, allocated=allocated_bytes(path),
-                    sha256=sha256_file(path))
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb", buffering=0) as f:
-        buffer = bytearray(4 * 1024 * 1024)
-        view = memoryview(buffer)
-        while count := f.readinto(buffer):
-            digest.update(view[:count])
-    return digest.hexdigest()
+                    size=path.stat().st_size, allocated=allocated_bytes(path), sha256=sha256)

@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from builder import log as azlog
 from builder import salvage
+from builder.digest import BackgroundDigests
 from builder.disk import atomic_output
 from builder.errors import (
     EXIT_FAILED,
@@ -86,6 +87,7 @@ class BuildContext:
     domain: RunningDomain | None = None
     session: SSHSession | None = None
     artifacts: dict[str, Path] = field(default_factory=dict)
+    digests: BackgroundDigests | None = None  # the artifacts' hashing, started by export
     report: Report | None = None
     published: list[dict[str, Any]] = field(default_factory=list)  # [[publish]] records
     guest_seconds: float = 0.0

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import subprocess
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from builder.errors import BuildError, Terminated
 from builder.manifest import MANIFEST_FILE, Failure, manifest_json_schema, write_manifest
 from builder.pipeline import BuildContext, BuildOptions, failure_of, keep_outputs
 from builder.report import CheckResult, Report
+from builder.steps import export
 from builder.steps.export import CheckFailed
 from builder.template import load_template
 from builder.units import MiB
@@ -302,3 +304,67 @@ def test_a_build_that_died_before_its_first_record_leaves_nothing_to_salvage(
 
     (tmp_path / "work").mkdir()
     assert salvage(tmp_path / "work") == []
+
+
+# --- the artifacts' digests: hashed alongside the check ------------------------------------
+
+
+def exported(tmp_path: Path) -> tuple[BuildContext, ExitStack]:
+    """A context after the real export step, RAW and VHD, from a 24 MiB work disk."""
+    image = tmp_path / "disk.raw"
+    image.write_bytes(b"")
+    template = write_template(tmp_path, image)
+    template.write_text(template.read_text() + '[output]\nformats = ["raw", "vhd"]\n')
+    ctx = BuildContext(loaded=load_template(template), options=BuildOptions(),
+                       distro=resolve("debian", "12"), uri="qemu:///system",
+                       output_dir=tmp_path / "out", build_id="c0ffee00")
+    ctx.output_dir.mkdir()
+    ctx.work_dir = tmp_path / "work"
+    ctx.work_dir.mkdir()
+    ctx.disk = ctx.work_dir / "disk.raw"
+    with open(ctx.disk, "wb") as f:
+        f.truncate(24 * MiB)
+        f.seek(MiB)
+        f.write(os.urandom(2 * MiB))
+    stack = ExitStack()
+    export.export(ctx, stack)
+    return ctx, stack
+
+
+def sha256sum(path: Path) -> str:
+    done = subprocess.run(["sha256sum", str(path)], capture_output=True, text=True, check=True)
+    return done.stdout.split()[0]
+
+
+def test_the_manifest_step_lists_the_digests_hashed_in_the_background(tmp_path: Path) -> None:
+    ctx, stack = exported(tmp_path)
+    with stack:
+        export.write_manifest(ctx, stack)
+    data = validate(ctx.output_dir / MANIFEST_FILE)
+    assert {a["file"]: a["sha256"] for a in data["artifacts"]} == {
+        "t.raw": sha256sum(ctx.artifact_path("raw")),
+        "t.vhd": sha256sum(ctx.artifact_path("vhd"))}
+
+
+def test_a_failed_check_still_lists_the_artifacts_digests(tmp_path: Path) -> None:
+    ctx, stack = exported(tmp_path)
+    ctx.step = "check"
+    failure = CheckFailed("not Azure-ready")
+    with pytest.raises(CheckFailed), stack:
+        raise failure
+    assert ctx.digests is not None
+    keep_outputs(ctx, _null_handler(), failure)
+    data = validate(ctx.output_dir / MANIFEST_FILE)
+    assert data["failure"]["step"] == "check"
+    assert {a["file"]: a["sha256"] for a in data["artifacts"]} == {
+        "t.raw": sha256sum(ctx.artifact_path("raw")),
+        "t.vhd": sha256sum(ctx.artifact_path("vhd"))}
+
+
+def test_an_interrupted_build_stops_the_hashing_before_its_artifacts_go(tmp_path: Path) -> None:
+    ctx, stack = exported(tmp_path)
+    assert ctx.digests is not None
+    with pytest.raises(KeyboardInterrupt), stack:
+        raise KeyboardInterrupt
+    assert not ctx.digests.running
+    assert not ctx.artifact_path("raw").exists() and not ctx.artifact_path("vhd").exists()

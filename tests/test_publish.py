@@ -12,13 +12,14 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from azurite import Azurite
 from sparse_vhd import make_sparse_vhd
 
 from builder.cli import main
+from builder.digest import sha256_file
 from builder.disk import allocated_bytes
 from builder.publish import ranges
 from builder.publish.auth import CONNECTION_STRING_ENV, choose_auth, parse_container_url
@@ -26,6 +27,9 @@ from builder.publish.blob import META_READY, META_SHA256, META_STATE, publish_bl
 from builder.publish.ranges import MAX_PUT, PAGE
 from builder.units import GiB, MiB
 from builder.vhd import build_footer
+
+if TYPE_CHECKING:
+    from builder.pipeline import BuildContext
 
 AZBUILD = Path(sys.executable).parent / "azbuild"
 
@@ -81,13 +85,7 @@ def test_subtract_chunks_align_and_merge() -> None:
 def test_sparse_sha256_is_the_files_sha256(tmp_path: Path) -> None:
     path = tmp_path / "img.vhd"
     make_sparse_vhd(path, 64 * MiB, 8 * MiB, extent=4 * MiB, zero_extent=MiB)
-    size = path.stat().st_size
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        ours = ranges.sha256_sparse(fd, size, ranges.data_ranges(fd, size))
-    finally:
-        os.close(fd)
-    assert ours == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert sha256_file(path) == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_auth_order() -> None:
@@ -370,6 +368,27 @@ def test_publish_entries_in_a_template(tmp_path: Path, capsys: pytest.CaptureFix
     assert 'add "vhd" to output.formats' in capsys.readouterr().err
 
 
+def _step_context(azurite: Azurite, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                  name: str, blob: str, force: bool = False) -> BuildContext:
+    """A build's context for the publish step: a template named and publishing into the
+    new container `name` (as `blob`); the output directory is tmp_path/out."""
+    from builder.pipeline import BuildContext, BuildOptions
+    from builder.template import load_template
+    from distros import resolve
+
+    _container(azurite, name)
+    monkeypatch.setenv(CONNECTION_STRING_ENV, azurite.connection_string)
+    template = tmp_path / f"{name}.toml"
+    template.write_text(
+        f'name = "{name}"\n[source]\ndisk_image = "base.qcow2"\n'
+        '[distro]\nname = "debian"\nversion = "12"\n'
+        f'[[publish]]\ntype = "azure-page-blob"\ncontainer_url = "{azurite.account_url}/{name}"\n'
+        f'blob = "{blob}"\n')
+    return BuildContext(loaded=load_template(template), options=BuildOptions(force=force),
+                        distro=resolve("debian", "12"), uri="qemu:///session",
+                        output_dir=tmp_path / "out", build_id="t", work_dir=tmp_path)
+
+
 def test_the_build_step_publishes_and_the_manifest_records_it(
     azurite: Azurite, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -377,29 +396,16 @@ def test_the_build_step_publishes_and_the_manifest_records_it(
     the VM part of the build is not needed for it (tests/e2e has the whole build)."""
     from contextlib import ExitStack
 
-    from builder.pipeline import BuildContext, BuildOptions
     from builder.report import Report
     from builder.steps import export, plan
     from builder.steps.publish import PublishFailed, publish
-    from builder.template import load_template
-    from distros import resolve
 
     out = tmp_path / "out"
     out.mkdir()
     image = out / "stepped.vhd"
     data = make_sparse_vhd(image, 64 * MiB, 8 * MiB, extent=4 * MiB, zero_extent=MiB)
-    _container(azurite, "stepped")
-    monkeypatch.setenv(CONNECTION_STRING_ENV, azurite.connection_string)
-    template = tmp_path / "stepped.toml"
-    template.write_text(
-        'name = "stepped"\n[source]\ndisk_image = "base.qcow2"\n'
-        '[distro]\nname = "debian"\nversion = "12"\n'
-        f'[[publish]]\ntype = "azure-page-blob"\ncontainer_url = "{azurite.account_url}/stepped"\n'
-        'blob = "stepped-1.vhd"\n')
-    loaded = load_template(template)
-    ctx = BuildContext(loaded=loaded, options=BuildOptions(), distro=resolve("debian", "12"),
-                       uri="qemu:///session", output_dir=out, build_id="t",
-                       work_dir=tmp_path)
+    ctx = _step_context(azurite, tmp_path, monkeypatch, "stepped", "stepped-1.vhd")
+    loaded = ctx.loaded
     names = [name for name, _ in plan(ctx)]
     assert names[-3:] == ["check", "publish", "manifest"]
     ctx.artifacts["vhd"] = image
@@ -432,3 +438,48 @@ def test_the_build_step_publishes_and_the_manifest_records_it(
     [record] = written["publish"]
     assert "container does not exist" in record["error"]
     assert image.exists()
+
+
+def test_the_build_step_reuses_the_manifests_digest_of_an_unchanged_image(
+    azurite: Azurite, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the export step hashed is not hashed again while the file's size, mtime and
+    inode are the ones hashed. Shown by changing a byte behind the stamp's back (mtime
+    put back): the step then records the digest it was given, not the file's."""
+    from contextlib import ExitStack
+
+    from builder.digest import BackgroundDigests
+    from builder.report import Report
+    from builder.steps.publish import publish
+
+    out = tmp_path / "out"
+    out.mkdir()
+    image = out / "reused.vhd"
+    make_sparse_vhd(image, 64 * MiB, 4 * MiB, extent=4 * MiB, zero_extent=MiB)
+    ctx = _step_context(azurite, tmp_path, monkeypatch, "reused", "reused.vhd", force=True)
+    ctx.artifacts["vhd"] = image
+    ctx.report = Report(str(image))
+    ctx.digests = BackgroundDigests(ctx.artifacts, vhd_holds_raw=True)
+    hashed = ctx.digests.wait()[image].sha256
+    assert hashed == sha256_file(image)
+
+    def change_a_byte(mask: int) -> None:
+        with open(image, "r+b") as f:
+            f.seek(MiB)
+            byte = f.read(1)
+            f.seek(MiB)
+            f.write(bytes([byte[0] ^ mask]))
+
+    stat = image.stat()
+    change_a_byte(0xFF)
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the stamp unchanged
+    with ExitStack() as stack:
+        publish(ctx, stack)
+    assert ctx.published[-1]["sha256"] == hashed != sha256_file(image)
+
+    change_a_byte(0x0F)  # an ordinary change moves the mtime: the step hashes the file again
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    ctx.published.clear()
+    with ExitStack() as stack:
+        publish(ctx, stack)
+    assert ctx.published[-1]["sha256"] == sha256_file(image) != hashed

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from builder import __version__
+from builder.digest import sha256_file
 from builder.errors import AzbuildError, BuildError, UsageError
 from builder.publish import ranges
 from builder.publish.auth import AUTH_DESCRIPTIONS, AuthMethod, open_container, parse_container_url
@@ -80,17 +81,18 @@ class LocalImage:
 def publish_blob(image: Path, container_url: str, blob_name: str | None = None,
                  jobs: int = DEFAULT_JOBS, force: bool = False,
                  ready: bool | None = None, env: Mapping[str, str] | None = None,
-                 **client_options: Any) -> PublishResult:
+                 sha256: str | None = None, **client_options: Any) -> PublishResult:
     """Upload `image` as a page blob and verify it. `ready` is the offline check's verdict
     when the caller knows it (a build); else it comes from a manifest.json beside the image
-    or from running the check. `client_options` go to the storage client (e.g. a
-    raw_request_hook for bench/bench_publish.py)."""
+    or from running the check. `sha256`: the image's digest when the caller knows it (a
+    build hashed it for its manifest); else it is hashed here. `client_options` go to the
+    storage client (e.g. a raw_request_hook for bench/bench_publish.py)."""
     started = time.monotonic()
     env = os.environ if env is None else env
     if jobs < 1:
         raise UsageError(f"--jobs must be at least 1, found {jobs}")
     url = parse_container_url(container_url)
-    local = inspect_image(image, force=force, ready=ready)
+    local = inspect_image(image, force=force, ready=ready, sha256=sha256)
     name = blob_name or image.name
     with _storage_errors(url.public, name):
         container, auth = open_container(url, env, **client_options)
@@ -123,8 +125,10 @@ def publish_blob(image: Path, container_url: str, blob_name: str | None = None,
     return result
 
 
-def inspect_image(image: Path, force: bool, ready: bool | None = None) -> LocalImage:
-    """Refuse what is not a fixed whole-MiB VHD, or not ready without --force; hash it."""
+def inspect_image(image: Path, force: bool, ready: bool | None = None,
+                  sha256: str | None = None) -> LocalImage:
+    """Refuse what is not a fixed whole-MiB VHD, or not ready without --force; hash it
+    unless its digest `sha256` is known."""
     from builder.check import format_checks
     from builder.disk import detect_image_format
 
@@ -138,11 +142,8 @@ def inspect_image(image: Path, force: bool, ready: bool | None = None) -> LocalI
             hint="convert it first: azbuild convert SRC DST.vhd",
         )
     size = image.stat().st_size
-    fd = os.open(image, os.O_RDONLY)
-    try:
-        sha256 = ranges.sha256_sparse(fd, size, ranges.data_ranges(fd, size))
-    finally:
-        os.close(fd)
+    if sha256 is None:
+        sha256 = sha256_file(image)
     if ready is None:
         ready = _ready_from_manifest(image, sha256)
     if ready is None and not force:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import bisect
 import errno
-import hashlib
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -129,27 +128,3 @@ def read_exact(fd: int, offset: int, length: int) -> bytes:
     if len(data) != length:
         raise OSError(errno.EIO, f"short read at offset {offset}: {len(data)} of {length} bytes")
     return data
-
-
-def sha256_sparse(fd: int, size: int, ranges: Sequence[Range]) -> str:
-    """The sha256 of the whole file, reading only `ranges` (its data) and hashing zeros for
-    the holes, which is what reading them would give."""
-    digest = hashlib.sha256()
-    offset = 0
-    for start, end in [*ranges, (size, size)]:
-        _hash_zeros(digest, start - offset)
-        pos = start
-        while pos < end:
-            count = min(MAX_PUT, end - pos)
-            digest.update(read_exact(fd, pos, count))
-            pos += count
-        offset = max(offset, end)
-    return digest.hexdigest()
-
-
-def _hash_zeros(digest: hashlib._Hash, count: int) -> None:
-    view = memoryview(_ZEROS)
-    while count > 0:
-        step = min(count, MAX_PUT)
-        digest.update(view[:step])
-        count -= step

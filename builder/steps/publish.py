@@ -8,8 +8,8 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from builder.digest import sha256_file
 from builder.errors import AzbuildError, BuildError
-from builder.manifest import sha256_file
 from builder.pipeline import BuildContext
 from builder.publish.arm import ImageFacts, compute_client, create_gallery_version, create_image
 from builder.publish.blob import publish_blob
@@ -55,10 +55,12 @@ def run_entry(ctx: BuildContext, entry: PublishEntry, image: Path, ready: bool |
               record: dict[str, Any]) -> None:
     upload: dict[str, Any] | None = None
     needs_blob = not (isinstance(entry, AzureImage) and entry.disk_source == "upload")
+    # The digest the export step computed for the manifest, if the image is unchanged.
+    known = ctx.digests.known(image) if ctx.digests is not None else None
     if needs_blob:
         assert entry.container_url is not None
         result = publish_blob(image, entry.container_url, entry.blob, jobs=entry.jobs,
-                              force=ctx.options.force, ready=ready)
+                              force=ctx.options.force, ready=ready, sha256=known)
         log.info("%s", result.summary())
         upload = result.as_dict()
         record.update(upload)
@@ -66,7 +68,7 @@ def run_entry(ctx: BuildContext, entry: PublishEntry, image: Path, ready: bool |
         return
     assert upload is not None or not needs_blob
     facts = ImageFacts(template_name=ctx.template.name, template_sha256=ctx.loaded.digest(),
-                       image_sha256=upload["sha256"] if upload else sha256_file(image),
+                       image_sha256=upload["sha256"] if upload else known or sha256_file(image),
                        firmware=ctx.template.vm.firmware, size=image.stat().st_size)
     compute = compute_client(entry.subscription_id)
     blob_uri = upload["url"] if upload else None
