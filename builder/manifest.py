@@ -77,6 +77,9 @@ class Time(_Model):
         ge=0, description="time spent waiting on the guest (boot, installer, SSH, provisioners, "
         "shutdown)")
     azbuild_seconds: float = Field(description="wall_seconds minus waiting_on_guest_seconds")
+    overhead_seconds: float = Field(
+        description="orchestration overhead: azbuild_seconds minus the offline check "
+        "(`steps.check`); what azbuild itself adds to the guest's work")
 
 
 class Failure(_Model):
@@ -175,6 +178,7 @@ def build_manifest(ctx: BuildContext, failure: Failure | None, logs: list[str],
             wall_seconds=round(wall, 1),
             waiting_on_guest_seconds=round(ctx.guest_seconds, 1),
             azbuild_seconds=round(wall - ctx.guest_seconds, 1),
+            overhead_seconds=round(ctx.overhead_seconds(wall), 1),
         ),
     )
 
