@@ -1,10 +1,11 @@
-"""Export: the RAW and/or fixed VHD, the offline check, and the manifest."""
+"""Export: the RAW and/or fixed VHD, the offline check (with the SBOM), and the manifest."""
 
 from __future__ import annotations
 
 import logging
 import os
 from contextlib import ExitStack
+from datetime import UTC, datetime
 from pathlib import Path
 
 from builder import manifest
@@ -13,6 +14,7 @@ from builder.convert import raw_to_vhd
 from builder.disk import atomic_output, copy_sparse
 from builder.errors import BuildError
 from builder.pipeline import BUILD_LOG, BuildContext
+from builder.sbom import sbom_document, sbom_path, write_sbom
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +73,16 @@ def check(ctx: BuildContext, stack: ExitStack) -> None:
     # The appliance runs on the build's own accelerator decision (never libguestfs's
     # KVM-first fallback, which hangs for many minutes on a broken KVM).
     ctx.report = run_check(image, skip=list(skip),
-                           accelerator="kvm" if ctx.accelerator == "kvm" else "tcg")
+                           accelerator="kvm" if ctx.accelerator == "kvm" else "tcg",
+                           inventory=True)
+    if ctx.report.inventory is not None:
+        target = sbom_path(ctx.output_dir, ctx.template.name)
+        document = sbom_document(ctx.report.inventory, ctx.template.name,
+                                 datetime.now(UTC), namespace_id=ctx.build_id)
+        write_sbom(target, document, force=ctx.options.force)
+        _on_failure_remove(stack, target)
+        log.info("wrote the SBOM %s (%d packages)", target,
+                 len(ctx.report.inventory.packages))
     failed = ctx.report.failed()
     if failed:
         # The pipeline writes the failed manifest (with the check's lines) as it unwinds.
