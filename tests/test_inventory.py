@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from contextlib import ExitStack, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,7 +15,9 @@ import pytest
 from spdx_tools.spdx.model.document import Document
 from spdx_tools.spdx.parser.json import json_parser
 from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
+from test_manifest import context
 
+from builder.errors import BuildError
 from builder.guest_checks import grub_kernel_lines
 from builder.inventory import (
     Inventory,
@@ -30,7 +33,9 @@ from builder.inventory import (
     parse_os_release,
     write_inventory,
 )
+from builder.report import Report
 from builder.sbom import package_url, sbom_document, sbom_path, write_sbom
+from builder.steps.export import CheckFailed, write_image_sbom
 
 # Stanzas of a Debian 12 /var/lib/dpkg/status (descriptions shortened), with a package
 # removed but not purged (its configuration files remain) and one on hold.
@@ -329,3 +334,21 @@ def test_write_inventory_is_the_manifest_form(tmp_path: Path) -> None:
     target = tmp_path / "inventory.json"
     write_inventory(sample_inventory(), target)
     assert Inventory.model_validate(json.loads(target.read_text())) == sample_inventory()
+
+
+@pytest.mark.parametrize(("error", "kept"), [
+    (None, True), (CheckFailed("not Azure-ready"), True), (BuildError("publish failed"), False)])
+def test_the_build_s_sbom_goes_with_its_image(
+    tmp_path: Path, error: BuildError | None, kept: bool
+) -> None:
+    ctx = context(tmp_path)
+    ctx.report = Report(image="t.raw", checks=[])
+    ctx.report.inventory = sample_inventory()
+    target = ctx.output_dir / "t.spdx.json"
+    with pytest.raises(BuildError) if error else nullcontext(), ExitStack() as stack:
+        write_image_sbom(ctx, stack)
+        assert validate_full_spdx_document(_parsed(target), "SPDX-2.3") == []
+        if error:
+            raise error
+    assert target.exists() is kept
+    assert [p.name for p in ctx.output_dir.iterdir()] == (["t.spdx.json"] if kept else [])

@@ -75,14 +75,7 @@ def check(ctx: BuildContext, stack: ExitStack) -> None:
     ctx.report = run_check(image, skip=list(skip),
                            accelerator="kvm" if ctx.accelerator == "kvm" else "tcg",
                            inventory=True)
-    if ctx.report.inventory is not None:
-        target = sbom_path(ctx.output_dir, ctx.template.name)
-        document = sbom_document(ctx.report.inventory, ctx.template.name,
-                                 datetime.now(UTC), namespace_id=ctx.build_id)
-        write_sbom(target, document, force=ctx.options.force)
-        _on_failure_remove(stack, target)
-        log.info("wrote the SBOM %s (%d packages)", target,
-                 len(ctx.report.inventory.packages))
+    write_image_sbom(ctx, stack)
     failed = ctx.report.failed()
     if failed:
         # The pipeline writes the failed manifest (with the check's lines) as it unwinds.
@@ -93,6 +86,20 @@ def check(ctx: BuildContext, stack: ExitStack) -> None:
             hint="fix the cause in the template, or skip the requirement with a reason",
         )
     log.info("%s passed the Azure-readiness check", image)
+
+
+def write_image_sbom(ctx: BuildContext, stack: ExitStack) -> None:
+    """<name>.spdx.json from the check's inventory; removed with the image if the build
+    then fails (kept with it when only the check fails)."""
+    inventory = ctx.report.inventory if ctx.report else None
+    if inventory is None:
+        return
+    target = sbom_path(ctx.output_dir, ctx.template.name)
+    document = sbom_document(inventory, ctx.template.name, datetime.now(UTC),
+                             namespace_id=ctx.build_id)
+    write_sbom(target, document, force=ctx.options.force)
+    _on_failure_remove(stack, target)
+    log.info("wrote the SBOM %s (%d packages)", target, len(inventory.packages))
 
 
 def write_manifest(ctx: BuildContext, stack: ExitStack) -> None:
