@@ -17,6 +17,7 @@ from spdx_tools.spdx.parser.json import json_parser
 from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
 from test_manifest import context
 
+from builder.cli import main
 from builder.errors import BuildError
 from builder.guest_checks import grub_kernel_lines
 from builder.inventory import (
@@ -352,3 +353,12 @@ def test_the_build_s_sbom_goes_with_its_image(
             raise error
     assert target.exists() is kept
     assert [p.name for p in ctx.output_dir.iterdir()] == (["t.spdx.json"] if kept else [])
+
+
+def test_check_inventory_of_a_missing_image_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "inventory.json"
+    assert main(["check", str(tmp_path / "missing.raw"), "--inventory", str(target)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
