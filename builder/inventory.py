@@ -6,7 +6,8 @@ manifest.json and written as an SPDX SBOM (builder/sbom.py). The parsers are pur
 tested on real file texts; `read_inventory` is the thin adapter over the guestfs handle.
 
 Packages: Debian-family images are read from /var/lib/dpkg/status here (one file read;
-libguestfs's own inspection would read it too, but it costs tens of seconds under TCG).
+libguestfs's inspect_os + inspect_list_applications2 took 14.5 s under TCG on the Debian
+cloud image, against 0.8 s for this whole inventory, and give no source package for dpkg).
 Other images (rpm) use libguestfs's `inspect_list_applications2`, on the inspection
 guest_checks already ran for them when it found no dpkg database.
 """
