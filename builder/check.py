@@ -10,12 +10,13 @@ import re
 import shlex
 import struct
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from builder.disk import ImageFormat, detect_image_format
 from builder.errors import BuildError, UsageError
-from builder.guest_checks import GUEST_IDS, guest_checks
+from builder.guest_checks import GUEST_IDS, KernelLine, guest_checks
 from builder.inputs import verify_image
+from builder.inventory import Inventory, read_inventory
 from builder.report import TITLES, CheckResult, Report
 from builder.units import MiB, format_size
 from builder.vhd import (
@@ -33,19 +34,29 @@ _ID = re.compile(r"^R(\d{1,2})$")
 
 
 def run_check(
-    image: Path, skip: list[str], accelerator: Literal["kvm", "tcg"] | None = None
+    image: Path, skip: list[str], accelerator: Literal["kvm", "tcg"] | None = None,
+    inventory: bool = False,
 ) -> Report:
     """Check `image` offline; the IDs in `skip` are reported with status "skip". The
-    guest checks' appliance runs on `accelerator` (a build's), else on the KVM probe's."""
+    guest checks' appliance runs on `accelerator` (a build's), else on the KVM probe's.
+    `inventory`: also read what the image holds (report.inventory), in the same launch."""
     skipped = _skip_ids(skip)
     _require_readable(image)
     image_format = detect_image_format(image)
     if image_format.name != "vhd-fixed":  # a fixed VHD's length is judged by R01/R02
         verify_image(image, image_format)
     results = format_checks(image, image_format)
-    if not set(GUEST_IDS) <= set(skipped):  # one appliance launch for R03..R14
-        results += guest_checks(image, image_format.qemu_format, accelerator)
-    return _report(image, results, skipped)
+    found: list[Inventory] = []
+
+    def read(g: Any, kernel_lines: list[KernelLine]) -> None:
+        found.append(read_inventory(g, kernel_lines))
+
+    if inventory or not set(GUEST_IDS) <= set(skipped):  # one appliance launch for R03..R14
+        results += guest_checks(image, image_format.qemu_format, accelerator,
+                                visit=read if inventory else None)
+    report = _report(image, results, skipped)
+    report.inventory = found[0] if found else None
+    return report
 
 
 def verify_vhd(path: Path) -> list[CheckResult]:

@@ -241,9 +241,22 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from builder.check import run_check
 
-    report = run_check(Path(args.image), skip=args.skip or [])
+    report = run_check(Path(args.image), skip=args.skip or [],
+                       inventory=args.inventory is not None)
+    if args.inventory is not None:
+        from builder.inventory import write_inventory
+
+        write_inventory(report.inventory, Path(args.inventory))
     _out(report.to_json() if args.json else report.to_table())
     return EXIT_OK if report.ready else EXIT_FAILED
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from builder.diff import diff, to_json, to_table
+
+    comparison = diff(args.old, args.new)
+    _out(to_json(comparison) if args.json else to_table(comparison))
+    return EXIT_OK if comparison.identical else EXIT_FAILED
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
@@ -389,6 +402,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--skip", action="append", metavar="ID", help="skip a requirement (R01..R14)")
+    p.add_argument("--inventory", metavar="FILE",
+                   help="also write the image's inventory (packages, kernels, services, "
+                        "os-release) to FILE as JSON")
+
+    p = command("diff", cmd_diff, "show what changed between two builds (exit 1 if anything)")
+    p.add_argument("old", metavar="OLD", help="a manifest.json, an output directory or an image")
+    p.add_argument("new", metavar="NEW", help="likewise")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     p = command("publish", cmd_publish, "upload a fixed VHD to Azure as a page blob, verified")
     p.add_argument("image", metavar="IMAGE.vhd")

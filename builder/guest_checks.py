@@ -22,7 +22,7 @@ import struct
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -857,11 +857,17 @@ class _Facts:
     kernel_args_any: set[str] = field(default_factory=set)
 
 
+# Called with the handle and the kernel lines while the guest's OS is mounted read-only.
+MountedVisitor = Callable[[Any, "list[KernelLine]"], None]
+
+
 def guest_checks(
-    image: Path, image_format: str, accelerator: Literal["kvm", "tcg"] | None = None
+    image: Path, image_format: str, accelerator: Literal["kvm", "tcg"] | None = None,
+    visit: MountedVisitor | None = None,
 ) -> list[CheckResult]:
     """One CheckResult for each of R03..R14 (in that order), then extra warnings (W-*).
-    The appliance runs on `accelerator`, else on the KVM probe's answer."""
+    The appliance runs on `accelerator`, else on the KVM probe's answer. `visit` reads
+    more from the mounted guest in the same launch (builder/inventory.py)."""
     if image_format not in IMAGE_FORMATS:
         raise UsageError(
             f"unknown image format {image_format!r}", hint=f"one of {', '.join(IMAGE_FORMATS)}"
@@ -880,7 +886,7 @@ def guest_checks(
     g = launch([Drive(image, image_format)], accelerator)
     try:
         with tempfile.TemporaryDirectory(prefix="azbuild-check-") as tmp:
-            results = _run_checks(g, _Guest(g, Path(tmp)), image)
+            results = _run_checks(g, _Guest(g, Path(tmp)), image, visit)
         with contextlib.suppress(RuntimeError):
             g.shutdown()
     finally:
@@ -889,12 +895,17 @@ def guest_checks(
     return results
 
 
-def _run_checks(g: Any, guest: _Guest, image: Path) -> list[CheckResult]:
+def _run_checks(g: Any, guest: _Guest, image: Path,
+                visit: MountedVisitor | None = None) -> list[CheckResult]:
     facts = _Facts()
     _scan_block_devices(g, facts)
     r13 = _check_clean(g, facts.filesystems)  # before anything mounts a filesystem
     _mount_os(g, guest, facts, image)
     _gather(g, guest, facts)
+    if visit is not None:
+        started = time.monotonic()
+        visit(g, facts.kernel_lines)
+        log.info("reading more from the guest took %.1f s", time.monotonic() - started)
     r03, extras = _check_partitions(facts)
     results = [
         r03,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -18,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from builder import __version__
 from builder.digest import BackgroundDigests, sha256_file
 from builder.disk import allocated_bytes, atomic_output
+from builder.inventory import Inventory
 from builder.redact import redact, redact_data
 
 if TYPE_CHECKING:
@@ -92,6 +94,33 @@ class Failure(_Model):
                            "environment, 130 Ctrl-C, 143 SIGTERM")
 
 
+class Source(_Model):
+    """The install medium or source disk the build started from."""
+
+    kind: Literal["iso", "disk_image"] = Field(description="source.iso or source.disk_image")
+    location: str = Field(description="the template's source.iso (path or URL) or "
+                          "source.disk_image (path)")
+    digest: str | None = Field(
+        description="'sha256:<hex>' (or 'sha512:<hex>', as the template's checksum gives it) "
+        "of the file the build used; null when the build failed before reading it")
+
+
+class InputFile(_Model):
+    """One template file of the build."""
+
+    path: str = Field(description="the file's absolute path")
+    sha256: str = Field(pattern="^[0-9a-f]{64}$", description="SHA-256 of the file's bytes")
+
+
+class Inputs(_Model):
+    """What the build was made from (with template_sha256 and azbuild_version)."""
+
+    source: Source
+    template_files: list[InputFile] = Field(
+        description="the template and its layers as read: each layer before the file that "
+        "extends it, the template itself last")
+
+
 class Manifest(_Model):
     """manifest.json in a build's output directory."""
 
@@ -134,6 +163,11 @@ class Manifest(_Model):
         description="seconds per step run, in order; a failed build's last step is the one "
         "that failed")
     time: Time
+    inputs: Inputs = Field(description="the source and template files the build used")
+    inventory: Inventory | None = Field(
+        description="what the image holds, read by the check: packages, "
+        "kernels, enabled services, os-release, kernel arguments; null when the check did "
+        "not run")
 
 
 def manifest_json_schema() -> dict[str, Any]:
@@ -180,7 +214,31 @@ def build_manifest(ctx: BuildContext, failure: Failure | None, logs: list[str],
             azbuild_seconds=round(wall - ctx.guest_seconds, 1),
             overhead_seconds=round(ctx.overhead_seconds(wall), 1),
         ),
+        inputs=_inputs(ctx),
+        inventory=report.inventory if report else None,
     )
+
+
+def _inputs(ctx: BuildContext) -> Inputs:
+    source = ctx.template.source
+    kind: Literal["iso", "disk_image"] = "iso" if source.iso is not None else "disk_image"
+    files = [InputFile(path=str(p), sha256=sha256_file(p)) for p in ctx.loaded.layers
+             if p.is_file()]
+    return Inputs(
+        source=Source(kind=kind, location=str(source.iso or source.disk_image),
+                      digest=ctx.source_digest),
+        template_files=files)
+
+
+def source_digest(path: Path, checksum: str | None) -> str:
+    """'<algorithm>:<hex>' of a verified source file: the template's literal checksum, or
+    the ISO cache's name for it (sha256-<hex>.iso), else the file's SHA-256, hashed now."""
+    if checksum is not None and checksum.startswith(("sha256:", "sha512:")):
+        return checksum.lower()
+    cached = re.fullmatch(r"(sha256|sha512)-([0-9a-f]+)\.iso", path.name)
+    if cached:
+        return f"{cached.group(1)}:{cached.group(2)}"
+    return f"sha256:{sha256_file(path)}"
 
 
 def write_manifest(ctx: BuildContext, failure: Failure | None, logs: list[str]) -> Path:

@@ -89,6 +89,7 @@ class BuildContext:
     artifacts: dict[str, Path] = field(default_factory=dict)
     digests: BackgroundDigests | None = None  # the artifacts' hashing, started by export
     report: Report | None = None
+    source_digest: str | None = None  # "sha256:<hex>" of the ISO or source disk, once read
     published: list[dict[str, Any]] = field(default_factory=list)  # [[publish]] records
     guest_seconds: float = 0.0
     step: str | None = None  # the step running now, or the one that failed

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from builder.inventory import Inventory
 
 Status = Literal["pass", "fail", "warn", "skip"]
 
@@ -42,6 +45,7 @@ class CheckResult:
 class Report:
     image: str
     checks: list[CheckResult] = field(default_factory=list)
+    inventory: Inventory | None = None  # read in the same launch when asked for
 
     @property
     def ready(self) -> bool:

@@ -19,11 +19,18 @@ import pytest
 
 from builder.cli import main
 from builder.errors import BuildError, Terminated
-from builder.manifest import MANIFEST_FILE, Failure, manifest_json_schema, write_manifest
+from builder.manifest import (
+    MANIFEST_FILE,
+    Failure,
+    manifest_json_schema,
+    source_digest,
+    write_manifest,
+)
 from builder.pipeline import BuildContext, BuildOptions, failure_of, keep_outputs
 from builder.report import CheckResult, Report
 from builder.steps import export
 from builder.steps.export import CheckFailed
+from builder.steps.source_disk import prepare_disk
 from builder.template import load_template
 from builder.units import MiB
 from distros import resolve
@@ -368,3 +375,48 @@ def test_an_interrupted_build_stops_the_hashing_before_its_artifacts_go(tmp_path
         raise KeyboardInterrupt
     assert not ctx.digests.running
     assert not ctx.artifact_path("raw").exists() and not ctx.artifact_path("vhd").exists()
+
+
+# --- inputs --------------------------------------------------------------------------------
+
+
+def test_the_manifest_records_its_inputs(tmp_path: Path) -> None:
+    ctx = context(tmp_path)
+    layer = tmp_path / "base.toml"
+    layer.write_text('[vm]\nmemory = "2GiB"\n')
+    template = tmp_path / "t.toml"
+    template.write_text('extends = ["base.toml"]\n' + template.read_text())
+    ctx.loaded = load_template(template)
+    data = validate(write_manifest(ctx, None, ["build.log"]))
+    assert data["inputs"] == {
+        "source": {"kind": "disk_image", "location": str(tmp_path / "disk.raw"),
+                   "digest": None},
+        "template_files": [{"path": str(layer), "sha256": sha256sum(layer)},
+                           {"path": str(template), "sha256": sha256sum(template)}],
+    }
+    assert data["inventory"] is None
+    assert data["azbuild_version"] and len(data["template_sha256"]) == 64
+
+
+def test_the_source_disk_step_records_the_source_s_digest(tmp_path: Path) -> None:
+    ctx = context(tmp_path)
+    source = tmp_path / "disk.raw"
+    source.write_bytes(b"\x00" * MiB + b"a disk")
+    with ExitStack() as stack:
+        prepare_disk(ctx, stack)
+    assert ctx.source_digest == f"sha256:{sha256sum(source)}"
+    data = validate(write_manifest(ctx, None, ["build.log"]))
+    assert data["inputs"]["source"]["digest"] == f"sha256:{sha256sum(source)}"
+
+
+def test_source_digest(tmp_path: Path) -> None:
+    iso = tmp_path / "debian.iso"
+    iso.write_bytes(b"an installer")
+    literal = "sha256:" + "AB" * 32
+    assert source_digest(iso, literal) == literal.lower()
+    assert source_digest(iso, "sha512:" + "cd" * 64) == "sha512:" + "cd" * 64
+    cached = tmp_path / ("sha512-" + "ef" * 64 + ".iso")
+    cached.write_bytes(b"")
+    assert source_digest(cached, "file:https://example.org/SHA512SUMS") == "sha512:" + "ef" * 64
+    assert source_digest(iso, "file:SHA256SUMS") == f"sha256:{sha256sum(iso)}"
+    assert source_digest(iso, None) == f"sha256:{sha256sum(iso)}"

@@ -1,10 +1,11 @@
-"""Export: the RAW and/or fixed VHD, the offline check, and the manifest."""
+"""Export: the RAW and/or fixed VHD, the offline check (with the SBOM), and the manifest."""
 
 from __future__ import annotations
 
 import logging
 import os
 from contextlib import ExitStack
+from datetime import UTC, datetime
 from pathlib import Path
 
 from builder import manifest
@@ -14,6 +15,7 @@ from builder.digest import BackgroundDigests
 from builder.disk import atomic_output, copy_sparse
 from builder.errors import BuildError, indent
 from builder.pipeline import BUILD_LOG, BuildContext
+from builder.sbom import sbom_document, sbom_path, write_sbom
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +92,9 @@ def check(ctx: BuildContext, stack: ExitStack) -> None:
     # The appliance runs on the build's own accelerator decision (never libguestfs's
     # KVM-first fallback, which hangs for many minutes on a broken KVM).
     ctx.report = run_check(image, skip=list(skip),
-                           accelerator="kvm" if ctx.accelerator == "kvm" else "tcg")
+                           accelerator="kvm" if ctx.accelerator == "kvm" else "tcg",
+                           inventory=True)
+    write_image_sbom(ctx, stack)
     failed = ctx.report.failed()
     if failed:
         # The pipeline writes the failed manifest (with the check's lines) as it unwinds.
@@ -101,6 +105,20 @@ def check(ctx: BuildContext, stack: ExitStack) -> None:
             hint="fix the cause in the template, or skip the requirement with a reason",
         )
     log.info("%s passed the Azure-readiness check", image)
+
+
+def write_image_sbom(ctx: BuildContext, stack: ExitStack) -> None:
+    """<name>.spdx.json from the check's inventory; removed with the image if the build
+    then fails (kept with it when only the check fails)."""
+    inventory = ctx.report.inventory if ctx.report else None
+    if inventory is None:
+        return
+    target = sbom_path(ctx.output_dir, ctx.template.name)
+    document = sbom_document(inventory, ctx.template.name, datetime.now(UTC),
+                             namespace_id=ctx.build_id)
+    write_sbom(target, document, force=ctx.options.force)
+    _on_failure_remove(stack, target)
+    log.info("wrote the SBOM %s (%d packages)", target, len(inventory.packages))
 
 
 def write_manifest(ctx: BuildContext, stack: ExitStack) -> None:

@@ -20,6 +20,7 @@ from builder.fetch import fetch_iso
 from builder.initrd import append_to_initrd
 from builder.iso import extract, find_installer, volume_label
 from builder.libvirt import Disk, KernelBoot, RunningDomain
+from builder.manifest import source_digest
 from builder.pipeline import INSTALL_CONSOLE, BuildContext, timed_guest_wait
 from builder.redact import redact
 from builder.steps.boot import start_domain
@@ -53,6 +54,7 @@ def install(ctx: BuildContext, stack: ExitStack) -> None:
     assert source.iso is not None and source.checksum is not None
     answers = _answer_context(ctx)
     iso = fetch_iso(source.iso, source.checksum)
+    ctx.source_digest = source_digest(iso, source.checksum)
     paths = find_installer(iso, ctx.distro, source.installer_kernel, source.installer_initrd)
     kernel = ctx.work_dir / KERNEL_FILE
     initrd = ctx.work_dir / INITRD_FILE

@@ -11,6 +11,7 @@ from builder.errors import UsageError
 from builder.keys import KeyPair, load_public_key
 from builder.manifest import MANIFEST_FILE
 from builder.pipeline import BuildContext, make_work_dir
+from builder.sbom import sbom_path
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ def _check_outputs(ctx: BuildContext, stack: ExitStack) -> None:
     if out.exists() and not out.is_dir():
         raise UsageError(f"output directory {out} is a file")
     targets = [ctx.artifact_path(fmt) for fmt in ctx.template.output.formats]
-    targets.append(out / MANIFEST_FILE)
+    targets += [sbom_path(out, ctx.template.name), out / MANIFEST_FILE]
     # A failed build's manifest (and its logs) are no output to protect: a rebuild replaces them.
     existing = [p for p in targets if p.exists() and not _is_failed_manifest(p)]
     if existing and not ctx.options.force:

@@ -10,6 +10,7 @@ from builder.disk import copy_sparse, detect_image_format
 from builder.errors import UsageError
 from builder.fetch import resolve_checksum, verify_local_file
 from builder.inputs import verify_image
+from builder.manifest import source_digest
 from builder.pipeline import BuildContext
 from builder.qemu_img import convert_to_raw_argv, virtual_size
 from builder.run import run
@@ -30,6 +31,7 @@ def prepare_disk(ctx: BuildContext, stack: ExitStack) -> None:
         verify_local_file(source, resolve_checksum(checksum, str(source)), what="disk image")
     image_format = detect_image_format(source)
     verify_image(source, image_format, role="source.disk_image")
+    ctx.source_digest = source_digest(source, checksum)
     log.info("copying %s (%s) to the build's disk %s", source, image_format.name, disk)
     if image_format.name == "raw":
         fd = os.open(disk, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

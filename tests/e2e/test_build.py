@@ -22,6 +22,8 @@ from typing import Any
 import jsonschema
 import pytest
 from expect import assert_waagent_mode
+from spdx_tools.spdx.parser.json.json_parser import parse_from_file as parse_spdx_file
+from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
 from userenv import user_env
 
 from builder.appliance import Drive, launch
@@ -293,7 +295,8 @@ def guest_files(built: Outcome) -> Iterator[Any]:
 def test_build_writes_image_manifest_and_log(built: Outcome, libvirt_uri: str) -> None:
     out = built.output_dir
     assert sorted(p.name for p in out.iterdir()) == [
-        "build.log", "e2e-debian.raw", "e2e-debian.vhd", "manifest.json"]
+        "build.log", "e2e-debian.raw", "e2e-debian.spdx.json", "e2e-debian.vhd",
+        "manifest.json"]
     manifest = validate_manifest(out / "manifest.json")
     assert manifest["status"] == "succeeded" and manifest["failure"] is None
     assert manifest["logs"] == ["build.log"]
@@ -310,6 +313,19 @@ def test_build_writes_image_manifest_and_log(built: Outcome, libvirt_uri: str) -
     for step in ("prepare", "boot", "connect", "provision", "shutdown", "export", "check"):
         assert step in manifest["steps"]
     assert manifest["time"]["waiting_on_guest_seconds"] > 0
+    # The check's inventory, the inputs, and the SBOM beside the image (docs/manifest.md).
+    inventory = manifest["inventory"]
+    assert inventory["package_format"] == "deb"
+    assert inventory["os_release"]["ID"] == "debian"
+    by_name = {p["name"]: p for p in inventory["packages"]}
+    assert by_name["libc6"]["source"] == "glibc"
+    assert any(k["image"] and k["modules"] for k in inventory["kernels"])
+    assert "console=ttyS0" in inventory["kernel_args"]["default"]
+    assert manifest["inputs"]["source"]["digest"].startswith("sha256:")
+    assert manifest["inputs"]["template_files"][-1]["path"].endswith(".toml")
+    sbom = parse_spdx_file(str(out / "e2e-debian.spdx.json"))
+    assert validate_full_spdx_document(sbom, "SPDX-2.3") == []
+    assert len(sbom.packages) == len(inventory["packages"]) + 1
     # The timing table is logged at the end.
     assert "total" in built.stderr
     assert_nothing_left_but_outputs(built, libvirt_uri)

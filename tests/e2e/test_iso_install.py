@@ -90,7 +90,7 @@ def demo_files(demo_built: Outcome) -> Iterator[Any]:
 def test_demo_builds_from_the_iso(demo_built: Outcome, libvirt_uri: str) -> None:
     out = demo_built.output_dir
     assert sorted(p.name for p in out.iterdir()) == [
-        "build.log", "demo.raw", "demo.vhd", "manifest.json"]
+        "build.log", "demo.raw", "demo.spdx.json", "demo.vhd", "manifest.json"]
     manifest = validate_manifest(out / "manifest.json")
     assert manifest["status"] == "succeeded" and manifest["failure"] is None
     assert manifest["ready"] is True

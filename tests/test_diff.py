@@ -1,0 +1,212 @@
+"""`azbuild diff` (builder/diff.py) on manifests written by the real manifest writer:
+the comparison, its exact text and JSON, and the exit codes of the real command line.
+Diffing images (the inventory read on the spot) needs the libguestfs appliance:
+tests/e2e/test_inventory_image.py."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_inventory import sample_inventory
+from test_manifest import context, validate
+
+from builder.cli import main
+from builder.diff import (
+    Change,
+    Comparison,
+    compare,
+    load_snapshot,
+    manifest_snapshot,
+    to_json,
+    to_table,
+)
+from builder.errors import UsageError
+from builder.inventory import Inventory, Kernel, Package
+from builder.manifest import write_manifest
+from builder.pipeline import BuildContext, BuildOptions
+from builder.report import CheckResult, Report
+from builder.template import load_template
+from builder.units import MiB
+from distros import resolve
+
+AZBUILD = Path(sys.executable).parent / "azbuild"
+
+
+def write_build(tmp_path: Path, out: str, inventory: Inventory | None, r10: str = "pass",
+                size: int = 20 * MiB) -> Path:
+    """A succeeded build of tmp_path's template into tmp_path/`out`, its manifest written
+    by write_manifest."""
+    if not (tmp_path / "t.toml").exists():
+        context(tmp_path)  # writes the template (and the out and work directories)
+    ctx = BuildContext(loaded=load_template(tmp_path / "t.toml"), options=BuildOptions(),
+                       distro=resolve("debian", "12"), uri="qemu:///system",
+                       output_dir=tmp_path / out, build_id="c0ffee00")
+    ctx.output_dir.mkdir()
+    raw = ctx.artifact_path("raw")
+    with open(raw, "wb") as f:
+        f.truncate(size)
+    ctx.artifacts["raw"] = raw
+    ctx.source_digest = "sha256:" + "ab" * 32
+    report = Report(str(raw), [CheckResult("R09", "pass", "ssh.service enabled"),
+                               CheckResult("R10", r10, "Provisioning.Agent=auto")])
+    report.inventory = inventory
+    ctx.report = report
+    validate(write_manifest(ctx, None, ["build.log"]))
+    return ctx.output_dir
+
+
+def newer(inventory: Inventory) -> Inventory:
+    """The inventory after a nightly rebuild: htop added, ca-certificates removed, bash
+    upgraded, a new kernel, a service enabled and a kernel argument changed."""
+    packages = [p for p in inventory.packages if p.name != "ca-certificates"]
+    packages = [p.model_copy(update={"version": "5.2.15-2+b9"}) if p.name == "bash" else p
+                for p in packages]
+    packages.append(Package(name="htop", version="3.2.2-2", architecture="amd64",
+                            source="htop"))
+    return inventory.model_copy(update={
+        "packages": sorted(packages, key=lambda p: p.name),
+        "kernels": [*inventory.kernels,
+                    Kernel(version="6.1.0-29-cloud-amd64",
+                           image="/boot/vmlinuz-6.1.0-29-cloud-amd64", modules=True)],
+        "services": [*inventory.services, "cron.service"],
+        "kernel_args": inventory.kernel_args.model_copy(
+            update={"default": ["ro", "console=ttyS0", "rootdelay=300"]}),
+    })
+
+
+@pytest.fixture
+def builds(tmp_path: Path) -> tuple[Path, Path]:
+    old = write_build(tmp_path, "old", sample_inventory())
+    new = write_build(tmp_path, "new", newer(sample_inventory()), r10="warn", size=32 * MiB)
+    return old, new
+
+
+def test_the_differences_as_a_table(builds: tuple[Path, Path]) -> None:
+    old, new = builds
+    comparison = compare(load_snapshot(str(old)), load_snapshot(str(new / "manifest.json")))
+    assert to_table(comparison) == "\n".join([
+        f"--- {old}",
+        f"+++ {new / 'manifest.json'}",
+        "section           item                  old               new",
+        "packages          bash                  5.2.15-2+b8       5.2.15-2+b9",
+        "packages          ca-certificates       20230311          -",
+        "packages          htop                  -                 3.2.2-2",
+        "kernels           6.1.0-29-cloud-amd64  -                 "
+        "/boot/vmlinuz-6.1.0-29-cloud-amd64",
+        "kernel arguments  boot loader default   ro console=ttyS0  ro console=ttyS0 rootdelay=300",
+        "services          cron.service          -                 enabled",
+        "requirements      R10                   pass              warn",
+        "sizes             raw                   20971520          33554432",
+        "8 differences",
+    ])
+
+
+def test_the_differences_as_json(builds: tuple[Path, Path]) -> None:
+    old, new = builds
+    data = json.loads(to_json(compare(load_snapshot(str(old)), load_snapshot(str(new)))))
+    assert data["identical"] is False and data["not_compared"] == {}
+    assert data["changes"][:3] == [
+        {"section": "packages", "item": "bash", "old": "5.2.15-2+b8", "new": "5.2.15-2+b9"},
+        {"section": "packages", "item": "ca-certificates", "old": "20230311", "new": None},
+        {"section": "packages", "item": "htop", "old": None, "new": "3.2.2-2"},
+    ]
+    assert [c["section"] for c in data["changes"]] == [
+        "packages", "packages", "packages", "kernels", "kernel arguments", "services",
+        "requirements", "sizes"]
+
+
+def _manifest(directory: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((directory / "manifest.json").read_text())
+    return data
+
+
+def test_inputs_and_a_side_without_inventory(builds: tuple[Path, Path]) -> None:
+    old, _ = builds
+    before = _manifest(old)
+    after = json.loads(json.dumps(before))
+    after["inventory"] = None
+    after["azbuild_version"] = "0.2.0"
+    after["inputs"]["source"]["digest"] = "sha256:" + "cd" * 32
+    comparison = compare(manifest_snapshot("a", before), manifest_snapshot("b", after))
+    assert comparison.changes == [
+        Change("inputs", "azbuild version", before["azbuild_version"], "0.2.0"),
+        Change("inputs", "source digest", "sha256:" + "ab" * 32, "sha256:" + "cd" * 32),
+    ]
+    assert to_table(comparison).splitlines()[-6:] == [
+        "inputs   source digest    " + "sha256:" + "ab" * 32 + "  sha256:" + "cd" * 32,
+        "packages: not compared (b does not record it)",
+        "kernels: not compared (b does not record it)",
+        "kernel arguments: not compared (b does not record it)",
+        "services: not compared (b does not record it)",
+        "2 differences",
+    ]
+
+
+def test_identical_builds() -> None:
+    comparison = Comparison("a", "b")
+    assert to_table(comparison) == "--- a\n+++ b\nno differences"
+    assert json.loads(to_json(comparison)) == {
+        "old": "a", "new": "b", "identical": True, "changes": [], "not_compared": {}}
+
+
+def test_a_template_file_change_is_an_input_change(builds: tuple[Path, Path]) -> None:
+    old, _ = builds
+    before = _manifest(old)
+    after = json.loads(json.dumps(before))
+    after["inputs"]["template_files"][0]["sha256"] = "0" * 64
+    [change] = compare(manifest_snapshot("a", before), manifest_snapshot("b", after)).changes
+    assert change == Change("inputs", "file t.toml", before["inputs"]["template_files"][0][
+        "sha256"], "0" * 64)
+
+
+# --- the command line: exit codes as diff(1), 2 for bad input --------------------------------
+
+
+def _azbuild(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(AZBUILD), *args], capture_output=True, text=True, timeout=60)
+
+
+def test_exit_codes_of_the_real_command(builds: tuple[Path, Path], tmp_path: Path) -> None:
+    old, new = builds
+    same = _azbuild("diff", str(old), str(old / "manifest.json"))
+    assert (same.returncode, same.stdout, same.stderr) == (
+        0, f"--- {old}\n+++ {old / 'manifest.json'}\nno differences\n", "")
+    differ = _azbuild("diff", "--json", str(old), str(new))
+    assert differ.returncode == 1 and json.loads(differ.stdout)["identical"] is False
+
+    missing = _azbuild("diff", str(old), str(tmp_path / "nowhere"))
+    assert missing.returncode == 2 and missing.stdout == ""
+    assert f"error: {tmp_path / 'nowhere'} does not exist" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ('{"name": "t"}', "is not an azbuild manifest: it lacks status, template, artifacts, check"),
+    ("[1, 2]", "is not an azbuild manifest: it lacks status, template, artifacts, check"),
+    ("{not json", "is not an azbuild manifest: not JSON"),
+])
+def test_a_json_file_that_is_not_a_manifest(
+    builds: tuple[Path, Path], tmp_path: Path, content: str, message: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    bad = tmp_path / "other.json"
+    bad.write_text(content)
+    assert main(["diff", str(builds[0]), str(bad)]) == 2
+    assert f"error: {bad} {message}" in capsys.readouterr().err
+
+
+def test_a_directory_without_a_manifest(tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["diff", str(empty), str(empty)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {empty} is a directory without manifest.json" in err
+    assert "hint: give a manifest.json, a build's output directory or an image" in err
+    with pytest.raises(UsageError):
+        load_snapshot(str(empty))
