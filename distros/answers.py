@@ -32,6 +32,7 @@ import markupsafe
 from builder.errors import UsageError
 from distros import Distro
 from distros.quoting import shell_quote
+from distros.suse import AUTOYAST_KEYMAPS
 
 if TYPE_CHECKING:
     from builder.models import Template
@@ -41,23 +42,6 @@ log = logging.getLogger(__name__)
 ANSWER_TEMPLATE_DIR = Path(__file__).resolve().parent / "answers"
 SERIAL_CONSOLE = "console=ttyS0,115200"
 
-# Packages every install needs for the build to reach and drive the guest over SSH.
-_BASE_PACKAGES: dict[str, tuple[str, ...]] = {
-    "rhel": ("openssh-server", "sudo"),
-    "ubuntu": ("openssh-server", "sudo"),
-    "debian": ("openssh-server", "sudo"),
-    # Named, not left to patterns: install_recommended=false drops what patterns recommend.
-    "suse": ("wicked", "openssh", "sudo"),
-}
-# Interface names as the installed system will see them (R07 adds it to the bootloader):
-# the installer must name the NIC the same way, or its network setup names a NIC that
-# the installed system does not have (d-i's allow-hotplug ens16, Anaconda's profile).
-_STABLE_NIC_NAMES = "net.ifnames=0"
-# AutoYaST's keymap names for the common X layouts (others are passed through).
-_SUSE_KEYMAPS: dict[str, str] = {
-    "us": "english-us", "gb": "english-uk", "de": "german", "fr": "french",
-    "es": "spanish", "it": "italian", "jp": "japanese", "ch": "swiss",
-}
 _SHA512_CRYPT_RE = re.compile(r"^\$6\$(rounds=\d+\$)?[./0-9A-Za-z]{1,16}\$[./0-9A-Za-z]{86}$")
 _USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 
@@ -153,9 +137,7 @@ def install_packages(distro: Distro, template: Template) -> tuple[str, ...]:
     """The packages azbuild itself asks the installer for (before the template's own):
     SSH and sudo, and where the installer's repositories carry them, the agent, cloud-init
     in cloud-init mode, and on the RHEL family hyperv-daemons (Microsoft's RHEL guide)."""
-    packages = list(_BASE_PACKAGES[distro.family])
-    if distro.family == "rhel" and distro.major >= 7:
-        packages.append("hyperv-daemons")
+    packages = [*distro.base_packages, *distro.prep_facts().recommended_packages]
     if distro.agent_at_install:
         packages.append(distro.agent_package)
         if template.azure.provisioning == "cloud-init":
@@ -196,10 +178,11 @@ def answer_variables(distro: Distro, template: Template, ctx: AnswerContext) -> 
         "major": distro.major,
         "version": str(distro.version),
         "template": template,
-        "suse_keymap": _SUSE_KEYMAPS.get(install.keyboard, install.keyboard),
+        # AutoYaST's name of the layout, offered to every family's answer files.
+        "suse_keymap": AUTOYAST_KEYMAPS.get(install.keyboard, install.keyboard),
         # SUSE: products to select and repositories to add (distros/suse.py).
-        "suse_products": getattr(distro, "install_products", ()),
-        "suse_addons": getattr(distro, "install_addons", ()),
+        "suse_products": distro.install_products,
+        "suse_addons": distro.install_addons,
         # Ubuntu: the kernel package, None for the installer's default (generic).
         "ubuntu_kernel_package": "linux-azure" if install.ubuntu_kernel == "azure" else None,
         # RHEL: subscription registration in %post, or None.
@@ -259,47 +242,13 @@ def answer_file_syntax_error(path: Path) -> str | None:
     return None
 
 
-def _kickstart_arg(distro: Distro) -> str:
-    key = "ks" if distro.major <= 6 else "inst.ks"
-    return f"{key}=hd:LABEL=OEMDRV:/ks.cfg"
-
-
-def _label_arg(label: str) -> str:
-    # Anaconda's dracut reads LABEL= values with udev's escaping: a space is \x20.
-    return label.replace(" ", "\\x20")
-
-
 def installer_cmdline(distro: Distro, template: Template, iso_label: str | None = None) -> str:
-    """Kernel arguments for an unattended installer boot of `distro`.
-
-    `iso_label` is the installer ISO's volume label; for Anaconda (RHEL 7+) it
-    locates the installer's stage 2 image (`inst.stage2=hd:LABEL=...`). Debian, the
-    RHEL family and SUSE get `net.ifnames=0`, so that the installer names the NIC eth0
-    as the installed system will (Anaconda also carries it into the installed
-    bootloader; AutoYaST's keep_install_network copies the installer's ifcfg file).
+    """Kernel arguments for an unattended installer boot of `distro`: the distro's own
+    (`Distro.installer_args`; `iso_label` is the installer ISO's volume label, which
+    Anaconda on RHEL 7+ needs for its stage 2 image), the serial console, then the
+    template's `install.kernel_args`.
     """
-    family = distro.family
-    args: list[str]
-    if family == "rhel":
-        args = [_kickstart_arg(distro)]
-        if iso_label and distro.major >= 7:
-            args.append(f"inst.stage2=hd:LABEL={_label_arg(iso_label)}")
-        if distro.major >= 7:
-            args.append("inst.text")
-        else:
-            args.append("text")
-    elif family == "ubuntu":
-        args = ["autoinstall", "ds=nocloud"]
-    elif family == "debian":
-        # d-i's initrd-preseed reads /preseed.cfg from the initrd root by itself.
-        args = ["auto=true", "priority=critical"]
-    elif family == "suse":
-        args = ["autoyast=device:///autoinst.xml", "textmode=1"]
-    else:
-        raise UsageError(f"no unattended installer support for family {family!r}")
-    if family in ("rhel", "debian", "suse"):
-        args.append(_STABLE_NIC_NAMES)
-    args.append(SERIAL_CONSOLE)
+    args = [*distro.installer_args(iso_label), SERIAL_CONSOLE]
     # The template's own arguments follow; one we already give is not repeated.
     ours = set(args)
     args.extend(arg for arg in template.install.kernel_args if arg not in ours)
@@ -314,57 +263,16 @@ def answer_media(distro: Distro, files: dict[str, str]) -> AnswerMedia:
     return AnswerMedia(kind="volume", label=distro.answer_volume_label, files=data)
 
 
-_FAILURE_PATTERNS: dict[str, tuple[str, ...]] = {
-    "rhel": (
-        r"Traceback \(most recent call last\)",
-        r"[Aa]n unknown error has occurr?ed",
-        r"(?i)kickstart (file )?(error|is missing required)",
-        r"(?i)The following (error|problem) occurred on line \d+ of the kickstart file",
-        r"anaconda.*(crashed|exception)",
-        r"(?i)Error (populating|processing) transaction",
-        r"(?i)Unable to read package metadata",
-        r"dracut-initqueue.*(timeout|Could not boot)",
-        r"dracut Warning: Could not boot",
-    ),
-    "ubuntu": (
-        r"(?i)autoinstall config did not validate",
-        r"(?i)Malformed autoinstall",
-        r"(?i)finish: subiquity/\S+: FAIL",
-        r"(?i)An error occurred\. Press enter to start a shell",
-        r"(?i)subiquity.*Traceback",
-        r"curtin command \w+.*(failed|error)",
-        r"Traceback \(most recent call last\)",
-    ),
-    "debian": (
-        r"\[!!\]",
-        r"(?i)Installation step failed",
-        r"(?i)Failed to (load installer component|retrieve the preconfiguration file)",
-        r"(?i)No (root file system|installable kernel) (is defined|was found)",
-        r"(?i)Bad archive mirror",
-        r"(?i)Downloading a file failed",
-        r"(?i)Unable to install (GRUB|the selected kernel)",
-    ),
-    "suse": (
-        r"(?i)Error while fetching the (AutoYaST )?(profile|control file)",
-        r"(?i)AutoYaST.*(error|failed)",
-        r"(?i)Error: Could not (read|parse) (the )?(control file|profile)",
-        r"(?i)linuxrc.*(failed|error)",
-        r"(?i)Package installation failed",
-        r"Internal error\. Please report a bug report with logs",
-    ),
-}
-
-
 def installer_failure_patterns(distro: Distro) -> list[re.Pattern[str]]:
     """Regular expressions that, matched against a serial-console line, mean the unattended
     install has failed and is waiting for a human (so the build can stop at once)."""
-    return [re.compile(p) for p in _FAILURE_PATTERNS[distro.family]]
+    return [re.compile(p) for p in distro.failure_patterns]
 
 
 def installer_failure_regex(distro: Distro) -> re.Pattern[str]:
     """All of `installer_failure_patterns` in one expression, to watch a console with."""
     parts = []
-    for pattern in _FAILURE_PATTERNS[distro.family]:
+    for pattern in distro.failure_patterns:
         # A leading (?i) applies to the whole expression: scope it to its own pattern.
         if pattern.startswith("(?i)"):
             parts.append(f"(?i:{pattern[4:]})")

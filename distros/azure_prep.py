@@ -8,10 +8,10 @@ into three bash scripts that the pipeline uploads and runs in the guest:
 * `deprovision.sh`: the final detached root script that generalises the guest
   and powers it off.
 
-Distro differences are data: `PrepFacts` collects the facts the scripts need
-from the distro plugin's class attributes, and a family module may adjust them
-per version with a small `adjust_azure_prep(facts) -> facts` method (RHEL 6 uses
-legacy GRUB and SysV services, RHEL 8+ grubby, and so on). The scripts are
+Distro differences are data: `PrepFacts` (distros/facts.py) collects the facts
+the scripts need, from the distro plugin's class attributes through its
+`prep_facts()` method, which a family overrides to adjust them per version (RHEL 6
+uses legacy GRUB and SysV services, RHEL 8+ grubby, and so on). The scripts are
 rendered from the Jinja2 templates in `distros/prep/`; nothing here runs
 anything.
 """
@@ -19,7 +19,6 @@ anything.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -27,6 +26,7 @@ import jinja2
 
 from builder.errors import UsageError
 from distros import Distro
+from distros.facts import PrepFacts
 from distros.quoting import shell_quote
 
 if TYPE_CHECKING:
@@ -53,89 +53,9 @@ PATH_RE = re.compile(r"^/[A-Za-z0-9_./-]*$")
 ROOTDELAY_PATTERN = "rootdelay=*"
 
 
-@dataclass(frozen=True)
-class PrepFacts:
-    """Everything the preparation scripts need to know about one distro version."""
-
-    family: str
-    label: str
-    package_manager: str  # apt | dnf | yum | zypper
-    package_query: str  # dpkg | rpm
-    agent_package: str
-    agent_service: str
-    agent_extra_packages: tuple[str, ...]  # e.g. pyasn1 for old agents
-    ssh_package: str
-    ssh_service: str
-    service_manager: str  # systemd | sysv
-    bootloader: str  # grub2 | grub-legacy
-    grub_cmdline_key: str
-    grub_mkconfig: str  # grub2-mkconfig | grub-mkconfig
-    grub_config_bios: str
-    grub_config_uefi: str
-    grubby: bool  # BLS entries: kernel arguments also through grubby (RHEL 8+)
-    initrd_tool: str  # dracut | mkinitrd | initramfs-tools
-    initrd_image: str  # path of a kernel's initrd, "{kernel}" stands for the version
-    initrd_lister: str  # lsinitrd | lsinitramfs
-    network: str  # ifcfg | keyfile | ifupdown | netplan | wicked
-    ifcfg_nm_controlled: bool  # ifcfg-eth0 NM_CONTROLLED= (network style ifcfg)
-    network_service: str | None  # a service to enable for the network (RHEL 6/7: network)
-    remove_network_manager: bool  # the distro's guidance says NetworkManager must go
-    lis_check: bool  # RHEL 6.0-6.3 need the LIS drivers (R06)
-    cloud_init_supported: bool
-    efi_vendor: str  # the ESP's EFI/<vendor> directory of the distro's boot loader (R14)
-    # cloud-init mode: let cloud-init write the NIC's configuration from Azure's metadata
-    # (Ubuntu, Debian) or leave it to NetworkManager/wicked (RHEL family, SUSE).
-    cloud_init_network: bool = True
-    # NetworkManager must ignore Accelerated Networking's Mellanox VFs (RHEL 8/9, Oracle).
-    nm_unmanaged_sriov: bool = False
-    sshd_client_alive: bool = False  # ClientAliveInterval 180 (Microsoft's RHEL guides)
-    recommended_packages: tuple[str, ...] = ()  # e.g. hyperv-daemons on the RHEL family
-
-
-def _fact(distro: Distro, name: str, default: Any = None) -> Any:
-    value = getattr(distro, name, default)
-    if value is None and default is None:
-        raise TypeError(f"{type(distro).__name__} lacks the Azure preparation fact {name!r}")
-    return value
-
-
 def prep_facts(distro: Distro) -> PrepFacts:
-    """The facts of `distro`: its class attributes, then its version adjustments."""
-    facts = PrepFacts(
-        family=distro.family,
-        label=distro.label,
-        package_manager=distro.package_manager,
-        package_query=str(_fact(distro, "package_query")),
-        agent_package=distro.agent_package,
-        agent_service=distro.agent_service,
-        agent_extra_packages=tuple(_fact(distro, "agent_extra_packages", ())),
-        ssh_package=distro.ssh_package,
-        ssh_service=distro.ssh_service,
-        service_manager=str(_fact(distro, "service_manager", "systemd")),
-        bootloader=str(_fact(distro, "bootloader", "grub2")),
-        grub_cmdline_key=distro.grub_cmdline_key,
-        grub_mkconfig=str(_fact(distro, "grub_mkconfig")),
-        grub_config_bios=distro.grub_config,
-        grub_config_uefi=str(_fact(distro, "efi_grub_config", distro.grub_config)),
-        grubby=bool(_fact(distro, "grubby", False)),
-        initrd_tool=distro.initrd_tool,
-        initrd_image=str(_fact(distro, "initrd_image")),
-        initrd_lister=str(_fact(distro, "initrd_lister")),
-        network=str(_fact(distro, "network_style")),
-        ifcfg_nm_controlled=bool(_fact(distro, "ifcfg_nm_controlled", True)),
-        network_service=_fact(distro, "network_service", "") or None,
-        remove_network_manager=bool(_fact(distro, "remove_network_manager", False)),
-        lis_check=False,
-        cloud_init_supported=True,
-        efi_vendor=str(_fact(distro, "efi_vendor", distro.name)),
-        cloud_init_network=bool(_fact(distro, "cloud_init_network", True)),
-    )
-    adjust = getattr(distro, "adjust_azure_prep", None)
-    if callable(adjust):
-        facts = adjust(facts)
-        if not isinstance(facts, PrepFacts):
-            raise TypeError(f"{type(distro).__name__}.adjust_azure_prep must return PrepFacts")
-    return facts
+    """The facts of `distro` the scripts are written from (its `prep_facts()`)."""
+    return distro.prep_facts()
 
 
 def _yn(value: bool) -> str:

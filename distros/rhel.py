@@ -1,58 +1,107 @@
-"""RHEL and its rebuilds: CentOS, Rocky, AlmaLinux, Oracle Linux."""
+"""RHEL and its rebuilds: CentOS, Rocky, AlmaLinux, Oracle Linux (Anaconda kickstart)."""
 
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING, ClassVar
+from types import MappingProxyType
+from typing import ClassVar
 
-from distros import Distro, register
-
-if TYPE_CHECKING:
-    from distros.azure_prep import PrepFacts
+from distros import STABLE_NIC_NAMES, Distro, register
+from distros.facts import AddOn, PrepFacts
 
 
 class RhelLike(Distro):
+    """The RHEL family. The class attributes describe version 9; `prep_facts` adjusts
+    them for 6, 7 and 8."""
+
     family = "rhel"
     installer_kernel = "images/pxeboot/vmlinuz"
     installer_initrd = "images/pxeboot/initrd.img"
     answer_files = ("ks.cfg",)
     answer_volume_label = "OEMDRV"
-    agent_package = "WALinuxAgent"
-    agent_service = "waagent"
-    package_manager = "dnf"
+    failure_patterns = (
+        r"Traceback \(most recent call last\)",
+        r"[Aa]n unknown error has occurr?ed",
+        r"(?i)kickstart (file )?(error|is missing required)",
+        r"(?i)The following (error|problem) occurred on line \d+ of the kickstart file",
+        r"anaconda.*(crashed|exception)",
+        r"(?i)Error (populating|processing) transaction",
+        r"(?i)Unable to read package metadata",
+        r"dracut-initqueue.*(timeout|Could not boot)",
+        r"dracut Warning: Could not boot",
+    )
+    base_packages = ("openssh-server", "sudo")
+    keymaps = MappingProxyType({})  # Anaconda takes X layout names
     # Kickstart command syntax version understood by pykickstart, per major version.
     kickstart_versions: ClassVar[dict[int, str]] = {6: "RHEL6", 7: "RHEL7", 8: "RHEL8", 9: "RHEL9"}
+
+    # Azure preparation facts of version 9 (Microsoft's RHEL guides).
+    package_manager = "dnf"
+    package_query = "rpm"
+    agent_package = "WALinuxAgent"
+    agent_service = "waagent"
+    agent_extra_packages = ()
+    ssh_package = "openssh-server"
+    ssh_service = "sshd"
+    service_manager = "systemd"
+    bootloader = "grub2"
+    grub_cmdline_key = "GRUB_CMDLINE_LINUX"
+    grub_mkconfig = "grub2-mkconfig"
+    grub_config = "/boot/grub2/grub.cfg"
+    grub_config_uefi = "/boot/grub2/grub.cfg"  # 9: the EFI grub.cfg is a stub that reads it
+    grubby = True  # BLS entries
+    initrd_tool = "dracut"
+    initrd_image = "/boot/initramfs-{kernel}.img"
+    initrd_lister = "lsinitrd"
+    network_style = "keyfile"  # NetworkManager keyfile for eth0
+    ifcfg_nm_controlled = True
+    network_service = None
+    remove_network_manager = False
+    efi_vendor = "redhat"  # /boot/efi/EFI/<vendor>/
+    lis_check = False
+    cloud_init_supported = True
+    cloud_init_network = False  # cloud-init mode: Microsoft's guide leaves the NIC to NM
+    nm_unmanaged_sriov = True
+    sshd_client_alive = True
+    recommended_packages = ("hyperv-daemons",)  # the Hyper-V daemons: KVP, VSS, file copy
+    # The DVD's AppStream (8 and later) carries WALinuxAgent and cloud-init.
+    agent_in_appstream: ClassVar[bool] = True
 
     @property
     def kickstart_version(self) -> str:
         return self.kickstart_versions[self.major]
 
-    # Azure preparation facts (distros/azure_prep.py); versions adjust them below.
-    package_query: ClassVar[str] = "rpm"
-    grub_mkconfig: ClassVar[str] = "grub2-mkconfig"
-    efi_vendor: ClassVar[str] = "redhat"  # /boot/efi/EFI/<vendor>/
-    initrd_image: ClassVar[str] = "/boot/initramfs-{kernel}.img"
-    initrd_lister: ClassVar[str] = "lsinitrd"
-    network_style: ClassVar[str] = "keyfile"  # NetworkManager keyfile for eth0
-    # The DVD's AppStream (8 and later) carries WALinuxAgent and cloud-init.
-    agent_in_appstream: ClassVar[bool] = True
-    # cloud-init mode: Microsoft's guide leaves the NIC to NetworkManager.
-    cloud_init_network: ClassVar[bool] = False
+    def installer_args(self, iso_label: str | None) -> tuple[str, ...]:
+        if self.major <= 6:
+            return ("ks=hd:LABEL=OEMDRV:/ks.cfg", "text", STABLE_NIC_NAMES)
+        # Anaconda finds its stage 2 image on the ISO by label; dracut reads LABEL= values
+        # with udev's escaping, where a space is \x20.
+        stage2: tuple[str, ...] = ()
+        if iso_label:
+            stage2 = ("inst.stage2=hd:LABEL=" + iso_label.replace(" ", "\\x20"),)
+        return ("inst.ks=hd:LABEL=OEMDRV:/ks.cfg", *stage2, "inst.text", STABLE_NIC_NAMES)
 
     @property
     def agent_at_install(self) -> bool:
         return self.major >= 8 and self.agent_in_appstream
 
-    def adjust_azure_prep(self, facts: PrepFacts) -> PrepFacts:
+    @property
+    def install_products(self) -> tuple[str, ...]:
+        return ()
+
+    @property
+    def install_addons(self) -> tuple[AddOn, ...]:
+        return ()
+
+    def prep_facts(self) -> PrepFacts:
         """6: legacy GRUB, mkinitrd, SysV, no NetworkManager; 7: ifcfg files; 8: grubby
         and NetworkManager reading ifcfg; 9: grubby, keyfiles, one grub.cfg for BIOS and UEFI."""
+        facts = super().prep_facts()
         efi = f"/boot/efi/EFI/{self.efi_vendor}"
-        # Microsoft's RHEL guides: sshd keep-alives; the Hyper-V daemons (KVP, VSS, file
-        # copy) from 7 on; NetworkManager ignoring the Accelerated Networking VFs on 8+
-        # and on Oracle Linux.
-        facts = replace(facts, sshd_client_alive=True,
-                        nm_unmanaged_sriov=self.major >= 8 or self.name == "oracle",
-                        recommended_packages=("hyperv-daemons",) if self.major >= 7 else ())
+        if self.major <= 7:
+            # Microsoft's guides: NetworkManager ignores the Accelerated Networking VFs
+            # from 8 on, and on every Oracle Linux.
+            facts = replace(facts, grubby=False, nm_unmanaged_sriov=self.name == "oracle")
         if self.major <= 6:
             return replace(
                 facts, package_manager="yum", service_manager="sysv", bootloader="grub-legacy",
@@ -60,6 +109,7 @@ class RhelLike(Distro):
                 initrd_tool="mkinitrd", agent_extra_packages=("python-pyasn1",),
                 network="ifcfg", ifcfg_nm_controlled=False, network_service="network",
                 remove_network_manager=True, lis_check=True, cloud_init_supported=False,
+                recommended_packages=(),
             )
         if self.major == 7:
             return replace(
@@ -68,9 +118,8 @@ class RhelLike(Distro):
                 ifcfg_nm_controlled=False, network_service="network",
             )
         if self.major == 8:
-            return replace(facts, grub_config_uefi=f"{efi}/grub.cfg", grubby=True,
-                           network="ifcfg")
-        return replace(facts, grubby=True)
+            return replace(facts, grub_config_uefi=f"{efi}/grub.cfg", network="ifcfg")
+        return facts
 
 
 @register

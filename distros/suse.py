@@ -2,51 +2,78 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from types import MappingProxyType
 
-from distros import Distro, register
+from distros import STABLE_NIC_NAMES, Distro, register
+from distros.facts import AddOn
 
+__all__ = ["AUTOYAST_KEYMAPS", "AddOn", "OpenSuseLeap", "Sles", "SuseLike"]
 
-@dataclass(frozen=True)
-class AddOn:
-    """An AutoYaST add-on repository (`<add-on><add_on_products>` entry).
-
-    `media_url` "relurl://" means the installation medium itself; `product_dir` the
-    repository's directory on it; `product` the product it carries (None: a plain
-    repository)."""
-
-    name: str
-    media_url: str
-    product_dir: str = "/"
-    product: str | None = None
+# AutoYaST's keymap names for the common X layouts (others are passed through).
+AUTOYAST_KEYMAPS: Mapping[str, str] = MappingProxyType({
+    "us": "english-us", "gb": "english-uk", "de": "german", "fr": "french",
+    "es": "spanish", "it": "italian", "jp": "japanese", "ch": "swiss",
+})
 
 
 class SuseLike(Distro):
+    """SLES and openSUSE Leap: zypper, GRUB 2, dracut, wicked."""
+
     family = "suse"
     installer_kernel = "boot/x86_64/loader/linux"
     installer_initrd = "boot/x86_64/loader/initrd"
     answer_files = ("autoinst.xml",)
     answer_volume_label = "OEMDRV"
+    failure_patterns = (
+        r"(?i)Error while fetching the (AutoYaST )?(profile|control file)",
+        r"(?i)AutoYaST.*(error|failed)",
+        r"(?i)Error: Could not (read|parse) (the )?(control file|profile)",
+        r"(?i)linuxrc.*(failed|error)",
+        r"(?i)Package installation failed",
+        r"Internal error\. Please report a bug report with logs",
+    )
+    # Named, not left to patterns: install_recommended=false drops what patterns recommend.
+    base_packages = ("wicked", "openssh", "sudo")
+    keymaps = AUTOYAST_KEYMAPS
+    # Azure preparation facts; UEFI reads /boot/grub2/grub.cfg too.
+    package_manager = "zypper"
+    package_query = "rpm"
     agent_package = "python-azure-agent"
     agent_service = "waagent"
+    agent_extra_packages = ()
+    ssh_package = "openssh-server"
+    ssh_service = "sshd"
+    service_manager = "systemd"
+    bootloader = "grub2"
     grub_cmdline_key = "GRUB_CMDLINE_LINUX_DEFAULT"
-    package_manager = "zypper"
-    # Azure preparation facts (distros/azure_prep.py); UEFI reads /boot/grub2/grub.cfg too.
-    package_query = "rpm"
     grub_mkconfig = "grub2-mkconfig"
+    grub_config = "/boot/grub2/grub.cfg"
+    grub_config_uefi = "/boot/grub2/grub.cfg"
+    grubby = False
+    initrd_tool = "dracut"
     initrd_image = "/boot/initrd-{kernel}"
     initrd_lister = "lsinitrd"
     network_style = "wicked"
+    ifcfg_nm_controlled = True
+    network_service = None
+    remove_network_manager = False
+    lis_check = False
+    cloud_init_supported = True
     cloud_init_network = False  # cloud-init mode leaves the NIC to wicked
+    nm_unmanaged_sriov = False
+    sshd_client_alive = False
+    recommended_packages = ()
+
+    def installer_args(self, iso_label: str | None) -> tuple[str, ...]:
+        return ("autoyast=device:///autoinst.xml", "textmode=1", STABLE_NIC_NAMES)
 
     @property
     def install_products(self) -> tuple[str, ...]:
-        """The products AutoYaST selects on a medium that carries several."""
         return ()
 
     @property
     def install_addons(self) -> tuple[AddOn, ...]:
-        """The repositories added during the install (modules, the agent's repository)."""
         return ()
 
 

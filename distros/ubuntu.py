@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from distros import Distro, register
+from distros import register
+from distros.debian import DebianLike
 
 
 @register
-class Ubuntu(Distro):
+class Ubuntu(DebianLike):
     name = "ubuntu"
     pretty_name = "Ubuntu"
     family = "ubuntu"
@@ -15,16 +16,18 @@ class Ubuntu(Distro):
     installer_initrd = "casper/initrd"
     answer_files = ("user-data", "meta-data")
     answer_volume_label = "CIDATA"
+    failure_patterns = (
+        r"(?i)autoinstall config did not validate",
+        r"(?i)Malformed autoinstall",
+        r"(?i)finish: subiquity/\S+: FAIL",
+        r"(?i)An error occurred\. Press enter to start a shell",
+        r"(?i)subiquity.*Traceback",
+        r"curtin command \w+.*(failed|error)",
+        r"Traceback \(most recent call last\)",
+    )
     agent_package = "walinuxagent"
-    agent_service = "walinuxagent"
-    ssh_service = "ssh"
-    grub_cmdline_key = "GRUB_CMDLINE_LINUX_DEFAULT"
-    grub_config = "/boot/grub/grub.cfg"
-    initrd_tool = "initramfs-tools"
-    package_manager = "apt"
-    # Azure preparation facts (distros/azure_prep.py).
-    package_query = "dpkg"
-    grub_mkconfig = "grub-mkconfig"
-    initrd_image = "/boot/initrd.img-{kernel}"
-    initrd_lister = "lsinitramfs"
     network_style = "netplan"
+    efi_vendor = "ubuntu"
+
+    def installer_args(self, iso_label: str | None) -> tuple[str, ...]:
+        return ("autoinstall", "ds=nocloud")
