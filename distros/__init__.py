@@ -9,6 +9,8 @@ one module here plus its answer-file templates in distros/answers/.
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -206,11 +208,13 @@ def register(cls: type[Distro]) -> type[Distro]:
 
 
 def all_distros() -> list[type[Distro]]:
+    """Every registered class once: by module name, then in the order the module defines
+    them (whichever module was imported first)."""
     _load_plugins()
     seen: dict[str, type[Distro]] = {}
     for cls in _REGISTRY.values():
         seen.setdefault(cls.name, cls)
-    return list(seen.values())
+    return sorted(seen.values(), key=lambda cls: cls.__module__)
 
 
 def lookup(name: str) -> type[Distro]:
@@ -227,6 +231,13 @@ def resolve(name: str, version: str) -> Distro:
     return cls(cls.parse_version(version))
 
 
+# Modules of this package that hold no plugin: the renderers and the shared value types.
+_NOT_PLUGINS = frozenset({"answers", "azure_prep", "facts", "quoting"})
+
+
 def _load_plugins() -> None:
-    # Importing the family modules registers their classes.
-    from distros import debian, rhel, suse, ubuntu  # noqa: F401
+    # Importing a plugin module registers its classes: every module of this package but
+    # the few above is one, in name order (the order `azbuild distros` lists them in).
+    for module in pkgutil.iter_modules(__path__):
+        if module.name not in _NOT_PLUGINS:
+            importlib.import_module(f"{__name__}.{module.name}")

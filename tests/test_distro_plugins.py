@@ -3,11 +3,13 @@ is refused when its module is imported."""
 
 from __future__ import annotations
 
+import pkgutil
 import re
 
 import pytest
 
-from distros import Distro, all_distros, register, resolve, unset_facts
+import distros
+from distros import _NOT_PLUGINS, Distro, all_distros, register, resolve, unset_facts
 from distros.answers import ANSWER_TEMPLATE_DIR
 from distros.debian import DebianLike
 from distros.facts import PrepFacts
@@ -96,3 +98,11 @@ def test_a_complete_plugin_is_one_class() -> None:
     facts = Complete(Complete.parse_version("1")).prep_facts()
     assert (facts.efi_vendor, facts.network, facts.initrd_tool) == (
         "complete", "ifupdown", "initramfs-tools")
+
+
+def test_every_plugin_module_is_found_and_registers_a_distro() -> None:
+    # A new module in distros/ is loaded by name, without a list to extend.
+    modules = {module.name for module in pkgutil.iter_modules(distros.__path__)}
+    plugins = {cls.__module__.removeprefix("distros.") for cls in REGISTERED}
+    assert plugins == modules - _NOT_PLUGINS
+    assert [cls.name for cls in all_distros()][:2] == ["debian", "rhel"]  # by module name
