@@ -231,8 +231,9 @@ def resolve(name: str, version: str) -> Distro:
     return cls(cls.parse_version(version))
 
 
-# Modules of this package that hold no plugin: the renderers and the shared value types.
-_NOT_PLUGINS = frozenset({"answers", "azure_prep", "facts", "quoting"})
+# Modules of this package that hold no plugin: the shared value types, and the renderers'
+# re-exports (distros/answers.py, distros/azure_prep.py) kept for code not yet moved.
+_NOT_PLUGINS = frozenset({"answers", "azure_prep", "facts"})
 
 
 def _load_plugins() -> None:

@@ -25,12 +25,7 @@ from pykickstart.errors import KickstartError, KickstartParseWarning
 from pykickstart.parser import KickstartParser
 from pykickstart.version import makeVersion
 
-from builder.errors import UsageError
-from builder.iso import open_iso, read_file
-from builder.models import Template
-from builder.volume import write_volume
-from distros import Distro, resolve
-from distros.answers import (
+from builder.answers import (
     AnswerContext,
     answer_media,
     hash_password,
@@ -39,6 +34,11 @@ from distros.answers import (
     installer_failure_regex,
     render_answer_files,
 )
+from builder.errors import UsageError
+from builder.iso import open_iso, read_file
+from builder.models import Template
+from builder.volume import write_volume
+from distros import Distro, resolve
 from distros.rhel import RhelLike
 
 SCHEMA = json.loads(

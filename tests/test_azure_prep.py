@@ -19,10 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from builder.errors import UsageError
-from builder.models import AgentSettings, Azure
-from distros import resolve
-from distros.azure_prep import (
+from builder.azure_prep import (
     SCRIPT_NAMES,
     _environment,
     kernel_args,
@@ -30,6 +27,9 @@ from distros.azure_prep import (
     prep_facts,
     prep_scripts,
 )
+from builder.errors import UsageError
+from builder.models import AgentSettings, Azure
+from distros import resolve
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("AZBUILD_UPDATE_GOLDEN") == "1"

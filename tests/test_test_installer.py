@@ -9,9 +9,9 @@ from pathlib import Path
 import installer
 import pytest
 
+from builder.answers import AnswerContext, installer_cmdline, render_answer_files
 from builder.models import Template
 from distros import resolve
-from distros.answers import AnswerContext, installer_cmdline, render_answer_files
 
 ROOT_HASH = "$6$azbuildtest$" + "x" * 86
 MB = installer.MB
