@@ -4,7 +4,7 @@ Each family's answer-file templates (Jinja2, in `distros/answers/`) are rendered
 with the same variables, which a user's own `install.answer_file` also receives:
 
     user, ssh_public_key, host_key_private, host_key_public, root_password_hash,
-    firmware, uefi, disk_size, disk_mib, hostname, locale, keyboard, timezone,
+    firmware, uefi, disk_size, disk_mib, hostname, locale, keyboard, keymap, timezone,
     packages, extra_packages, bootloader_args, install_kernel_args, distro, family, major, version,
     template, suse_keymap, suse_products, suse_addons, ubuntu_kernel_package,
     rhel_registration, setup_script
@@ -165,6 +165,8 @@ def answer_variables(distro: Distro, template: Template, ctx: AnswerContext) -> 
         "hostname": ctx.hostname,
         "locale": install.locale,
         "keyboard": install.keyboard,
+        # The layout in the installer's own names (the plugin's `keymaps`).
+        "keymap": distro.keymaps.get(install.keyboard, install.keyboard),
         "timezone": install.timezone,
         "packages": [*base, *extra],
         "extra_packages": extra,
@@ -180,7 +182,7 @@ def answer_variables(distro: Distro, template: Template, ctx: AnswerContext) -> 
         "major": distro.major,
         "version": str(distro.version),
         "template": template,
-        # AutoYaST's name of the layout, offered to every family's answer files.
+        # AutoYaST's name of the layout, as every family's answer files got it before `keymap`.
         "suse_keymap": AUTOYAST_KEYMAPS.get(install.keyboard, install.keyboard),
         # SUSE: products to select and repositories to add (distros/suse.py).
         "suse_products": distro.install_products,

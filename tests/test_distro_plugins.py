@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 
 import distros
-from builder.answers import ANSWER_TEMPLATE_DIR
+from builder.answers import (
+    ANSWER_TEMPLATE_DIR,
+    AnswerContext,
+    answer_variables,
+    render_answer_files,
+)
+from builder.models import Template
 from distros import _NOT_PLUGINS, Distro, all_distros, register, resolve, unset_facts
 from distros.debian import DebianLike
 from distros.facts import PrepFacts
@@ -143,3 +149,28 @@ def test_the_renderers_names_stay_importable_from_distros() -> None:
     for old, new in ((old_answers, answers), (old_azure_prep, azure_prep)):
         for name in old.__all__:
             assert getattr(old, name) is getattr(new, name), name
+
+
+@pytest.mark.parametrize(("name", "version", "keymap"), [
+    ("sles", "15", "german"), ("opensuse-leap", "15", "german"),
+    ("rhel", "9", "de"), ("debian", "12", "de"), ("ubuntu", "24.04", "de"),
+])
+def test_the_keymap_variable_is_the_plugins_name_for_the_layout(
+        name: str, version: str, keymap: str) -> None:
+    template = Template.model_validate({
+        "name": "keymap", "source": {"iso": "/srv/x.iso", "checksum": "sha256:" + "0" * 64},
+        "distro": {"name": name, "version": version}, "install": {"keyboard": "de"},
+    })
+    distro = resolve(name, version)
+    context = AnswerContext(
+        build_user="azbuild", ssh_public_key="ssh-ed25519 AAAAuser u",
+        host_key_private="-----BEGIN OPENSSH PRIVATE KEY-----\nx\n"
+                         "-----END OPENSSH PRIVATE KEY-----",
+        host_key_public="ssh-ed25519 AAAAhost h", root_password_hash=None, firmware="bios",
+        disk_size=30 * 1024**3)
+    variables = answer_variables(distro, template, context)
+    assert variables["keymap"] == keymap
+    assert variables["suse_keymap"] == "german"  # AutoYaST's name, for every family as before
+    if distro.family == "suse":
+        assert "<keymap>german</keymap>" in render_answer_files(distro, template, context)[
+            "autoinst.xml"]
