@@ -272,7 +272,7 @@ class Runner:
         for r in self.running:
             if r.process.poll() is None and not r.stopped:
                 log.info("[%s] stopping: SIGTERM to pid %d", r.job.name, r.process.pid,
-                         extra={"build_name": r.job.name})
+                         extra=_tags(r.job.name))
                 r.stopped = True
                 with contextlib.suppress(ProcessLookupError):
                     r.process.send_signal(signal.SIGTERM)
@@ -295,7 +295,7 @@ class Runner:
                 if job.name not in self._said_waiting:
                     self._said_waiting.add(job.name)
                     log.info("[%s] waiting for memory: %s", job.name, decision.reason,
-                             extra={"build_name": job.name})
+                             extra=_tags(job.name))
                 return
             self.pending.pop(0)
             self._start(job, decision)
@@ -303,7 +303,7 @@ class Runner:
     def _start(self, job: Job, decision: Decision) -> None:
         level = logging.INFO if "anyway" not in decision.reason else logging.WARNING
         log.log(level, "[%s] starting %s: %s", job.name, job.template, decision.reason,
-                extra={"build_name": job.name})
+                extra=_tags(job.name))
         before = _stat(job.output_dir / "manifest.json")
         # Its own session: a terminal's Ctrl-C reaches the parent only, which forwards one
         # SIGTERM (a second signal during a child's cleanup could cut it short).
@@ -328,7 +328,7 @@ class Runner:
             outcome.stopped = r.stopped
             outcome.manifest_before = r.manifest_before
             log.info("[%s] finished with exit code %d after %.1fs", r.job.name, code,
-                     outcome.duration, extra={"build_name": r.job.name})
+                     outcome.duration, extra=_tags(r.job.name))
 
     def _relay_lines(self, name: str, stream: IO[bytes]) -> None:
         for raw in stream:
@@ -337,6 +337,11 @@ class Runner:
             with self._relay_lock:
                 self.relay(text)
         stream.close()
+
+
+def _tags(name: str) -> dict[str, str]:
+    """The fields of the parent's own records about a build (JSON format)."""
+    return {"build": name, "build_name": name}
 
 
 def tag_line(name: str, line: str, log_format: str) -> str:

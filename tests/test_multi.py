@@ -405,6 +405,9 @@ def test_json_log_lines_of_children_carry_the_build(
     children = [r for r in records if r.get("logger") != "builder.multi" and "build" in r]
     assert {r["build"] for r in children} == {"a", "b"}
     assert all(r["build"] == r["build_name"] for r in children if "build_name" in r)
+    parent = [r for r in records if r.get("logger") == "builder.multi" and "build" in r]
+    assert {r["build"] for r in parent} == {"a", "b"}
+    assert any(r["message"].startswith("[a] starting") for r in parent)
 
 
 def test_summary_entry_of_a_succeeded_ready_build(tmp_path: Path) -> None:
