@@ -306,7 +306,8 @@ class Runner:
                 extra=_tags(job.name))
         before = _stat(job.output_dir / "manifest.json")
         # Its own session: a terminal's Ctrl-C reaches the parent only, which forwards one
-        # SIGTERM (a second signal during a child's cleanup could cut it short).
+        # SIGTERM (a second signal during a child's cleanup could cut it short). No signal
+        # mask here: the child would inherit it and never see the SIGTERM.
         process = subprocess.Popen(job.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, start_new_session=True)
         assert process.stdout is not None
@@ -409,7 +410,12 @@ def run_builds(jobs: Sequence[Job], limit: int, log_format: str, summary_file: P
                           finished=datetime.now(UTC).isoformat(timespec="seconds"),
                           wall_seconds=round(time.monotonic() - clock, 1), jobs=limit,
                           exit_code=code, builds=entries)
-    write_summary(summary, summary_file)
+    try:
+        write_summary(summary, summary_file)
+    except OSError as exc:
+        show(summary)
+        raise UsageError(f"cannot write {summary_file}: {exc.strerror or exc}",
+                         hint="check that the directory is writable") from None
     show(summary)
     if interrupt is not None:
         raise interrupt
