@@ -80,9 +80,14 @@ def _parse_vars(items: Sequence[str]) -> dict[str, str]:
 def _load(args: argparse.Namespace, path: str, building: bool = False) -> Any:
     from builder.template import check_local_inputs, load_template
 
+    build = None
+    if getattr(args, "build_identity", None):  # one build of a several-template build
+        from builder.multi import parse_build_identity
+
+        build = parse_build_identity(args.build_identity)
     loaded = load_template(
         path, _parse_vars(args.var or []), [Path(p) for p in args.var_file or []],
-        ignore_undeclared_file_vars=getattr(args, "shared_var_files", False),
+        ignore_undeclared_file_vars=getattr(args, "shared_var_files", False), build=build,
     )
     for warning in check_local_inputs(loaded, building=building):
         log.warning("%s", warning)
@@ -405,6 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with several templates: builds run at once, as memory allows "
                         "(default: 1)")
     p.add_argument("--shared-var-files", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--build-identity", metavar="ID@TIME", help=argparse.SUPPRESS)
     with_vars(p)
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     p.add_argument("--on-error", choices=("cleanup", "abort"), default="cleanup",

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from builder.errors import (
     EXIT_FAILED,
@@ -43,6 +43,9 @@ from builder.summary import (
     write_summary,
 )
 from builder.units import GiB, MiB
+
+if TYPE_CHECKING:
+    from builder.template import BuildInfo
 
 log = logging.getLogger(__name__)
 
@@ -123,15 +126,19 @@ def plan(templates: Sequence[str], options: Options) -> tuple[list[Job], Problem
                else output_directory(loaded, BuildOptions()))
         jobs.append(Job(name=name, template=path, output_dir=out,
                         memory=loaded.template.vm.memory,
-                        argv=child_argv(path, out, cli_vars, options)))
+                        argv=child_argv(path, out, cli_vars, options, loaded.build)))
     problems += [(None, UsageError(text)) for text in collisions(jobs)]
     return jobs, problems
 
 
 def child_argv(template: Path, output_dir: Path, cli_vars: dict[str, str],
-               options: Options) -> list[str]:
+               options: Options, build: BuildInfo) -> list[str]:
+    """The child's `azbuild build`. It runs under the identity its template was validated
+    with, so that an output.directory naming ${build.id} or ${build.date} is the one
+    checked for collisions and read back for the summary."""
     argv = [sys.executable, "-m", "builder", "build", str(template),
-            "--output-dir", str(output_dir), *options.passthrough]
+            "--output-dir", str(output_dir), *options.passthrough,
+            BUILD_IDENTITY, format_build_identity(build)]
     for name, value in cli_vars.items():
         argv += ["--var", f"{name}={value}"]
     for var_file in options.var_files:
@@ -139,6 +146,24 @@ def child_argv(template: Path, output_dir: Path, cli_vars: dict[str, str],
     if options.var_files:
         argv.append(SHARED_VAR_FILES)
     return argv
+
+
+# Hidden option of `azbuild build`: the build's id and time (see child_argv).
+BUILD_IDENTITY = "--build-identity"
+
+
+def format_build_identity(build: BuildInfo) -> str:
+    return f"{build.id}@{build.time.isoformat()}"
+
+
+def parse_build_identity(text: str) -> BuildInfo:
+    from builder.template import BuildInfo
+
+    build_id, _, when = text.partition("@")
+    try:
+        return BuildInfo(id=build_id, time=datetime.fromisoformat(when))
+    except ValueError:
+        raise UsageError(f"{BUILD_IDENTITY} expects ID@ISO-TIME, found {text!r}") from None
 
 
 # Hidden option of `azbuild build`: the var files are shared with other templates, so a

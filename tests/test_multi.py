@@ -455,6 +455,22 @@ def test_an_earlier_build_s_manifest_does_not_pass_for_this_one_s(
     assert json.loads((out / "a" / MANIFEST_FILE).read_text())["ready"] is True
 
 
+def test_an_output_directory_naming_the_build_is_the_one_the_build_writes(
+    tmp_path: Path, work_root: Path, image: Path
+) -> None:
+    directory = 'output = { directory = "' + str(tmp_path) + '/images/${name}/${build.id}" }\n'
+    a, b = template(tmp_path, "a", image), template(tmp_path, "b", image)
+    for path in (a, b):
+        path.write_text(directory + path.read_text())
+    assert main(["build", str(a), str(b)]) == 1
+    data = validate_summary(tmp_path / "images" / SUMMARY_FILE)
+    for entry in data["builds"]:
+        manifest = json.loads(Path(entry["manifest"]).read_text())
+        out = Path(entry["output_directory"])
+        assert out.parent == tmp_path / "images" / entry["name"]
+        assert out.name == manifest["build_id"]
+
+
 def test_summary_goes_to_the_common_parent_without_output_dir(tmp_path: Path) -> None:
     jobs = [Job("a", Path("a.toml"), tmp_path / "output" / "a", GiB, []),
             Job("b", Path("b.toml"), tmp_path / "output" / "b", GiB, [])]
