@@ -80,8 +80,14 @@ def _parse_vars(items: Sequence[str]) -> dict[str, str]:
 def _load(args: argparse.Namespace, path: str, building: bool = False) -> Any:
     from builder.template import check_local_inputs, load_template
 
+    build = None
+    if getattr(args, "build_identity", None):  # one build of a several-template build
+        from builder.multi import parse_build_identity
+
+        build = parse_build_identity(args.build_identity)
     loaded = load_template(
-        path, _parse_vars(args.var or []), [Path(p) for p in args.var_file or []]
+        path, _parse_vars(args.var or []), [Path(p) for p in args.var_file or []],
+        ignore_undeclared_file_vars=getattr(args, "shared_var_files", False), build=build,
     )
     for warning in check_local_inputs(loaded, building=building):
         log.warning("%s", warning)
@@ -173,8 +179,10 @@ def cmd_layers(args: argparse.Namespace) -> int:
 def cmd_schema(args: argparse.Namespace) -> int:
     from builder.manifest import manifest_json_schema
     from builder.models import template_json_schema
+    from builder.summary import summary_json_schema
 
-    schema = manifest_json_schema() if args.manifest else template_json_schema()
+    schema = (manifest_json_schema() if args.manifest else summary_json_schema()
+              if args.summary else template_json_schema())
     _out(json.dumps(schema, indent=2))
     return EXIT_OK
 
@@ -208,6 +216,9 @@ def cmd_distros(args: argparse.Namespace) -> int:
 def cmd_build(args: argparse.Namespace) -> int:
     from builder.pipeline import BuildOptions, build
 
+    if len(args.templates) > 1:
+        return _build_several(args)
+    args.template = args.templates[0]
     loaded = _load(args, args.template, building=True)
     options = BuildOptions(
         force=args.force,
@@ -219,6 +230,46 @@ def cmd_build(args: argparse.Namespace) -> int:
     )
     code: int = build(loaded, options)
     return code
+
+
+def _build_several(args: argparse.Namespace) -> int:
+    """Several templates: every one validated first, then up to --jobs builds at once."""
+    from builder import multi
+    from builder.summary import summary_table
+
+    if args.log_file:
+        raise UsageError("--log-file takes one template",
+                         hint="with several, each build keeps its log in its output "
+                              "directory's build.log")
+    if args.jobs < 1:
+        raise UsageError(f"--jobs must be at least 1, found {args.jobs}")
+    output_dir = Path(args.output_dir) if args.output_dir else None
+    passthrough = ["--on-error", args.on_error, "--log-format", args.log_format]
+    passthrough += ["--force"] if args.force else []
+    passthrough += ["--debug"] if args.debug else []
+    passthrough += ["--connect", args.connect] if args.connect else []
+    options = multi.Options(cli_vars=_parse_vars(args.var or []),
+                            var_files=[Path(p) for p in args.var_file or []],
+                            output_dir=output_dir, passthrough=passthrough)
+    jobs, problems = multi.plan(args.templates, options)
+    if problems:
+        if args.log_format == "json":
+            for template, exc in problems:
+                _log_problems(str(template) if template else None, exc)
+            raise UsageError(f"{len(problems)} problem(s) in {len(args.templates)} templates;"
+                             " no build was started")
+        raise UsageError("\n".join(f"{t}: {exc.message}" if t else exc.message
+                                    for t, exc in problems),
+                         hint="no build was started; fix the templates and run again")
+    return multi.run_builds(jobs, args.jobs, args.log_format,
+                            multi.summary_path(jobs, output_dir), relay=_err_raw,
+                            show=lambda summary: _out(summary_table(summary)))
+
+
+def _err_raw(text: str) -> None:
+    """A child build's log line, already masked by the child."""
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -353,8 +404,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(handler=handler)
         return p
 
-    p = command("build", cmd_build, "build an image from a template")
-    p.add_argument("template")
+    p = command("build", cmd_build, "build an image from a template (or several)")
+    p.add_argument("templates", nargs="+", metavar="template")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="with several templates: builds run at once, as memory allows "
+                        "(default: 1)")
+    p.add_argument("--shared-var-files", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--build-identity", metavar="ID@TIME", help=argparse.SUPPRESS)
     with_vars(p)
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     p.add_argument("--on-error", choices=("cleanup", "abort"), default="cleanup",
@@ -390,6 +446,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("schema", cmd_schema, "print the template's JSON Schema")
     p.add_argument("--manifest", action="store_true",
                    help="print the JSON Schema of a build's manifest.json instead")
+    p.add_argument("--summary", action="store_true",
+                   help="print the JSON Schema of a several-template build's summary.json "
+                        "instead")
     p = command("distros", cmd_distros, "list supported distros and versions")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 

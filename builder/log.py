@@ -23,9 +23,10 @@ _format = "text"  # what setup() chose; progress reporting follows it
 
 # Optional fields a record may carry, in the order JSON lines show them: a step's timing,
 # an error's hint, where a template problem is, the usage of a command-line mistake, and
-# the build a record belongs to.
+# the build a record belongs to (`build`: its name, on every line of a several-template
+# build, the relayed ones included).
 EXTRA_FIELDS = ("step", "seconds", "hint", "template", "file", "line", "column", "key",
-                "usage", "build_id", "build_name", "progress")
+                "usage", "build_id", "build_name", "build", "progress")
 
 # The build being run: (id, name). A ContextVar for the build's own thread, and a process
 # copy for the threads it starts (SSH heartbeat, libvirt events), which see a fresh context.

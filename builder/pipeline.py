@@ -37,6 +37,7 @@ from builder.errors import (
 from builder.gc import claim_work_dir
 from builder.keys import KeyPair
 from builder.libvirt import RunningDomain, connection_uri, refuse_unsupported_uri
+from builder.locks import output_directory_lock
 from builder.log import StepTimer
 from builder.manifest import Failure, write_manifest
 from builder.models import Template
@@ -146,6 +147,9 @@ def build(loaded: LoadedTemplate, options: BuildOptions) -> int:
         refuse_unsupported_uri(ctx.uri, os.geteuid())
         succeeded = False
         with ExitStack() as stack:
+            # Before anything is written there: a concurrent build into the same
+            # directory is refused here, and leaves the other build's files alone.
+            stack.enter_context(output_directory_lock(ctx.output_dir))
             if options.log_file is not None:
                 ctx.log_files.append(_open_log_file(options.log_file, stack))
             log.info("building %s (%s) with %s", template.name, distro.label, ctx.uri)

@@ -216,11 +216,14 @@ def load_template(
     *,
     build: BuildInfo | None = None,
     environ: Mapping[str, str] | None = None,
+    ignore_undeclared_file_vars: bool = False,
 ) -> LoadedTemplate:
     """Load, layer, interpolate and validate a template; raise TemplateError with every problem.
 
     Variables: declared defaults < `var_files` (later wins) < AZBUILD_VAR_<name> in `environ`
     (default: os.environ) < `cli_vars`. `build` fixes `${build.*}` (default: a new build).
+    `ignore_undeclared_file_vars`: a var file's name this template does not declare is
+    skipped, not an error (var files shared by several templates of one build command).
     """
     path = Path(path)
     build = build or BuildInfo.new()
@@ -241,6 +244,10 @@ def load_template(
     overrides, override_origins, given_bases, override_files = _variable_overrides(
         var_files or [], problems
     )
+    if ignore_undeclared_file_vars:
+        for name in [n for n in overrides if n not in declared]:
+            del overrides[name], override_origins[name], given_bases[name]
+            override_files.pop(name, None)
     from_environment = _environment_values(
         os.environ if environ is None else environ, declared, path, problems
     )
@@ -626,6 +633,22 @@ def _anchor_given_paths(
 
 
 # --- variables ------------------------------------------------------------------------------
+
+
+def declared_variable_names(path: Path) -> set[str]:
+    """The variables `path` and its layers declare (what could be read of them: the
+    template's own load reports its problems)."""
+    if not path.is_file():
+        return set()
+    problems: list[Problem | str] = []
+    layers = _unique(_collect_layers(path.resolve(), [], problems, []))
+    return set(_declared_variables(layers, problems)[0])
+
+
+def var_file_names(var_files: list[Path]) -> set[str]:
+    """The variable names the var files set (unreadable files: their loads say why)."""
+    return set(_variable_overrides(var_files, [])[0])
+
 
 
 def _declared_variables(

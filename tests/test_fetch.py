@@ -114,6 +114,29 @@ def test_cache_hit_makes_no_second_request(server: Server) -> None:
     assert len(server.hits("/img/test.iso")) == 1
 
 
+def test_concurrent_builds_download_an_iso_once(server: Server, cache: Path) -> None:
+    """Several builds (threads here: each opens its own lock file description, as separate
+    processes do) ask for the same ISO at once: one downloads it under the cache entry's
+    lock, the others wait and take the cached file."""
+    url = f"{server.url}/img/test.iso"
+    barrier = threading.Barrier(4)
+    paths: list[Path] = []
+
+    def fetch() -> None:
+        barrier.wait()
+        paths.append(fetch_iso(url, f"sha256:{SHA256}"))
+
+    threads = [threading.Thread(target=fetch) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert paths == [cache / "iso" / f"sha256-{SHA256}.iso"] * 4
+    assert paths[0].read_bytes() == PAYLOAD
+    assert len(server.hits("/img/test.iso")) == 1
+    assert not list((cache / "iso").glob("*.part"))
+
+
 def test_resume_after_dropped_connection(server: Server) -> None:
     server.faults = [1_500_000]
     path = fetch_iso(f"{server.url}/img/test.iso", f"sha256:{SHA256}", backoff=0.01)
