@@ -43,7 +43,7 @@ def test_two_templates_at_once_write_one_summary(pair_built: Any, libvirt_uri: s
     for name, entry in builds.items():
         assert entry["status"] == "succeeded", entry
         assert entry["ready"] is True
-        assert entry["failed_step"] is None
+        assert entry["failing_step"] is None
         assert Path(entry["template"]) == pair_built.templates[name]
         manifest = validate_manifest(pair_built.output_dir / name / "manifest.json")
         assert entry["duration_seconds"] > 0
