@@ -187,78 +187,16 @@ def strip_hyperv_modules(initrd: Path, work: Path) -> None:
         assert cpio.wait() == 0 and zstd.wait() == 0
 
 
-@pytest.fixture(scope="session")
-def hostile_base(cloud_image: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the cloud image that breaks every requirement the build can fix:
-    `quiet` and no `console=ttyS0` on the kernel line, a swap file in fstab,
-    `Defaults targetpw` and `ALL ALL=(ALL) ALL` in sudoers, no agent, no Hyper-V
-    modules in the initrd, a root password set, SSH host keys present."""
-    tmp = tmp_path_factory.mktemp("hostile")
-    image = tmp / "hostile.qcow2"
-    run(["qemu-img", "create", "-f", "qcow2", "-F", "qcow2", "-b", cloud_image, image])
-    g = open_guest(image, "qcow2", readonly=False)
-    try:
-        grub = g.cat("/etc/default/grub")
-        grub = "\n".join(
-            line for line in grub.splitlines()
-            if not line.startswith(("GRUB_CMDLINE_LINUX=", "GRUB_CMDLINE_LINUX_DEFAULT="))
-        ) + ('\nGRUB_CMDLINE_LINUX_DEFAULT="quiet rootdelay=300 net.ifnames=0"\n'
-             'GRUB_CMDLINE_LINUX="net.ifnames=0 console=ttyS0"\n')
-        # rootdelay is an unconditional sleep on Debian (R07), net.ifnames=0 is in both keys
-        # and console=ttyS0 must not be added to the _DEFAULT key a second time.
-        g.write("/etc/default/grub", grub)
-        cfg = g.cat("/boot/grub/grub.cfg")
-        lines = []
-        for line in cfg.splitlines():
-            if line.lstrip().startswith("linux"):
-                words = [w for w in line.split() if not w.startswith(
-                    ("console=", "earlyprintk=", "rootdelay="))]
-                # What boots sleeps 1 s, not 300 (the defaults above hold 300): the
-                # build's first boot would wait out the sleep, five minutes of CI each run.
-                line = " ".join(words) + " quiet rootdelay=1"
-            lines.append(line)
-        g.write("/boot/grub/grub.cfg", "\n".join(lines) + "\n")
-        g.fallocate64("/swapfile", 64 * 1024**2)
-        g.chmod(0o600, "/swapfile")
-        g.mkswap_file("/swapfile")
-        g.write_append("/etc/fstab", "/swapfile none swap sw 0 0\n")
-        # Before the include of sudoers.d, as a distro would ship them, so the build
-        # user's NOPASSWD rule from cloud-init still comes last and wins.
-        sudoers = g.cat("/etc/sudoers").splitlines()
-        at = next(i for i, line in enumerate(sudoers) if "includedir" in line)
-        sudoers[at:at] = ["Defaults targetpw", "ALL ALL=(ALL) ALL"]
-        g.write("/etc/sudoers", "\n".join(sudoers) + "\n")
-        shadow = g.cat("/etc/shadow").splitlines()
-        shadow = [f"root:{ROOT_HASH}:" + line.split(":", 2)[2] if line.startswith("root:")
-                  else line for line in shadow]
-        g.write("/etc/shadow", "\n".join(shadow) + "\n")
-        g.write("/etc/ssh/ssh_host_ed25519_key", "not a real key\n")
-        g.write("/etc/ssh/ssh_host_ed25519_key.pub", "ssh-ed25519 AAAA base-image-key\n")
-        initrds = [f for f in g.ls("/boot") if f.startswith("initrd.img-")]
-        assert initrds
-        for name in initrds:
-            local = tmp / name
-            g.download(f"/boot/{name}", str(local))
-            strip_hyperv_modules(local, tmp / f"unpack-{name}")
-            g.upload(str(local), f"/boot/{name}")
-        assert not g.exists("/usr/sbin/waagent"), "the base already has the agent"
-        g.umount_all()
-        g.shutdown()
-    finally:
-        g.close()
-    return image
-
-
 # --- one successful build, shared ----------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def built(hostile_base: Path, tmp_path_factory: pytest.TempPathFactory,
-          libvirt_uri: str) -> Outcome:
-    tmp = tmp_path_factory.mktemp("build")
+def write_e2e_template(tmp: Path) -> Path:
+    """The shared cloud-image build's template: both provisioner kinds, a sensitive
+    variable, and a real reboot mid-provisioning (the connection drops, the build
+    reconnects to the new boot and carries on)."""
     payload = tmp / "payload.txt"
     payload.write_text("uploaded by the file provisioner\n")
-    template = write_template(tmp / "e2e.toml", f"""
+    return write_template(tmp / "e2e.toml", f"""
 name = "e2e-debian"
 
 [variables]
@@ -270,8 +208,18 @@ formats = ["vhd", "raw"]
 [[provision]]
 type = "shell"
 inline = ["echo azbuild-e2e-marker > /etc/azbuild-e2e", "test \\"$GREETING\\" = hello",
-          "echo the token is $TOKEN"]
+          "echo the token is $TOKEN",
+          "cat /proc/sys/kernel/random/boot_id | sudo tee /var/tmp/boot-before"]
 env = {{ GREETING = "hello", TOKEN = "${{var.token}}" }}
+
+[[provision]]
+type = "reboot"
+timeout = "20m"
+
+[[provision]]
+type = "shell"
+inline = ["echo boot ids: $(cat /var/tmp/boot-before) $(cat /proc/sys/kernel/random/boot_id)",
+          "test \\"$(cat /var/tmp/boot-before)\\" != \\"$(cat /proc/sys/kernel/random/boot_id)\\""]
 
 [[provision]]
 type = "file"
@@ -279,7 +227,12 @@ source = "{payload}"
 destination = "/opt/azbuild-e2e/payload.txt"
 mode = "0640"
 """)
-    outcome = azbuild_build(template, hostile_base, tmp)
+
+
+@pytest.fixture(scope="session")
+def built(pair_built: Any) -> Outcome:
+    """The cloud-image half of the shared `--jobs 2` build (conftest.py's pair_built)."""
+    outcome: Outcome = pair_built.cloud
     assert outcome.returncode == 0, outcome.stderr[-6000:]
     return outcome
 
@@ -574,33 +527,9 @@ timeout = "75s"
     assert_failed_build_kept(outcome, libvirt_uri, "e2e-nossh", "connect")
 
 
-def test_reboot_provisioner(cloud_image: Path, tmp_path: Path, libvirt_uri: str) -> None:
-    """A real reboot mid-provisioning: the connection drops, the build reconnects to the
-    new boot and carries on."""
-    template = write_template(tmp_path / "reboot.toml", """
-name = "e2e-reboot"
-[output]
-formats = ["raw"]
-[azure.skip]  # this test is about the reboot: no Azure preparation, to keep it short
-""" + "\n".join(f'R{n:02d} = "reboot test"' for n in range(1, 15)) + """
-
-[[provision]]
-type = "shell"
-inline = ["cat /proc/sys/kernel/random/boot_id | sudo tee /var/tmp/boot-before"]
-
-[[provision]]
-type = "reboot"
-timeout = "20m"
-
-[[provision]]
-type = "shell"
-inline = ["echo boot ids: $(cat /var/tmp/boot-before) $(cat /proc/sys/kernel/random/boot_id)",
-          "test \\"$(cat /var/tmp/boot-before)\\" != \\"$(cat /proc/sys/kernel/random/boot_id)\\""]
-""")
-    outcome = azbuild_build(template, cloud_image, tmp_path)
-    assert outcome.returncode == 0, outcome.stderr[-4000:]
-    assert "rebooting the guest" in outcome.stderr
-    assert "boot ids:" in outcome.stderr
-    assert (outcome.output_dir / "e2e-reboot.raw").is_file()
-    assert azbuild_domains(libvirt_uri) == []
-    assert list(outcome.work_root.iterdir()) == []
+def test_reboot_provisioner(built: Outcome) -> None:
+    """A real reboot mid-provisioning (in the shared build): the connection drops, the
+    build reconnects to the new boot and carries on."""
+    assert "rebooting the guest" in built.stderr
+    assert "boot ids:" in built.stderr
+    assert "e2e-debian.raw" in {p.name for p in built.output_dir.iterdir()}

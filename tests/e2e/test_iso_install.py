@@ -12,13 +12,12 @@ import os
 import re
 import subprocess
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import installer  # the test installer's own parser gives the expected layout
 import pytest
-from azurite import ACCOUNT, KEY, blob_sha256
+from azurite import blob_sha256
 from test_build import (
     AZBUILD,
     REPO,
@@ -48,34 +47,27 @@ def iso_vars(iso: Path) -> list[str]:
     return ["--var", f"iso={iso}", "--var", f"checksum=file:{iso.parent / 'SHA256SUMS'}"]
 
 
-@pytest.fixture(scope="session")
-def demo_sas(azurite: Any) -> str:
-    """A SAS for the container the shared demo build publishes into (Azurite)."""
-    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
-
-    azurite.service().create_container("built")
-    return str(generate_container_sas(
-        ACCOUNT, "built", account_key=KEY,
-        permission=ContainerSasPermissions(read=True, add=True, create=True, write=True,
-                                           delete=True, list=True),
-        expiry=datetime.now(UTC) + timedelta(hours=3)))
-
-
-@pytest.fixture(scope="session")
-def demo_built(test_installer_iso: Path, tmp_path_factory: pytest.TempPathFactory,
-               azurite: Any, demo_sas: str) -> Outcome:
+def write_demo_template(tmp: Path) -> Path:
     """The README's demo, plus one [[publish]] entry into Azurite whose SAS comes in
     through a sensitive variable: one build serves the ISO-path and the publish tests."""
-    tmp = tmp_path_factory.mktemp("demo")
     template = tmp / "demo.toml"
     template.write_text(
         f'extends = ["{DEMO}"]\n\n'
         '[variables]\ncontainer_url = { sensitive = true, description = "with its SAS" }\n\n'
         '[[publish]]\ntype = "azure-page-blob"\ncontainer_url = "${var.container_url}"\n'
         'blob = "demo-${name}.vhd"\n')
+    return template
+
+
+def demo_iso(test_installer_iso: Path) -> Path:
     # The stable name, as the README's demo uses it (SHA256SUMS lists that name).
-    outcome = build_iso(template, test_installer_iso.parent / "azbuild-test-installer.iso",
-                        tmp, "--var", f"container_url={azurite.account_url}/built?{demo_sas}")
+    return test_installer_iso.parent / "azbuild-test-installer.iso"
+
+
+@pytest.fixture(scope="session")
+def demo_built(pair_built: Any) -> Outcome:
+    """The demo half of the shared `--jobs 2` build (conftest.py's pair_built)."""
+    outcome: Outcome = pair_built.demo
     assert outcome.returncode == 0, outcome.stderr[-6000:]
     return outcome
 

@@ -1,0 +1,112 @@
+"""A nightly job end to end: two templates built at once, a rebuild from the stage cache,
+and `azbuild diff` between last night's image and tonight's.
+
+The two builds are conftest.py's `pair_built` (`azbuild build e2e.toml demo.toml --jobs 2`),
+shared with test_build.py and test_iso_install.py. The rebuild changes only the demo's
+last provisioner, to install one extra package: its install comes from the cache the pair
+filled, and the diff against the pair's demo shows exactly that package.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from test_build import (
+    AZBUILD,
+    REPO,
+    Outcome,
+    assert_nothing_left_but_outputs,
+    run_azbuild_build,
+    validate_manifest,
+)
+from test_iso_install import DEMO, demo_iso, iso_vars
+from userenv import user_env
+
+from builder.summary import summary_json_schema
+
+pytestmark = pytest.mark.e2e
+
+EXTRA_PACKAGE = "tree"  # small, and nothing else in the demo depends on it or pulls it in
+
+
+def test_two_templates_at_once_write_one_summary(pair_built: Any, libvirt_uri: str) -> None:
+    assert pair_built.returncode == 0, pair_built.demo.stderr[-6000:]
+    summary = json.loads((pair_built.output_dir / "summary.json").read_text())
+    jsonschema.Draft202012Validator(summary_json_schema()).validate(summary)
+    builds = {entry["name"]: entry for entry in summary["builds"]}
+    assert set(builds) == {"e2e-debian", "demo"}
+    for name, entry in builds.items():
+        assert entry["status"] == "succeeded", entry
+        assert entry["ready"] is True
+        assert entry["failing_step"] is None
+        assert Path(entry["template"]) == pair_built.templates[name]
+        manifest = validate_manifest(pair_built.output_dir / name / "manifest.json")
+        assert entry["duration_seconds"] > 0
+        files = {Path(a).name for a in entry["artifacts"]}
+        assert files == {a["file"] for a in manifest["artifacts"]}
+    # Both ran at once: each build's lines are prefixed with its name.
+    for name in builds:
+        assert f"[{name}]" in pair_built.demo.stderr
+    assert_nothing_left_but_outputs(pair_built.cloud, libvirt_uri)
+
+
+def _rebuild_template(tmp: Path) -> Path:
+    """examples/demo.toml with only its last provisioner (the motd file) replaced by a
+    shell provisioner installing one package."""
+    text = DEMO.read_text()
+    last = text.rindex("[[provision]]")
+    end = text.index("[output]", last)
+    template = tmp / "demo.toml"
+    template.write_text(
+        text[:last]
+        + '[[provision]]\ntype = "shell"\n'
+        + f'inline = ["sudo DEBIAN_FRONTEND=noninteractive apt-get install -y {EXTRA_PACKAGE}"]\n\n'
+        + text[end:])
+    return template
+
+
+@pytest.fixture(scope="session")
+def demo_rebuilt(pair_built: Any, test_installer_iso: Path,
+                 tmp_path_factory: pytest.TempPathFactory) -> Outcome:
+    assert pair_built.returncode == 0, pair_built.demo.stderr[-6000:]
+    tmp = tmp_path_factory.mktemp("rebuild")
+    outcome = run_azbuild_build(
+        _rebuild_template(tmp), tmp, *iso_vars(demo_iso(test_installer_iso)),
+        env={"AZBUILD_CACHE_DIR": str(pair_built.cache_dir)})
+    assert outcome.returncode == 0, outcome.stderr[-6000:]
+    return outcome
+
+
+def test_rebuild_with_its_last_provisioner_changed_skips_the_install(
+    demo_rebuilt: Outcome, pair_built: Any, libvirt_uri: str
+) -> None:
+    manifest = validate_manifest(demo_rebuilt.output_dir / "manifest.json")
+    assert manifest["ready"] is True
+    assert "install" not in manifest["steps"] or manifest["steps"]["install"] < 60
+    stages = manifest["cache"]["stages"]
+    assert stages[0]["kind"] == "install" and stages[0]["result"] == "hit", stages
+    first = validate_manifest(pair_built.output_dir / "demo" / "manifest.json")
+    assert first["cache"]["stages"][0]["result"] == "stored", first["cache"]
+    assert first["cache"]["stages"][0]["key"] == stages[0]["key"]
+    log = (demo_rebuilt.output_dir / "build.log").read_text()
+    assert "the installer finished" not in log
+    assert_nothing_left_but_outputs(demo_rebuilt, libvirt_uri)
+
+
+def test_diff_against_last_night_shows_exactly_the_extra_package(
+    demo_rebuilt: Outcome, pair_built: Any
+) -> None:
+    proc = subprocess.run(
+        [*AZBUILD, "diff", "--json", str(pair_built.output_dir / "demo"),
+         str(demo_rebuilt.output_dir)],
+        capture_output=True, text=True, cwd=REPO, env=user_env(), timeout=600)
+    assert proc.returncode == 1, proc.stderr
+    changes = json.loads(proc.stdout)["changes"]
+    packages = [c for c in changes if c["section"] == "packages"]
+    assert len(packages) == 1, packages
+    assert packages[0]["item"] == EXTRA_PACKAGE and packages[0]["old"] is None, packages
