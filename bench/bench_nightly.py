@@ -130,8 +130,7 @@ def report(cache_runs: list[tuple[Timed, Timed]], jobs_runs: list[Timed]) -> str
                   "| round | cold | warm | warm / cold | install stage (cold → warm) |",
                   "|---|---|---|---|---|"]
         for n, (cold, warm) in enumerate(cache_runs, 1):
-            stages = [manifest(t.output_dir).get("cache", {}).get("stages", [{}])[0]
-                      for t in (cold, warm)]
+            stages = [(manifest(t.output_dir).get("cache") or [{}])[0] for t in (cold, warm)]
             results = " → ".join(str(s.get("result", "?")) for s in stages)
             lines.append(f"| {n} | {cold.wall:.1f} s (exit {cold.status}) | {warm.wall:.1f} s "
                          f"(exit {warm.status}) | {warm.wall / cold.wall:.2f} | {results} |")

@@ -88,11 +88,11 @@ def test_rebuild_with_its_last_provisioner_changed_skips_the_install(
     manifest = validate_manifest(demo_rebuilt.output_dir / "manifest.json")
     assert manifest["ready"] is True
     assert "install" not in manifest["steps"] or manifest["steps"]["install"] < 60
-    stages = manifest["cache"]["stages"]
-    assert stages[0]["kind"] == "install" and stages[0]["result"] == "hit", stages
+    stages = manifest["cache"]
+    assert stages[0]["stage"] == "install" and stages[0]["result"] == "hit", stages
     first = validate_manifest(pair_built.output_dir / "demo" / "manifest.json")
-    assert first["cache"]["stages"][0]["result"] == "stored", first["cache"]
-    assert first["cache"]["stages"][0]["key"] == stages[0]["key"]
+    assert first["cache"][0]["result"] == "stored", first["cache"]
+    assert first["cache"][0]["key"] == stages[0]["key"]
     log = (demo_rebuilt.output_dir / "build.log").read_text()
     assert "the installer finished" not in log
     assert_nothing_left_but_outputs(demo_rebuilt, libvirt_uri)
