@@ -38,7 +38,7 @@ from builder.gc import claim_work_dir
 from builder.keys import KeyPair
 from builder.libvirt import RunningDomain, connection_uri, refuse_unsupported_uri
 from builder.log import StepTimer
-from builder.manifest import Failure, write_manifest
+from builder.manifest import CacheStage, Failure, write_manifest
 from builder.models import Template
 from builder.paths import work_root
 from builder.redact import redact
@@ -63,6 +63,7 @@ class BuildOptions:
     connect: str | None = None
     debug: bool = False
     log_file: Path | None = None  # --log-file: the build's log written there as well
+    use_cache: bool = True  # --no-cache: no stage-cache lookup, no store
 
 
 @dataclass
@@ -81,6 +82,8 @@ class BuildContext:
     host_key: KeyPair | None = None
     host_key_line: str | None = None
     disk: Path | None = None
+    disk_format: Literal["raw", "qcow2"] = "raw"  # qcow2: an overlay on a stage-cache entry
+    cache_stages: list[CacheStage] = field(default_factory=list)  # the manifest's `cache`
     seed: Path | None = None
     accelerator: str | None = None
     accelerator_reason: str | None = None
