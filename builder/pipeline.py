@@ -84,6 +84,12 @@ class BuildContext:
     disk: Path | None = None
     disk_format: Literal["raw", "qcow2"] = "raw"  # qcow2: an overlay on a stage-cache entry
     cache_stages: list[CacheStage] = field(default_factory=list)  # the manifest's `cache`
+    # The stage cache's chain: the key after each provisioner (empty: no caching), the
+    # entry the disk is an overlay on, and how many provisioners that entry already holds.
+    chain_keys: list[str] = field(default_factory=list)
+    cache_parent: str | None = None
+    provision_start: int = 0
+    stage_started: float = 0.0  # time.monotonic() when the disk's newest overlay was made
     seed: Path | None = None
     accelerator: str | None = None
     accelerator_reason: str | None = None

@@ -59,6 +59,7 @@ class Entry:
     format: int = STAGE_FORMAT
     keys_sha256: str | None = None  # the stored SSH keys' file (install entries)
     seconds: float = 0.0  # what making the stage took: a hit saves about this much
+    parent_sha256: str | None = None  # the parent entry this overlay was made on
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,6 +92,7 @@ class StageCache:
 
     def __init__(self, root: Path | None = None) -> None:
         self.root = root if root is not None else stages_dir()
+        self._verified: set[str] = set()  # hashed once per build, not once per lookup
 
     # --- names ------------------------------------------------------------------------
 
@@ -174,6 +176,10 @@ class StageCache:
         os.chmod(tmp, 0o444)
         size = tmp.stat().st_size
         digest = sha256_file(tmp)
+        parent_sha256 = None
+        if parent is not None:
+            parent_entry = self.sidecar(parent)
+            parent_sha256 = parent_entry.sha256 if parent_entry is not None else None
         keys_sha256 = None
         if keys is not None:
             keys_sha256 = self._write_keys(key, keys)
@@ -181,7 +187,8 @@ class StageCache:
         entry = Entry(key=key, parent=parent, kind=kind, description=description,
                       template=template, size=size, sha256=digest,
                       created=datetime.now(UTC).isoformat(timespec="seconds"),
-                      keys_sha256=keys_sha256, seconds=round(seconds, 1))
+                      keys_sha256=keys_sha256, seconds=round(seconds, 1),
+                      parent_sha256=parent_sha256)
         _write_atomically(self.sidecar_path(key),
                           json.dumps(entry.to_json(), indent=2).encode() + b"\n", 0o444)
         fsync_dir(self.root)
@@ -221,12 +228,22 @@ class StageCache:
             return None
         if entry.format != STAGE_FORMAT:
             return None
-        if entry.parent is not None and self.lookup(entry.parent) is None:
-            log.info("the cache entry %s lost its parent %s: a miss", key[:12],
-                     entry.parent[:12])
-            return None
-        problem = self._integrity_problem(entry)
-        if problem is not None:
+        if entry.parent is not None:
+            parent = self.lookup(entry.parent)
+            if parent is None:
+                log.info("the cache entry %s lost its parent %s: a miss", key[:12],
+                         entry.parent[:12])
+                return None
+            if parent.sha256 != entry.parent_sha256:
+                # The parent was made again since: this overlay was made on other bytes.
+                log.warning("the cache entry %s was made on another %s; discarding it",
+                            key[:12], entry.parent[:12])
+                self.remove(key)
+                return None
+        problem = None if key in self._verified else self._integrity_problem(entry)
+        if problem is None:
+            self._verified.add(key)
+        else:
             log.warning("the cache entry %s is corrupt (%s); discarding it", key[:12], problem)
             self.remove(key)
             return None
@@ -263,6 +280,14 @@ class StageCache:
                          fingerprint=fingerprint(data["host_public"])),
         )
 
+    def root_of(self, key: str) -> str:
+        """The first entry of the chain `key` is on (the install or source copy)."""
+        entry = self.sidecar(key)
+        while entry is not None and entry.parent is not None:
+            key = entry.parent
+            entry = self.sidecar(key)
+        return key
+
     def touch(self, key: str) -> None:
         """Record a use: the sidecar's mtime is the entry's last use."""
         with contextlib.suppress(OSError):
@@ -289,6 +314,7 @@ class StageCache:
 
     def remove(self, key: str) -> None:
         """Remove the entry `key`: the sidecar first, so a half-removed entry is no entry."""
+        self._verified.discard(key)
         # The lock file stays: unlinking it under a waiting build would split the lock.
         for path in (self.sidecar_path(key), self.entry_path(key), self.keys_path(key)):
             with contextlib.suppress(FileNotFoundError):

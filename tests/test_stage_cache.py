@@ -29,6 +29,7 @@ from builder.models import FileProvisioner, ShellProvisioner, Template
 from builder.qemu_img import chain_to_raw_argv, create_overlay_argv, create_qcow2_argv
 from builder.stage_cache import STAGE_FORMAT, StageCache, StoredKeys, stage_key
 from builder.stage_prune import Listed, list_entries, plan_prune, prune
+from builder.steps.stages import chain_keys, longest_cached_prefix
 from distros import resolve
 from distros.answers import AnswerContext, hash_password, render_answer_files
 
@@ -415,3 +416,54 @@ def test_cache_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     assert main(["cache", "prune", "--max-size", "0"]) == 0
     assert "removed" in capsys.readouterr().out
     assert cache.entries() == []
+
+
+# --- the provisioners' chain -------------------------------------------------------------
+
+
+def _provisioners(*specs: tuple[str, bool]) -> list[ShellProvisioner]:
+    return [ShellProvisioner.model_validate({"type": "shell", "inline": [cmd], "cache": cache})
+            for cmd, cache in specs]
+
+
+def test_chain_keys_follow_every_provisioner_before() -> None:
+    provs = _provisioners(("a", False), ("b", True), ("c", False))
+    keys = chain_keys("0" * 64, provs)
+    assert len(keys) == 3 and len(set(keys)) == 3
+    changed_first = chain_keys("0" * 64, _provisioners(("A", False), ("b", True), ("c", False)))
+    assert all(a != b for a, b in zip(keys, changed_first, strict=True))
+    changed_last = chain_keys("0" * 64, _provisioners(("a", False), ("b", True), ("C", False)))
+    assert changed_last[:2] == keys[:2] and changed_last[2] != keys[2]
+
+
+def test_the_longest_cached_prefix_is_found(tmp_path: Path) -> None:
+    cache = StageCache(tmp_path / "stages")
+    root = "a" * 64
+    provs = _provisioners(("a", True), ("b", False), ("c", True), ("d", False))
+    keys = chain_keys(root, provs)
+    assert longest_cached_prefix(cache, keys, provs) is None
+    _store(cache, root)
+    _store(cache, keys[0], parent=root)
+    found = longest_cached_prefix(cache, keys, provs)
+    assert found is not None and found[0] == 1 and found[1].key == keys[0]
+    _store(cache, keys[2], parent=keys[0])
+    found = longest_cached_prefix(cache, keys, provs)
+    assert found is not None and found[0] == 3
+    # Only the last provisioner changed: the prefix up to the last cache point still hits.
+    edited = _provisioners(("a", True), ("b", False), ("c", True), ("D", False))
+    found = longest_cached_prefix(cache, chain_keys(root, edited), edited)
+    assert found is not None and found[0] == 3
+
+
+def test_a_child_made_on_an_older_parent_is_discarded(tmp_path: Path) -> None:
+    cache = StageCache(tmp_path / "stages")
+    root, child = "b" * 64, "c" * 64
+    _store(cache, root)
+    _store(cache, child, parent=root)
+    cache.remove(root)  # and made again, with other bytes
+    tmp = cache.temp_path(root)
+    _qcow2(tmp, pattern=0x66)
+    cache.store(root, tmp, parent=None, kind="install", description="again", template="t",
+                seconds=1.0)
+    assert cache.lookup(child) is None
+    assert not cache.sidecar_path(child).exists()

@@ -30,7 +30,7 @@ from builder.redact import redact
 from builder.run import run
 from builder.stage_cache import Entry, StageCache, StoredKeys
 from builder.steps.boot import start_domain
-from builder.steps.stages import boot_overlay, record_stage
+from builder.steps.stages import record_stage, start_from_longest_prefix
 from builder.volume import write_volume
 from distros.answers import (
     AnswerContext,
@@ -97,12 +97,7 @@ def install(ctx: BuildContext, stack: ExitStack) -> None:
         ctx.host_key = keys.host
         ctx.host_key_line = keys.host.public_line
         record_stage(ctx, "install", entry, "hit")
-    # Held until the build ends: `azbuild cache prune` leaves the entry alone meanwhile.
-    stack.enter_context(cache.in_use(key))
-    if not cache.entry_path(key).is_file():
-        raise BuildError(f"the stage-cache entry {key[:12]} was removed as the build began",
-                         hint="build again (azbuild cache prune ran at the same moment)")
-    boot_overlay(ctx, cache.entry_path(key))
+    start_from_longest_prefix(ctx, stack, cache, key)
 
 
 def _install_into_cache(ctx: BuildContext, cache: StageCache, key: str, iso: Path,
