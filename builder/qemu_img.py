@@ -38,6 +38,11 @@ def create_overlay_argv(backing: Path, overlay: Path) -> list[str]:
             str(overlay)]
 
 
+def raw_to_qcow2_argv(src: Path, dst: Path) -> list[str]:
+    """`qemu-img convert` of the raw disk `src` into the qcow2 `dst` (holes stay holes)."""
+    return ["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(src), str(dst)]
+
+
 def chain_to_raw_argv(top: Path, dst: Path) -> list[str]:
     """`qemu-img convert` of a qcow2 backing chain, read through its top `top`, into the
     sparse raw file `dst` (zeros become holes: -S 4k is qemu-img's default, said here)."""

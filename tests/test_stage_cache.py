@@ -26,7 +26,12 @@ from builder.cache_keys import (
 from builder.cli import main
 from builder.keys import KeyPair
 from builder.models import FileProvisioner, ShellProvisioner, Template
-from builder.qemu_img import chain_to_raw_argv, create_overlay_argv, create_qcow2_argv
+from builder.qemu_img import (
+    chain_to_raw_argv,
+    create_overlay_argv,
+    create_qcow2_argv,
+    raw_to_qcow2_argv,
+)
 from builder.stage_cache import STAGE_FORMAT, StageCache, StoredKeys, stage_key
 from builder.stage_prune import Listed, list_entries, plan_prune, prune
 from builder.steps.stages import chain_keys, longest_cached_prefix
@@ -333,6 +338,8 @@ def test_qcow2_argv() -> None:
     assert create_overlay_argv(Path("/c/k.qcow2"), Path("/w/disk-0.qcow2")) == [
         "qemu-img", "create", "-q", "-f", "qcow2", "-b", "/c/k.qcow2", "-F", "qcow2",
         "/w/disk-0.qcow2"]
+    assert raw_to_qcow2_argv(Path("/w/disk.raw"), Path("/c/.k.tmp")) == [
+        "qemu-img", "convert", "-f", "raw", "-O", "qcow2", "/w/disk.raw", "/c/.k.tmp"]
     assert chain_to_raw_argv(Path("/w/disk-1.qcow2"), Path("/w/disk.raw")) == [
         "qemu-img", "convert", "-f", "qcow2", "-O", "raw", "-S", "4k", "/w/disk-1.qcow2",
         "/w/disk.raw"]
