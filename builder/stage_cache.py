@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import secrets
-import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -320,15 +319,21 @@ class StageCache:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
-    def remove_stale_temps(self, older_than: float = 24 * 3600) -> None:
-        """Temp files a killed build left (never one a running build may still write)."""
+    def remove_stale_temps(self) -> list[Path]:
+        """Temp files of builds killed while making an entry: a disk being made is always
+        under its key's exclusive lock, so a temp whose key's lock is free is stale."""
         if not self.root.is_dir():
-            return
-        now = time.time()
+            return []
+        removed = []
         for path in self.root.glob(".*.tmp"):
-            with contextlib.suppress(OSError):
-                if now - path.stat().st_mtime > older_than:
-                    path.unlink()
+            key = path.name[1:].split(".", 1)[0]
+            if len(key) != 64:
+                continue
+            with self.unless_busy([key]) as free:
+                if free:
+                    path.unlink(missing_ok=True)
+                    removed.append(path)
+        return removed
 
 
 def _try_lock(fd: int) -> bool:

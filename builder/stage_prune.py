@@ -115,7 +115,8 @@ def prune(cache: StageCache, *, older_than: float | None, max_size: int | None,
                 lines.append(f"{verb} {key[:12]} ({entry.kind}, {entry.template}, "
                              f"{_human(entry.size)}): {entry.description}")
     if not dry_run:
-        cache.remove_stale_temps()
+        for path in cache.remove_stale_temps():
+            lines.append(f"removed {path.name}: left by a build killed while storing it")
     if not lines:
         lines.append("nothing to remove")
     return lines

@@ -474,3 +474,15 @@ def test_a_child_made_on_an_older_parent_is_discarded(tmp_path: Path) -> None:
                 seconds=1.0)
     assert cache.lookup(child) is None
     assert not cache.sidecar_path(child).exists()
+
+
+def test_prune_removes_the_temp_of_a_killed_build_only(tmp_path: Path) -> None:
+    cache = StageCache(tmp_path / "stages")
+    stale = cache.temp_path("d" * 64)
+    stale.write_bytes(b"half an install")
+    live = cache.temp_path("e" * 64)
+    live.write_bytes(b"an install going on")
+    with cache.locked("e" * 64):
+        lines = prune(cache, older_than=None, max_size=10**12)
+    assert lines == [f"removed {stale.name}: left by a build killed while storing it"]
+    assert not stale.exists() and live.exists()
