@@ -227,6 +227,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         connect=args.connect,
         debug=args.debug,
         log_file=Path(args.log_file) if args.log_file else None,
+        use_cache=not args.no_cache,
     )
     code: int = build(loaded, options)
     return code
@@ -248,6 +249,7 @@ def _build_several(args: argparse.Namespace) -> int:
     passthrough += ["--force"] if args.force else []
     passthrough += ["--debug"] if args.debug else []
     passthrough += ["--connect", args.connect] if args.connect else []
+    passthrough += ["--no-cache"] if args.no_cache else []
     options = multi.Options(cli_vars=_parse_vars(args.var or []),
                             var_files=[Path(p) for p in args.var_file or []],
                             output_dir=output_dir, passthrough=passthrough)
@@ -323,6 +325,32 @@ def cmd_gc(args: argparse.Namespace) -> int:
     from builder.gc import collect_garbage
 
     for line in collect_garbage(remove=args.yes, connect=args.connect):
+        _out(line)
+    return EXIT_OK
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from builder.stage_cache import StageCache
+    from builder.stage_prune import list_entries, prune, table
+    from builder.units import parse_duration, parse_size
+
+    cache = StageCache()
+    if args.cache_command == "list":
+        listed = list_entries(cache)
+        if args.json:
+            _out(json.dumps([item.to_json() for item in listed], indent=2))
+        else:
+            _out(table(listed))
+        return EXIT_OK
+    if args.older_than is None and args.max_size is None:
+        raise UsageError("azbuild cache prune needs --older-than AGE or --max-size SIZE",
+                         hint="e.g. azbuild cache prune --older-than 14d --max-size 50GiB")
+    try:
+        older = parse_duration(args.older_than) if args.older_than is not None else None
+        size = parse_size(args.max_size) if args.max_size is not None else None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    for line in prune(cache, older_than=older, max_size=size, dry_run=args.dry_run):
         _out(line)
     return EXIT_OK
 
@@ -419,6 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--connect", metavar="URI", help="libvirt URI (overrides vm.connect)")
     p.add_argument("--log-file", metavar="PATH",
                    help="write the build's log (as build.log has it) to PATH as well")
+    p.add_argument("--no-cache", action="store_true",
+                   help="neither look up nor store stage-cache entries (docs/cache.md)")
 
     p = command("validate", cmd_validate, "check templates without building")
     p.add_argument("templates", nargs="+", metavar="TEMPLATE")
@@ -488,6 +518,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="builds to keep per template name, newest by the manifest's `finished`")
     p.add_argument("--dry-run", action="store_true", help="say what would be removed; remove "
                    "nothing")
+
+    p = command("cache", cmd_cache, "list or prune the stage cache (docs/cache.md)")
+    cache_sub = p.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
+    q = cache_sub.add_parser("list", parents=[common], help="list the entries")
+    q.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    q = cache_sub.add_parser("prune", parents=[common],
+                             help="remove entries (an entry removed takes its children along)")
+    q.add_argument("--older-than", metavar="AGE",
+                   help="remove entries last used more than AGE ago (e.g. 14d, 12h)")
+    q.add_argument("--max-size", metavar="SIZE",
+                   help="then remove the least recently used until the cache holds at most "
+                        "SIZE (e.g. 50GiB)")
+    q.add_argument("--dry-run", action="store_true", help="say what would be removed")
 
     p = command("gc", cmd_gc, "list (and with --yes remove) leftover domains and work dirs")
     p.add_argument("--yes", action="store_true", help="remove what is listed")

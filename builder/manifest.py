@@ -121,6 +121,19 @@ class Inputs(_Model):
         "extends it, the template itself last")
 
 
+class CacheStage(_Model):
+    """One stage of the build's chain and what the stage cache did with it (docs/cache.md)."""
+
+    stage: str = Field(description="'install', 'source', or 'provision N' (1-based)")
+    description: str = Field(description="what the stage is, e.g. 'shell: apt-get ...'")
+    key: str = Field(pattern="^[0-9a-f]{64}$", description="the stage's cache key")
+    result: Literal["hit", "stored", "miss"] = Field(
+        description="'hit': started from the cached entry; 'stored': made and kept; "
+        "'miss': made, not kept (--no-cache, or the store failed)")
+    seconds_saved: float | None = Field(
+        description="for a hit: what making the entry took when it was stored")
+
+
 class Manifest(_Model):
     """manifest.json in a build's output directory."""
 
@@ -164,6 +177,10 @@ class Manifest(_Model):
         "that failed")
     time: Time
     inputs: Inputs = Field(description="the source and template files the build used")
+    cache: list[CacheStage] = Field(
+        description="the stage cache, stage by stage in chain order: hits, entries stored; "
+        "empty when the build used no cache (--no-cache, or a disk-image build without a "
+        "cache point)")
     inventory: Inventory | None = Field(
         description="what the image holds, read by the check: packages, "
         "kernels, enabled services, os-release, kernel arguments; null when the check did "
@@ -215,6 +232,7 @@ def build_manifest(ctx: BuildContext, failure: Failure | None, logs: list[str],
             overhead_seconds=round(ctx.overhead_seconds(wall), 1),
         ),
         inputs=_inputs(ctx),
+        cache=list(ctx.cache_stages),
         inventory=report.inventory if report else None,
     )
 

@@ -320,6 +320,10 @@ class ShellProvisioner(Model):
     env: dict[str, str] = Field(default_factory=dict, description="environment variables")
     sudo: bool = Field(True, description="run as root through sudo")
     timeout: Duration = Field(7200.0, description="bound on this provisioner")
+    cache: bool = Field(
+        False, description="a stage-cache point: after this provisioner azbuild shuts the "
+        "guest down, keeps the disk as a cache entry, and later builds with the same steps "
+        "so far start from it (docs/cache.md)")
 
     @field_validator("env")
     @classmethod
@@ -351,6 +355,10 @@ class FileProvisioner(Model):
         None, json_schema_extra={"pattern": _MODE_RE}, description="octal file mode, e.g. '0644'"
     )
     owner: str | None = Field(None, description="'user' or 'user:group' in the guest")
+    cache: bool = Field(
+        False, description="a stage-cache point: after this provisioner azbuild shuts the "
+        "guest down, keeps the disk as a cache entry, and later builds with the same steps "
+        "so far start from it (docs/cache.md)")
 
     @field_validator("destination")
     @classmethod
@@ -372,6 +380,10 @@ class RebootProvisioner(Model):
 
     type: Literal["reboot"] = Field(description="the kind of provisioner")
     timeout: Duration = Field(600.0, description="bound on the wait for SSH after the reboot")
+    cache: bool = Field(
+        False, description="a stage-cache point: after this provisioner azbuild shuts the "
+        "guest down, keeps the disk as a cache entry, and later builds with the same steps "
+        "so far start from it (docs/cache.md)")
 
 
 Provisioner = Annotated[

@@ -39,7 +39,7 @@ from builder.keys import KeyPair
 from builder.libvirt import RunningDomain, connection_uri, refuse_unsupported_uri
 from builder.locks import output_directory_lock
 from builder.log import StepTimer
-from builder.manifest import Failure, write_manifest
+from builder.manifest import CacheStage, Failure, write_manifest
 from builder.models import Template
 from builder.paths import work_root
 from builder.redact import redact
@@ -64,6 +64,7 @@ class BuildOptions:
     connect: str | None = None
     debug: bool = False
     log_file: Path | None = None  # --log-file: the build's log written there as well
+    use_cache: bool = True  # --no-cache: no stage-cache lookup, no store
 
 
 @dataclass
@@ -82,6 +83,14 @@ class BuildContext:
     host_key: KeyPair | None = None
     host_key_line: str | None = None
     disk: Path | None = None
+    disk_format: Literal["raw", "qcow2"] = "raw"  # qcow2: an overlay on a stage-cache entry
+    cache_stages: list[CacheStage] = field(default_factory=list)  # the manifest's `cache`
+    # The stage cache's chain: the key after each provisioner (empty: no caching), the
+    # entry the disk is an overlay on, and how many provisioners that entry already holds.
+    chain_keys: list[str] = field(default_factory=list)
+    cache_parent: str | None = None
+    provision_start: int = 0
+    stage_started: float = 0.0  # time.monotonic() when the disk's newest overlay was made
     seed: Path | None = None
     accelerator: str | None = None
     accelerator_reason: str | None = None

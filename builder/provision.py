@@ -57,15 +57,18 @@ def run_provisioners(
     reconnect: Callable[[float], SSHSession],
     reboot_command: str = REBOOT_COMMAND,
     boot_id_command: str = BOOT_ID_COMMAND,
+    first: int = 1,
+    total: int | None = None,
 ) -> SSHSession:
     """Run each provisioner in order; return the session that is live at the end.
+    `first` and `total` number them when they are a part of the template's list.
 
     `reconnect(timeout)` must return a new authenticated session within
     timeout seconds (or raise BuildError); it is called after a reboot. The
     caller owns every session (the old one is closed here after a reboot).
     """
-    total = len(provisioners)
-    for number, provisioner in enumerate(provisioners, start=1):
+    total = len(provisioners) if total is None else total
+    for number, provisioner in enumerate(provisioners, start=first):
         label = f"provision {number}/{total} {provisioner.type}"
         name = f"provisioner {number}/{total} ({describe(provisioner)})"
         log.info("[%s] %s", label, describe(provisioner))

@@ -48,7 +48,7 @@ def _subcommands() -> dict[str, argparse.ArgumentParser]:
 
 
 COMMANDS = ["validate", "inspect", "layers", "schema", "distros", "build", "render", "convert",
-            "check", "gc", "publish", "prune", "diff"]
+            "check", "gc", "publish", "prune", "diff", "cache"]
 
 
 def test_the_command_set() -> None:

@@ -56,7 +56,7 @@ def pick_accelerator(ctx: BuildContext, stack: ExitStack) -> None:
 
 def boot(ctx: BuildContext, stack: ExitStack) -> None:
     assert ctx.work_dir is not None and ctx.disk is not None
-    disks = [Disk(ctx.disk, format="raw", bus="virtio")]
+    disks = [Disk(ctx.disk, format=ctx.disk_format, bus="virtio")]
     if ctx.seed is not None:
         disks.append(Disk(ctx.seed, format="raw", bus="virtio", readonly=True))
     ctx.domain = start_domain(ctx, stack, tuple(disks), ctx.work_dir / BOOT_CONSOLE)

@@ -16,13 +16,16 @@ from builder.disk import atomic_output, copy_sparse
 from builder.errors import BuildError, indent
 from builder.pipeline import BUILD_LOG, BuildContext
 from builder.sbom import sbom_document, sbom_path, write_sbom
+from builder.steps.stages import flatten_to_raw
 
 log = logging.getLogger(__name__)
 
 
 def export(ctx: BuildContext, stack: ExitStack) -> None:
     """RAW: a sparse, atomic copy. VHD: the build's disk becomes it in place when no RAW
-    is kept (constant time), else a sparse copy plus the footer."""
+    is kept (constant time), else a sparse copy plus the footer. A disk on the stage
+    cache is first read from its qcow2 chain into one sparse raw disk."""
+    flatten_to_raw(ctx)
     assert ctx.disk is not None
     formats = ctx.template.output.formats
     force = ctx.options.force

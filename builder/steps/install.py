@@ -12,9 +12,12 @@ along, so a failed install stops the build at once instead of at install.timeout
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Literal
 
+from builder.cache_keys import install_key, keyed_answer_files
 from builder.errors import BuildError, indent
 from builder.fetch import fetch_iso
 from builder.initrd import append_to_initrd
@@ -22,8 +25,12 @@ from builder.iso import extract, find_installer, volume_label
 from builder.libvirt import Disk, KernelBoot, RunningDomain
 from builder.manifest import source_digest
 from builder.pipeline import INSTALL_CONSOLE, BuildContext, timed_guest_wait
+from builder.qemu_img import create_qcow2_argv
 from builder.redact import redact
+from builder.run import run
+from builder.stage_cache import Entry, StageCache, StoredKeys
 from builder.steps.boot import start_domain
+from builder.steps.stages import record_stage, start_from_longest_prefix
 from builder.volume import write_volume
 from distros.answers import (
     AnswerContext,
@@ -48,14 +55,77 @@ _FINISHED = ("the guest powered off", "the domain was destroyed")
 
 
 def install(ctx: BuildContext, stack: ExitStack) -> None:
-    """Run the installer to completion; afterwards ctx.disk holds the installed system."""
+    """Run the installer to completion; afterwards ctx.disk holds the installed system:
+    a qcow2 overlay on the stage-cache entry of this install (made now, or found), or
+    with --no-cache a raw disk of its own."""
     assert ctx.work_dir is not None and ctx.accelerator is not None
     source = ctx.template.source
     assert source.iso is not None and source.checksum is not None
     answers = _answer_context(ctx)
     iso = fetch_iso(source.iso, source.checksum)
     ctx.source_digest = source_digest(iso, source.checksum)
-    paths = find_installer(iso, ctx.distro, source.installer_kernel, source.installer_initrd)
+    if not ctx.options.use_cache:
+        ctx.disk = ctx.work_dir / "disk.raw"
+        with open(ctx.disk, "xb") as disk:
+            disk.truncate(ctx.template.vm.disk_size)  # sparse: the installer writes what it uses
+        _run_installer(ctx, iso, answers, ctx.disk, "raw")
+        return
+    key = install_key(
+        iso_digest=ctx.source_digest, answer_files=keyed_answer_files(ctx.distro, ctx.template),
+        distro_name=ctx.template.distro.name, distro_version=ctx.template.distro.version,
+        disk_size=ctx.template.vm.disk_size, firmware=ctx.template.vm.firmware,
+        installer_args={"kernel": source.installer_kernel, "initrd": source.installer_initrd},
+    )
+    cache = StageCache()
+    entry = cache.lookup(key)
+    stored = False
+    if entry is None:
+        with cache.locked(key):
+            entry = cache.lookup(key)  # another build may have made it while we waited
+            if entry is None:
+                entry = _install_into_cache(ctx, cache, key, iso, answers)
+                stored = True
+    if stored:
+        record_stage(ctx, "install", entry, "stored")
+    else:
+        log.info("the install is cached (entry %s, made in %.0f s): skipping the installer",
+                 key[:12], entry.seconds)
+        # The cached system trusts the client key of the build that made it and
+        # presents that build's host key: this build uses both.
+        keys = cache.load_keys(key)
+        ctx.client_key = keys.client
+        ctx.host_key = keys.host
+        ctx.host_key_line = keys.host.public_line
+        record_stage(ctx, "install", entry, "hit")
+    start_from_longest_prefix(ctx, stack, cache, key)
+
+
+def _install_into_cache(ctx: BuildContext, cache: StageCache, key: str, iso: Path,
+                        answers: AnswerContext) -> Entry:
+    """Install straight onto a qcow2 file in the cache directory, then keep it as the
+    entry `key` with this build's SSH keys. Called with the key's lock held."""
+    assert ctx.client_key is not None and ctx.host_key is not None
+    iso_name = str(ctx.template.source.iso)
+    tmp = cache.temp_path(key)
+    try:
+        run(create_qcow2_argv(tmp, ctx.template.vm.disk_size))
+        started = time.monotonic()
+        _run_installer(ctx, iso, answers, tmp, "qcow2")
+        return cache.store(
+            key, tmp, parent=None, kind="install",
+            description=f"install {ctx.distro.label} from {Path(iso_name).name}",
+            template=ctx.template.name, seconds=time.monotonic() - started,
+            keys=StoredKeys(client=ctx.client_key, host=ctx.host_key))
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _run_installer(ctx: BuildContext, iso: Path, answers: AnswerContext, disk: Path,
+                   disk_format: Literal["raw", "qcow2"]) -> None:
+    """Boot the installer on the empty `disk` and wait until it has finished."""
+    assert ctx.work_dir is not None
+    paths = find_installer(iso, ctx.distro, ctx.template.source.installer_kernel,
+                           ctx.template.source.installer_initrd)
     kernel = ctx.work_dir / KERNEL_FILE
     initrd = ctx.work_dir / INITRD_FILE
     extract(iso, paths.kernel, kernel)
@@ -76,10 +146,6 @@ def install(ctx: BuildContext, stack: ExitStack) -> None:
         log.info("answer file(s) %s on a CD-ROM labelled %s", ", ".join(media.files),
                  media.label)
 
-    ctx.disk = ctx.work_dir / "disk.raw"
-    with open(ctx.disk, "xb") as disk:
-        disk.truncate(ctx.template.vm.disk_size)  # sparse: the installer writes what it uses
-
     label = volume_label(iso) if ctx.distro.family == "rhel" else None
     cmdline = installer_cmdline(ctx.distro, ctx.template, label)
     log.info("installer kernel command line: %s", redact(cmdline))
@@ -87,7 +153,7 @@ def install(ctx: BuildContext, stack: ExitStack) -> None:
     serial_log = ctx.work_dir / INSTALL_CONSOLE
     with ExitStack() as phase:
         domain = start_domain(
-            ctx, phase, install_disks(ctx.disk, iso, volume), serial_log,
+            ctx, phase, install_disks(disk, iso, volume, disk_format), serial_log,
             KernelBoot(kernel=kernel, initrd=initrd, cmdline=cmdline), on_reboot="destroy",
         )
         with timed_guest_wait(ctx):
@@ -95,11 +161,12 @@ def install(ctx: BuildContext, stack: ExitStack) -> None:
     log.info("the installer finished (%s)", domain.stop_reason)
 
 
-def install_disks(disk: Path, iso: Path, answer_volume: Path | None) -> tuple[Disk, ...]:
+def install_disks(disk: Path, iso: Path, answer_volume: Path | None,
+                  disk_format: Literal["raw", "qcow2"] = "raw") -> tuple[Disk, ...]:
     """The install phase's drives: the target first (/dev/vda), then the ISO and the
     answer volume as SATA CD-ROMs, which every installer kernel reads."""
     drives = [
-        Disk(disk, format="raw", bus="virtio"),
+        Disk(disk, format=disk_format, bus="virtio"),
         Disk(iso, format="raw", bus="sata", device="cdrom", readonly=True),
     ]
     if answer_volume is not None:

@@ -13,6 +13,7 @@ from builder.pipeline import BuildContext, timed_guest_wait
 from builder.provision import run_provisioners
 from builder.ssh import SSHSession
 from builder.steps.boot import open_session
+from builder.steps.stages import store_cache_point
 from distros.azure_prep import prep_scripts
 
 log = logging.getLogger(__name__)
@@ -24,14 +25,30 @@ _CHECK_LINE = re.compile(r"^(R\d\d)\s+(pass|fail|skip|warn)\b\s*(.*)$")
 
 
 def run(ctx: BuildContext, stack: ExitStack) -> None:
-    if not ctx.template.provision:
+    """The provisioners not already in the cached disk the build started from, stopping at
+    each cache point (`cache = true`) to keep the disk there (docs/cache.md)."""
+    provisioners = ctx.template.provision
+    if not provisioners:
         log.info("no provisioners")
         return
-    with timed_guest_wait(ctx):
-        ctx.session = run_provisioners(
-            ctx.template.provision, session=_session(ctx),
-            reconnect=lambda timeout: open_session(ctx, stack, timeout),
-        )
+    start = ctx.provision_start
+    if start:
+        log.info("provisioners 1..%d are in the cached disk: starting at %d", start, start + 1)
+    caching = bool(ctx.chain_keys)
+    begin = start
+    while begin < len(provisioners):
+        end = begin
+        while end < len(provisioners) - 1 and not (caching and provisioners[end].cache):
+            end += 1
+        with timed_guest_wait(ctx):
+            ctx.session = run_provisioners(
+                provisioners[begin:end + 1], session=_session(ctx),
+                reconnect=lambda timeout: open_session(ctx, stack, timeout),
+                first=begin + 1, total=len(provisioners),
+            )
+        if caching and provisioners[end].cache:
+            store_cache_point(ctx, stack, end)
+        begin = end + 1
 
 
 def _session(ctx: BuildContext) -> SSHSession:
