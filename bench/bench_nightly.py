@@ -86,9 +86,9 @@ def rebuild_template(directory: Path) -> Path:
     last = text.rindex("[[provision]]")
     end = text.index("[output]", last)
     path = directory / "demo.toml"
-    path.write_text(text[:last] + '[[provision]]\ntype = "shell"\ninline = ["sudo '
-                    f'DEBIAN_FRONTEND=noninteractive apt-get install -y {EXTRA_PACKAGE}"]\n\n'
-                    + text[end:])
+    path.write_text(text[:last] + '[[provision]]\ntype = "shell"\n'
+                    'inline = ["sudo apt-get update -q", "sudo DEBIAN_FRONTEND=noninteractive '
+                    f'apt-get install -y {EXTRA_PACKAGE}"]\n\n' + text[end:])
     return path
 
 

@@ -65,7 +65,8 @@ def _rebuild_template(tmp: Path) -> Path:
     template.write_text(
         text[:last]
         + '[[provision]]\ntype = "shell"\n'
-        + f'inline = ["sudo DEBIAN_FRONTEND=noninteractive apt-get install -y {EXTRA_PACKAGE}"]\n\n'
+        + 'inline = ["sudo apt-get update -q",\n'  # the installed system has no package lists
+        + f'  "sudo DEBIAN_FRONTEND=noninteractive apt-get install -y {EXTRA_PACKAGE}"]\n\n'
         + text[end:])
     return template
 
