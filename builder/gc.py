@@ -27,8 +27,10 @@ from builder.libvirt import (
     process_start_ticks,
     remove_domain,
 )
+from builder.locks import OUTPUT_LOCK_PATTERN, remove_stale_locks
 from builder.paths import work_root
 from builder.salvage import salvage
+from builder.stage_cache import StageCache
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +114,14 @@ def collect_garbage(remove: bool, connect: str | None) -> list[str]:
             lines += [f"  {line}" for line in kept]
         else:
             lines.append(f"work dir {path} (pid {pid} gone): leftover")
+    # What a build killed with SIGKILL leaves besides its work directory: its output
+    # directory's lock file and a half-made stage-cache entry.
+    if remove:
+        for path in remove_stale_locks(work_root(), OUTPUT_LOCK_PATTERN):
+            lines.append(f"lock file {path} (no build holds it): removed")
+    for path in StageCache().remove_stale_temps(dry_run=not remove):
+        state = "removed" if remove else "leftover"
+        lines.append(f"stage cache temp {path} (left by a killed build): {state}")
     if not lines:
         lines.append(f"nothing to collect (libvirt {uri}, work dirs under {work_root()})")
     elif not remove:

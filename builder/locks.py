@@ -48,6 +48,36 @@ def removable_lock(lock_path: Path, *, wait: bool = True) -> Iterator[None]:
             os.close(fd)
 
 
+def remove_stale_locks(directory: Path, pattern: str) -> list[Path]:
+    """Remove the lock files matching `pattern` in `directory` that no process holds: a
+    build killed with SIGKILL leaves its (released) lock file behind. For `azbuild gc`."""
+    removed: list[Path] = []
+    if not directory.is_dir():
+        return removed
+    for path in sorted(directory.glob(pattern)):
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue  # held: a build is running
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                os.unlink(path)  # while holding it, as removable_lock does
+                removed.append(path)
+        except FileNotFoundError:
+            pass
+        finally:
+            os.close(fd)
+    return removed
+
+
+OUTPUT_LOCK_PATTERN = ".output-*.lock"
+
+
 def output_lock_path(output_dir: Path) -> Path:
     """The lock file of an output directory: in the work root (not in the output
     directory, which holds only the build's outputs), named by the path's hash."""

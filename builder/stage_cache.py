@@ -319,9 +319,10 @@ class StageCache:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
-    def remove_stale_temps(self) -> list[Path]:
+    def remove_stale_temps(self, *, dry_run: bool = False) -> list[Path]:
         """Temp files of builds killed while making an entry: a disk being made is always
-        under its key's exclusive lock, so a temp whose key's lock is free is stale."""
+        under its key's exclusive lock, so a temp whose key's lock is free is stale.
+        With `dry_run`, only say which."""
         if not self.root.is_dir():
             return []
         removed = []
@@ -331,7 +332,8 @@ class StageCache:
                 continue
             with self.unless_busy([key]) as free:
                 if free:
-                    path.unlink(missing_ok=True)
+                    if not dry_run:
+                        path.unlink(missing_ok=True)
                     removed.append(path)
         return removed
 

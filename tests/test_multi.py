@@ -23,7 +23,13 @@ import pytest
 
 from builder.cli import main
 from builder.errors import Terminated, UsageError
-from builder.locks import output_directory_lock, output_lock_path, removable_lock
+from builder.locks import (
+    OUTPUT_LOCK_PATTERN,
+    output_directory_lock,
+    output_lock_path,
+    removable_lock,
+    remove_stale_locks,
+)
 from builder.manifest import MANIFEST_FILE, write_manifest
 from builder.multi import (
     MEMORY_MARGIN,
@@ -539,3 +545,29 @@ def test_a_second_build_into_one_output_directory_is_refused(
     with output_directory_lock(out):
         assert output_lock_path(out).exists()
     assert not output_lock_path(out).exists()
+
+
+def test_gc_removes_the_lock_file_a_killed_build_left_and_keeps_a_held_one(
+    tmp_path: Path, work_root: Path
+) -> None:
+    held_out, killed_out = tmp_path / "held", tmp_path / "killed"
+    code = ("import sys, time, pathlib\n"
+            "from builder.locks import output_directory_lock\n"
+            "with output_directory_lock(pathlib.Path(sys.argv[1])):\n"
+            "    print('held', flush=True); time.sleep(60)\n")
+    env = {**os.environ, "AZBUILD_WORK_DIR": str(work_root)}
+    holders = [subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE,
+                                text=True, env=env) for out in (held_out, killed_out)]
+    try:
+        for holder in holders:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        holders[1].kill()  # SIGKILL: no cleanup, its lock file stays
+        holders[1].wait()
+        assert output_lock_path(killed_out).exists()
+        removed = remove_stale_locks(work_root, OUTPUT_LOCK_PATTERN)
+        assert removed == [output_lock_path(killed_out)]
+        assert output_lock_path(held_out).exists(), "a held lock was removed"
+    finally:
+        for holder in holders:
+            holder.kill()
+            holder.wait()
