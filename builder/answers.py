@@ -82,6 +82,22 @@ class AnswerContext:
             if "\n" in text.strip():
                 raise UsageError("public keys must be single lines")
 
+    @classmethod
+    def for_template(cls, template: Template, *, ssh_public_key: str, host_key_private: str,
+                     host_key_public: str, root_password_hash: str | None) -> AnswerContext:
+        """The context of `template`'s install with these keys and password hash: the
+        build, `render`, validation and the stage cache's key derive the rest alike."""
+        return cls(
+            build_user=template.communicator.username,
+            ssh_public_key=ssh_public_key,
+            host_key_private=host_key_private,
+            host_key_public=host_key_public,
+            root_password_hash=root_password_hash,
+            firmware=template.vm.firmware,
+            disk_size=template.vm.disk_size,
+            hostname=template.name[:63],
+        )
+
 
 @dataclass(frozen=True)
 class AnswerMedia:

@@ -37,16 +37,10 @@ def keyed_answer_files(distro: Distro, template: Template) -> dict[str, str]:
     """The answer files as the install would get them, with the per-build values
     (client key, host key, password salt) replaced by placeholders."""
     password = template.install.root_password
-    context = AnswerContext(
-        build_user=template.communicator.username,
-        ssh_public_key=KEY_CLIENT_PUBLIC,
-        host_key_private=KEY_HOST_PRIVATE,
+    context = AnswerContext.for_template(
+        template, ssh_public_key=KEY_CLIENT_PUBLIC, host_key_private=KEY_HOST_PRIVATE,
         host_key_public=KEY_HOST_PUBLIC,
-        root_password_hash=stable_password_hash(password) if password else None,
-        firmware=template.vm.firmware,
-        disk_size=template.vm.disk_size,
-        hostname=template.name[:63],
-    )
+        root_password_hash=stable_password_hash(password) if password else None)
     return render_answer_files(distro, template, context)
 
 

@@ -104,16 +104,10 @@ def rendered_files(loaded: LoadedTemplate) -> dict[str, str]:
 
     if template.source.iso is not None:
         password = template.install.root_password
-        answers = AnswerContext(
-            build_user=user,
-            ssh_public_key=PLACEHOLDER_CLIENT_PUBLIC,
-            host_key_private=PLACEHOLDER_HOST_PRIVATE,
-            host_key_public=PLACEHOLDER_HOST_PUBLIC,
-            root_password_hash=hash_password(password) if password else None,
-            firmware=template.vm.firmware,
-            disk_size=template.vm.disk_size,
-            hostname=template.name[:63],
-        )
+        answers = AnswerContext.for_template(
+            template, ssh_public_key=PLACEHOLDER_CLIENT_PUBLIC,
+            host_key_private=PLACEHOLDER_HOST_PRIVATE, host_key_public=PLACEHOLDER_HOST_PUBLIC,
+            root_password_hash=hash_password(password) if password else None)
         files.update(render_answer_files(distro, template, answers))
         # As the install step: only Anaconda (the RHEL family) is told the ISO's label.
         stage2 = distro.family == "rhel"

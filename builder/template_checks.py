@@ -160,16 +160,11 @@ def _answer_render(loc: KeyPath, template: Template) -> Found:
     from builder import render  # the render's placeholders; it imports the template layer
 
     password = template.install.root_password
-    context = AnswerContext(
-        build_user=template.communicator.username,
-        ssh_public_key=render.PLACEHOLDER_CLIENT_PUBLIC,
+    context = AnswerContext.for_template(
+        template, ssh_public_key=render.PLACEHOLDER_CLIENT_PUBLIC,
         host_key_private=render.PLACEHOLDER_HOST_PRIVATE,
         host_key_public=render.PLACEHOLDER_HOST_PUBLIC,
-        root_password_hash=hash_password(password) if password else None,
-        firmware=template.vm.firmware,
-        disk_size=template.vm.disk_size,
-        hostname=template.name[:63],
-    )
+        root_password_hash=hash_password(password) if password else None)
     distro = resolve(template.distro.name, template.distro.version)
     try:
         render_answer_files(distro, template, context)
