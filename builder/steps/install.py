@@ -30,7 +30,7 @@ from builder.redact import redact
 from builder.run import run
 from builder.stage_cache import Entry, StageCache, StoredKeys
 from builder.steps.boot import start_domain
-from builder.steps.stages import record_stage, start_from_longest_prefix
+from builder.steps.stages import adopt_stored_keys, record_stage, start_from_longest_prefix
 from builder.volume import write_volume
 from distros.answers import (
     AnswerContext,
@@ -90,12 +90,7 @@ def install(ctx: BuildContext, stack: ExitStack) -> None:
     else:
         log.info("the install is cached (entry %s, made in %.0f s): skipping the installer",
                  key[:12], entry.seconds)
-        # The cached system trusts the client key of the build that made it and
-        # presents that build's host key: this build uses both.
-        keys = cache.load_keys(key)
-        ctx.client_key = keys.client
-        ctx.host_key = keys.host
-        ctx.host_key_line = keys.host.public_line
+        adopt_stored_keys(ctx, cache, key)
         record_stage(ctx, "install", entry, "hit")
     start_from_longest_prefix(ctx, stack, cache, key)
 
@@ -184,16 +179,10 @@ def _answer_context(ctx: BuildContext) -> AnswerContext:
             "system gets the host key azbuild generates",
             hint="remove communicator.host_key_file from the template",
         )
-    return AnswerContext(
-        build_user=ctx.template.communicator.username,
-        ssh_public_key=ctx.client_key.public_line,
-        host_key_private=ctx.host_key.private_openssh,
-        host_key_public=ctx.host_key.public_line,
-        root_password_hash=hash_password(password) if password else None,
-        firmware=ctx.template.vm.firmware,
-        disk_size=ctx.template.vm.disk_size,
-        hostname=ctx.template.name[:63],
-    )
+    return AnswerContext.for_template(
+        ctx.template, ssh_public_key=ctx.client_key.public_line,
+        host_key_private=ctx.host_key.private_openssh, host_key_public=ctx.host_key.public_line,
+        root_password_hash=hash_password(password) if password else None)
 
 
 def _wait_for_installer(ctx: BuildContext, domain: RunningDomain) -> None:

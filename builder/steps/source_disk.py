@@ -19,7 +19,7 @@ from builder.pipeline import BuildContext
 from builder.qemu_img import convert_to_raw_argv, raw_to_qcow2_argv, virtual_size
 from builder.run import run
 from builder.stage_cache import StageCache, StoredKeys
-from builder.steps.stages import record_stage, start_from_longest_prefix
+from builder.steps.stages import adopt_stored_keys, record_stage, start_from_longest_prefix
 from builder.units import format_size
 
 log = logging.getLogger(__name__)
@@ -85,9 +85,7 @@ def _from_cache(ctx: BuildContext, stack: ExitStack, disk: Path,
                 disk.unlink()
                 result = "stored"
     if result == "hit":
-        keys = cache.load_keys(key)
-        ctx.client_key, ctx.host_key = keys.client, keys.host
-        ctx.host_key_line = keys.host.public_line
+        adopt_stored_keys(ctx, cache, key)
     record_stage(ctx, "source", entry, result)
     start_from_longest_prefix(ctx, stack, cache, key)
 

@@ -69,6 +69,14 @@ def longest_cached_prefix(cache: StageCache, keys: list[str],
     return None
 
 
+def adopt_stored_keys(ctx: BuildContext, cache: StageCache, key: str) -> None:
+    """The cached system trusts the client key of the build that made it and presents
+    that build's host key: this build uses both instead of its own."""
+    keys = cache.load_keys(key)
+    ctx.client_key, ctx.host_key = keys.client, keys.host
+    ctx.host_key_line = keys.host.public_line
+
+
 def use_entry(ctx: BuildContext, stack: ExitStack, cache: StageCache, key: str) -> None:
     """Hold the entry `key` until the build ends (`azbuild cache prune` leaves it alone)
     and make an overlay on it the build's disk."""
