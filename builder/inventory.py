@@ -23,7 +23,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from builder.records import Record
 
 if TYPE_CHECKING:
     from builder.guest_checks import KernelLine
@@ -37,11 +39,7 @@ GRUB_DEFAULTS = "/etc/default/grub"
 GRUB_CMDLINE_KEYS = ("GRUB_CMDLINE_LINUX", "GRUB_CMDLINE_LINUX_DEFAULT")
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class Package(_Model):
+class Package(Record):
     """One installed package."""
 
     name: str = Field(description="the package's name")
@@ -54,7 +52,7 @@ class Package(_Model):
         "package's own name when it has none)")
 
 
-class Kernel(_Model):
+class Kernel(Record):
     """One kernel found in the image."""
 
     version: str = Field(description="the kernel release, e.g. '6.1.0-28-cloud-amd64'")
@@ -63,7 +61,7 @@ class Kernel(_Model):
     modules: bool = Field(description="whether /lib/modules/<version> exists")
 
 
-class KernelArgs(_Model):
+class KernelArgs(Record):
     """The kernel command line the image boots with."""
 
     default: list[str] | None = Field(
@@ -74,7 +72,7 @@ class KernelArgs(_Model):
         "joined by a space; null without that file")
 
 
-class Inventory(_Model):
+class Inventory(Record):
     """What the image holds, read during the offline check (docs/manifest.md)."""
 
     package_format: str = Field(

@@ -14,12 +14,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from builder import __version__
 from builder.digest import BackgroundDigests, sha256_file
 from builder.disk import allocated_bytes, atomic_output
 from builder.inventory import Inventory
+from builder.records import Record, document_config
 from builder.redact import redact, redact_data
 
 if TYPE_CHECKING:
@@ -31,11 +32,7 @@ MANIFEST_FILE = "manifest.json"
 Status = Literal["succeeded", "failed"]
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class Distro(_Model):
+class Distro(Record):
     """The distribution the image holds."""
 
     name: str = Field(description="the template's distro.name, e.g. 'debian'")
@@ -43,7 +40,7 @@ class Distro(_Model):
     label: str = Field(description="a readable name, e.g. 'Debian 12'")
 
 
-class Accelerator(_Model):
+class Accelerator(Record):
     """How the build's VM ran."""
 
     used: Literal["kvm", "tcg"] | None = Field(
@@ -52,7 +49,7 @@ class Accelerator(_Model):
     reason: str | None = Field(description="why that accelerator was chosen")
 
 
-class Artifact(_Model):
+class Artifact(Record):
     """One image file in the output directory."""
 
     file: str = Field(description="file name, relative to the output directory")
@@ -62,7 +59,7 @@ class Artifact(_Model):
     sha256: str = Field(pattern="^[0-9a-f]{64}$", description="SHA-256 of the whole file")
 
 
-class CheckLine(_Model):
+class CheckLine(Record):
     """One line of the Azure-readiness check (`azbuild check`)."""
 
     id: str = Field(description="R01..R13, or another id for an extra finding (a warning)")
@@ -71,7 +68,7 @@ class CheckLine(_Model):
     evidence: str = Field(description="what was found")
 
 
-class Time(_Model):
+class Time(Record):
     """Where the wall time went."""
 
     wall_seconds: float = Field(ge=0, description="from the start of the build to the manifest")
@@ -84,7 +81,7 @@ class Time(_Model):
         "(`steps.check`); what azbuild itself adds to the guest's work")
 
 
-class Failure(_Model):
+class Failure(Record):
     """Why a failed build failed: what the command line printed as its error."""
 
     step: str = Field(description="the step that failed: the last key of `steps`")
@@ -94,7 +91,7 @@ class Failure(_Model):
                            "environment, 130 Ctrl-C, 143 SIGTERM")
 
 
-class Source(_Model):
+class Source(Record):
     """The install medium or source disk the build started from."""
 
     kind: Literal["iso", "disk_image"] = Field(description="source.iso or source.disk_image")
@@ -105,14 +102,14 @@ class Source(_Model):
         "of the file the build used; null when the build failed before reading it")
 
 
-class InputFile(_Model):
+class InputFile(Record):
     """One template file of the build."""
 
     path: str = Field(description="the file's absolute path")
     sha256: str = Field(pattern="^[0-9a-f]{64}$", description="SHA-256 of the file's bytes")
 
 
-class Inputs(_Model):
+class Inputs(Record):
     """What the build was made from (with template_sha256 and azbuild_version)."""
 
     source: Source
@@ -121,7 +118,7 @@ class Inputs(_Model):
         "extends it, the template itself last")
 
 
-class CacheStage(_Model):
+class CacheStage(Record):
     """One stage of the build's chain and what the stage cache did with it (docs/cache.md)."""
 
     stage: str = Field(description="'install', 'source', or 'provision N' (1-based)")
@@ -134,13 +131,10 @@ class CacheStage(_Model):
         description="for a hit: what making the entry took when it was stored")
 
 
-class Manifest(_Model):
+class Manifest(Record):
     """manifest.json in a build's output directory."""
 
-    model_config = ConfigDict(
-        frozen=True, extra="forbid", title="azbuild build manifest",
-        json_schema_extra={"$schema": "https://json-schema.org/draft/2020-12/schema"},
-    )
+    model_config = document_config("azbuild build manifest")
 
     status: Status = Field(description="'succeeded', or 'failed' (an interrupt included)")
     failure: Failure | None = Field(description="why the build failed; null when it succeeded")

@@ -9,11 +9,12 @@ import logging
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from builder import __version__
 from builder.disk import atomic_output
 from builder.manifest import MANIFEST_FILE
+from builder.records import Record, document_config
 
 log = logging.getLogger(__name__)
 
@@ -21,11 +22,7 @@ SUMMARY_FILE = "summary.json"
 BuildStatus = Literal["succeeded", "failed", "interrupted", "not started"]
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class BuildEntry(_Model):
+class BuildEntry(Record):
     """One template's build."""
 
     name: str = Field(description="the template's name")
@@ -53,13 +50,10 @@ class BuildEntry(_Model):
         description="the build's manifest.json (absolute path); null when it wrote none")
 
 
-class Summary(_Model):
+class Summary(Record):
     """summary.json, written by `azbuild build` given several templates."""
 
-    model_config = ConfigDict(
-        frozen=True, extra="forbid", title="azbuild build summary",
-        json_schema_extra={"$schema": "https://json-schema.org/draft/2020-12/schema"},
-    )
+    model_config = document_config("azbuild build summary")
 
     azbuild_version: str = Field(description="the azbuild that ran the builds")
     started: str = Field(description="when the command started, ISO 8601 with time zone")
