@@ -27,6 +27,7 @@ from test_build import (
 )
 from userenv import user_env
 
+from builder.paths import cache_dir
 from builder.run import run
 
 pytestmark = pytest.mark.e2e
@@ -174,6 +175,8 @@ def test_kill_9_during_install_then_gc(test_installer_iso: Path, tmp_path: Path,
     assert outcome.returncode == -signal.SIGKILL
     gc_yes(outcome.work_root)
     assert_no_leak(outcome, libvirt_uri)
+    # The install was writing its stage-cache entry: gc removes the half-made disk too.
+    assert not list((cache_dir() / "stages").glob(".*.tmp")), "a half-made cache entry was left"
     assert_killed_build_kept(outcome, "e2e-kill-install", "install")
 
 
