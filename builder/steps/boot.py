@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from builder.accel import choose_accelerator
+from builder.context import BOOT_CONSOLE, BuildContext, timed_guest_wait
 from builder.keys import load_private_key
 from builder.libvirt import (
     Disk,
@@ -20,7 +21,6 @@ from builder.libvirt import (
     free_port,
     running_domain,
 )
-from builder.pipeline import BOOT_CONSOLE, BuildContext, timed_guest_wait
 from builder.seed import write_seed
 from builder.ssh import SSHSession, wait_for_ssh
 

@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Literal
 
 from builder.cache_keys import install_key, keyed_answer_files
+from builder.context import INSTALL_CONSOLE, BuildContext, timed_guest_wait
 from builder.errors import BuildError, indent
 from builder.fetch import fetch_iso
 from builder.initrd import append_to_initrd
 from builder.iso import extract, find_installer, volume_label
 from builder.libvirt import Disk, KernelBoot, RunningDomain
 from builder.manifest import source_digest
-from builder.pipeline import INSTALL_CONSOLE, BuildContext, timed_guest_wait
 from builder.qemu_img import create_qcow2_argv
 from builder.redact import redact
 from builder.run import run

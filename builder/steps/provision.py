@@ -8,8 +8,8 @@ import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
+from builder.context import BuildContext, timed_guest_wait
 from builder.errors import BuildError, indent
-from builder.pipeline import BuildContext, timed_guest_wait
 from builder.provision import run_provisioners
 from builder.ssh import SSHSession
 from builder.steps.boot import open_session

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Literal
 
 from builder.cache_keys import provisioner_key
+from builder.context import BuildContext, timed_guest_wait
 from builder.errors import BuildError
 from builder.manifest import CacheStage
-from builder.pipeline import BuildContext, timed_guest_wait
 from builder.provision import AnyProvisioner, describe
 from builder.qemu_img import chain_to_raw_argv, create_overlay_argv
 from builder.run import run
