@@ -17,7 +17,7 @@ from builder.digest import BackgroundDigests
 from builder.disk import atomic_output, copy_sparse
 from builder.errors import BuildError, indent
 from builder.sbom import sbom_document, sbom_path, write_sbom
-from builder.steps.stages import flatten_to_raw
+from builder.stages import flatten_to_raw
 
 log = logging.getLogger(__name__)
 

@@ -21,6 +21,7 @@ from builder.cache_keys import install_key, keyed_answer_files
 from builder.context import INSTALL_CONSOLE, BuildContext, timed_guest_wait
 from builder.errors import BuildError, indent
 from builder.fetch import fetch_iso
+from builder.guest import start_domain
 from builder.initrd import append_to_initrd
 from builder.iso import extract, find_installer, volume_label
 from builder.libvirt import Disk, KernelBoot, RunningDomain
@@ -29,8 +30,7 @@ from builder.qemu_img import create_qcow2_argv
 from builder.redact import redact
 from builder.run import run
 from builder.stage_cache import Entry, StageCache, StoredKeys
-from builder.steps.boot import start_domain
-from builder.steps.stages import adopt_stored_keys, record_stage, start_from_longest_prefix
+from builder.stages import adopt_stored_keys, record_stage, start_from_longest_prefix
 from builder.volume import write_volume
 from distros.answers import (
     AnswerContext,

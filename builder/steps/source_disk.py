@@ -19,7 +19,7 @@ from builder.manifest import source_digest
 from builder.qemu_img import convert_to_raw_argv, raw_to_qcow2_argv, virtual_size
 from builder.run import run
 from builder.stage_cache import StageCache, StoredKeys
-from builder.steps.stages import adopt_stored_keys, record_stage, start_from_longest_prefix
+from builder.stages import adopt_stored_keys, record_stage, start_from_longest_prefix
 from builder.units import format_size
 
 log = logging.getLogger(__name__)
