@@ -15,6 +15,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from builder.answers import AnswerContext, hash_password, installer_cmdline, render_answer_files
+from builder.azure_prep import prep_scripts
 from builder.errors import BuildError, UsageError
 from builder.fetch import is_url, local_iso
 from builder.iso import volume_label
@@ -42,8 +44,6 @@ from builder.steps.install import (
 )
 from builder.template import LoadedTemplate
 from distros import resolve
-from distros.answers import AnswerContext, hash_password, installer_cmdline, render_answer_files
-from distros.azure_prep import prep_scripts
 
 # Placeholders for what every build generates afresh (shown, never used).
 PLACEHOLDER_HOST_PRIVATE = (

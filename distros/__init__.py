@@ -231,14 +231,13 @@ def resolve(name: str, version: str) -> Distro:
     return cls(cls.parse_version(version))
 
 
-# Modules of this package that hold no plugin: the shared value types, and the renderers'
-# re-exports (distros/answers.py, distros/azure_prep.py) kept for code not yet moved.
-_NOT_PLUGINS = frozenset({"answers", "azure_prep", "facts"})
+# The module of this package that holds no plugin: the shared value types.
+_NOT_PLUGINS = frozenset({"facts"})
 
 
 def _load_plugins() -> None:
     # Importing a plugin module registers its classes: every module of this package but
-    # the few above is one, in name order (the order `azbuild distros` lists them in).
+    # the one above is one, in name order (the order `azbuild distros` lists them in).
     for module in pkgutil.iter_modules(__path__):
         if module.name not in _NOT_PLUGINS:
             importlib.import_module(f"{__name__}.{module.name}")

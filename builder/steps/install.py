@@ -17,6 +17,14 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Literal
 
+from builder.answers import (
+    AnswerContext,
+    answer_media,
+    hash_password,
+    installer_cmdline,
+    installer_failure_regex,
+    render_answer_files,
+)
 from builder.cache_keys import install_key, keyed_answer_files
 from builder.context import INSTALL_CONSOLE, BuildContext, timed_guest_wait
 from builder.errors import BuildError, indent
@@ -32,14 +40,6 @@ from builder.run import run
 from builder.stage_cache import Entry, StageCache, StoredKeys
 from builder.stages import adopt_stored_keys, record_stage, start_from_longest_prefix
 from builder.volume import write_volume
-from distros.answers import (
-    AnswerContext,
-    answer_media,
-    hash_password,
-    installer_cmdline,
-    installer_failure_regex,
-    render_answer_files,
-)
 
 log = logging.getLogger(__name__)
 
