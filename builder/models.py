@@ -565,7 +565,7 @@ class Template(Model):
         if not isinstance(ref, DistroRef):
             return value
         distro = lookup(ref.name)
-        if value.ubuntu_kernel != "generic" and distro.family != "ubuntu":
+        if value.ubuntu_kernel != "generic" and not distro.azure_kernel_choice:
             raise ValueError("ubuntu_kernel applies to Ubuntu only")
         if value.rhel_activation_key is not None and distro.name != "rhel":
             raise ValueError("rhel_activation_key and rhel_organization apply to RHEL only")

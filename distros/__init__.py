@@ -53,6 +53,11 @@ class Distro(ABC):
     installer_initrd: ClassVar[str]
     answer_files: ClassVar[tuple[str, ...]]
     answer_volume_label: ClassVar[str | None]
+    # Whether the installer is told the ISO's volume label (Anaconda finds its stage 2 image
+    # by it): the build then reads the label to pass it to `installer_args`.
+    installer_takes_iso_label: ClassVar[bool]
+    # Whether install.ubuntu_kernel applies: the installer can put in the Azure-tuned kernel.
+    azure_kernel_choice: ClassVar[bool]
     # Serial-console lines (regular expressions) that mean the install failed and waits.
     failure_patterns: ClassVar[tuple[str, ...]]
     # What every install needs for the build to reach and drive the guest over SSH.

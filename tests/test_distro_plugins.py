@@ -62,6 +62,14 @@ def test_families_share_their_base() -> None:
     assert {cls.family for cls in REGISTERED} == {"rhel", "ubuntu", "debian", "suse"}
 
 
+def test_the_installer_facts_say_what_the_family_comparisons_said() -> None:
+    # They replace `family == "rhel"` (the build reads the ISO label) and
+    # `family == "ubuntu"` (install.ubuntu_kernel applies).
+    assert {cls.name for cls in REGISTERED if cls.installer_takes_iso_label} == {
+        cls.name for cls in REGISTERED if cls.family == "rhel"}
+    assert [cls.name for cls in REGISTERED if cls.azure_kernel_choice] == ["ubuntu"]
+
+
 def test_a_plugin_that_leaves_a_fact_unset_is_refused() -> None:
     class Halfway(DebianLike):
         name = "halfway"

@@ -141,7 +141,7 @@ def _run_installer(ctx: BuildContext, iso: Path, answers: AnswerContext, disk: P
         log.info("answer file(s) %s on a CD-ROM labelled %s", ", ".join(media.files),
                  media.label)
 
-    label = volume_label(iso) if ctx.distro.family == "rhel" else None
+    label = volume_label(iso) if ctx.distro.installer_takes_iso_label else None
     cmdline = installer_cmdline(ctx.distro, ctx.template, label)
     log.info("installer kernel command line: %s", redact(cmdline))
     # A failed build keeps this console in the output directory (see the pipeline).
