@@ -3,7 +3,8 @@
 A step is a plain function `step(ctx, stack)`. Cleanups go on one ExitStack and run
 in reverse order on success, failure, Ctrl-C and SIGTERM alike. Once the work directory
 exists, nothing of a build is lost: however it ends, build.log is kept in the output
-directory, and a failed build also keeps its consoles and a failed manifest.json.
+directory, and a failed build also keeps its consoles and a failed manifest.json
+(builder/work_dir.py). The steps share builder/context.py and never import this module.
 """
 
 from __future__ import annotations
