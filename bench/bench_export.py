@@ -50,9 +50,9 @@ from typing import cast
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from builder.context import BuildContext  # noqa: E402
 from builder.convert import raw_to_vhd  # noqa: E402
 from builder.disk import allocated_bytes  # noqa: E402
-from builder.pipeline import BuildContext  # noqa: E402
 from builder.steps.export import export  # noqa: E402
 from builder.units import GiB, MiB  # noqa: E402
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from builder.answers import AnswerContext, render_answer_files
 from builder.models import FileProvisioner, RebootProvisioner, ShellProvisioner, Template
 from builder.stage_cache import STAGE_FORMAT, stage_key
 from distros import Distro
-from distros.answers import AnswerContext, render_answer_files
 
 # Stand-ins for the per-build values of the answer files. They are valid enough for
 # AnswerContext's checks; they never reach a guest.

@@ -214,7 +214,8 @@ def cmd_distros(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from builder.pipeline import BuildOptions, build
+    from builder.context import BuildOptions
+    from builder.pipeline import build
 
     if len(args.templates) > 1:
         return _build_several(args)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from builder.redact import RedactingFilter
 
 ROOT = "azbuild"
-# Our modules log under their import names (`builder.ssh`, `distros.answers`) and the
+# Our modules log under their import names (`builder.ssh`, `builder.answers`) and the
 # CLI under "azbuild"; all three trees get the same handlers. Third-party loggers
 # (paramiko) stay out of the user's output.
 LOGGER_TREES = (ROOT, "builder", "distros")

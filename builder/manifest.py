@@ -24,7 +24,7 @@ from builder.records import Record, document_config
 from builder.redact import redact, redact_data
 
 if TYPE_CHECKING:
-    from builder.pipeline import BuildContext
+    from builder.context import BuildContext
 
 log = logging.getLogger(__name__)
 

@@ -24,6 +24,7 @@ from pydantic import (
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
+from builder.azure_prep import KARG_RE, MODULE_RE, PATH_RE, USER_RE
 from builder.installer_names import KEYBOARD_LAYOUTS, LOCALES
 from builder.publish.entries import PublishEntry
 from builder.units import (
@@ -35,7 +36,6 @@ from builder.units import (
     format_size,
 )
 from distros import lookup
-from distros.azure_prep import KARG_RE, MODULE_RE, PATH_RE, USER_RE
 
 REQUIREMENT_IDS = tuple(f"R{n:02d}" for n in range(1, 15))
 _NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
@@ -565,7 +565,7 @@ class Template(Model):
         if not isinstance(ref, DistroRef):
             return value
         distro = lookup(ref.name)
-        if value.ubuntu_kernel != "generic" and distro.family != "ubuntu":
+        if value.ubuntu_kernel != "generic" and not distro.azure_kernel_choice:
             raise ValueError("ubuntu_kernel applies to Ubuntu only")
         if value.rhel_activation_key is not None and distro.name != "rhel":
             raise ValueError("rhel_activation_key and rhel_organization apply to RHEL only")

@@ -102,7 +102,8 @@ def plan(templates: Sequence[str], options: Options) -> tuple[list[Job], Problem
     a build needs); the jobs, and every problem: (the template, its error) per invalid
     template, (None, error) for a variable no template declares and for each collision.
     Nothing is created or started here."""
-    from builder.pipeline import BuildOptions, output_directory
+    from builder.context import BuildOptions
+    from builder.pipeline import output_directory
     from builder.template import check_local_inputs, load_template
 
     paths = [Path(t) for t in templates]

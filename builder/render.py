@@ -15,6 +15,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from builder.answers import AnswerContext, hash_password, installer_cmdline, render_answer_files
+from builder.azure_prep import prep_scripts
 from builder.errors import BuildError, UsageError
 from builder.fetch import is_url, local_iso
 from builder.iso import volume_label
@@ -42,8 +44,6 @@ from builder.steps.install import (
 )
 from builder.template import LoadedTemplate
 from distros import resolve
-from distros.answers import AnswerContext, hash_password, installer_cmdline, render_answer_files
-from distros.azure_prep import prep_scripts
 
 # Placeholders for what every build generates afresh (shown, never used).
 PLACEHOLDER_HOST_PRIVATE = (
@@ -109,8 +109,8 @@ def rendered_files(loaded: LoadedTemplate) -> dict[str, str]:
             host_key_private=PLACEHOLDER_HOST_PRIVATE, host_key_public=PLACEHOLDER_HOST_PUBLIC,
             root_password_hash=hash_password(password) if password else None)
         files.update(render_answer_files(distro, template, answers))
-        # As the install step: only Anaconda (the RHEL family) is told the ISO's label.
-        stage2 = distro.family == "rhel"
+        # As the install step: only an installer that takes it (Anaconda) is told the ISO's label.
+        stage2 = distro.installer_takes_iso_label
         label = _iso_label(template.source.iso, template.source.checksum) if stage2 else None
         cmdline = installer_cmdline(distro, template, label)
         late_label = stage2 and distro.major >= 7 and label is None

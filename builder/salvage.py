@@ -25,7 +25,7 @@ from builder.manifest import MANIFEST_FILE, Failure, build_manifest
 from builder.redact import redact_data
 
 if TYPE_CHECKING:
-    from builder.pipeline import BuildContext
+    from builder.context import BuildContext
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,13 @@ import logging
 import os
 from pathlib import Path
 
+from builder.answers import (
+    AnswerContext,
+    answer_file_syntax_error,
+    hash_password,
+    render_answer_files,
+)
+from builder.azure_prep import prep_facts
 from builder.disk import detect_image_format
 from builder.errors import CommandError, UsageError
 from builder.fetch import is_url, resolve_checksum
@@ -20,13 +27,6 @@ from builder.qemu_img import virtual_size
 from builder.toml_lines import KeyPath
 from builder.units import format_size
 from distros import resolve
-from distros.answers import (
-    AnswerContext,
-    answer_file_syntax_error,
-    hash_password,
-    render_answer_files,
-)
-from distros.azure_prep import prep_facts
 
 log = logging.getLogger(__name__)
 

@@ -53,6 +53,11 @@ class Distro(ABC):
     installer_initrd: ClassVar[str]
     answer_files: ClassVar[tuple[str, ...]]
     answer_volume_label: ClassVar[str | None]
+    # Whether the installer is told the ISO's volume label (Anaconda finds its stage 2 image
+    # by it): the build then reads the label to pass it to `installer_args`.
+    installer_takes_iso_label: ClassVar[bool]
+    # Whether install.ubuntu_kernel applies: the installer can put in the Azure-tuned kernel.
+    azure_kernel_choice: ClassVar[bool]
     # Serial-console lines (regular expressions) that mean the install failed and waits.
     failure_patterns: ClassVar[tuple[str, ...]]
     # What every install needs for the build to reach and drive the guest over SSH.
@@ -231,14 +236,13 @@ def resolve(name: str, version: str) -> Distro:
     return cls(cls.parse_version(version))
 
 
-# Modules of this package that hold no plugin: the shared value types, and the renderers'
-# re-exports (distros/answers.py, distros/azure_prep.py) kept for code not yet moved.
-_NOT_PLUGINS = frozenset({"answers", "azure_prep", "facts"})
+# The module of this package that holds no plugin: the shared value types.
+_NOT_PLUGINS = frozenset({"facts"})
 
 
 def _load_plugins() -> None:
     # Importing a plugin module registers its classes: every module of this package but
-    # the few above is one, in name order (the order `azbuild distros` lists them in).
+    # the one above is one, in name order (the order `azbuild distros` lists them in).
     for module in pkgutil.iter_modules(__path__):
         if module.name not in _NOT_PLUGINS:
             importlib.import_module(f"{__name__}.{module.name}")

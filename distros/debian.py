@@ -12,6 +12,8 @@ from distros.facts import AddOn
 class DebianLike(Distro):
     """What Debian and Ubuntu share: packages, boot loader, initrd and services."""
 
+    installer_takes_iso_label = False
+    azure_kernel_choice = False  # Ubuntu's linux-azure; Debian has no such choice
     base_packages = ("openssh-server", "sudo")
     keymaps = MappingProxyType({})  # the installers take X layout names
     # Azure preparation facts.

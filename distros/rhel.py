@@ -19,6 +19,8 @@ class RhelLike(Distro):
     installer_initrd = "images/pxeboot/initrd.img"
     answer_files = ("ks.cfg",)
     answer_volume_label = "OEMDRV"
+    installer_takes_iso_label = True  # inst.stage2=hd:LABEL=... (see installer_args)
+    azure_kernel_choice = False
     failure_patterns = (
         r"Traceback \(most recent call last\)",
         r"[Aa]n unknown error has occurr?ed",

@@ -25,6 +25,8 @@ class SuseLike(Distro):
     installer_initrd = "boot/x86_64/loader/initrd"
     answer_files = ("autoinst.xml",)
     answer_volume_label = "OEMDRV"
+    installer_takes_iso_label = False
+    azure_kernel_choice = False
     failure_patterns = (
         r"(?i)Error while fetching the (AutoYaST )?(profile|control file)",
         r"(?i)AutoYaST.*(error|failed)",

@@ -16,6 +16,7 @@ class Ubuntu(DebianLike):
     installer_initrd = "casper/initrd"
     answer_files = ("user-data", "meta-data")
     answer_volume_label = "CIDATA"
+    azure_kernel_choice = True  # install.ubuntu_kernel = "azure": linux-azure
     failure_patterns = (
         r"(?i)autoinstall config did not validate",
         r"(?i)Malformed autoinstall",

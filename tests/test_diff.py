@@ -16,6 +16,7 @@ from test_inventory import sample_inventory
 from test_manifest import context, validate
 
 from builder.cli import main
+from builder.context import BuildContext, BuildOptions
 from builder.diff import (
     Change,
     Comparison,
@@ -28,7 +29,6 @@ from builder.diff import (
 from builder.errors import UsageError
 from builder.inventory import Inventory, Kernel, Package
 from builder.manifest import write_manifest
-from builder.pipeline import BuildContext, BuildOptions
 from builder.report import CheckResult, Report
 from builder.template import load_template
 from builder.units import MiB

@@ -3,10 +3,8 @@ is refused when its module is imported."""
 
 from __future__ import annotations
 
-import ast
 import pkgutil
 import re
-from pathlib import Path
 
 import pytest
 
@@ -64,6 +62,14 @@ def test_families_share_their_base() -> None:
     assert {cls.family for cls in REGISTERED} == {"rhel", "ubuntu", "debian", "suse"}
 
 
+def test_the_installer_facts_say_what_the_family_comparisons_said() -> None:
+    # They replace `family == "rhel"` (the build reads the ISO label) and
+    # `family == "ubuntu"` (install.ubuntu_kernel applies).
+    assert {cls.name for cls in REGISTERED if cls.installer_takes_iso_label} == {
+        cls.name for cls in REGISTERED if cls.family == "rhel"}
+    assert [cls.name for cls in REGISTERED if cls.azure_kernel_choice] == ["ubuntu"]
+
+
 def test_a_plugin_that_leaves_a_fact_unset_is_refused() -> None:
     class Halfway(DebianLike):
         name = "halfway"
@@ -114,41 +120,6 @@ def test_every_plugin_module_is_found_and_registers_a_distro() -> None:
     plugins = {cls.__module__.removeprefix("distros.") for cls in REGISTERED}
     assert plugins == modules - _NOT_PLUGINS
     assert [cls.name for cls in all_distros()][:2] == ["debian", "rhel"]  # by module name
-
-
-# The renderers' re-exports, kept for code that still imports them from distros/.
-REEXPORTS = {"answers", "azure_prep"}
-
-
-def _imported_modules(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text())
-    names: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module is not None and node.level == 0:
-            names.add(node.module)
-    return names
-
-
-def test_the_plugins_import_nothing_from_the_engine_but_its_errors() -> None:
-    package = Path(distros.__file__).parent
-    modules = sorted(p for p in package.glob("*.py") if p.stem not in REEXPORTS)
-    assert {p.stem for p in modules} >= {"__init__", "debian", "facts", "rhel", "suse", "ubuntu"}
-    for path in modules:
-        engine = {name for name in _imported_modules(path)
-                  if name == "builder" or name.startswith("builder.")}
-        assert engine <= {"builder.errors"}, (path.name, engine)
-
-
-def test_the_renderers_names_stay_importable_from_distros() -> None:
-    from builder import answers, azure_prep
-    from distros import answers as old_answers
-    from distros import azure_prep as old_azure_prep
-
-    for old, new in ((old_answers, answers), (old_azure_prep, azure_prep)):
-        for name in old.__all__:
-            assert getattr(old, name) is getattr(new, name), name
 
 
 @pytest.mark.parametrize(("name", "version", "keymap"), [

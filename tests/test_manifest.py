@@ -18,6 +18,7 @@ import jsonschema
 import pytest
 
 from builder.cli import main
+from builder.context import BuildContext, BuildOptions
 from builder.errors import BuildError, Terminated
 from builder.manifest import (
     MANIFEST_FILE,
@@ -26,13 +27,13 @@ from builder.manifest import (
     source_digest,
     write_manifest,
 )
-from builder.pipeline import BuildContext, BuildOptions, failure_of, keep_outputs
 from builder.report import CheckResult, Report
 from builder.steps import export
 from builder.steps.export import CheckFailed
 from builder.steps.source_disk import prepare_disk
 from builder.template import load_template
 from builder.units import MiB
+from builder.work_dir import failure_of, keep_outputs
 from distros import resolve
 
 REPO = Path(__file__).resolve().parent.parent

@@ -22,6 +22,7 @@ import jsonschema
 import pytest
 
 from builder.cli import main
+from builder.context import BuildContext, BuildOptions
 from builder.errors import Terminated, UsageError
 from builder.locks import (
     OUTPUT_LOCK_PATTERN,
@@ -44,7 +45,6 @@ from builder.multi import (
     summary_path,
     tag_line,
 )
-from builder.pipeline import BuildContext, BuildOptions
 from builder.report import CheckResult, Report
 from builder.summary import (
     SUMMARY_FILE,

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from builder.cli import main
+from builder.context import BuildContext, BuildOptions
 from builder.manifest import MANIFEST_FILE, Failure, write_manifest
-from builder.pipeline import BuildContext, BuildOptions
 from builder.prune import REMOVING_PREFIX
 from builder.template import load_template
 from distros import resolve

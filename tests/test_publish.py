@@ -29,7 +29,7 @@ from builder.units import GiB, MiB
 from builder.vhd import build_footer
 
 if TYPE_CHECKING:
-    from builder.pipeline import BuildContext
+    from builder.context import BuildContext
 
 AZBUILD = Path(sys.executable).parent / "azbuild"
 
@@ -372,7 +372,7 @@ def _step_context(azurite: Azurite, tmp_path: Path, monkeypatch: pytest.MonkeyPa
                   name: str, blob: str, force: bool = False) -> BuildContext:
     """A build's context for the publish step: a template named and publishing into the
     new container `name` (as `blob`); the output directory is tmp_path/out."""
-    from builder.pipeline import BuildContext, BuildOptions
+    from builder.context import BuildContext, BuildOptions
     from builder.template import load_template
     from distros import resolve
 
@@ -427,9 +427,9 @@ def test_the_build_step_publishes_and_the_manifest_records_it(
     with pytest.raises(PublishFailed, match="container does not exist") as failed, \
             ExitStack() as stack:
         publish(ctx, stack)
-    # As the pipeline does for every failed build (pipeline.keep_outputs).
+    # As the pipeline does for every failed build (work_dir.keep_outputs).
     from builder.manifest import write_manifest
-    from builder.pipeline import failure_of
+    from builder.work_dir import failure_of
 
     ctx.step = "publish"
     write_manifest(ctx, failure_of(ctx, failed.value), ["build.log"])

@@ -18,7 +18,7 @@ from test_iso import make_iso
 
 from builder import redact
 from builder.cli import main
-from builder.pipeline import BuildContext, BuildOptions
+from builder.context import BuildContext, BuildOptions
 from builder.provision import inline_script
 from builder.render import LABEL_AT_BUILD_TIME, _write_all, mask_for
 from builder.steps import plan

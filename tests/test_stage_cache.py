@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from builder.answers import AnswerContext, hash_password, render_answer_files
 from builder.cache_keys import (
     install_key,
     keyed_answer_files,
@@ -34,9 +35,8 @@ from builder.qemu_img import (
 )
 from builder.stage_cache import STAGE_FORMAT, StageCache, StoredKeys, stage_key
 from builder.stage_prune import Listed, list_entries, plan_prune, prune
-from builder.steps.stages import chain_keys, longest_cached_prefix
+from builder.stages import chain_keys, longest_cached_prefix
 from distros import resolve
-from distros.answers import AnswerContext, hash_password, render_answer_files
 
 MiB = 1024 * 1024
 REPO = Path(__file__).resolve().parent.parent

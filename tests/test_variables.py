@@ -14,8 +14,9 @@ from test_template import problems_of, write
 
 from builder import log as azlog
 from builder.cli import main
+from builder.context import BuildOptions
 from builder.errors import UsageError
-from builder.pipeline import BuildOptions, build
+from builder.pipeline import build
 from builder.provenance import provenance
 from builder.template import BuildInfo, load_template
 

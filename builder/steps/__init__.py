@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from builder.pipeline import BuildContext, Step
+from builder.context import BuildContext, Step
 from builder.steps import (
     boot,
     export,

@@ -6,17 +6,18 @@ import logging
 import os
 from contextlib import ExitStack
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 from builder import manifest
 from builder.check import run_check
+from builder.context import BUILD_LOG, BuildContext, on_failure
 from builder.convert import raw_to_vhd
 from builder.digest import BackgroundDigests
 from builder.disk import atomic_output, copy_sparse
 from builder.errors import BuildError, indent
-from builder.pipeline import BUILD_LOG, BuildContext
 from builder.sbom import sbom_document, sbom_path, write_sbom
-from builder.steps.stages import flatten_to_raw
+from builder.stages import flatten_to_raw
 
 log = logging.getLogger(__name__)
 
@@ -57,26 +58,12 @@ def _hash_in_background(ctx: BuildContext, stack: ExitStack) -> None:
     whose failed manifest still lists the artifacts) stops it before its files go."""
     digests = BackgroundDigests(ctx.artifacts, vhd_holds_raw=True)
     ctx.digests = digests
-
-    def stop(exc_type: type[BaseException] | None, exc: BaseException | None,
-             tb: object) -> bool:
-        if exc_type is not None and not getattr(exc, "keep_outputs", False):
-            digests.stop()
-        return False
-
-    stack.push(stop)
+    on_failure(stack, digests.stop, unless_outputs_kept=True)
 
 
 def _on_failure_remove(stack: ExitStack, path: Path) -> None:
     """An artifact of a build that then fails (other than by its check) is not an output."""
-
-    def cleanup(exc_type: type[BaseException] | None, exc: BaseException | None,
-                tb: object) -> bool:
-        if exc_type is not None and not getattr(exc, "keep_outputs", False):
-            path.unlink(missing_ok=True)
-        return False
-
-    stack.push(cleanup)
+    on_failure(stack, partial(path.unlink, missing_ok=True), unless_outputs_kept=True)
 
 
 class CheckFailed(BuildError):

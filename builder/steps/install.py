@@ -17,22 +17,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Literal
 
-from builder.cache_keys import install_key, keyed_answer_files
-from builder.errors import BuildError, indent
-from builder.fetch import fetch_iso
-from builder.initrd import append_to_initrd
-from builder.iso import extract, find_installer, volume_label
-from builder.libvirt import Disk, KernelBoot, RunningDomain
-from builder.manifest import source_digest
-from builder.pipeline import INSTALL_CONSOLE, BuildContext, timed_guest_wait
-from builder.qemu_img import create_qcow2_argv
-from builder.redact import redact
-from builder.run import run
-from builder.stage_cache import Entry, StageCache, StoredKeys
-from builder.steps.boot import start_domain
-from builder.steps.stages import adopt_stored_keys, record_stage, start_from_longest_prefix
-from builder.volume import write_volume
-from distros.answers import (
+from builder.answers import (
     AnswerContext,
     answer_media,
     hash_password,
@@ -40,6 +25,21 @@ from distros.answers import (
     installer_failure_regex,
     render_answer_files,
 )
+from builder.cache_keys import install_key, keyed_answer_files
+from builder.context import INSTALL_CONSOLE, BuildContext, timed_guest_wait
+from builder.errors import BuildError, indent
+from builder.fetch import fetch_iso
+from builder.guest import start_domain
+from builder.initrd import append_to_initrd
+from builder.iso import extract, find_installer, volume_label
+from builder.libvirt import Disk, KernelBoot, RunningDomain
+from builder.manifest import source_digest
+from builder.qemu_img import create_qcow2_argv
+from builder.redact import redact
+from builder.run import run
+from builder.stage_cache import Entry, StageCache, StoredKeys
+from builder.stages import adopt_stored_keys, record_stage, start_from_longest_prefix
+from builder.volume import write_volume
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def _run_installer(ctx: BuildContext, iso: Path, answers: AnswerContext, disk: P
         log.info("answer file(s) %s on a CD-ROM labelled %s", ", ".join(media.files),
                  media.label)
 
-    label = volume_label(iso) if ctx.distro.family == "rhel" else None
+    label = volume_label(iso) if ctx.distro.installer_takes_iso_label else None
     cmdline = installer_cmdline(ctx.distro, ctx.template, label)
     log.info("installer kernel command line: %s", redact(cmdline))
     # A failed build keeps this console in the output directory (see the pipeline).

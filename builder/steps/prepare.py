@@ -7,11 +7,12 @@ import logging
 from contextlib import ExitStack, suppress
 from pathlib import Path
 
+from builder.context import BuildContext
 from builder.errors import UsageError
 from builder.keys import KeyPair, load_public_key
 from builder.manifest import MANIFEST_FILE
-from builder.pipeline import BuildContext, make_work_dir
 from builder.sbom import sbom_path
+from builder.work_dir import make_work_dir
 
 log = logging.getLogger(__name__)
 

@@ -8,13 +8,13 @@ import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
+from builder.azure_prep import prep_scripts
+from builder.context import BuildContext, timed_guest_wait
 from builder.errors import BuildError, indent
-from builder.pipeline import BuildContext, timed_guest_wait
+from builder.guest import open_session
 from builder.provision import run_provisioners
 from builder.ssh import SSHSession
-from builder.steps.boot import open_session
-from builder.steps.stages import store_cache_point
-from distros.azure_prep import prep_scripts
+from builder.stages import store_cache_point
 
 log = logging.getLogger(__name__)
 

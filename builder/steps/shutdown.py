@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from contextlib import ExitStack
 
+from builder.context import BuildContext, timed_guest_wait
 from builder.errors import BuildError
-from builder.pipeline import BuildContext, timed_guest_wait
 
 log = logging.getLogger(__name__)
 

@@ -10,16 +10,16 @@ from pathlib import Path
 from typing import Literal
 
 from builder.cache_keys import source_key
+from builder.context import BuildContext
 from builder.disk import ImageFormat, copy_sparse, detect_image_format
 from builder.errors import UsageError
 from builder.fetch import resolve_checksum, verify_local_file
 from builder.inputs import verify_image
 from builder.manifest import source_digest
-from builder.pipeline import BuildContext
 from builder.qemu_img import convert_to_raw_argv, raw_to_qcow2_argv, virtual_size
 from builder.run import run
 from builder.stage_cache import StageCache, StoredKeys
-from builder.steps.stages import adopt_stored_keys, record_stage, start_from_longest_prefix
+from builder.stages import adopt_stored_keys, record_stage, start_from_longest_prefix
 from builder.units import format_size
 
 log = logging.getLogger(__name__)

@@ -25,9 +25,9 @@ from pathlib import Path
 import pytest
 from expect import assert_waagent_mode
 
+from builder.azure_prep import prep_scripts
 from builder.models import Azure
 from distros import resolve
-from distros.azure_prep import prep_scripts
 
 pytestmark = [
     pytest.mark.e2e,

@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import Literal
 
 from builder.cache_keys import provisioner_key
+from builder.context import BuildContext, timed_guest_wait
 from builder.errors import BuildError
+from builder.guest import boot_disk, open_session
 from builder.manifest import CacheStage
-from builder.pipeline import BuildContext, timed_guest_wait
 from builder.provision import AnyProvisioner, describe
 from builder.qemu_img import chain_to_raw_argv, create_overlay_argv
 from builder.run import run
 from builder.stage_cache import Entry, StageCache
-from builder.steps.boot import boot, connect
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +115,8 @@ def store_cache_point(ctx: BuildContext, stack: ExitStack, index: int) -> None:
             tmp.unlink(missing_ok=True)
     record_stage(ctx, stage, entry, "stored")
     use_entry(ctx, stack, cache, key)
-    boot(ctx, stack)
-    connect(ctx, stack)
+    boot_disk(ctx, stack)
+    open_session(ctx, stack, ctx.template.communicator.timeout)
 
 
 def power_off(ctx: BuildContext) -> None:
