@@ -19,6 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from builder.errors import indent
 from builder.libvirt import (
     connection_uri,
     list_azbuild_domains,
@@ -111,7 +112,7 @@ def collect_garbage(remove: bool, connect: str | None) -> list[str]:
             kept = salvage(path)
             shutil.rmtree(path, ignore_errors=True)
             lines.append(f"work dir {path} (pid {pid} gone): removed")
-            lines += [f"  {line}" for line in kept]
+            lines += indent(kept, "  ").splitlines()
         else:
             lines.append(f"work dir {path} (pid {pid} gone): leftover")
     # What a build killed with SIGKILL leaves besides its work directory: its output
