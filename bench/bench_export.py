@@ -53,6 +53,7 @@ sys.path.insert(0, str(REPO))
 from builder.context import BuildContext  # noqa: E402
 from builder.convert import raw_to_vhd  # noqa: E402
 from builder.disk import allocated_bytes  # noqa: E402
+from builder.qemu_img import convert_to_raw_argv  # noqa: E402
 from builder.steps.export import export  # noqa: E402
 from builder.units import GiB, MiB  # noqa: E402
 
@@ -69,8 +70,7 @@ def cloud_image() -> Path:
 
 
 def make_cloud_input(image: Path, path: Path, size: int) -> None:
-    subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(image), str(path)],
-                   check=True)
+    subprocess.run(convert_to_raw_argv(image, "qcow2", path), check=True)
     os.truncate(path, size)
     with open(path, "rb") as f:
         os.fsync(f.fileno())

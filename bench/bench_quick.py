@@ -62,6 +62,7 @@ from builder.digest import (  # noqa: E402
 )
 from builder.disk import atomic_output, copy_sparse  # noqa: E402
 from builder.paths import cache_dir  # noqa: E402
+from builder.qemu_img import convert_to_raw_argv  # noqa: E402
 from builder.units import GiB, MiB, parse_size  # noqa: E402
 
 PIECES = ("export", "vhd", "hash-old", "hash-sparse", "hash-new", "check", "check+hash")
@@ -82,8 +83,7 @@ def make_synthetic(path: Path, size: int, data: int) -> None:
 
 
 def make_cloud(image: Path, path: Path) -> None:
-    subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(image), str(path)],
-                   check=True)
+    subprocess.run(convert_to_raw_argv(image, "qcow2", path), check=True)
     # examples/cloud-image.toml's disk_size: the work disk a build exports
     os.truncate(path, max(path.stat().st_size, CLOUD_DISK_SIZE))
 

@@ -7,7 +7,6 @@ the one place they join the report.
 from __future__ import annotations
 
 import re
-import shlex
 import struct
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +16,7 @@ from builder.errors import BuildError, UsageError
 from builder.guest_checks import GUEST_IDS, KernelLine, guest_checks
 from builder.inputs import verify_image
 from builder.inventory import Inventory, read_inventory
+from builder.quoting import shell_join
 from builder.report import TITLES, CheckResult, Report
 from builder.units import MiB, format_size
 from builder.vhd import (
@@ -147,7 +147,7 @@ def _not_fixed(image: Path, image_format: ImageFormat, length: int) -> list[Chec
     target = image.with_suffix(".vhd")
     if target == image:
         target = image.with_name(image.stem + "-fixed.vhd")
-    fix = f"convert it: azbuild convert {shlex.quote(str(image))} {shlex.quote(str(target))}"
+    fix = "convert it: " + shell_join(["azbuild", "convert", image, target])
     kind = {
         "raw": "a raw disk, not a VHD",
         "qcow2": "qcow2, which Azure does not accept",

@@ -17,6 +17,7 @@ from typing import Any
 
 from builder.errors import UsageError
 from builder.manifest import MANIFEST_FILE
+from builder.table import aligned
 
 # The sections in the order they are shown.
 SECTIONS = ("packages", "kernels", "kernel arguments", "services", "requirements", "sizes",
@@ -143,9 +144,7 @@ def to_table(comparison: Comparison) -> str:
         rows = [("section", "item", "old", "new")]
         rows += [(c.section, c.item, ABSENT if c.old is None else c.old,
                   ABSENT if c.new is None else c.new) for c in comparison.changes]
-        widths = [max(len(r[i]) for r in rows) for i in range(3)]
-        lines += ["  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3]
-                  for r in rows]
+        lines += aligned(rows)
     for section, why in comparison.not_compared.items():
         lines.append(f"{section}: not compared ({why})")
     count = len(comparison.changes)

@@ -84,11 +84,12 @@ class BuildError(AzbuildError):
     """A build step failed."""
 
 
-def indent(text: str | Iterable[str]) -> str:
-    """Lines indented by four spaces: quoted output (a console, a command's stderr, a
-    list of findings) inside a message. `text` is one string of lines, or the lines."""
+def indent(text: str | Iterable[str], prefix: str = "    ") -> str:
+    """Lines indented by four spaces (or `prefix`): quoted output (a console, a command's
+    stderr, a list of findings) inside a message. `text` is one string of lines, or the
+    lines."""
     lines = text.splitlines() if isinstance(text, str) else text
-    return "\n".join("    " + line for line in lines)
+    return "\n".join(prefix + line for line in lines)
 
 
 def _tail(text: str, lines: int = 20) -> str:

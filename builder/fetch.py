@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from builder.errors import BuildError, UsageError
+from builder.errors import BuildError, UsageError, indent
 from builder.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -115,8 +115,7 @@ def fetch_iso(iso: str, checksum: str, *, retries: int = 6, backoff: float = 2.0
         if actual != expected.hexdigest:
             part.unlink(missing_ok=True)
             raise BuildError(
-                f"checksum mismatch for {iso}:\n  expected {expected}\n"
-                f"  actual   {expected.algorithm}:{actual}\nthe download was removed",
+                _mismatch(iso, expected, actual) + "\nthe download was removed",
                 hint="check source.checksum; if it is right, the mirror served a bad file",
             )
         os.replace(part, target)
@@ -131,10 +130,14 @@ def verify_local_file(path: Path, expected: Digest, *, what: str) -> None:
     actual = file_digest(path, expected.algorithm)
     if actual != expected.hexdigest:
         raise UsageError(
-            f"checksum mismatch for {path}:\n  expected {expected}\n"
-            f"  actual   {expected.algorithm}:{actual}",
+            _mismatch(path, expected, actual),
             hint=f"the file is corrupt or the checksum is for another {what}",
         )
+
+
+def _mismatch(name: object, expected: Digest, actual: str) -> str:
+    return f"checksum mismatch for {name}:\n" + indent(
+        [f"expected {expected}", f"actual   {expected.algorithm}:{actual}"], "  ")
 
 
 def resolve_checksum(checksum: str, iso: str) -> Digest:

@@ -19,10 +19,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from builder.errors import indent
 from builder.libvirt import (
+    FoundDomain,
+    connected,
     connection_uri,
     list_azbuild_domains,
-    open_connection,
     process_alive,
     process_start_ticks,
     remove_domain,
@@ -80,13 +82,14 @@ def leftover_work_dirs(root: Path | None = None) -> list[tuple[Path, int]]:
     return found
 
 
-def _leftover_domains(conn: Any) -> list[tuple[Any, str]]:
-    found: list[tuple[Any, str]] = []
-    for dom, meta in list_azbuild_domains(conn):
+def _leftover_domains(conn: Any) -> list[tuple[FoundDomain, str]]:
+    found: list[tuple[FoundDomain, str]] = []
+    for domain in list_azbuild_domains(conn):
+        meta = domain.metadata
         if meta is None:
-            found.append((dom, "no azbuild metadata"))
+            found.append((domain, "no azbuild metadata"))
         elif not _owner_alive(meta.pid, meta.pid_start):
-            found.append((dom, f"pid {meta.pid} gone, template {meta.template}"))
+            found.append((domain, f"pid {meta.pid} gone, template {meta.template}"))
     return found
 
 
@@ -95,23 +98,19 @@ def collect_garbage(remove: bool, connect: str | None) -> list[str]:
     destroy/remove them too. The CLI prints the lines."""
     lines: list[str] = []
     uri = connection_uri(connect)
-    conn = open_connection(uri)
-    try:
-        for dom, why in _leftover_domains(conn):
-            name = dom.name()
+    with connected(uri) as conn:
+        for domain, why in _leftover_domains(conn):
             if remove:
-                remove_domain(dom)
-                lines.append(f"domain {name} ({why}): destroyed")
+                remove_domain(domain)
+                lines.append(f"domain {domain.name} ({why}): destroyed")
             else:
-                lines.append(f"domain {name} ({why}): leftover")
-    finally:
-        conn.close()
+                lines.append(f"domain {domain.name} ({why}): leftover")
     for path, pid in leftover_work_dirs():
         if remove:
             kept = salvage(path)
             shutil.rmtree(path, ignore_errors=True)
             lines.append(f"work dir {path} (pid {pid} gone): removed")
-            lines += [f"  {line}" for line in kept]
+            lines += indent(kept, "  ").splitlines()
         else:
             lines.append(f"work dir {path} (pid {pid} gone): leftover")
     # What a build killed with SIGKILL leaves besides its work directory: its output

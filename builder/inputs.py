@@ -158,9 +158,8 @@ def _qemu_img_check(path: Path, image_format: ImageFormat, role: str) -> None:
         return
     details = [line.removeprefix("qemu-img: ").strip()
                for line in proc.stderr.splitlines() if line.strip()]
-    shown = indent(details[:_STDERR_LINES])
-    if len(details) > _STDERR_LINES:
-        shown += f"\n    ... and {len(details) - _STDERR_LINES} more"
+    more = [f"... and {len(details) - _STDERR_LINES} more"] if len(details) > _STDERR_LINES else []
+    shown = indent([*details[:_STDERR_LINES], *more])
     if proc.returncode == CHECK_CORRUPT:
         what = f"qemu-img check found {findings.get('corruptions', 'some')} corruption(s)"
     else:

@@ -307,8 +307,24 @@ def open_connection(uri: str) -> Any:
     except libvirt.libvirtError as exc:
         raise BuildError(f"cannot connect to libvirt at {uri}: {exc}",
                          hint=connection_hint(uri, str(exc), os.geteuid())) from None
-    conn.setKeepAlive(5, 3)
+    try:
+        conn.setKeepAlive(5, 3)
+    except libvirt.libvirtError as exc:
+        # In-process drivers (test:///default, which the unit tests use) have no link
+        # to keep alive; any daemon connection supports it.
+        if exc.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:
+            raise
     return conn
+
+
+@contextmanager
+def connected(uri: str) -> Iterator[Any]:
+    """`open_connection(uri)` for the block, closed after it."""
+    conn = open_connection(uri)
+    try:
+        yield conn
+    finally:
+        conn.close()
 
 
 def refuse_unsupported_uri(uri: str, euid: int) -> None:
@@ -577,23 +593,34 @@ def running_domain(
         _cleanup(running, conn)
 
 
-def list_azbuild_domains(conn: Any) -> list[tuple[Any, DomainMetadata | None]]:
-    """Every domain named `azbuild-...` on `conn`, with the azbuild metadata it carries
-    (None when it has none); one that vanishes while being listed is left out."""
-    found: list[tuple[Any, DomainMetadata | None]] = []
+@dataclass(frozen=True)
+class FoundDomain:
+    """An azbuild domain as `azbuild gc` finds it."""
+
+    name: str
+    metadata: DomainMetadata | None  # None: it carries no azbuild metadata
+    handle: Any  # the libvirt domain, for remove_domain
+
+
+def list_azbuild_domains(conn: Any) -> list[FoundDomain]:
+    """Every domain named `azbuild-...` on `conn`, with the azbuild metadata it carries;
+    one that vanishes while being listed is left out."""
+    found: list[FoundDomain] = []
     for dom in conn.listAllDomains(0):
-        if not dom.name().startswith(DOMAIN_PREFIX):
+        name = dom.name()
+        if not name.startswith(DOMAIN_PREFIX):
             continue
         try:
-            found.append((dom, read_metadata(dom.XMLDesc(0))))
+            found.append(FoundDomain(name, read_metadata(dom.XMLDesc(0)), dom))
         except libvirt.libvirtError:
             continue  # gone meanwhile
     return found
 
 
-def remove_domain(dom: Any) -> None:
-    """Destroy `dom` if it runs and undefine it if it is persistent; one already gone
-    is fine."""
+def remove_domain(domain: FoundDomain) -> None:
+    """Destroy the domain if it runs and undefine it if it is persistent; one already
+    gone is fine."""
+    dom = domain.handle
     try:
         if dom.isActive():
             dom.destroy()

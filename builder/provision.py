@@ -10,12 +10,12 @@ from __future__ import annotations
 import collections
 import logging
 import secrets
-import shlex
 import time
 from collections.abc import Callable, Sequence
 
 from builder.errors import BuildError, UsageError, indent
 from builder.models import FileProvisioner, RebootProvisioner, ShellProvisioner
+from builder.quoting import shell_quote
 from builder.ssh import SSHSession
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ def _shell(session: SSHSession, provisioner: ShellProvisioner, label: str, name:
         # Owned by the login user, so it runs with or without sudo; the shebang decides the
         # interpreter (a script without one runs under /bin/sh).
         session.upload(provisioner.script, remote_script, mode=0o700, owner=session.username)
-        command = shlex.quote(remote_script)
+        command = shell_quote(remote_script)
     else:
         command = inline_script(provisioner.inline or [])
     try:
@@ -118,7 +118,7 @@ def _shell(session: SSHSession, provisioner: ShellProvisioner, label: str, name:
         if remote_script is not None and session.is_active():
             # Best effort: a failure here must never hide the provisioner's own error.
             try:
-                session.run(f"rm -f -- {shlex.quote(remote_script)}", sudo=True, timeout=60,
+                session.run(f"rm -f -- {shell_quote(remote_script)}", sudo=True, timeout=60,
                             on_line=lambda line: log.debug("[%s] cleanup: %s", label, line))
             except BuildError as exc:
                 log.debug("[%s] could not remove %s: %s", label, remote_script, exc)

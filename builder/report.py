@@ -6,6 +6,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+from builder.table import aligned
+
 if TYPE_CHECKING:
     from builder.inventory import Inventory
 
@@ -71,9 +73,5 @@ class Report:
     def to_table(self) -> str:
         rows = [("ID", "requirement", "status", "evidence")]
         rows += [(c.id, c.title, c.status.upper(), c.evidence) for c in self.checks]
-        widths = [max(len(r[i]) for r in rows) for i in range(3)]
-        lines = [
-            "  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3] for r in rows
-        ]
         verdict = "READY for Azure" if self.ready else "NOT READY for Azure"
-        return "\n".join([f"{self.image}: {verdict}", *lines])
+        return "\n".join([f"{self.image}: {verdict}", *aligned(rows)])

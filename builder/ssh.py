@@ -30,7 +30,6 @@ import errno
 import logging
 import secrets
 import selectors
-import shlex
 import socket
 import stat
 import threading
@@ -45,6 +44,7 @@ import paramiko
 
 from builder.errors import BuildError, UsageError, indent
 from builder.keys import fingerprint_blob, parse_public_line
+from builder.quoting import shell_join, shell_quote
 from builder.waits import FIRST_REPORT, WaitReporter
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ def wrap_command(
                 raise UsageError(f"invalid environment variable name: {name!r}")
         argv += ["env", *(f"{name}={value}" for name, value in env.items())]
     argv += ["/bin/sh", "-c", command]
-    return shlex.join(argv)
+    return shell_join(argv)
 
 
 # --------------------------------------------------------------------------------------------
@@ -696,7 +696,7 @@ class SSHSession:
         never kills it with the session), else `nohup setsid`. Returns once the
         command was started; its output is discarded.
         """
-        inner = shlex.join(["/bin/sh", "-c", command])
+        inner = shell_join(["/bin/sh", "-c", command])
         unit = f"azbuild-detached-{secrets.token_hex(4)}"
         launcher = (
             "if [ -d /run/systemd/system ] && command -v systemd-run >/dev/null 2>&1; then "
@@ -736,7 +736,7 @@ class SSHSession:
             # before it ran (SFTP, sudo refusing). Best effort, never hiding the real error.
             if self.is_active():
                 with contextlib.suppress(Exception):
-                    self.run(f"rm -rf -- {shlex.quote(staging)}", timeout=30,
+                    self.run(f"rm -rf -- {shell_quote(staging)}", timeout=30,
                              on_line=lambda line: log.debug("[upload cleanup] %s", line))
             raise
         log.debug("uploaded %s to %s:%s (%d entries)", local, self.where, remote, count)
@@ -812,7 +812,7 @@ def install_script(
     payload: str, staging: str, remote: str, *, is_dir: bool, name: str, owner: str | None
 ) -> str:
     """The shell script that moves a staged upload to its destination (run as root)."""
-    q = shlex.quote
+    q = shell_quote
     lines = ["set -e", f"trap {q('rm -rf -- ' + q(staging))} EXIT", f"dest={q(remote)}"]
     preserve = "mode,timestamps"
     if owner is not None:

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from builder.stage_cache import Entry, StageCache
+from builder.table import aligned
 from builder.units import format_size
 
 log = logging.getLogger(__name__)
@@ -42,10 +43,7 @@ def table(listed: list[Listed]) -> str:
         e = item.entry
         rows.append((e.key[:12], e.kind, e.template, _human(e.size), e.created,
                      _iso(item.last_used), e.description))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[-1]
-        for row in rows)
+    return "\n".join(aligned(rows))
 
 
 def descendants(key: str, entries: list[Entry]) -> list[str]:

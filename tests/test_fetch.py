@@ -222,8 +222,11 @@ def test_local_path_verified_in_place(tmp_path: Path, cache: Path) -> None:
     iso.write_bytes(PAYLOAD)
     assert fetch_iso(str(iso), f"sha256:{SHA256}") == iso
     assert not (cache / "iso").exists()
-    with pytest.raises(UsageError, match="checksum mismatch"):
+    with pytest.raises(UsageError, match="checksum mismatch") as info:
         fetch_iso(str(iso), f"sha256:{'0' * 64}")
+    assert info.value.message == (f"checksum mismatch for {iso}:\n"
+                                  f"  expected sha256:{'0' * 64}\n"
+                                  f"  actual   sha256:{SHA256}")
     assert iso.exists()  # a user's own file is never deleted
     with pytest.raises(UsageError, match="not found"):
         fetch_iso(str(tmp_path / "nope.iso"), f"sha256:{SHA256}")

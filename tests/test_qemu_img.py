@@ -6,7 +6,16 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from builder.qemu_img import check_argv, convert_to_raw_argv, info_argv, virtual_size
+from builder.qemu_img import (
+    chain_to_raw_argv,
+    check_argv,
+    convert_to_raw_argv,
+    create_overlay_argv,
+    create_qcow2_argv,
+    info_argv,
+    raw_to_qcow2_argv,
+    virtual_size,
+)
 
 MiB = 1024 * 1024
 
@@ -26,6 +35,30 @@ def test_info_argv() -> None:
 def test_convert_to_raw_argv() -> None:
     assert convert_to_raw_argv(Path("in.vhd"), "vpc", Path("/work/disk.raw")) == [
         "qemu-img", "convert", "-f", "vpc", "-O", "raw", "in.vhd", "/work/disk.raw"]
+
+
+def test_create_qcow2_argv() -> None:
+    # The size goes in bytes: qemu-img would read "20G" as well, but bytes are exact.
+    assert create_qcow2_argv(Path("/work/disk.qcow2.tmp"), 20 * 1024**3) == [
+        "qemu-img", "create", "-q", "-f", "qcow2", "/work/disk.qcow2.tmp", "21474836480"]
+
+
+def test_create_overlay_argv() -> None:
+    assert create_overlay_argv(Path("/cache/ab12/disk.qcow2"), Path("/work/disk-1.qcow2")) == [
+        "qemu-img", "create", "-q", "-f", "qcow2", "-b", "/cache/ab12/disk.qcow2",
+        "-F", "qcow2", "/work/disk-1.qcow2"]
+
+
+def test_raw_to_qcow2_argv() -> None:
+    assert raw_to_qcow2_argv(Path("/work/disk.raw"), Path("/cache/tmp/disk.qcow2")) == [
+        "qemu-img", "convert", "-f", "raw", "-O", "qcow2", "/work/disk.raw",
+        "/cache/tmp/disk.qcow2"]
+
+
+def test_chain_to_raw_argv() -> None:
+    assert chain_to_raw_argv(Path("/work/disk.qcow2"), Path("/work/disk.raw")) == [
+        "qemu-img", "convert", "-f", "qcow2", "-O", "raw", "-S", "4k", "/work/disk.qcow2",
+        "/work/disk.raw"]
 
 
 def test_virtual_size_of_qcow2_and_raw(tmp_path: Path) -> None:
