@@ -22,16 +22,18 @@ FIGURES = ("seconds", "peak_rss_mib", "children_peak_rss_mib")
 
 
 def test_the_quick_bench_gives_figures_for_every_piece(
-        tmp_path: Path, record_property: Callable[[str, object], None]) -> None:
+        cloud_image: Path, tmp_path: Path,
+        record_property: Callable[[str, object], None]) -> None:
     out = tmp_path / "figures.json"
     done = subprocess.run([sys.executable, str(REPO / "bench" / "bench_quick.py"),
-                           "--dir", str(tmp_path), "--json", str(out)],
+                           "--dir", str(tmp_path), "--json", str(out),
+                           "--cloud", str(cloud_image)],
                           capture_output=True, text=True, timeout=600)
     print(done.stdout)  # the figures, in the test log (-rA shows it)
     assert done.returncode == 0, done.stderr
     figures = json.loads(out.read_text())
     record_property("bench_quick", json.dumps(figures))
-    assert "synthetic" in figures
+    assert {"synthetic", "cloud"} <= set(figures)
     for name, pieces in figures.items():
         expected = {"export", "vhd", "hash-old", "hash-sparse", "hash-new"}
         assert expected <= set(pieces), f"{name}: {sorted(pieces)}"
