@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -52,6 +53,10 @@ class AccelChoice:
 
 
 _NOT_LASTING = "a KVM domain failed to start"
+# QEMU itself started and then refused or crashed on KVM (an assertion in kvm.c, "failed to
+# initialize kvm", no access to the module): a fact about this host, kernel and QEMU, unlike
+# libvirtd being down or a file it could not open, which the next build may not meet.
+_QEMU_KVM_FAILURE = re.compile(r"qemu-system-\S+:.*\bkvm", re.IGNORECASE)
 _probe_cache: dict[tuple[str, Path | None], tuple[bool, str]] = {}
 
 
@@ -188,8 +193,15 @@ def _probe(uri: str, kernel: Path | None, timeout: float) -> tuple[bool, str]:
                     )
                 return False, f"under KVM nothing reached the serial console in {timeout:.0f}s"
         except AzbuildError as exc:
-            first = str(exc).splitlines()[-1].strip()
-            return False, f"{_NOT_LASTING}: {first}"
+            return False, start_failure_reason(str(exc))
+
+
+def start_failure_reason(message: str) -> str:
+    """Why the probe domain did not start; remembered only when QEMU failed on KVM itself."""
+    last = message.splitlines()[-1].strip() if message.strip() else message
+    if _QEMU_KVM_FAILURE.search(last):
+        return f"QEMU failed under KVM: {last}"
+    return f"{_NOT_LASTING}: {last}"
 
 
 def choose_accelerator(

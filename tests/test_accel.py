@@ -84,3 +84,51 @@ def test_a_probe_that_could_not_start_a_domain_is_not_remembered(
     assert reason.startswith("a KVM domain failed to start"), reason
     path = accel._cache_file(uri, kernel)
     assert path is not None and not path.exists(), reason
+
+
+KVM_ASSERTION = (
+    "libvirt: QEMU Driver error : internal error: process exited while connecting to "
+    "monitor: 2026-12-01T14:34:31.123Z\nqemu-system-x86_64: ../../target/i386/kvm/kvm.c:3183: "
+    "kvm_buf_set_msrs: Assertion `ret == cpu->kvm_msr_buf->nmsrs' failed."
+)
+
+
+@pytest.mark.parametrize("message", [
+    KVM_ASSERTION,
+    "qemu-system-x86_64: Could not access KVM kernel module: Permission denied\n"
+    "qemu-system-x86_64: failed to initialize kvm: Permission denied",
+])
+def test_qemu_failing_on_kvm_itself_is_a_lasting_answer(message: str) -> None:
+    """Seen on this machine kind: QEMU starts and dies in kvm.c every time; probing again
+    on every build would cost a domain start and never change the answer."""
+    reason = accel.start_failure_reason(message)
+    assert reason.startswith("QEMU failed under KVM: qemu-system-x86_64:"), reason
+    assert not reason.startswith(accel._NOT_LASTING)
+
+
+@pytest.mark.parametrize("message", [
+    "Failed to connect socket to '/var/run/libvirt/libvirt-sock': No such file or directory",
+    "Cannot access storage file '/tmp/x/vmlinuz': Permission denied",
+])
+def test_libvirt_failing_before_qemu_ran_is_not_lasting(message: str) -> None:
+    assert accel.start_failure_reason(message).startswith(accel._NOT_LASTING)
+
+
+def test_a_qemu_kvm_failure_is_remembered_for_this_boot(
+    boot: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kernel = tmp_path / "vmlinuz-6.1.0-1-amd64"
+    kernel.write_bytes(b"kernel")
+    uri = "qemu:///system"
+    probes: list[str] = []
+
+    def crashing_probe(uri: str, kernel: Path | None, timeout: float) -> tuple[bool, str]:
+        probes.append(uri)
+        return False, accel.start_failure_reason(KVM_ASSERTION)
+
+    monkeypatch.setattr(accel, "_probe", crashing_probe)
+    assert accel.choose_accelerator("auto", uri, kernel).accelerator == "tcg"
+    monkeypatch.setattr(accel, "_probe_cache", {})  # a new process, the same boot
+    again = accel.choose_accelerator("auto", uri, kernel)
+    assert again.accelerator == "tcg" and "cached in" in again.reason, again.reason
+    assert probes == [uri]
