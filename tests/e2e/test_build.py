@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -433,20 +434,6 @@ def test_exported_image_boots_by_itself(built: Outcome, tmp_path: Path,
 # --- failures --------------------------------------------------------------------------------
 
 
-def test_failing_provisioner(cloud_image: Path, tmp_path: Path, libvirt_uri: str) -> None:
-    template = write_template(tmp_path / "fail.toml", """
-name = "e2e-fail"
-[[provision]]
-type = "shell"
-inline = ["echo about to fail", "exit 1"]
-""")
-    outcome = azbuild_build(template, cloud_image, tmp_path)
-    assert outcome.returncode == 1, outcome.stderr[-3000:]
-    assert "provision" in outcome.stderr and "about to fail" in outcome.stderr
-    manifest = assert_failed_build_kept(outcome, libvirt_uri, "e2e-fail", "provision")
-    assert "about to fail" in manifest["failure"]["error"]
-
-
 def test_sigterm_during_provisioning(cloud_image: Path, tmp_path: Path,
                                      libvirt_uri: str) -> None:
     template = write_template(tmp_path / "slow.toml", """
@@ -463,20 +450,94 @@ inline = ["echo provisioning-started", "sleep 600"]
     assert manifest["failure"]["error"] == "terminated by SIGTERM"
 
 
-def test_guest_that_never_boots(tmp_path: Path, libvirt_uri: str) -> None:
-    empty = tmp_path / "empty.raw"
+# The failing builds that only read their outcome run at once, in one batch: each waits
+# mostly on its own TCG guest, so together they cost little more than the slowest alone.
+
+
+def _failing_provisioner(cloud_image: Path, tmp: Path) -> tuple[Outcome, str]:
+    template = write_template(tmp / "fail.toml", """
+name = "e2e-fail"
+[[provision]]
+type = "shell"
+inline = ["echo about to fail", "exit 1"]
+""")
+    return azbuild_build(template, cloud_image, tmp), ""
+
+
+def _guest_that_never_boots(cloud_image: Path, tmp: Path) -> tuple[Outcome, str]:
+    empty = tmp / "empty.raw"
     with open(empty, "wb") as f:
         f.truncate(64 * 1024**2)
     # UEFI: OVMF reports on the serial console that it found nothing to boot, so the
     # watchdog fails at once (SeaBIOS prints only to the screen: that case waits out
     # the silent-console bound, and is covered in test_vm.py).
-    template = write_template(tmp_path / "noboot.toml", """
+    template = write_template(tmp / "noboot.toml", """
 name = "e2e-noboot"
 [vm]
 accelerator = "tcg"
 firmware = "uefi"
 """)
-    outcome = azbuild_build(template, empty, tmp_path)
+    return azbuild_build(template, empty, tmp), ""
+
+
+def _wrong_host_key(cloud_image: Path, tmp: Path) -> tuple[Outcome, str]:
+    """Pinning a key the guest does not have: the guest's own key is refused at once."""
+    from builder.keys import KeyPair
+
+    pinned = KeyPair.generate("pinned")
+    pinned.write_public(tmp / "host.pub")
+    template = write_template(tmp / "wrongkey.toml", f"""
+name = "e2e-wrongkey"
+[communicator]
+timeout = "10m"
+host_key_file = "{tmp / 'host.pub'}"
+""")
+    return azbuild_build(template, cloud_image, tmp), pinned.fingerprint
+
+
+def _ssh_never_answers(cloud_image: Path, tmp: Path) -> tuple[Outcome, str]:
+    """A guest that boots but whose sshd never starts (masked in a copy of the image)."""
+    image = tmp / "nossh.qcow2"
+    run(["qemu-img", "create", "-f", "qcow2", "-F", "qcow2", "-b", cloud_image, image])
+    g = launch([Drive(image, "qcow2", readonly=False)])
+    g.mount(g.inspect_os()[0], "/")
+    g.ln_sf("/dev/null", "/etc/systemd/system/ssh.service")
+    g.umount_all()
+    g.shutdown()
+    g.close()
+    template = write_template(tmp / "nossh.toml", """
+name = "e2e-nossh"
+[communicator]
+timeout = "75s"
+""")
+    return azbuild_build(template, image, tmp), ""
+
+
+FAILING_BUILDS = {"fail": _failing_provisioner, "noboot": _guest_that_never_boots,
+                  "wrongkey": _wrong_host_key, "nossh": _ssh_never_answers}
+
+
+@pytest.fixture(scope="session")
+def failed(cloud_image: Path,
+           tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Outcome, str]]:
+    """Each failing build's Outcome (and what its test needs besides), all run at once."""
+    with ThreadPoolExecutor(max_workers=len(FAILING_BUILDS)) as pool:
+        futures = {name: pool.submit(build, cloud_image, tmp_path_factory.mktemp(name))
+                   for name, build in FAILING_BUILDS.items()}
+        return {name: future.result() for name, future in futures.items()}
+
+
+def test_failing_provisioner(failed: dict[str, tuple[Outcome, str]], libvirt_uri: str) -> None:
+    outcome, _ = failed["fail"]
+    assert outcome.returncode == 1, outcome.stderr[-3000:]
+    assert "provision" in outcome.stderr and "about to fail" in outcome.stderr
+    manifest = assert_failed_build_kept(outcome, libvirt_uri, "e2e-fail", "provision")
+    assert "about to fail" in manifest["failure"]["error"]
+
+
+def test_guest_that_never_boots(failed: dict[str, tuple[Outcome, str]],
+                                libvirt_uri: str) -> None:
+    outcome, _ = failed["noboot"]
     assert outcome.returncode == 1, outcome.stderr[-3000:]
     assert "the guest did not start" in outcome.stderr
     assert "no bootable device" in outcome.stderr or "no output" in outcome.stderr
@@ -486,41 +547,16 @@ firmware = "uefi"
     assert manifest["failure"]["hint"]
 
 
-def test_wrong_host_key(cloud_image: Path, tmp_path: Path, libvirt_uri: str) -> None:
-    """Pinning a key the guest does not have: the guest's own key is refused at once."""
-    from builder.keys import KeyPair
-
-    pinned = KeyPair.generate("pinned")
-    pinned.write_public(tmp_path / "host.pub")
-    template = write_template(tmp_path / "wrongkey.toml", f"""
-name = "e2e-wrongkey"
-[communicator]
-timeout = "10m"
-host_key_file = "{tmp_path / 'host.pub'}"
-""")
-    outcome = azbuild_build(template, cloud_image, tmp_path)
+def test_wrong_host_key(failed: dict[str, tuple[Outcome, str]], libvirt_uri: str) -> None:
+    outcome, pinned_fingerprint = failed["wrongkey"]
     assert outcome.returncode == 1, outcome.stderr[-3000:]
-    assert pinned.fingerprint in outcome.stderr
+    assert pinned_fingerprint in outcome.stderr
     assert outcome.stderr.count("SHA256:") >= 2, "both fingerprints must be named"
     assert_failed_build_kept(outcome, libvirt_uri, "e2e-wrongkey", "connect")
 
 
-def test_ssh_never_answers(cloud_image: Path, tmp_path: Path, libvirt_uri: str) -> None:
-    """A guest that boots but whose sshd never starts (masked in a copy of the image)."""
-    image = tmp_path / "nossh.qcow2"
-    run(["qemu-img", "create", "-f", "qcow2", "-F", "qcow2", "-b", cloud_image, image])
-    g = launch([Drive(image, "qcow2", readonly=False)])
-    g.mount(g.inspect_os()[0], "/")
-    g.ln_sf("/dev/null", "/etc/systemd/system/ssh.service")
-    g.umount_all()
-    g.shutdown()
-    g.close()
-    template = write_template(tmp_path / "nossh.toml", """
-name = "e2e-nossh"
-[communicator]
-timeout = "75s"
-""")
-    outcome = azbuild_build(template, image, tmp_path)
+def test_ssh_never_answers(failed: dict[str, tuple[Outcome, str]], libvirt_uri: str) -> None:
+    outcome, _ = failed["nossh"]
     assert outcome.returncode == 1, outcome.stderr[-3000:]
     assert "75s" in outcome.stderr or "timed out" in outcome.stderr
     assert "serial console" in outcome.stderr
