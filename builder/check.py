@@ -13,11 +13,12 @@ from typing import Any, Literal
 
 from builder.disk import ImageFormat, detect_image_format
 from builder.errors import BuildError, UsageError
-from builder.guest_checks import GUEST_IDS, KernelLine, guest_checks
+from builder.guest_checks import KernelLine, guest_checks
 from builder.inputs import verify_image
 from builder.inventory import Inventory, read_inventory
 from builder.quoting import shell_join
-from builder.report import TITLES, CheckResult, Report
+from builder.report import CheckResult, Report
+from builder.requirements import GUEST_IDS, TITLES
 from builder.units import MiB, format_size
 from builder.vhd import (
     ALL_ONES_64,

@@ -32,20 +32,37 @@ from builder.errors import CommandError, UsageError
 from builder.initrd_list import InitrdError, kernel_versions_in, list_initrd, module_name
 from builder.qemu_img import info_argv
 from builder.report import CheckResult, Status
+from builder.requirements import (
+    AGENT,
+    AGENT_STATE,
+    AUTHORIZED_KEYS,
+    CLOUD_INIT_INSTANCE,
+    CRASHKERNEL_AUTO,
+    ENABLE_SWAP,
+    FORBIDDEN_ARGS,
+    HISTORY_FILES,
+    INITRAMFS_TOOLS_INIT,
+    INSTALLER_LEFTOVERS,
+    LEASE_DIRS,
+    NUMA_OFF,
+    R14_BIOS_SKIP,
+    REGENERATE_HOST_KEYS,
+    REQUIRED_MODULES,
+    RESOURCE_FILESYSTEM,
+    RESOURCE_FORMAT,
+    RESOURCE_MOUNT_POINT,
+    SSH_HOST_KEYS,
+    SWAP_SIZE_MB,
+    WAAGENT_CONF,
+    WANTED_MODULES,
+    arg_matches,
+    kernel_args_for,
+)
 from builder.run import run
 
 log = logging.getLogger(__name__)
 
 IMAGE_FORMATS = ("raw", "qcow2", "vpc", "vhdx")
-GUEST_IDS = tuple(f"R{n:02d}" for n in range(3, 15))  # what guest_checks judges
-BASE_ARGS = ("console=ttyS0", "earlyprintk=ttyS0")
-ROOTDELAY = "rootdelay=300"
-REQUIRED_ARGS = (*BASE_ARGS, ROOTDELAY)  # dracut (RHEL family, SUSE) and unknown initrds
-FORBIDDEN_ARGS = ("rhgb", "quiet")
-# initramfs-tools' init runs `sleep "$ROOTDELAY"` before it looks for the root device.
-INITRAMFS_TOOLS_INIT = "/usr/share/initramfs-tools/init"
-REQUIRED_MODULES = ("hv_vmbus", "hv_storvsc")
-WANTED_MODULES = ("hv_netvsc",)
 AGENT_PACKAGES = ("waagent", "walinuxagent", "WALinuxAgent", "python-azure-agent",
                   "python3-azure-agent")
 AGENT_UNITS = ("walinuxagent.service", "waagent.service")
@@ -70,17 +87,6 @@ ESP_GPT_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 ESP_MBR_TYPES = ("0xef",)
 FALLBACK_LOADER = "EFI/BOOT/BOOTX64.EFI"
 SHIM_MARK = b"UEFI SHIM"  # shim's version string, in every shim binary
-HISTORY_FILES = (".bash_history", ".zsh_history", ".sh_history", ".ash_history", ".history")
-INSTALLER_LEFTOVERS = (
-    "/root/anaconda-ks.cfg", "/root/original-ks.cfg", "/root/initial-setup-ks.cfg",
-    "/var/log/anaconda", "/var/log/installer", "/root/autoinst.xml", "/var/adm/autoinstall",
-    "/autoinstall.yaml", "/var/lib/cloud/seed/nocloud/user-data",
-)
-LEASE_DIRS = {  # directory -> which of its files are leases
-    "/var/lib/dhcp": "*", "/var/lib/dhclient": "*", "/var/lib/NetworkManager": "*lease*",
-    "/var/lib/dhcpcd": "*.lease", "/var/lib/dhcpcd5": "*.lease", "/var/lib/wicked": "*lease*",
-    "/var/lib/systemd/netif/leases": "*",
-}
 EXT_MAGIC = 0xEF53
 EXT_STATE_VALID = 0x0001
 EXT_STATE_ERROR = 0x0002
@@ -262,7 +268,7 @@ def _has_arg(args: Sequence[str], wanted: str) -> bool:
 def required_args(initrd_tool: str) -> tuple[str, ...]:
     """R07's required arguments: rootdelay only where the initrd treats it as an upper bound
     (dracut, or a tool not recognised); initramfs-tools sleeps it on every boot."""
-    return BASE_ARGS if initrd_tool == "initramfs-tools" else REQUIRED_ARGS
+    return kernel_args_for(initrd_tool).required
 
 
 def judge_cmdline(
@@ -270,10 +276,10 @@ def judge_cmdline(
 ) -> tuple[list[str], list[str], bool]:
     """(missing required arguments, forbidden arguments present, has crashkernel=auto).
     On an initramfs-tools image every `rootdelay=` is forbidden."""
-    missing = [w for w in required_args(initrd_tool) if not _has_arg(args, w)]
-    forbidden = [a for a in args if a in FORBIDDEN_ARGS or (
-        initrd_tool == "initramfs-tools" and a.startswith("rootdelay="))]
-    return missing, forbidden, "crashkernel=auto" in args
+    rule = kernel_args_for(initrd_tool)
+    missing = [w for w in rule.required if not _has_arg(args, w)]
+    forbidden = [a for a in args if any(arg_matches(a, p) for p in rule.forbidden)]
+    return missing, forbidden, CRASHKERNEL_AUTO in args
 
 
 def rootdelay_cost(forbidden: Sequence[str], init_evidence: str) -> str:
@@ -346,7 +352,7 @@ def cloud_datasources(text: str) -> list[str] | None:
 
 
 def judge_waagent_conf(
-    conf: Mapping[str, tuple[str, int]], cloud_init: CloudInitState, path: str = "/etc/waagent.conf"
+    conf: Mapping[str, tuple[str, int]], cloud_init: CloudInitState, path: str = WAAGENT_CONF
 ) -> tuple[Status, str]:
     """R10: judge waagent.conf by the provisioning mode it declares."""
     def val(key: str) -> str | None:
@@ -356,7 +362,7 @@ def judge_waagent_conf(
         return f"{key}={conf[key][0]} ({path}:{conf[key][1]})" if key in conf else f"{key} unset"
 
     problems: list[str] = []
-    agent = val("Provisioning.Agent")
+    agent = val(AGENT)
     if agent is None:
         if (val("Provisioning.UseCloudInit") or "").lower() == "y":
             agent = "cloud-init"
@@ -365,56 +371,56 @@ def judge_waagent_conf(
         elif (val("Provisioning.Enabled") or "").lower() == "y":
             agent = "waagent"
         else:
-            problems.append("Provisioning.Agent is not set explicitly (the default is auto)")
+            problems.append(f"{AGENT} is not set explicitly (the default is auto)")
             agent = "auto"
     agent = agent.lower()
     mode = agent
     if agent == "auto":
         mode = "cloud-init" if cloud_init.enabled else "waagent"
-    facts = [show("Provisioning.Agent") if "Provisioning.Agent" in conf else f"mode {agent}"]
+    facts = [show(AGENT) if AGENT in conf else f"mode {agent}"]
     if agent == "auto":
         facts.append(f"auto resolves to {mode}")
-    fmt = (val("ResourceDisk.Format") or "").lower()
-    swap = (val("ResourceDisk.EnableSwap") or "").lower()
-    for key in ("ResourceDisk.Format", "ResourceDisk.EnableSwap"):
+    fmt = (val(RESOURCE_FORMAT) or "").lower()
+    swap = (val(ENABLE_SWAP) or "").lower()
+    for key in (RESOURCE_FORMAT, ENABLE_SWAP):
         if key not in conf:
             problems.append(f"{key} is not set explicitly")
     if mode == "waagent":
         if fmt != "y":
             problems.append(
-                f"waagent mode needs ResourceDisk.Format=y, found {show('ResourceDisk.Format')}"
+                f"waagent mode needs {RESOURCE_FORMAT}=y, found {show(RESOURCE_FORMAT)}"
             )
-        for key in ("ResourceDisk.Filesystem", "ResourceDisk.MountPoint"):
+        for key in (RESOURCE_FILESYSTEM, RESOURCE_MOUNT_POINT):
             if not val(key):
                 problems.append(f"{key} is not set")
         if swap == "y":
-            size = val("ResourceDisk.SwapSizeMB") or ""
+            size = val(SWAP_SIZE_MB) or ""
             if not size.isdigit() or int(size) <= 0:
                 problems.append(
-                    "EnableSwap=y needs a positive ResourceDisk.SwapSizeMB, "
-                    f"found {show('ResourceDisk.SwapSizeMB')}"
+                    f"EnableSwap=y needs a positive {SWAP_SIZE_MB}, "
+                    f"found {show(SWAP_SIZE_MB)}"
                 )
             if fmt != "y":
-                problems.append("EnableSwap=y needs ResourceDisk.Format=y")
-        if (val("Provisioning.RegenerateSshHostKeyPair") or "").lower() != "y":
+                problems.append(f"EnableSwap=y needs {RESOURCE_FORMAT}=y")
+        if (val(REGENERATE_HOST_KEYS) or "").lower() != "y":
             problems.append(
-                "waagent mode needs Provisioning.RegenerateSshHostKeyPair=y (host keys are "
-                f"removed by deprovisioning), found {show('Provisioning.RegenerateSshHostKeyPair')}"
+                f"waagent mode needs {REGENERATE_HOST_KEYS}=y (host keys are "
+                f"removed by deprovisioning), found {show(REGENERATE_HOST_KEYS)}"
             )
         if cloud_init.enabled:
             problems.append(f"cloud-init is enabled ({cloud_init.evidence}) but waagent provisions")
-        facts += [show("ResourceDisk.Format"), show("ResourceDisk.EnableSwap"),
+        facts += [show(RESOURCE_FORMAT), show(ENABLE_SWAP),
                   f"cloud-init: {cloud_init.evidence}"]
     elif mode == "cloud-init":
         if fmt != "n":
             problems.append(
-                f"cloud-init mode needs ResourceDisk.Format=n (cloud-init owns the resource disk), "
-                f"found {show('ResourceDisk.Format')}"
+                f"cloud-init mode needs {RESOURCE_FORMAT}=n (cloud-init owns the resource disk), "
+                f"found {show(RESOURCE_FORMAT)}"
             )
         if swap != "n":
             problems.append(
-                "cloud-init mode needs ResourceDisk.EnableSwap=n, "
-                f"found {show('ResourceDisk.EnableSwap')}"
+                f"cloud-init mode needs {ENABLE_SWAP}=n, "
+                f"found {show(ENABLE_SWAP)}"
             )
         if not cloud_init.installed:
             problems.append("cloud-init mode but cloud-init is not installed")
@@ -430,7 +436,7 @@ def judge_waagent_conf(
             problems.append(
                 "cloud-init is configured not to generate SSH host keys (ssh_genkeytypes: [])"
             )
-        facts += [show("ResourceDisk.Format"), show("ResourceDisk.EnableSwap"),
+        facts += [show(RESOURCE_FORMAT), show(ENABLE_SWAP),
                   f"cloud-init {cloud_init.evidence}",
                   cloud_init.datasource_evidence or "default datasource list (includes Azure)"]
     elif mode == "disabled":
@@ -571,8 +577,8 @@ def kernel_version_status(version: str, numa_off: bool) -> tuple[Status, str]:
         return "warn", f"{version}: version not understood"
     if v <= (2, 6, 37):
         if numa_off:
-            return "warn", f"{version} (2.6.37 or older, boots with numa=off; 3.8+ recommended)"
-        return "fail", f"{version} is 2.6.37 or older and its kernel lines lack numa=off"
+            return "warn", f"{version} (2.6.37 or older, boots with {NUMA_OFF}; 3.8+ recommended)"
+        return "fail", f"{version} is 2.6.37 or older and its kernel lines lack {NUMA_OFF}"
     if v < (3, 8):
         return "warn", f"{version} is older than 3.8 (recommended minimum)"
     return "pass", version
@@ -1203,7 +1209,7 @@ def _check_kernels(guest: _Guest, facts: _Facts) -> CheckResult:
     order: dict[Status, int] = {"pass": 0, "skip": 0, "warn": 1, "fail": 2}
     for ver, where_found in sorted(kernels.items()):
         lines = [kl for kl in facts.kernel_lines if kl.kernel.endswith(ver)]
-        numa_off = bool(lines) and all("numa=off" in kl.args for kl in lines)
+        numa_off = bool(lines) and all(NUMA_OFF in kl.args for kl in lines)
         status, text = kernel_version_status(ver, numa_off)
         parts.append(f"{text} ({where_found})")
         if order[status] > order[worst]:
@@ -1352,7 +1358,7 @@ def _check_cmdline(guest: _Guest, facts: _Facts) -> CheckResult:
     if skipped:
         summary += f" ({skipped} recovery entr{'y' if skipped == 1 else 'ies'} not judged)"
     if crash:
-        return _result("R07", "warn", "crashkernel=auto is set (reserves 128 MB+ of RAM); "
+        return _result("R07", "warn", f"{CRASHKERNEL_AUTO} is set (reserves 128 MB+ of RAM); "
                        + "; ".join([summary, *notes]))
     return _result("R07", "pass", "; ".join([summary, *notes]))
 
@@ -1440,9 +1446,9 @@ def _cloud_init_state(guest: _Guest, facts: _Facts) -> CloudInitState:
 
 
 def _check_waagent_conf(guest: _Guest, facts: _Facts) -> CheckResult:
-    text = guest.read_text("/etc/waagent.conf")
+    text = guest.read_text(WAAGENT_CONF)
     if text is None:
-        return _result("R10", "fail", "no /etc/waagent.conf")
+        return _result("R10", "fail", f"no {WAAGENT_CONF}")
     status, evidence = judge_waagent_conf(parse_key_values(text), _cloud_init_state(guest, facts))
     return _result("R10", status, evidence)
 
@@ -1477,9 +1483,10 @@ def _listed(guest: _Guest, path: str) -> bool:
 
 def _check_generalised(guest: _Guest) -> CheckResult:
     found: list[str] = []
-    keys = [n for n in guest.ls("/etc/ssh") if n.startswith("ssh_host_")]
+    keys_dir, _, keys_glob = SSH_HOST_KEYS.rpartition("/")
+    keys = [n for n in guest.ls(keys_dir) if fnmatch.fnmatchcase(n, keys_glob)]
     if keys:
-        found.append("SSH host keys " + ", ".join(f"/etc/ssh/{k}" for k in keys))
+        found.append("SSH host keys " + ", ".join(f"{keys_dir}/{k}" for k in keys))
     shadow = guest.read_text("/etc/shadow")
     if shadow is None:
         found.append("no /etc/shadow")
@@ -1497,21 +1504,23 @@ def _check_generalised(guest: _Guest) -> CheckResult:
               if fnmatch.fnmatch(p, LEASE_DIRS[d])]
     if leases:
         found.append("DHCP leases " + ", ".join(leases))
-    state = guest.ls("/var/lib/waagent")
+    state = guest.ls(AGENT_STATE)
     if state:
-        found.append("agent state in /var/lib/waagent: " + ", ".join(state[:5])
+        found.append(f"agent state in {AGENT_STATE}: " + ", ".join(state[:5])
                      + (" ..." if len(state) > 5 else ""))
     homes = ["/root", *(f"/home/{h}" for h in guest.ls("/home"))]
     for home in homes:
-        found += [f"shell history {p}" for p in guest.nonempty_files(home, HISTORY_FILES)]
+        found += [f"shell history {p}"
+                  for p in guest.nonempty_files(home, HISTORY_FILES.checked)]
         if ".ssh" in guest.ls(home):
             found += [f"authorized keys {p}" for p in guest.nonempty_files(
-                f"{home}/.ssh", ("authorized_keys", "authorized_keys2"))]
-    instance = ["/var/lib/cloud/instance"] if "instance" in guest.ls("/var/lib/cloud") else []
-    instance += [f"/var/lib/cloud/instances/{n}" for n in guest.ls("/var/lib/cloud/instances")]
+                f"{home}/.ssh", AUTHORIZED_KEYS)]
+    current, every = CLOUD_INIT_INSTANCE.checked  # a link to the current one, and all
+    instance = [current] if _listed(guest, current) else []
+    instance += [f"{every}/{n}" for n in guest.ls(every)]
     if instance:
         found.append("cloud-init instance data " + ", ".join(instance))
-    leftovers = [p for p in INSTALLER_LEFTOVERS if _listed(guest, p)]
+    leftovers = [p for p in INSTALLER_LEFTOVERS.checked if _listed(guest, p)]
     if leftovers:
         found.append("installer leftovers " + ", ".join(leftovers))
     if found:
@@ -1578,8 +1587,7 @@ def _check_fallback_loader(g: Any, guest: _Guest, facts: _Facts) -> CheckResult:
     esps = [f"{d.device}{p.number}" for d in facts.disks for p in d.partitions
             if p.type == ESP_GPT_TYPE or p.type in ESP_MBR_TYPES]
     if not esps:
-        return _result("R14", "skip", "BIOS image (Gen1): no EFI system partition, no "
-                       "removable-path loader needed")
+        return _result("R14", "skip", R14_BIOS_SKIP)
     device = esps[0]
     mountpoint = _esp_mountpoint(g, guest, facts, device)
     if mountpoint is None:
