@@ -28,7 +28,7 @@ from pydantic import Field
 from builder.records import Record
 
 if TYPE_CHECKING:
-    from builder.guest_checks import KernelLine
+    from builder.offline_check.parsers import KernelLine
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ def default_kernel_args(lines: Sequence[KernelLine]) -> list[str] | None:
 
 def grub_cmdline(defaults: str | None) -> str | None:
     """GRUB_CMDLINE_LINUX and GRUB_CMDLINE_LINUX_DEFAULT of /etc/default/grub."""
-    from builder.guest_checks import parse_shell_assignments
+    from builder.offline_check.parsers import parse_shell_assignments
 
     if defaults is None:
         return None
