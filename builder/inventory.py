@@ -1,7 +1,8 @@
 """What an image holds: packages, kernels, enabled services, /etc/os-release, kernel arguments.
 
-Read during the offline check's single libguestfs launch (builder/guest_checks.py calls
-`read_inventory` while the guest's filesystems are mounted read-only), recorded in
+Read during the offline check's single libguestfs launch
+(builder/offline_check/guest_checks.py calls `read_inventory` while the guest's
+filesystems are mounted read-only), recorded in
 manifest.json and written as an SPDX SBOM (builder/sbom.py). The parsers are pure and
 tested on real file texts; `read_inventory` is the thin adapter over the guestfs handle.
 
