@@ -197,6 +197,10 @@ def prep_context(distro: Distro, azure: Azure, *, firmware: str,
         "in_guest_ids": req.IN_GUEST_IDS,
         "r14_bios_skip": req.R14_BIOS_SKIP,
         "leaks": _leaks(),
+        "kernel": {"numa_off": req.NUMA_OFF, "numa_off_up_to": req.NUMA_OFF_UP_TO,
+                   "recommended": req.RECOMMENDED_KERNEL},
+        "agent": {"conf": req.WAAGENT_CONF, "key": req.AGENT,
+                  "cloud_init_values": req.CLOUD_INIT_AGENT_VALUES},
     }
 
 

@@ -68,7 +68,9 @@ ROOTDELAY = "rootdelay=300"
 ROOTDELAY_ANY = "rootdelay=*"  # a pattern: rootdelay with any value
 FORBIDDEN_ARGS = ("rhgb", "quiet")
 CRASHKERNEL_AUTO = "crashkernel=auto"  # a warning: it reserves 128 MB+ of RAM
-NUMA_OFF = "numa=off"  # kernels 2.6.37 and older must boot with it
+NUMA_OFF = "numa=off"
+NUMA_OFF_UP_TO = "2.6.37"  # kernels up to this one must boot with numa=off (R06)
+RECOMMENDED_KERNEL = "3.8"  # older kernels are warned about (R06)
 # initramfs-tools' init runs `sleep "$ROOTDELAY"` before it looks for the root device.
 INITRAMFS_TOOLS_INIT = "/usr/share/initramfs-tools/init"
 
@@ -120,6 +122,8 @@ DEFAULT_ARGS_REMOVE = (*FORBIDDEN_ARGS, CRASHKERNEL_AUTO)
 
 WAAGENT_CONF = "/etc/waagent.conf"
 AGENT = "Provisioning.Agent"
+# What the in-guest check accepts in cloud-init mode (auto picks cloud-init when enabled).
+CLOUD_INIT_AGENT_VALUES = ("cloud-init", "auto")
 REGENERATE_HOST_KEYS = "Provisioning.RegenerateSshHostKeyPair"
 RESOURCE_FORMAT = "ResourceDisk.Format"
 RESOURCE_FILESYSTEM = "ResourceDisk.Filesystem"

@@ -15,6 +15,8 @@ from builder.requirements import (
     CRASHKERNEL_AUTO,
     ENABLE_SWAP,
     NUMA_OFF,
+    NUMA_OFF_UP_TO,
+    RECOMMENDED_KERNEL,
     REGENERATE_HOST_KEYS,
     RESOURCE_FILESYSTEM,
     RESOURCE_FORMAT,
@@ -272,12 +274,14 @@ def kernel_version_status(version: str, numa_off: bool) -> tuple[Status, str]:
     v = version_tuple(version)
     if not v:
         return "warn", f"{version}: version not understood"
-    if v <= (2, 6, 37):
+    if v <= version_tuple(NUMA_OFF_UP_TO):
         if numa_off:
-            return "warn", f"{version} (2.6.37 or older, boots with {NUMA_OFF}; 3.8+ recommended)"
-        return "fail", f"{version} is 2.6.37 or older and its kernel lines lack {NUMA_OFF}"
-    if v < (3, 8):
-        return "warn", f"{version} is older than 3.8 (recommended minimum)"
+            return "warn", (f"{version} ({NUMA_OFF_UP_TO} or older, boots with {NUMA_OFF}; "
+                            f"{RECOMMENDED_KERNEL}+ recommended)")
+        return "fail", (f"{version} is {NUMA_OFF_UP_TO} or older and its kernel lines lack "
+                        f"{NUMA_OFF}")
+    if v < version_tuple(RECOMMENDED_KERNEL):
+        return "warn", f"{version} is older than {RECOMMENDED_KERNEL} (recommended minimum)"
     return "pass", version
 
 
