@@ -199,6 +199,7 @@ def prep_context(distro: Distro, azure: Azure, *, firmware: str,
         "leaks": _leaks(),
         "kernel": {"numa_off": req.NUMA_OFF, "numa_off_up_to": req.NUMA_OFF_UP_TO,
                    "recommended": req.RECOMMENDED_KERNEL},
+        "r14": {"loader": req.FALLBACK_LOADER, "shim_mark": req.SHIM_MARK},
         "agent": {"conf": req.WAAGENT_CONF, "key": req.AGENT,
                   "cloud_init_values": req.CLOUD_INIT_AGENT_VALUES},
     }

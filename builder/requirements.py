@@ -211,3 +211,9 @@ LEASE_DIRS: Mapping[str, str] = MappingProxyType({
 })
 # Emptied, not removed: systemd fills it in at first boot; a copied one would be shared.
 MACHINE_ID = "/etc/machine-id"
+
+# ---- R14: the UEFI fallback boot loader
+
+# The removable path, the only one a VM with empty UEFI variables tries (on the ESP).
+FALLBACK_LOADER = "EFI/BOOT/BOOTX64.EFI"
+SHIM_MARK = "UEFI SHIM"  # shim's version string, in every shim binary

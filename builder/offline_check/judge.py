@@ -14,6 +14,7 @@ from builder.requirements import (
     AGENT,
     CRASHKERNEL_AUTO,
     ENABLE_SWAP,
+    FALLBACK_LOADER,
     NUMA_OFF,
     NUMA_OFF_UP_TO,
     RECOMMENDED_KERNEL,
@@ -285,7 +286,6 @@ def kernel_version_status(version: str, numa_off: bool) -> tuple[Status, str]:
     return "pass", version
 
 
-FALLBACK_LOADER = "EFI/BOOT/BOOTX64.EFI"
 
 
 def judge_fallback_loader(

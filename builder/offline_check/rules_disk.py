@@ -18,13 +18,16 @@ from builder.offline_check.disklabel import (
     superblock_state,
 )
 from builder.offline_check.facts import Facts
-from builder.offline_check.judge import FALLBACK_LOADER, judge_fallback_loader
+from builder.offline_check.judge import judge_fallback_loader
 from builder.offline_check.parsers import fstab_swaps
 from builder.report import CheckResult
-from builder.requirements import R14_BIOS_SKIP
+from builder.requirements import (
+    FALLBACK_LOADER,
+    R14_BIOS_SKIP,
+    SHIM_MARK,
+)
 
 log = logging.getLogger(__name__)
-SHIM_MARK = b"UEFI SHIM"  # shim's version string, in every shim binary
 
 
 def check_partitions(facts: Facts) -> tuple[CheckResult, list[CheckResult]]:
@@ -160,7 +163,7 @@ def check_fallback_loader(g: Any, guest: Guest, facts: Facts) -> CheckResult:
         for n, path in enumerate(candidates):
             data = guest.download(f"{mountpoint}/{efi}/{path[4:]}") or b""
             if n == 0:
-                is_shim = SHIM_MARK in data
+                is_shim = SHIM_MARK.encode() in data
             if b"/boot/grub" in data and prefix_in is None:
                 prefix_in = path
     status, evidence = judge_fallback_loader(esp, files, is_shim, prefix_in)
