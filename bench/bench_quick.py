@@ -133,8 +133,8 @@ def piece_hash_new(src: Path, work: Path) -> dict[str, Any]:
 
 
 def piece_check(src: Path, work: Path, accelerator: str | None = None) -> dict[str, Any]:
-    from builder.check import run_check
     from builder.errors import UsageError
+    from builder.offline_check.check import run_check
 
     try:
         report = run_check(work / "out.vhd", skip=[],

@@ -32,6 +32,7 @@ import markupsafe
 import distros
 from builder.errors import UsageError
 from builder.quoting import shell_quote
+from builder.requirements import arg_matches, kernel_args_for
 from distros import Distro
 from distros.suse import AUTOYAST_KEYMAPS
 
@@ -191,7 +192,8 @@ def answer_variables(distro: Distro, template: Template, ctx: AnswerContext) -> 
         # rootdelay every boot, so it waits for the Azure preparation (R07) to add it.
         "install_kernel_args": " ".join(
             arg for arg in template.azure.kernel_args_add
-            if not (distro.initrd_tool == "initramfs-tools" and arg.startswith("rootdelay="))
+            if not any(arg_matches(arg, p)
+                       for p in kernel_args_for(distro.initrd_tool).always_removed)
         ),
         "distro": distro,
         "family": distro.family,

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import jinja2
 
+from builder import requirements as req
 from builder.errors import UsageError
 from builder.quoting import shell_quote
 from distros import Distro
@@ -48,9 +49,9 @@ USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 KARG_RE = re.compile(r"^[A-Za-z0-9_.,:=+/@-]+$")
 MODULE_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 PATH_RE = re.compile(r"^/[A-Za-z0-9_./-]*$")
-# initramfs-tools' init runs `sleep "$ROOTDELAY"` before it looks for the root device: on
-# those families every rootdelay is removed (R07); "rootdelay=*" is matched as a pattern.
-ROOTDELAY_PATTERN = "rootdelay=*"
+# The leak list's paths go into the scripts unquoted, so that their globs expand.
+GLOB_RE = re.compile(r"^/[A-Za-z0-9_./*-]+$")
+HOMES = ("/root", "/home/*")  # where histories and authorized_keys are looked for
 
 
 def prep_facts(distro: Distro) -> PrepFacts:
@@ -77,7 +78,34 @@ def _environment() -> jinja2.Environment:
         comment_end_string="##}",
     )
     env.filters["shquote"] = shell_quote
+    env.filters["paths"] = _paths
     return env
+
+
+def _paths(paths: tuple[str, ...]) -> str:
+    """Paths or globs as shell words, unquoted (globs expand), wrapped with backslashes."""
+    lines: list[list[str]] = [[]]
+    for path in paths:
+        if not GLOB_RE.match(path):
+            raise ValueError(f"{path!r} is not a plain absolute path or glob")
+        if lines[-1] and len(" ".join([*lines[-1], path])) > 76:
+            lines.append([])
+        lines[-1].append(path)
+    return " \\\n    ".join(" ".join(line) for line in lines)
+
+
+def _leaks() -> dict[str, Any]:
+    """The leak list (R12) as the paths deprovision.sh removes, by kind."""
+    return {
+        "access": (*(f"{home}/.ssh/{name}" for home in HOMES for name in req.AUTHORIZED_KEYS),
+                   req.SSH_HOST_KEYS),
+        "history": tuple(f"{home}/{name}" for home in HOMES for name in req.HISTORY_FILES.removed),
+        "cloud_init": req.CLOUD_INIT_INSTANCE.removed,
+        "leases": tuple(f"{d}/{pattern}" for d, pattern in req.LEASE_DIRS.items()),
+        "agent_state": (f"{req.AGENT_STATE}/*",),
+        "installer": req.INSTALLER_LEFTOVERS.removed,
+        "machine_id": req.MACHINE_ID,
+    }
 
 
 def _validate(distro: Distro, azure: Azure, facts: PrepFacts, firmware: str,
@@ -108,36 +136,28 @@ def _validate(distro: Distro, azure: Azure, facts: PrepFacts, firmware: str,
 
 def _waagent_conf(azure: Azure) -> list[tuple[str, str]]:
     """The `/etc/waagent.conf` keys for the chosen provisioning mode, all explicit (R10)."""
-    if azure.provisioning == "cloud-init":
-        return [
-            ("Provisioning.Agent", "cloud-init"),
-            # cloud-init's ssh module regenerates the host keys instead.
-            ("Provisioning.RegenerateSshHostKeyPair", "n"),
-            ("ResourceDisk.Format", "n"),
-            ("ResourceDisk.EnableSwap", "n"),
-        ]
+    mode = req.AGENT_MODES[azure.provisioning]
     agent = azure.agent
-    return [
-        ("Provisioning.Agent", "waagent"),
-        ("Provisioning.RegenerateSshHostKeyPair", "y"),
-        ("ResourceDisk.Format", _yn(agent.resource_disk_format)),
-        ("ResourceDisk.Filesystem", agent.resource_disk_filesystem),
-        ("ResourceDisk.MountPoint", agent.resource_disk_mount_point),
-        ("ResourceDisk.EnableSwap", _yn(agent.enable_swap)),
-        ("ResourceDisk.SwapSizeMB", str(agent.swap_size // (1024 * 1024))),
-    ]
+    settings = {
+        req.RESOURCE_FORMAT: _yn(agent.resource_disk_format),
+        req.RESOURCE_FILESYSTEM: agent.resource_disk_filesystem,
+        req.RESOURCE_MOUNT_POINT: agent.resource_disk_mount_point,
+        req.ENABLE_SWAP: _yn(agent.enable_swap),
+        req.SWAP_SIZE_MB: str(agent.swap_size // (1024 * 1024)),
+    }
+    return [*mode.fixed, *((key, settings[key]) for key in mode.from_settings)]
 
 
 def kernel_args(facts: PrepFacts, azure: Azure) -> tuple[list[str], list[str]]:
-    """(arguments to add, arguments to remove) for R07, each listed once. rootdelay is kept
-    where dracut treats it as an upper bound and removed where initramfs-tools sleeps it."""
-    add = list(dict.fromkeys(azure.kernel_args_add))
-    remove = list(dict.fromkeys(azure.kernel_args_remove))
-    if facts.initrd_tool == "initramfs-tools":
-        add = [arg for arg in add if not arg.startswith("rootdelay=")]
-        remove = [arg for arg in remove if not arg.startswith("rootdelay=")]
-        remove.append(ROOTDELAY_PATTERN)
-    return add, remove
+    """(arguments to add, arguments to remove) for R07, each listed once: the template's,
+    less what the distro's initrd forbids (rootdelay where initramfs-tools sleeps it), and
+    the patterns of what it forbids added to the removals."""
+    forbidden = list(req.kernel_args_for(facts.initrd_tool).always_removed)
+    add = [arg for arg in dict.fromkeys(azure.kernel_args_add)
+           if not any(req.arg_matches(arg, p) for p in forbidden)]
+    remove = [arg for arg in dict.fromkeys(azure.kernel_args_remove)
+              if not any(req.arg_matches(arg, p) for p in forbidden)]
+    return add, remove + forbidden
 
 
 def _packages(facts: PrepFacts, azure: Azure) -> list[tuple[str, str]]:
@@ -174,6 +194,14 @@ def prep_context(distro: Distro, azure: Azure, *, firmware: str,
         "build_user": build_user,
         "sshd_dropin": BUILD_SSHD_DROPIN,
         "cloud_init_dropin": CLOUD_INIT_DROPIN,
+        "in_guest_ids": req.IN_GUEST_IDS,
+        "r14_bios_skip": req.R14_BIOS_SKIP,
+        "leaks": _leaks(),
+        "kernel": {"numa_off": req.NUMA_OFF, "numa_off_up_to": req.NUMA_OFF_UP_TO,
+                   "recommended": req.RECOMMENDED_KERNEL},
+        "r14": {"loader": req.FALLBACK_LOADER, "shim_mark": req.SHIM_MARK},
+        "agent": {"conf": req.WAAGENT_CONF, "key": req.AGENT,
+                  "cloud_init_values": req.CLOUD_INIT_AGENT_VALUES},
     }
 
 

@@ -293,7 +293,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from builder.check import run_check
+    from builder.offline_check.check import run_check
 
     report = run_check(Path(args.image), skip=args.skip or [],
                        inventory=args.inventory is not None)

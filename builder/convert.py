@@ -17,7 +17,6 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from builder.check import verify_vhd
 from builder.disk import (
     ImageFormat,
     atomic_output,
@@ -28,6 +27,7 @@ from builder.disk import (
 )
 from builder.errors import BuildError, UsageError
 from builder.inputs import verify_image
+from builder.offline_check.image import verify_vhd
 from builder.qemu_img import convert_to_raw_argv, virtual_size
 from builder.run import run
 from builder.units import format_size

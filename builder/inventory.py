@@ -1,7 +1,8 @@
 """What an image holds: packages, kernels, enabled services, /etc/os-release, kernel arguments.
 
-Read during the offline check's single libguestfs launch (builder/guest_checks.py calls
-`read_inventory` while the guest's filesystems are mounted read-only), recorded in
+Read during the offline check's single libguestfs launch
+(builder/offline_check/guest_checks.py calls `read_inventory` while the guest's
+filesystems are mounted read-only), recorded in
 manifest.json and written as an SPDX SBOM (builder/sbom.py). The parsers are pure and
 tested on real file texts; `read_inventory` is the thin adapter over the guestfs handle.
 
@@ -28,7 +29,7 @@ from pydantic import Field
 from builder.records import Record
 
 if TYPE_CHECKING:
-    from builder.guest_checks import KernelLine
+    from builder.offline_check.parsers import KernelLine
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +177,7 @@ def default_kernel_args(lines: Sequence[KernelLine]) -> list[str] | None:
 
 def grub_cmdline(defaults: str | None) -> str | None:
     """GRUB_CMDLINE_LINUX and GRUB_CMDLINE_LINUX_DEFAULT of /etc/default/grub."""
-    from builder.guest_checks import parse_shell_assignments
+    from builder.offline_check.parsers import parse_shell_assignments
 
     if defaults is None:
         return None

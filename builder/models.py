@@ -27,6 +27,7 @@ from pydantic_core import core_schema
 from builder.azure_prep import KARG_RE, MODULE_RE, PATH_RE, USER_RE
 from builder.installer_names import KEYBOARD_LAYOUTS, LOCALES
 from builder.publish.entries import PublishEntry
+from builder.requirements import DEFAULT_ARGS_ADD, DEFAULT_ARGS_REMOVE, HYPERV_MODULES, TITLES
 from builder.units import (
     DURATION_FORMAT,
     SIZE_FORMAT,
@@ -35,9 +36,9 @@ from builder.units import (
     format_duration,
     format_size,
 )
-from distros import lookup
+from distros import STABLE_NIC_NAMES, lookup
 
-REQUIREMENT_IDS = tuple(f"R{n:02d}" for n in range(1, 15))
+REQUIREMENT_IDS = tuple(TITLES)
 _NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 _MODE_RE = r"^0?[0-7]{3,4}$"
 _RHSM_RE = r"^[A-Za-z0-9._:-]{1,255}$"
@@ -432,18 +433,17 @@ class Azure(Model):
         "waagent", description="who provisions on first boot (R10); RHEL 6 has waagent only"
     )
     kernel_args_add: list[str] = Field(
-        default_factory=lambda: ["console=ttyS0", "earlyprintk=ttyS0", "rootdelay=300",
-                                 "net.ifnames=0"],
+        default_factory=lambda: [*DEFAULT_ARGS_ADD, STABLE_NIC_NAMES],
         description="kernel arguments added to the bootloader defaults (R07); plain words:"
         " letters, digits and _ . , : = + / @ -",
     )
     kernel_args_remove: list[str] = Field(
-        default_factory=lambda: ["rhgb", "quiet", "crashkernel=auto"],
+        default_factory=lambda: list(DEFAULT_ARGS_REMOVE),
         description="kernel arguments removed from the bootloader defaults (R07); plain"
         " words as for kernel_args_add",
     )
     hyperv_modules: list[str] = Field(
-        default_factory=lambda: ["hv_vmbus", "hv_netvsc", "hv_storvsc"],
+        default_factory=lambda: list(HYPERV_MODULES),
         description="modules forced into every initrd (R05)",
     )
     agent: AgentSettings = Field(

@@ -6,29 +6,13 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+from builder.requirements import TITLES
 from builder.table import aligned
 
 if TYPE_CHECKING:
     from builder.inventory import Inventory
 
 Status = Literal["pass", "fail", "warn", "skip"]
-
-TITLES = {
-    "R01": "fixed-format VHD",
-    "R02": "virtual size a whole number of MiB, within bounds",
-    "R03": "standard partitions, no LVM on the OS disk",
-    "R04": "no swap on the OS disk",
-    "R05": "Hyper-V drivers in the initrd",
-    "R06": "kernel version policy",
-    "R07": "kernel command line for Azure",
-    "R08": "Azure Linux agent installed and enabled",
-    "R09": "SSH server installed and enabled",
-    "R10": "provisioning mode and resource disk settings",
-    "R11": "sudoers without targetpw or ALL ALL",
-    "R12": "generalised (deprovisioned)",
-    "R13": "shut down cleanly",
-    "R14": "UEFI fallback boot loader EFI/BOOT/BOOTX64.EFI",
-}
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from builder.check import run_check, verify_vhd
 from builder.cli import main
 from builder.convert import convert_image
 from builder.errors import BuildError, UsageError
-from builder.guest_checks import GUEST_IDS
+from builder.offline_check.check import run_check
+from builder.offline_check.image import verify_vhd
 from builder.report import CheckResult
+from builder.requirements import GUEST_IDS
 from builder.units import GiB, MiB
 from builder.vhd import FOOTER_SIZE, build_footer, footer_checksum
 

@@ -1,4 +1,4 @@
-"""The pure parsing and judging functions of builder/guest_checks.py, on real-world file text."""
+"""The pure parsing and judging functions of builder/offline_check/, on real-world file text."""
 
 from __future__ import annotations
 
@@ -9,9 +9,29 @@ from pathlib import Path
 
 import pytest
 
-from builder.guest_checks import (
-    CloudInitState,
+from builder.offline_check.disklabel import (
     Partition,
+    parse_ebr,
+    parse_gpt_entries,
+    parse_gpt_header,
+    parse_mbr,
+    superblock_state,
+)
+from builder.offline_check.judge import (
+    CloudInitState,
+    judge_cmdline,
+    judge_fallback_loader,
+    judge_waagent_conf,
+    kernel_version_status,
+    password_locked,
+    required_args,
+    rootdelay_cost,
+    sudoers_findings,
+    sysv_enabled,
+    unit_enabled,
+    users_with_passwords,
+)
+from builder.offline_check.parsers import (
     bls_kernel_line,
     builtin_modules,
     cloud_datasources,
@@ -20,28 +40,12 @@ from builder.guest_checks import (
     grub_kernel_lines,
     initramfs_sleep_line,
     initrd_version,
-    judge_cmdline,
-    judge_fallback_loader,
-    judge_waagent_conf,
-    kernel_version_status,
     parse_dpkg_status,
-    parse_ebr,
     parse_fstab,
-    parse_gpt_entries,
-    parse_gpt_header,
     parse_grubenv,
     parse_key_values,
-    parse_mbr,
     parse_shell_assignments,
-    password_locked,
-    required_args,
-    rootdelay_cost,
     shadow_password_field,
-    sudoers_findings,
-    superblock_state,
-    sysv_enabled,
-    unit_enabled,
-    users_with_passwords,
     version_tuple,
 )
 from builder.run import run

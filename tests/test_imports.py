@@ -198,3 +198,27 @@ def test_every_plugin_module_is_checked() -> None:
     plugins = {m for m in MODULES if m.split(".")[0] == "distros"}
     assert plugins >= {"distros", "distros.debian", "distros.facts", "distros.rhel",
                        "distros.suse", "distros.ubuntu"}
+
+
+def test_the_requirements_table_imports_nothing_of_its_own() -> None:
+    # The prep writer, the in-guest check and the offline check all read it: it reads none.
+    assert GRAPH["builder.requirements"] == []
+
+
+OFFLINE_CHECK = sorted(m for m in MODULES if m.startswith("builder.offline_check"))
+
+
+@pytest.mark.parametrize("module", OFFLINE_CHECK)
+def test_the_offline_check_stands_apart_from_the_build(module: str) -> None:
+    # `azbuild check` runs on any image: it needs no build, no step and no distro plugin.
+    wrong = [imp.target for imp in GRAPH[module]
+             if imp.target in ("builder.pipeline", "builder.context", "builder.azure_prep")
+             or imp.target.startswith(("builder.steps", "distros"))]
+    assert wrong == [], module
+
+
+def test_the_offline_check_package_loads_none_of_its_modules() -> None:
+    # Its modules import each other; a package that loaded them would sit in their cycle.
+    assert GRAPH["builder.offline_check"] == []
+    assert {"builder.offline_check.check", "builder.offline_check.guest_checks",
+            "builder.offline_check.image"} <= set(OFFLINE_CHECK)

@@ -19,7 +19,6 @@ from test_manifest import context
 
 from builder.cli import main
 from builder.errors import BuildError
-from builder.guest_checks import grub_kernel_lines
 from builder.inventory import (
     Inventory,
     Kernel,
@@ -34,6 +33,7 @@ from builder.inventory import (
     parse_os_release,
     write_inventory,
 )
+from builder.offline_check.parsers import grub_kernel_lines
 from builder.report import Report
 from builder.sbom import package_url, sbom_document, sbom_path, write_sbom
 from builder.steps.export import CheckFailed, write_image_sbom

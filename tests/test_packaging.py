@@ -124,3 +124,14 @@ def test_wheel(template: Path, tmp_path: Path) -> None:
     assert where["builder"] == str(target / "builder" / "__init__.py")
     assert where["layers"] == str(target / "builder" / "layers")
     _assert_layers_applied(data)
+
+
+def test_every_python_package_is_listed_for_the_wheel() -> None:
+    # setuptools takes the explicit list: a package left out is missing from a wheel install.
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"])
+    found = {".".join(p.parent.relative_to(REPO).parts)
+             for top in ("builder", "distros") for p in (REPO / top).rglob("__init__.py")}
+    assert found <= listed, sorted(found - listed)

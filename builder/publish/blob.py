@@ -129,8 +129,8 @@ def inspect_image(image: Path, force: bool, ready: bool | None = None,
                   sha256: str | None = None) -> LocalImage:
     """Refuse what is not a fixed whole-MiB VHD, or not ready without --force; hash it
     unless its digest `sha256` is known."""
-    from builder.check import format_checks
     from builder.disk import detect_image_format
+    from builder.offline_check.image import format_checks
 
     if not image.is_file():
         raise UsageError(f"{image}: no such file", hint="give the path of a built .vhd")
@@ -147,7 +147,7 @@ def inspect_image(image: Path, force: bool, ready: bool | None = None,
     if ready is None:
         ready = _ready_from_manifest(image, sha256)
     if ready is None and not force:
-        from builder.check import run_check
+        from builder.offline_check.check import run_check
 
         log.info("no manifest.json beside %s lists it: running the offline check", image)
         ready = run_check(image, skip=[]).ready

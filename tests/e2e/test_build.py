@@ -307,7 +307,7 @@ def test_provisioners_effects_are_in_the_image(guest_files: Any) -> None:
 
 def test_base_breaks_every_fixable_requirement(hostile_base: Path) -> None:
     """So that the build passing proves each fix (checked by the offline checker)."""
-    from builder.guest_checks import guest_checks
+    from builder.offline_check.guest_checks import guest_checks
 
     statuses = {c.id: c.status for c in guest_checks(hostile_base, "qcow2")}
     for requirement in ("R04", "R05", "R07", "R08", "R11", "R12"):

@@ -14,7 +14,7 @@ import pytest
 from corpus import EXPECTED, ensure_corpus, image_name
 
 from builder.errors import UsageError
-from builder.guest_checks import guest_checks
+from builder.offline_check.guest_checks import guest_checks
 from builder.report import CheckResult
 
 pytestmark = pytest.mark.e2e

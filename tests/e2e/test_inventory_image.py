@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from builder.check import run_check
 from builder.inventory import Inventory
+from builder.offline_check.check import run_check
 
 pytestmark = pytest.mark.e2e
 
@@ -25,7 +25,7 @@ _read: dict[Path, Inventory] = {}
 
 def inventory_of(image: Path, caplog: pytest.LogCaptureFixture) -> Inventory:
     if image not in _read:
-        with caplog.at_level(logging.INFO, logger="builder.guest_checks"):
+        with caplog.at_level(logging.INFO, logger="builder.offline_check.guest_checks"):
             report = run_check(image, skip=[], inventory=True)
         took = [r.getMessage() for r in caplog.records if "reading more" in r.getMessage()]
         print(f"\n{took}")

@@ -89,17 +89,19 @@ step "R12 removed the build user $BUILD_USER, its home and its sudo rule" remove
 
 remove_access() {
   rm_paths /etc/ssh/sshd_config.d/90-azbuild.conf /root/.ssh/authorized_keys /root/.ssh/authorized_keys2 \
-    /home/*/.ssh/authorized_keys /home/*/.ssh/authorized_keys2 /etc/ssh/ssh_host_*key*
+    /home/*/.ssh/authorized_keys /home/*/.ssh/authorized_keys2 \
+    /etc/ssh/ssh_host_*
 }
 step "R12 removed the build's sshd drop-in, authorized_keys and the SSH host keys" remove_access
 
 step "R12 locked root's password" usermod -L root
 
 remove_history() {
-  rm_paths /root/.bash_history /root/.zsh_history /root/.history /root/.sh_history \
-    /root/.python_history /root/.lesshst /root/.viminfo \
-    /home/*/.bash_history /home/*/.zsh_history /home/*/.history /home/*/.sh_history \
-    /home/*/.python_history /home/*/.lesshst /home/*/.viminfo
+  rm_paths /root/.bash_history /root/.zsh_history /root/.sh_history /root/.ash_history \
+    /root/.history /root/.python_history /root/.lesshst /root/.viminfo \
+    /home/*/.bash_history /home/*/.zsh_history /home/*/.sh_history \
+    /home/*/.ash_history /home/*/.history /home/*/.python_history \
+    /home/*/.lesshst /home/*/.viminfo
 }
 step "R12 removed shell histories" remove_history
 
@@ -118,23 +120,25 @@ step "R12 stopped the network (no DHCP client writes a lease at power-off)" stop
 
 remove_state() {
   # cloud-init instance data keeps the user data, which may hold secrets.
-  rm_paths /var/lib/cloud/instance /var/lib/cloud/instances /var/lib/cloud/instance* \
-    /var/lib/cloud/data /var/lib/cloud/sem
+  rm_paths /var/lib/cloud/instance /var/lib/cloud/instances /var/lib/cloud/data \
+    /var/lib/cloud/sem
   # DHCP leases
-  rm_paths /var/lib/dhclient/* /var/lib/dhcp/*.leases /var/lib/dhcp/*.lease \
-    /var/lib/NetworkManager/*.lease /var/lib/NetworkManager/dhclient-* \
-    /var/lib/wicked/lease-* /var/lib/dhcpcd/*.lease /var/lib/dhcpcd5/*.lease
+  rm_paths /var/lib/dhcp/* /var/lib/dhclient/* /var/lib/NetworkManager/*lease* \
+    /var/lib/dhcpcd/*.lease /var/lib/dhcpcd5/*.lease /var/lib/wicked/*lease* \
+    /var/lib/systemd/netif/leases/*
   # the agent's state
   rm_paths /var/lib/waagent/*
 }
 step "R12 removed cloud-init instance data, DHCP leases and /var/lib/waagent" remove_state
 
 remove_installer_leftovers() {
-  rm_paths /root/anaconda-ks.cfg /root/original-ks.cfg /root/anaconda-post.log \
-    /root/install.log /root/install.log.syslog /var/log/anaconda /var/log/installer \
-    /root/autoinst.xml /var/adm/autoinstall /var/lib/autoinstall /root/preseed.cfg \
-    /autoinstall.yaml /etc/cloud/cloud.cfg.d/99-installer.cfg \
-    /var/lib/cloud/seed/nocloud /var/lib/cloud/seed/nocloud-net
+  rm_paths /root/anaconda-ks.cfg /root/original-ks.cfg /root/initial-setup-ks.cfg \
+    /var/log/anaconda /var/log/installer /root/autoinst.xml /var/adm/autoinstall \
+    /autoinstall.yaml /var/lib/cloud/seed/nocloud/user-data \
+    /root/anaconda-post.log /root/install.log /root/install.log.syslog \
+    /var/lib/autoinstall /root/preseed.cfg \
+    /etc/cloud/cloud.cfg.d/99-installer.cfg /var/lib/cloud/seed/nocloud \
+    /var/lib/cloud/seed/nocloud-net
 }
 step "R12 removed installer leftovers (kickstart, preseed, autoinstall, AutoYaST)" \
   remove_installer_leftovers

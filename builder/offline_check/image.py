@@ -1,23 +1,14 @@
-"""The offline Azure-readiness checker. R01 and R02 are judged here from the image's bytes.
-
-R03..R14 look inside the guest and live in builder/guest_checks.py; run_check marks
-the one place they join the report.
-"""
+"""R01 and R02 from the image's bytes: the fixed VHD footer, or what the image is instead."""
 
 from __future__ import annotations
 
-import re
 import struct
 from pathlib import Path
-from typing import Any, Literal
 
 from builder.disk import ImageFormat, detect_image_format
-from builder.errors import BuildError, UsageError
-from builder.guest_checks import GUEST_IDS, KernelLine, guest_checks
-from builder.inputs import verify_image
-from builder.inventory import Inventory, read_inventory
+from builder.errors import BuildError
 from builder.quoting import shell_join
-from builder.report import TITLES, CheckResult, Report
+from builder.report import CheckResult
 from builder.units import MiB, format_size
 from builder.vhd import (
     ALL_ONES_64,
@@ -29,34 +20,6 @@ from builder.vhd import (
     VhdFooter,
     parse_footer,
 )
-
-_ID = re.compile(r"^R(\d{1,2})$")
-
-
-def run_check(
-    image: Path, skip: list[str], accelerator: Literal["kvm", "tcg"] | None = None,
-    inventory: bool = False,
-) -> Report:
-    """Check `image` offline; the IDs in `skip` are reported with status "skip". The
-    guest checks' appliance runs on `accelerator` (a build's), else on the KVM probe's.
-    `inventory`: also read what the image holds (report.inventory), in the same launch."""
-    skipped = _skip_ids(skip)
-    _require_readable(image)
-    image_format = detect_image_format(image)
-    if image_format.name != "vhd-fixed":  # a fixed VHD's length is judged by R01/R02
-        verify_image(image, image_format)
-    results = format_checks(image, image_format)
-    found: list[Inventory] = []
-
-    def read(g: Any, kernel_lines: list[KernelLine]) -> None:
-        found.append(read_inventory(g, kernel_lines))
-
-    if inventory or not set(GUEST_IDS) <= set(skipped):  # one appliance launch for R03..R14
-        results += guest_checks(image, image_format.qemu_format, accelerator,
-                                visit=read if inventory else None)
-    report = _report(image, results, skipped)
-    report.inventory = found[0] if found else None
-    return report
 
 
 def verify_vhd(path: Path) -> list[CheckResult]:
@@ -79,9 +42,6 @@ def format_checks(image: Path, image_format: ImageFormat) -> list[CheckResult]:
         footer = _read_footer(image, length - FOOTER_SIZE)
         return [_r01_fixed(footer, image_format, length), _r02_fixed(footer, length)]
     return _not_fixed(image, image_format, length)
-
-
-# --- fixed VHD ----------------------------------------------------------------------------
 
 
 def _r01_fixed(footer: VhdFooter, image_format: ImageFormat, length: int) -> CheckResult:
@@ -140,9 +100,6 @@ def _size_problems(size: int) -> list[str]:
     return problems
 
 
-# --- everything else ----------------------------------------------------------------------
-
-
 def _not_fixed(image: Path, image_format: ImageFormat, length: int) -> list[CheckResult]:
     target = image.with_suffix(".vhd")
     if target == image:
@@ -187,9 +144,6 @@ def _virtual_size(image: Path, image_format: ImageFormat, length: int) -> int | 
     return None
 
 
-# --- helpers ------------------------------------------------------------------------------
-
-
 def _read_footer(image: Path, offset: int) -> VhdFooter:
     with open(image, "rb") as f:
         f.seek(offset)
@@ -198,47 +152,3 @@ def _read_footer(image: Path, offset: int) -> VhdFooter:
 
 def _human(size: int) -> str:
     return format_size(size) if size % MiB == 0 else f"{size / MiB:.3f} MiB"
-
-
-def _require_readable(image: Path) -> None:
-    if not image.exists():
-        raise UsageError(f"image {image} does not exist")
-    if image.is_dir():
-        raise UsageError(f"{image} is a directory, not an image file")
-    try:
-        with open(image, "rb"):
-            pass
-    except OSError as exc:
-        raise UsageError(f"cannot read image {image}: {exc.strerror}") from None
-
-
-def _skip_ids(skip: list[str]) -> list[str]:
-    ids = []
-    for item in skip:
-        for part in item.split(","):
-            match = _ID.match(part.strip().upper())
-            ident = f"R{int(match.group(1)):02d}" if match else part.strip()
-            if ident not in TITLES:
-                raise UsageError(
-                    f"unknown requirement ID {part.strip()!r} for --skip",
-                    hint="use the IDs R01..R14",
-                )
-            ids.append(ident)
-    return ids
-
-
-def _report(image: Path, results: list[CheckResult], skipped: list[str]) -> Report:
-    checks = [
-        CheckResult(r.id, "skip", "skipped on request (--skip)")
-        if r.id in skipped else r
-        for r in results
-    ]
-    seen = {c.id for c in checks}
-    checks += [
-        CheckResult(i, "skip", "skipped on request (--skip)")
-        for i in sorted(set(skipped) - seen)
-    ]
-    order = {ident: n for n, ident in enumerate(TITLES)}
-    checks.sort(key=lambda c: order.get(c.id, len(order)))
-    return Report(image=str(image), checks=checks)
-
