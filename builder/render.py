@@ -18,6 +18,7 @@ from pathlib import Path
 
 from builder.errors import UsageError
 from builder.libvirt import Disk, domain_xml
+from builder.masking import mask_for, masked_files
 from builder.plan import (
     BOOT_DOMAIN_FILE,
     DISK_FILE,
@@ -27,13 +28,9 @@ from builder.plan import (
     BuildPlan,
     render_runtime,
 )
-from builder.redact import MASK, SHELL_MASK, XML_MASK, redact
-
-# Files whose masked secrets stay in a string or a value where `<sensitive>` is valid.
-_PLAIN_MASK_FILES = {"user-data", "meta-data"}
-_PLAIN_MASK_SUFFIXES = (".yaml", ".yml", ".json", ".toml")
 
 log = logging.getLogger(__name__)
+__all__ = ["mask_for", "render", "rendered_files"]
 
 
 def render(plan: BuildPlan, out: Path, *, force: bool = False) -> list[Path]:
@@ -45,20 +42,6 @@ def render(plan: BuildPlan, out: Path, *, force: bool = False) -> list[Path]:
     masked = masked_files(rendered_files(plan))
     _write_all(Path(os.path.abspath(out)), masked)  # `--out .` has a parent to work in
     return [out / name for name in masked]
-
-
-def masked_files(files: dict[str, str]) -> dict[str, str]:
-    """`files` with every secret masked in the form its file type still parses with."""
-    return {name: redact(text, mask_for(name)) for name, text in files.items()}
-
-
-def mask_for(name: str) -> str:
-    """The placeholder for a secret in the file `name` that keeps the file parsing."""
-    if name.endswith(".xml"):
-        return XML_MASK
-    if name in _PLAIN_MASK_FILES or name.endswith(_PLAIN_MASK_SUFFIXES):
-        return MASK
-    return SHELL_MASK  # scripts, kickstart and preseed (shell in %post), the kernel cmdline
 
 
 def rendered_files(plan: BuildPlan) -> dict[str, str]:
