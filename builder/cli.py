@@ -286,7 +286,10 @@ def cmd_render(args: argparse.Namespace) -> int:
     from builder.render import render
 
     loaded = _load(args, args.template)
-    for written in render(_plan(loaded), Path(args.out), force=args.force):
+    plan = _plan(loaded)
+    if plan.label_pending:
+        log.info("the ISO is not here; the installer's stage 2 label is read at build time")
+    for written in render(plan, Path(args.out), force=args.force):
         _out(str(written))
     return EXIT_OK
 
