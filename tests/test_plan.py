@@ -128,3 +128,86 @@ def test_what_a_build_records_is_what_render_writes(tmp_path: Path) -> None:
     assert set(ctx.guest_files) == set(rendered_files(ctx.the_plan)) - {"domain-boot.xml"}
     last = f"provision-{len(loaded.template.provision)}.sh"
     assert "user-data" in ctx.guest_files and last in ctx.guest_files
+
+
+def test_the_seed_step_writes_the_plans_seed_and_records_it(tmp_path: Path) -> None:
+    """The seed volume holds the plan's user-data and meta-data with the build's keys and
+    instance-id; the record is render's file byte for byte."""
+    from contextlib import ExitStack
+
+    from builder.iso import open_iso, read_file
+    from builder.steps.boot import write_seed_volume
+
+    loaded = load_template(REPO / "examples" / "cloud-image.toml")
+    ctx = BuildContext(loaded=loaded, options=BuildOptions(), distro=resolve("debian", "12"),
+                       uri="qemu:///system", output_dir=tmp_path / "out",
+                       build_id=loaded.build.id, plan=plan_for(loaded),
+                       work_dir=tmp_path, client_key=KeyPair.generate("client"),
+                       host_key=KeyPair.generate("host"))
+    with ExitStack() as stack:
+        write_seed_volume(ctx, stack)
+    assert ctx.seed is not None
+    with open_iso(ctx.seed) as reader:
+        user_data = read_file(reader, "user-data")
+        meta_data = read_file(reader, "meta-data")
+    expected = ctx.the_plan.seed_files(ctx.generated())
+    assert user_data == expected["user-data"].encode()
+    assert meta_data == expected["meta-data"].encode()
+    assert ctx.client_key is not None and ctx.client_key.public_line in expected["user-data"]
+    assert ctx.instance_id in expected["meta-data"]
+    out = tmp_path / "rendered"
+    assert main(["render", str(REPO / "examples" / "cloud-image.toml"), "--out", str(out)]) == 0
+    assert list(ctx.guest_files) == ["user-data", "meta-data"]
+    for name, digest in ctx.guest_files.items():
+        assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest, name
+
+
+def test_the_install_step_feeds_the_plans_answer_files_and_cmdline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Up to the installer's boot (no VM here): the preseed in the initrd and the kernel
+    command line of the install domain are the plan's, with this build's keys, and the
+    record is render's files byte for byte."""
+    import gzip
+    from contextlib import ExitStack
+    from types import SimpleNamespace
+
+    from builder.steps import install
+
+    iso = make_iso(tmp_path / "d-i.iso", {"install.amd/vmlinuz": b"kernel",
+                                          "install.amd/initrd.gz": b"initrd"}, label="DEBIAN")
+    digest = hashlib.sha256(iso.read_bytes()).hexdigest()
+    template = tmp_path / "t.toml"
+    template.write_text(f'name = "d"\n[source]\niso = "{iso}"\nchecksum = "sha256:{digest}"\n'
+                        '[distro]\nname = "debian"\nversion = "12"\n')
+    loaded = load_template(template)
+    work = tmp_path / "work"
+    work.mkdir()
+    ctx = BuildContext(loaded=loaded, options=BuildOptions(use_cache=False),
+                       distro=resolve("debian", "12"), uri="qemu:///system",
+                       output_dir=tmp_path / "out", build_id=loaded.build.id,
+                       plan=plan_for(loaded), work_dir=work, accelerator="tcg",
+                       client_key=KeyPair.generate("client"), host_key=KeyPair.generate("host"))
+    started = []
+
+    def start_domain(_ctx: object, _stack: object, spec: object) -> object:
+        started.append(spec)
+        return SimpleNamespace(stop_reason="the guest powered off")
+
+    monkeypatch.setattr(install, "start_domain", start_domain)
+    monkeypatch.setattr(install, "_wait_for_installer", lambda _ctx, _domain: None)
+    with ExitStack() as stack:
+        install.install(ctx, stack)
+    [spec] = started
+    plan = ctx.the_plan
+    assert spec.kernel_boot.cmdline == plan.installer_cmdline  # type: ignore[attr-defined]
+    initrd = (work / "installer-initrd-answers").read_bytes()
+    assert initrd.startswith(b"initrd")
+    archive = gzip.decompress(initrd[initrd.index(b"\x1f\x8b"):])
+    preseed = plan.answer_files(ctx.generated())["preseed.cfg"]
+    assert preseed.encode() in archive
+    assert list(ctx.guest_files) == ["preseed.cfg", "kernel-cmdline.txt"]
+    out = tmp_path / "rendered"
+    assert main(["render", str(template), "--out", str(out)]) == 0
+    for name, sha in ctx.guest_files.items():
+        assert hashlib.sha256((out / name).read_bytes()).hexdigest() == sha, name
