@@ -94,6 +94,12 @@ def _load(args: argparse.Namespace, path: str, building: bool = False) -> Any:
     return loaded
 
 
+def _plan(loaded: Any) -> Any:
+    from builder.plan import plan_for
+
+    return plan_for(loaded)
+
+
 # --- commands -----------------------------------------------------------------------------
 
 
@@ -103,6 +109,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for path in args.templates:
         try:
             loaded = _load(args, path)
+            _plan(loaded)  # what render writes and build executes: it must be makeable
         except AzbuildError as exc:
             failures.append(f"{path}: {exc.message}")
             if args.log_format == "json":
@@ -279,7 +286,10 @@ def cmd_render(args: argparse.Namespace) -> int:
     from builder.render import render
 
     loaded = _load(args, args.template)
-    for written in render(loaded, Path(args.out), force=args.force):
+    plan = _plan(loaded)
+    if plan.label_pending:
+        log.info("the ISO is not here; the installer's stage 2 label is read at build time")
+    for written in render(plan, Path(args.out), force=args.force):
         _out(str(written))
     return EXIT_OK
 

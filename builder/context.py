@@ -8,6 +8,7 @@ pipeline -> steps -> context (docs/architecture.md).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -22,8 +23,11 @@ from builder.keys import KeyPair
 from builder.libvirt import RunningDomain
 from builder.log import StepTimer
 from builder.manifest import CacheStage
+from builder.masking import masked_files
 from builder.models import Template
+from builder.plan import PLACEHOLDERS, BuildPlan, Generated, plan_for
 from builder.report import Report
+from builder.seed import new_instance_id
 from builder.ssh import SSHSession
 from builder.template import LoadedTemplate
 from distros import Distro
@@ -56,10 +60,15 @@ class BuildContext:
     output_dir: Path
     build_id: str
     timer: StepTimer = field(default_factory=StepTimer)
+    plan: BuildPlan | None = None  # made as the build starts (the_plan), before any step
     work_dir: Path | None = None
     client_key: KeyPair | None = None
     host_key: KeyPair | None = None
     host_key_line: str | None = None
+    root_password_hash: str | None = None  # install.root_password with this build's salt
+    instance_id: str = field(default_factory=new_instance_id)  # the seed's, fresh per build
+    # The files fed to the guest, as `azbuild render` writes them: name -> sha256 (manifest).
+    guest_files: dict[str, str] = field(default_factory=dict)
     disk: Path | None = None
     disk_format: Literal["raw", "qcow2"] = "raw"  # qcow2: an overlay on a stage-cache entry
     cache_stages: list[CacheStage] = field(default_factory=list)  # the manifest's `cache`
@@ -87,6 +96,32 @@ class BuildContext:
     @property
     def template(self) -> Template:
         return self.loaded.template
+
+    @property
+    def the_plan(self) -> BuildPlan:
+        """The plan this build executes (made from what is here when first asked)."""
+        if self.plan is None:
+            self.plan = plan_for(self.loaded)
+        return self.plan
+
+    def generated(self) -> Generated:
+        """What this build generated for its guest, to fill the plan in with."""
+        assert self.client_key is not None
+        return Generated(
+            client_public=self.client_key.public_line,
+            host_private=self.host_key.private_openssh if self.host_key else None,
+            host_public=self.host_key.public_line if self.host_key else None,
+            root_password_hash=self.root_password_hash,
+            instance_id=self.instance_id,
+        )
+
+    def record_fed(self, names: list[str]) -> None:
+        """Record that the guest got the plan's files `names`: each as `azbuild render`
+        writes it (the placeholders for what this build generated, secrets masked)."""
+        shown = masked_files(self.the_plan.guest_files(PLACEHOLDERS))
+        for name in names:
+            self.guest_files[name] = hashlib.sha256(
+                shown[name].encode(errors="surrogateescape")).hexdigest()
 
     def overhead_seconds(self, wall: float) -> float:
         """Orchestration overhead: wall time minus the time the guest was working minus

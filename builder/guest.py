@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Literal
 
 from builder.context import BOOT_CONSOLE, BuildContext, timed_guest_wait
 from builder.keys import load_private_key
@@ -14,13 +13,12 @@ from builder.libvirt import (
     Disk,
     DomainMetadata,
     DomainSpec,
-    KernelBoot,
     RunningDomain,
     default_dac_label,
-    domain_name,
     free_port,
     running_domain,
 )
+from builder.plan import Runtime
 from builder.ssh import SSHSession, wait_for_ssh
 
 log = logging.getLogger(__name__)
@@ -33,40 +31,27 @@ SERIAL_TAIL_LINES = 30
 def boot_disk(ctx: BuildContext, stack: ExitStack) -> None:
     """Boot the build's disk (with the seed, if any); the domain becomes ctx.domain."""
     assert ctx.work_dir is not None and ctx.disk is not None
-    disks = [Disk(ctx.disk, format=ctx.disk_format, bus="virtio")]
-    if ctx.seed is not None:
-        disks.append(Disk(ctx.seed, format="raw", bus="virtio", readonly=True))
-    ctx.domain = start_domain(ctx, stack, tuple(disks), ctx.work_dir / BOOT_CONSOLE)
+    spec = ctx.the_plan.boot_domain(runtime(ctx), Disk(ctx.disk, format=ctx.disk_format),
+                                    ctx.seed, ctx.work_dir / BOOT_CONSOLE)
+    ctx.domain = start_domain(ctx, stack, spec)
 
 
-def start_domain(
-    ctx: BuildContext,
-    stack: ExitStack,
-    disks: tuple[Disk, ...],
-    serial_log: Path,
-    kernel_boot: KernelBoot | None = None,
-    on_reboot: Literal["restart", "destroy"] = "restart",
-) -> RunningDomain:
-    """Start the build's domain (destroyed when `stack` closes), stream its console with
+def runtime(ctx: BuildContext, iso: Path | None = None) -> Runtime:
+    """What the plan's domain specs take from this build: its work directory, a free
+    port for SSH, the accelerator chosen, this process as the owner (for `gc`)."""
+    assert ctx.work_dir is not None and ctx.accelerator is not None
+    return Runtime(
+        work_dir=ctx.work_dir, ssh_port=free_port(),
+        accelerator="kvm" if ctx.accelerator == "kvm" else "tcg",
+        metadata=DomainMetadata.for_this_process(ctx.template.name, ctx.work_dir),
+        dac_label=default_dac_label(ctx.uri), iso=iso,
+    )
+
+
+def start_domain(ctx: BuildContext, stack: ExitStack, spec: DomainSpec) -> RunningDomain:
+    """Start the domain `spec` (destroyed when `stack` closes), stream its console with
     --debug, and return once the start watchdog has seen the guest's OS on the console.
     Used for the installer and for booting the disk."""
-    assert ctx.work_dir is not None and ctx.accelerator is not None
-    vm = ctx.template.vm
-    spec = DomainSpec(
-        name=domain_name(ctx.template.name, ctx.build_id),
-        vcpus=vm.cpus,
-        memory=vm.memory,
-        accelerator="kvm" if ctx.accelerator == "kvm" else "tcg",
-        serial_log=serial_log,
-        metadata=DomainMetadata.for_this_process(ctx.template.name, ctx.work_dir),
-        firmware=vm.firmware,
-        disks=disks,
-        kernel_boot=kernel_boot,
-        on_reboot=on_reboot,
-        # Forwarded to the guest's sshd; installers that fetch packages use the NIC too.
-        ssh_port=free_port(),
-        dac_label=default_dac_label(ctx.uri),
-    )
     domain = stack.enter_context(running_domain(spec, ctx.uri))
     if ctx.options.debug:
         stack.enter_context(domain.serial.streaming())

@@ -169,7 +169,7 @@ def find_installer(
             if not missing:
                 found = InstallerPaths(kernel=_norm(k).lstrip("/"), initrd=_norm(i).lstrip("/"),
                                        source=source)
-                log.info("installer kernel %s, initrd %s (from %s)", found.kernel,
+                log.debug("installer kernel %s, initrd %s (from %s)", found.kernel,
                          found.initrd, source)
                 return found
             tried.append(f"{source}: " + ", ".join(missing) + " missing")

@@ -109,6 +109,17 @@ class InputFile(Record):
     sha256: str = Field(pattern="^[0-9a-f]{64}$", description="SHA-256 of the file's bytes")
 
 
+class GuestFile(Record):
+    """One file the build fed its guest."""
+
+    name: str = Field(description="the file's name in `azbuild render`'s output "
+                      "(preseed.cfg, user-data, azure-prep.sh, provision-1.sh, ...)")
+    sha256: str = Field(pattern="^[0-9a-f]{64}$", description="SHA-256 of the file as "
+                        "`azbuild render` writes it: what the guest got, with render's "
+                        "placeholders for the keys (and password hash, instance-id) the "
+                        "build generated, secrets masked")
+
+
 class Inputs(Record):
     """What the build was made from (with template_sha256 and azbuild_version)."""
 
@@ -116,6 +127,12 @@ class Inputs(Record):
     template_files: list[InputFile] = Field(
         description="the template and its layers as read: each layer before the file that "
         "extends it, the template itself last")
+    guest_files: list[GuestFile] = Field(
+        default_factory=list,
+        description="the files the build fed its guest, in the order it fed them: answer "
+        "files and the installer's command line (unless the install was cached) or the "
+        "seed, the provisioner scripts it ran, the Azure preparation scripts. "
+        "`azbuild render` of the same template writes them byte for byte")
 
 
 class CacheStage(Record):
@@ -239,7 +256,9 @@ def _inputs(ctx: BuildContext) -> Inputs:
     return Inputs(
         source=Source(kind=kind, location=str(source.iso or source.disk_image),
                       digest=ctx.source_digest),
-        template_files=files)
+        template_files=files,
+        guest_files=[GuestFile(name=name, sha256=digest)
+                     for name, digest in ctx.guest_files.items()])
 
 
 def source_digest(path: Path, checksum: str | None) -> str:

@@ -23,6 +23,7 @@ from builder.context import BuildContext, BuildOptions, on_failure
 from builder.errors import BuildError, UsageError
 from builder.libvirt import connection_uri, refuse_unsupported_uri
 from builder.locks import output_directory_lock
+from builder.plan import plan_for
 from builder.template import LoadedTemplate
 from distros import resolve
 
@@ -52,6 +53,8 @@ def build(loaded: LoadedTemplate, options: BuildOptions) -> int:
         uri=connection_uri(options.connect or template.vm.connect),
         output_dir=output_directory(loaded, options),
         build_id=loaded.build.id,  # fixed at load time: ${build.id} is this id
+        # What the steps execute; the install step makes it anew once the ISO is here.
+        plan=plan_for(loaded),
     )
     with azlog.build_scope(ctx.build_id, template.name):
         refuse_unsupported_uri(ctx.uri, os.geteuid())

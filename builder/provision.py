@@ -10,8 +10,10 @@ from __future__ import annotations
 import collections
 import logging
 import secrets
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 from builder.errors import BuildError, UsageError, indent
 from builder.models import FileProvisioner, RebootProvisioner, ShellProvisioner
@@ -59,9 +61,13 @@ def run_provisioners(
     boot_id_command: str = BOOT_ID_COMMAND,
     first: int = 1,
     total: int | None = None,
+    scripts: Mapping[int, str] | None = None,
 ) -> SSHSession:
     """Run each provisioner in order; return the session that is live at the end.
     `first` and `total` number them when they are a part of the template's list.
+    `scripts` are the build plan's shell scripts by 0-based index in the template's list
+    (the provisioner numbered n is index n - 1): what runs, whatever the script file
+    holds by then. Without one, a shell provisioner runs its own inline commands or file.
 
     `reconnect(timeout)` must return a new authenticated session within
     timeout seconds (or raise BuildError); it is called after a reboot. The
@@ -75,7 +81,7 @@ def run_provisioners(
         started = time.monotonic()
         try:
             if isinstance(provisioner, ShellProvisioner):
-                _shell(session, provisioner, label, name)
+                _shell(session, provisioner, label, name, (scripts or {}).get(number - 1))
             elif isinstance(provisioner, FileProvisioner):
                 session.upload(
                     provisioner.source,
@@ -96,7 +102,8 @@ def run_provisioners(
     return session
 
 
-def _shell(session: SSHSession, provisioner: ShellProvisioner, label: str, name: str) -> None:
+def _shell(session: SSHSession, provisioner: ShellProvisioner, label: str, name: str,
+           planned: str | None = None) -> None:
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
 
     def on_line(line: str) -> None:
@@ -107,10 +114,10 @@ def _shell(session: SSHSession, provisioner: ShellProvisioner, label: str, name:
         remote_script = f"{GUEST_TMP}/azbuild-{secrets.token_hex(4)}-{provisioner.script.name}"
         # Owned by the login user, so it runs with or without sudo; the shebang decides the
         # interpreter (a script without one runs under /bin/sh).
-        session.upload(provisioner.script, remote_script, mode=0o700, owner=session.username)
+        _upload_script(session, provisioner.script, planned, remote_script)
         command = shell_quote(remote_script)
     else:
-        command = inline_script(provisioner.inline or [])
+        command = planned if planned is not None else inline_script(provisioner.inline or [])
     try:
         status = session.run(command, sudo=provisioner.sudo, env=dict(provisioner.env),
                              timeout=provisioner.timeout, on_line=on_line, tail=tail)
@@ -127,6 +134,18 @@ def _shell(session: SSHSession, provisioner: ShellProvisioner, label: str, name:
             f"{name} failed with exit status {status}"
             + (":\n" + indent(tail) if tail else " (no output)")
         )
+
+
+def _upload_script(session: SSHSession, script: Path, planned: str | None,
+                   remote: str) -> None:
+    """The planned text of `script` (the file itself without a plan) as `remote`."""
+    if planned is None:
+        session.upload(script, remote, mode=0o700, owner=session.username)
+        return
+    with tempfile.TemporaryDirectory(prefix="azbuild-script-") as tmp:
+        local = Path(tmp) / script.name
+        local.write_bytes(planned.encode(errors="surrogateescape"))  # the file's own bytes
+        session.upload(local, remote, mode=0o700, owner=session.username)
 
 
 def _reboot(

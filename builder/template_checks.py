@@ -15,15 +15,13 @@ from pathlib import Path
 from builder.answers import (
     AnswerContext,
     answer_file_syntax_error,
-    hash_password,
     render_answer_files,
 )
 from builder.azure_prep import prep_facts
-from builder.disk import detect_image_format
-from builder.errors import CommandError, UsageError
-from builder.fetch import is_url, resolve_checksum
+from builder.errors import AzbuildError, UsageError
+from builder.fetch import is_url, local_iso, resolve_checksum
+from builder.local_facts import read_image_facts, read_iso_facts
 from builder.models import Template
-from builder.qemu_img import virtual_size
 from builder.toml_lines import KeyPath
 from builder.units import format_size
 from distros import resolve
@@ -31,8 +29,6 @@ from distros import resolve
 log = logging.getLogger(__name__)
 
 Found = list[tuple[KeyPath, str]]
-# Image formats the source-disk step converts to the build's raw disk.
-STARTABLE_FORMATS = ("raw", "qcow2", "vhd-fixed", "vhd-dynamic", "vhdx")
 
 
 def value_problems(template: Template) -> Found:
@@ -76,13 +72,31 @@ def file_problems(template: Template) -> Found:
         found.extend(_readable(loc, answer) or _answer_syntax(loc, answer)
                      or _answer_render(loc, template))
     if template.source.iso is not None and not is_url(template.source.iso):
-        found.extend(_readable(("source", "iso"), Path(template.source.iso)))
+        found.extend(_readable(("source", "iso"), Path(template.source.iso))
+                     or _installer_iso(template))
+    elif template.source.iso is not None:
+        found.extend(_installer_iso(template))  # its cached download, if any
     found.extend(_checksum_file(template))
     image = template.source.disk_image
     if image is not None and image.exists():
         loc = ("source", "disk_image")
         found.extend(_readable(loc, image) or _source_image(template, image))
     return found
+
+
+def _installer_iso(template: Template) -> Found:
+    """An ISO that is here must be one, with the installer where the install step looks."""
+    source = template.source
+    assert source.iso is not None
+    path = local_iso(source.iso, source.checksum)
+    if path is None:
+        return []
+    try:
+        read_iso_facts(path, template)
+    except AzbuildError as exc:
+        key = "installer_kernel" if source.installer_kernel or source.installer_initrd else "iso"
+        return [(("source", key), exc.message)]
+    return []
 
 
 def _readable(loc: KeyPath, path: Path) -> Found:
@@ -157,14 +171,14 @@ def _answer_render(loc: KeyPath, template: Template) -> Found:
     it names that azbuild does not give fails here, not after the ISO download."""
     if template.source.iso is None:
         return []
-    from builder import render  # the render's placeholders; it imports the template layer
+    from builder import plan  # the render's placeholders; it imports the template layer
 
     password = template.install.root_password
     context = AnswerContext.for_template(
-        template, ssh_public_key=render.PLACEHOLDER_CLIENT_PUBLIC,
-        host_key_private=render.PLACEHOLDER_HOST_PRIVATE,
-        host_key_public=render.PLACEHOLDER_HOST_PUBLIC,
-        root_password_hash=hash_password(password) if password else None)
+        template, ssh_public_key=plan.PLACEHOLDER_CLIENT_PUBLIC,
+        host_key_private=plan.PLACEHOLDER_HOST_PRIVATE,
+        host_key_public=plan.PLACEHOLDER_HOST_PUBLIC,
+        root_password_hash=plan.PLACEHOLDER_PASSWORD_HASH if password else None)
     distro = resolve(template.distro.name, template.distro.version)
     try:
         render_answer_files(distro, template, context)
@@ -180,23 +194,13 @@ def _answer_syntax(loc: KeyPath, path: Path) -> Found:
 
 def _source_image(template: Template, image: Path) -> Found:
     """The image must be of a format the build starts from and fit in vm.disk_size."""
-    loc: KeyPath = ("source", "disk_image")
-    image_format = detect_image_format(image)
-    if image_format.name not in STARTABLE_FORMATS:
-        return [(loc, f"{image} is a {image_format.name} image, which azbuild cannot start"
-                      " from; use raw, qcow2, VHD or VHDX")]
-    try:
-        virtual = virtual_size(image, image_format.qemu_format)
-    except CommandError as exc:
-        return [(loc, f"qemu-img cannot read {image}: {exc.stderr.strip() or exc.message}")]
-    except UsageError as exc:  # qemu-img is not installed: the build says so itself
-        log.warning("the size of %s is not checked: %s", image, exc.message)
-        return []
+    facts, found = read_image_facts(image)
+    if facts is None or facts.virtual_size is None:
+        return found
+    virtual = facts.virtual_size
     if template.vm.disk_size < virtual:
         return [(("vm", "disk_size"),
                  f"{format_size(template.vm.disk_size)} is smaller than the source image"
                  f" {image} ({format_size(virtual)}); set vm.disk_size to at least"
                  f" {format_size(virtual)}")]
     return []
-
-

@@ -394,6 +394,7 @@ def test_the_manifest_records_its_inputs(tmp_path: Path) -> None:
                    "digest": None},
         "template_files": [{"path": str(layer), "sha256": sha256sum(layer)},
                            {"path": str(template), "sha256": sha256sum(template)}],
+        "guest_files": [],  # nothing was fed: no step ran
     }
     assert data["inventory"] is None
     assert data["azbuild_version"] and len(data["template_sha256"]) == 64

@@ -219,3 +219,23 @@ def test_sshd_restart_is_not_a_reboot(tmp_path: Path) -> None:
                 reboot_command=f"touch {machine.request}",
                 boot_id_command=f"cat {machine.boot_id}",
             )
+
+
+def test_the_planned_scripts_run_not_what_the_files_hold_by_then(
+    session: SSHSession, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The build runs the plan's text (what `render` showed), even if a script file changed
+    after the plan was made; a provisioner without a planned script runs its own."""
+    caplog.set_level(logging.INFO, logger="builder.provision")
+    script = tmp_path / f"s-{secrets.token_hex(4)}.sh"
+    script.write_text("#!/bin/sh\necho changed since\n")
+    run_provisioners(
+        [shell(script=script), shell(inline=["echo inline"]), shell(inline=["echo own"])],
+        session=session, reconnect=no_reconnect,
+        scripts={0: "#!/bin/sh\necho as planned\n", 1: "set -e\necho planned inline\n"},
+    )
+    lines = messages(caplog)
+    assert "[provision 1/3 shell] as planned" in lines
+    assert "[provision 2/3 shell] planned inline" in lines
+    assert "[provision 3/3 shell] own" in lines
+    assert not any("changed since" in line for line in lines)

@@ -19,8 +19,9 @@ from test_iso import make_iso
 from builder import redact
 from builder.cli import main
 from builder.context import BuildContext, BuildOptions
+from builder.plan import LABEL_AT_BUILD_TIME
 from builder.provision import inline_script
-from builder.render import LABEL_AT_BUILD_TIME, _write_all, mask_for
+from builder.render import _write_all, mask_for
 from builder.steps import plan
 from builder.template import load_template
 from distros import resolve
@@ -212,6 +213,10 @@ script = "setup.sh"
     assert (out / f"provision-{first + 2}.sh").read_text() == script.read_text()
 
 
+# Where Anaconda's kernel and initrd are in a RHEL-family ISO (the distro's default).
+RHEL_INSTALLER = {"images/pxeboot/vmlinuz": b"k", "images/pxeboot/initrd.img": b"i"}
+
+
 def _rhel_template(tmp_path: Path, iso: str, checksum: str) -> Path:
     template = tmp_path / "alma.toml"
     template.write_text(f"""\
@@ -227,7 +232,7 @@ version = "9"
 
 
 def test_rhel_cmdline_has_the_stage2_label_of_a_local_iso(tmp_path: Path) -> None:
-    iso = make_iso(tmp_path / "alma.iso", {"README": b"x"}, joliet=False,
+    iso = make_iso(tmp_path / "alma.iso", RHEL_INSTALLER, joliet=False,
                    label="AlmaLinux-9-4 x86_64")
     digest = hashlib.sha256(iso.read_bytes()).hexdigest()
     out = tmp_path / "rendered"
@@ -251,7 +256,7 @@ def test_rhel_cmdline_reads_the_label_of_a_cached_download(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("AZBUILD_CACHE_DIR", str(tmp_path / "cache"))
-    iso = make_iso(tmp_path / "dl.iso", {"README": b"x"}, label="ALMA9")
+    iso = make_iso(tmp_path / "dl.iso", RHEL_INSTALLER, label="ALMA9")
     digest = hashlib.sha256(iso.read_bytes()).hexdigest()
     (tmp_path / "cache" / "iso").mkdir(parents=True)
     iso.rename(tmp_path / "cache" / "iso" / f"sha256-{digest}.iso")

@@ -10,6 +10,7 @@ from typing import Any
 
 import jsonschema
 import pytest
+from test_iso import make_iso
 
 from builder import docgen
 from builder.errors import TemplateError
@@ -230,7 +231,30 @@ def test_check_local_inputs_warns_for_source_and_fails_for_the_rest(tmp_path: Pa
     with pytest.raises(TemplateError, match=r"source\.iso: file not found"):
         check_local_inputs(loaded, building=True)
     write(tmp_path / "demo.iso", "")
+    with pytest.raises(TemplateError, match=r"source\.iso: cannot read ISO"):
+        check_local_inputs(loaded, building=True)
+    make_iso(tmp_path / "demo.iso", {"images/pxeboot/vmlinuz": b"k",
+                                     "images/pxeboot/initrd.img": b"i"})
     assert check_local_inputs(loaded, building=True) == []
+
+
+def test_a_local_iso_without_the_installer_is_refused(tmp_path: Path) -> None:
+    """The install step would find no kernel to boot, after the ISO's verification."""
+    text = BASE.replace("https://example.org/demo.iso", "demo.iso")
+    make_iso(tmp_path / "demo.iso", {"README": b"x"})
+    loaded = load_template(write(tmp_path / "t.toml", text))
+    with pytest.raises(TemplateError) as info:
+        check_local_inputs(loaded)
+    [problem] = info.value.problems
+    assert problem.startswith(f"{tmp_path}/t.toml: line 3: source.iso: no Rocky Linux 9 "
+                              "installer kernel/initrd in")
+    text = text.replace("checksum =", 'installer_kernel = "boot/k"\ninstaller_initrd = '
+                                      '"boot/i"\nchecksum =')
+    loaded = load_template(write(tmp_path / "t.toml", text))
+    with pytest.raises(TemplateError) as info:
+        check_local_inputs(loaded)
+    [problem] = info.value.problems
+    assert problem.startswith(f"{tmp_path}/t.toml: line 4: source.installer_kernel: no Rocky")
 
 
 # --- variables -----------------------------------------------------------------------------

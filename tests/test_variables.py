@@ -249,12 +249,13 @@ def test_a_toml_file_named_otherwise_is_still_toml(tmp_path: Path) -> None:
 def test_render_shows_the_build_it_was_loaded_as(tmp_path: Path) -> None:
     from xml.etree import ElementTree as ET
 
+    from builder.plan import plan_for
     from builder.render import render
 
     text = BASE.replace('name = "demo"', 'name = "web-${build.date}"')
     loaded = load_template(write(tmp_path / "t.toml", text), build=NIGHT)
     out = tmp_path / "rendered"
-    render(loaded, out)
+    render(plan_for(loaded), out)
     boot = ET.fromstring((out / "domain-boot.xml").read_text())
     assert boot.findtext("name") == "azbuild-web-20261130-c0ffee00"
     assert "/web-20261130-c0ffee00/disk.raw" in (out / "domain-boot.xml").read_text()

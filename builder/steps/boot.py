@@ -8,7 +8,9 @@ from contextlib import ExitStack
 from builder.accel import choose_accelerator
 from builder.context import BuildContext
 from builder.guest import boot_disk, open_session
-from builder.seed import write_seed
+from builder.plan import SEED_FILE
+from builder.seed import CIDATA_LABEL
+from builder.volume import write_volume
 
 log = logging.getLogger(__name__)
 
@@ -19,15 +21,10 @@ def write_seed_volume(ctx: BuildContext, stack: ExitStack) -> None:
     if ctx.host_key is None:
         log.info("communicator.host_key_file is set: the guest keeps its own host keys, "
                  "and only the one in that file is accepted")
-    ctx.seed = ctx.work_dir / "seed.iso"
-    write_seed(
-        ctx.seed,
-        username=ctx.template.communicator.username,
-        authorized_key=ctx.client_key.public_line,
-        host_key_private=ctx.host_key.private_openssh if ctx.host_key else None,
-        host_key_public=ctx.host_key.public_line if ctx.host_key else None,
-        hostname=ctx.template.name[:63],
-    )
+    ctx.seed = ctx.work_dir / SEED_FILE
+    files = ctx.the_plan.seed_files(ctx.generated())
+    write_volume(ctx.seed, CIDATA_LABEL, {name: text.encode() for name, text in files.items()})
+    ctx.record_fed(list(files))
 
 
 def pick_accelerator(ctx: BuildContext, stack: ExitStack) -> None:

@@ -17,23 +17,18 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Literal
 
-from builder.answers import (
-    AnswerContext,
-    answer_media,
-    hash_password,
-    installer_cmdline,
-    installer_failure_regex,
-    render_answer_files,
-)
+from builder.answers import answer_media, installer_failure_regex
 from builder.cache_keys import install_key, keyed_answer_files
 from builder.context import INSTALL_CONSOLE, BuildContext, timed_guest_wait
 from builder.errors import BuildError, indent
 from builder.fetch import fetch_iso
-from builder.guest import start_domain
+from builder.guest import runtime, start_domain
 from builder.initrd import append_to_initrd
-from builder.iso import extract, find_installer, volume_label
-from builder.libvirt import Disk, KernelBoot, RunningDomain
+from builder.iso import extract
+from builder.libvirt import Disk, RunningDomain
+from builder.local_facts import read_iso_facts
 from builder.manifest import source_digest
+from builder.plan import ANSWER_VOLUME_FILE, CMDLINE_FILE, INITRD_FILE
 from builder.qemu_img import create_qcow2_argv
 from builder.redact import redact
 from builder.run import run
@@ -43,11 +38,6 @@ from builder.volume import write_volume
 
 log = logging.getLogger(__name__)
 
-# Names in the work directory (also what `azbuild render` shows in domain-install.xml).
-KERNEL_FILE = "installer-kernel"
-INITRD_FILE = "installer-initrd"
-INITRD_WITH_ANSWERS_FILE = "installer-initrd-answers"
-ANSWER_VOLUME_FILE = "answers.iso"
 FAILURE_CONTEXT_LINES = 40
 # How the install phase may end: the installer powers off, or reboots (which
 # on_reboot=destroy turns into the domain stopping).
@@ -61,14 +51,15 @@ def install(ctx: BuildContext, stack: ExitStack) -> None:
     assert ctx.work_dir is not None and ctx.accelerator is not None
     source = ctx.template.source
     assert source.iso is not None and source.checksum is not None
-    answers = _answer_context(ctx)
     iso = fetch_iso(source.iso, source.checksum)
     ctx.source_digest = source_digest(iso, source.checksum)
+    # The plan anew with the ISO's facts, now that it is here (it may not have been).
+    ctx.plan = ctx.the_plan.with_iso(read_iso_facts(iso, ctx.template))
     if not ctx.options.use_cache:
         ctx.disk = ctx.work_dir / "disk.raw"
         with open(ctx.disk, "xb") as disk:
             disk.truncate(ctx.template.vm.disk_size)  # sparse: the installer writes what it uses
-        _run_installer(ctx, iso, answers, ctx.disk, "raw")
+        _run_installer(ctx, iso, ctx.disk, "raw")
         return
     key = install_key(
         iso_digest=ctx.source_digest, answer_files=keyed_answer_files(ctx.distro, ctx.template),
@@ -83,7 +74,7 @@ def install(ctx: BuildContext, stack: ExitStack) -> None:
         with cache.locked(key):
             entry = cache.lookup(key)  # another build may have made it while we waited
             if entry is None:
-                entry = _install_into_cache(ctx, cache, key, iso, answers)
+                entry = _install_into_cache(ctx, cache, key, iso)
                 stored = True
     if stored:
         record_stage(ctx, "install", entry, "stored")
@@ -95,8 +86,7 @@ def install(ctx: BuildContext, stack: ExitStack) -> None:
     start_from_longest_prefix(ctx, stack, cache, key)
 
 
-def _install_into_cache(ctx: BuildContext, cache: StageCache, key: str, iso: Path,
-                        answers: AnswerContext) -> Entry:
+def _install_into_cache(ctx: BuildContext, cache: StageCache, key: str, iso: Path) -> Entry:
     """Install straight onto a qcow2 file in the cache directory, then keep it as the
     entry `key` with this build's SSH keys. Called with the key's lock held."""
     assert ctx.client_key is not None and ctx.host_key is not None
@@ -105,7 +95,7 @@ def _install_into_cache(ctx: BuildContext, cache: StageCache, key: str, iso: Pat
     try:
         run(create_qcow2_argv(tmp, ctx.template.vm.disk_size))
         started = time.monotonic()
-        _run_installer(ctx, iso, answers, tmp, "qcow2")
+        _run_installer(ctx, iso, tmp, "qcow2")
         return cache.store(
             key, tmp, parent=None, kind="install",
             description=f"install {ctx.distro.label} from {Path(iso_name).name}",
@@ -115,74 +105,41 @@ def _install_into_cache(ctx: BuildContext, cache: StageCache, key: str, iso: Pat
         tmp.unlink(missing_ok=True)
 
 
-def _run_installer(ctx: BuildContext, iso: Path, answers: AnswerContext, disk: Path,
+def _run_installer(ctx: BuildContext, iso: Path, disk: Path,
                    disk_format: Literal["raw", "qcow2"]) -> None:
-    """Boot the installer on the empty `disk` and wait until it has finished."""
+    """Boot the installer on the empty `disk` and wait until it has finished: the plan's
+    answer files, kernel command line and install domain, with this build's keys."""
     assert ctx.work_dir is not None
-    paths = find_installer(iso, ctx.distro, ctx.template.source.installer_kernel,
-                           ctx.template.source.installer_initrd)
-    kernel = ctx.work_dir / KERNEL_FILE
-    initrd = ctx.work_dir / INITRD_FILE
-    extract(iso, paths.kernel, kernel)
-    extract(iso, paths.initrd, initrd)
+    plan = ctx.the_plan
+    assert plan.facts.iso is not None
+    installer = plan.facts.iso.installer
+    log.info("installer kernel %s, initrd %s (from %s)", installer.kernel, installer.initrd,
+             installer.source)
+    rt = runtime(ctx, iso)
+    boot = plan.installer_boot(rt)
+    extract(iso, installer.kernel, boot.kernel)
+    extract(iso, installer.initrd, rt.work_dir / INITRD_FILE)
 
-    files = render_answer_files(ctx.distro, ctx.template, answers)
+    files = plan.answer_files(ctx.generated())
     media = answer_media(ctx.distro, files)
-    volume: Path | None = None
     if media.kind == "initrd":
-        with_answers = ctx.work_dir / INITRD_WITH_ANSWERS_FILE
-        append_to_initrd(initrd, media.files, with_answers)
-        initrd = with_answers
+        assert boot.initrd is not None
+        append_to_initrd(rt.work_dir / INITRD_FILE, media.files, boot.initrd)
         log.info("answer file(s) %s appended to the installer initrd", ", ".join(media.files))
     else:
         assert media.label is not None
-        volume = ctx.work_dir / ANSWER_VOLUME_FILE
-        write_volume(volume, media.label, media.files)
+        write_volume(rt.work_dir / ANSWER_VOLUME_FILE, media.label, media.files)
         log.info("answer file(s) %s on a CD-ROM labelled %s", ", ".join(media.files),
                  media.label)
-
-    label = volume_label(iso) if ctx.distro.installer_takes_iso_label else None
-    cmdline = installer_cmdline(ctx.distro, ctx.template, label)
-    log.info("installer kernel command line: %s", redact(cmdline))
+    ctx.record_fed([*files, CMDLINE_FILE])
+    log.info("installer kernel command line: %s", redact(boot.cmdline))
     # A failed build keeps this console in the output directory (see the pipeline).
-    serial_log = ctx.work_dir / INSTALL_CONSOLE
+    spec = plan.install_domain(rt, Disk(disk, format=disk_format), ctx.work_dir / INSTALL_CONSOLE)
     with ExitStack() as phase:
-        domain = start_domain(
-            ctx, phase, install_disks(disk, iso, volume, disk_format), serial_log,
-            KernelBoot(kernel=kernel, initrd=initrd, cmdline=cmdline), on_reboot="destroy",
-        )
+        domain = start_domain(ctx, phase, spec)
         with timed_guest_wait(ctx):
             _wait_for_installer(ctx, domain)
     log.info("the installer finished (%s)", domain.stop_reason)
-
-
-def install_disks(disk: Path, iso: Path, answer_volume: Path | None,
-                  disk_format: Literal["raw", "qcow2"] = "raw") -> tuple[Disk, ...]:
-    """The install phase's drives: the target first (/dev/vda), then the ISO and the
-    answer volume as SATA CD-ROMs, which every installer kernel reads."""
-    drives = [
-        Disk(disk, format=disk_format, bus="virtio"),
-        Disk(iso, format="raw", bus="sata", device="cdrom", readonly=True),
-    ]
-    if answer_volume is not None:
-        drives.append(Disk(answer_volume, format="raw", bus="sata", device="cdrom",
-                           readonly=True))
-    return tuple(drives)
-
-
-def _answer_context(ctx: BuildContext) -> AnswerContext:
-    assert ctx.client_key is not None
-    password = ctx.template.install.root_password
-    if ctx.host_key is None:
-        raise BuildError(
-            "communicator.host_key_file cannot be used with an ISO install: the installed "
-            "system gets the host key azbuild generates",
-            hint="remove communicator.host_key_file from the template",
-        )
-    return AnswerContext.for_template(
-        ctx.template, ssh_public_key=ctx.client_key.public_line,
-        host_key_private=ctx.host_key.private_openssh, host_key_public=ctx.host_key.public_line,
-        root_password_hash=hash_password(password) if password else None)
 
 
 def _wait_for_installer(ctx: BuildContext, domain: RunningDomain) -> None:

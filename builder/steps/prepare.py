@@ -7,6 +7,7 @@ import logging
 from contextlib import ExitStack, suppress
 from pathlib import Path
 
+from builder.answers import hash_password
 from builder.context import BuildContext
 from builder.errors import UsageError
 from builder.keys import KeyPair, load_public_key
@@ -21,6 +22,9 @@ def prepare(ctx: BuildContext, stack: ExitStack) -> None:
     _check_outputs(ctx, stack)
     make_work_dir(ctx, stack)
     ctx.client_key = KeyPair.generate(f"azbuild-{ctx.build_id}")
+    password = ctx.template.install.root_password
+    if password:
+        ctx.root_password_hash = hash_password(password)  # a fresh salt for every build
     comm = ctx.template.communicator
     if comm.host_key_file is not None:
         ctx.host_key_line = load_public_key(comm.host_key_file)

@@ -8,7 +8,6 @@ import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
-from builder.azure_prep import prep_scripts
 from builder.context import BuildContext, timed_guest_wait
 from builder.errors import BuildError, indent
 from builder.guest import open_session
@@ -45,7 +44,10 @@ def run(ctx: BuildContext, stack: ExitStack) -> None:
                 provisioners[begin:end + 1], session=_session(ctx),
                 reconnect=lambda timeout: open_session(ctx, stack, timeout),
                 first=begin + 1, total=len(provisioners),
+                scripts=ctx.the_plan.provision_scripts,
             )
+        ctx.record_fed([f"provision-{index + 1}.sh" for index in range(begin, end + 1)
+                        if index in ctx.the_plan.provision_scripts])
         if caching and provisioners[end].cache:
             store_cache_point(ctx, stack, end)
         begin = end + 1
@@ -60,10 +62,7 @@ def azure_preparation(ctx: BuildContext, stack: ExitStack) -> None:
     """Upload and run azure-prep.sh and azure-check.sh; start deprovision.sh detached
     (it removes the build's own user and key, so it must outlive this connection)."""
     session = _session(ctx)
-    scripts = prep_scripts(
-        ctx.distro, ctx.template.azure,
-        firmware=ctx.template.vm.firmware, build_user=ctx.template.communicator.username,
-    )
+    scripts = ctx.the_plan.prep_scripts
     for requirement, reason in ctx.template.azure.skip.items():
         log.warning("skipping %s as the template asks: %s", requirement, reason)
     # One upload of the whole directory: each upload costs the guest a few commands
@@ -73,6 +72,7 @@ def azure_preparation(ctx: BuildContext, stack: ExitStack) -> None:
             (Path(tmp) / name).write_text(text)
             (Path(tmp) / name).chmod(0o700)
         session.upload(Path(tmp), GUEST_DIR, mode=0o700)
+    ctx.record_fed(list(scripts))
     with timed_guest_wait(ctx):
         _run_script(session, "azure-prep.sh", "[azure-prep]")
         _run_check(session)

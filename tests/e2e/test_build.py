@@ -9,6 +9,7 @@ that validates against the shipped schema) and no image.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import subprocess
@@ -289,6 +290,48 @@ def test_build_writes_image_manifest_and_log(built: Outcome, libvirt_uri: str) -
         if path.suffix in (".json", ".log"):
             assert SECRET not in path.read_text(), path
     assert SECRET not in built.stderr and SECRET not in built.stdout
+
+
+def test_render_is_what_the_shared_builds_fed_their_guests(
+    pair_built: Any, hostile_base: Path, test_installer_iso: Path, azurite: Any,
+    demo_sas: str, tmp_path: Path,
+) -> None:
+    """`azbuild render` of each shared build's template, with the variables the build had,
+    writes byte for byte the files the build fed its guest: the seed or the preseed and
+    the installer's command line, the provisioner scripts, the Azure preparation. The
+    build records each file's sha256 as render writes it (manifest inputs.guest_files),
+    its generated keys shown as render's placeholders; the domains are not the guest's."""
+    from test_iso_install import demo_iso, iso_vars
+
+    variables = {
+        "e2e-debian": ["--var", f"image={hostile_base}"],
+        "demo": [*iso_vars(demo_iso(test_installer_iso)),
+                 "--var", f"container_url={azurite.account_url}/built?{demo_sas}"],
+    }
+    outcomes = {"e2e-debian": pair_built.cloud, "demo": pair_built.demo}
+    compared: dict[str, list[str]] = {}
+    for name, template in pair_built.templates.items():
+        outcome = outcomes[name]
+        assert outcome.returncode == 0, outcome.stderr[-6000:]
+        manifest = validate_manifest(outcome.output_dir / "manifest.json")
+        fed = {f["name"]: f["sha256"] for f in manifest["inputs"]["guest_files"]}
+        out = tmp_path / name
+        proc = subprocess.run(
+            [*AZBUILD, "render", str(template), *variables[name], "--out", str(out)],
+            capture_output=True, text=True, cwd=REPO, timeout=300,
+            env=user_env(AZBUILD_CACHE_DIR=str(pair_built.cache_dir)))
+        assert proc.returncode == 0, proc.stderr
+        rendered = {path.name: hashlib.sha256(path.read_bytes()).hexdigest()
+                    for path in out.iterdir() if not path.name.startswith("domain-")}
+        assert fed == rendered, (name, sorted(fed), sorted(rendered))
+        compared[name] = list(fed)
+    # Both kinds of source, in the order the builds fed them: the seed, the installer's files.
+    # cloud-image.toml's shell and file provisioners come first: the shell ones are 1, 3, 5.
+    assert compared["e2e-debian"] == ["user-data", "meta-data", "provision-1.sh",
+                                      "provision-3.sh", "provision-5.sh", "azure-prep.sh",
+                                      "azure-check.sh", "deprovision.sh"]
+    assert compared["demo"] == ["preseed.cfg", "kernel-cmdline.txt", "provision-1.sh",
+                                "azure-prep.sh", "azure-check.sh", "deprovision.sh"]
 
 
 def assert_nothing_left_but_outputs(outcome: Outcome, uri: str) -> None:

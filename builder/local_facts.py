@@ -1,0 +1,129 @@
+"""Facts a build plan needs from the local inputs a template names, read without a VM.
+
+The plan (builder/plan.py) is a pure function of the template and these facts. They are
+read here, once, by whoever makes a plan: `validate` and `render` read what is already
+on this machine (a local ISO or its cached download, the source image, the provisioner
+scripts); the build reads the ISO again once it has fetched it. A fact that cannot be
+read is None, with the reason among the problems: key path and message, as
+builder/template_checks.py reports them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from builder.disk import detect_image_format
+from builder.errors import AzbuildError, CommandError, UsageError
+from builder.fetch import local_iso
+from builder.iso import InstallerPaths, find_installer, volume_label
+from builder.models import ShellProvisioner, Template
+from builder.qemu_img import virtual_size
+from builder.toml_lines import KeyPath
+from distros import resolve
+
+log = logging.getLogger(__name__)
+
+Found = list[tuple[KeyPath, str]]
+
+
+@dataclass(frozen=True)
+class IsoFacts:
+    """The installer ISO as the install step boots it."""
+
+    path: Path
+    label: str  # the volume identifier (Anaconda's inst.stage2=hd:LABEL=)
+    installer: InstallerPaths  # the kernel and initrd inside it
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    """The source disk image as `qemu-img` and its bytes say."""
+
+    format: str  # builder.disk.ImageFormat.name: raw, qcow2, vhd-fixed, ...
+    qemu_format: str
+    virtual_size: int | None  # None when qemu-img is not installed
+
+
+@dataclass(frozen=True)
+class LocalFacts:
+    iso: IsoFacts | None = None  # None: an ISO not on this machine yet (or no ISO source)
+    image: ImageFacts | None = None
+    # The text of each shell provisioner's `script`, by its index in `provision`.
+    scripts: Mapping[int, str] = field(default_factory=dict)
+
+
+def read_local_facts(template: Template) -> tuple[LocalFacts, Found]:
+    """The facts of `template`'s local inputs, and what is wrong with those that exist
+    (a missing input is not a problem here: the template's own checks say so)."""
+    found: Found = []
+    iso = None
+    source = template.source
+    if source.iso is not None:
+        path = local_iso(source.iso, source.checksum)
+        if path is not None:
+            try:
+                iso = read_iso_facts(path, template)
+            except AzbuildError as exc:
+                key = ("installer_kernel" if source.installer_kernel or source.installer_initrd
+                       else "iso")
+                found.append((("source", key), exc.message))
+    image = None
+    if source.disk_image is not None and source.disk_image.is_file():
+        image, problems = read_image_facts(source.disk_image)
+        found.extend(problems)
+    scripts, problems = read_scripts(template)
+    found.extend(problems)
+    return LocalFacts(iso=iso, image=image, scripts=scripts), found
+
+
+def read_iso_facts(path: Path, template: Template) -> IsoFacts:
+    """Label and installer paths of the ISO at `path`; raises BuildError or UsageError when
+    it is no ISO or holds no installer where the distro (or the template) says."""
+    distro = resolve(template.distro.name, template.distro.version)
+    installer = find_installer(path, distro, template.source.installer_kernel,
+                               template.source.installer_initrd)
+    return IsoFacts(path=path, label=volume_label(path), installer=installer)
+
+
+def read_image_facts(image: Path) -> tuple[ImageFacts | None, Found]:
+    """The image's format and virtual size; a format the build cannot start from, or an
+    image qemu-img cannot read, is a problem."""
+    loc: KeyPath = ("source", "disk_image")
+    image_format = detect_image_format(image)
+    if image_format.name not in STARTABLE_FORMATS:
+        return None, [(loc, f"{image} is a {image_format.name} image, which azbuild cannot"
+                            " start from; use raw, qcow2, VHD or VHDX")]
+    try:
+        size: int | None = virtual_size(image, image_format.qemu_format)
+    except CommandError as exc:
+        return None, [(loc, f"qemu-img cannot read {image}: "
+                            f"{exc.stderr.strip() or exc.message}")]
+    except UsageError as exc:  # qemu-img is not installed: the build says so itself
+        log.warning("the size of %s is not checked: %s", image, exc.message)
+        size = None
+    return ImageFacts(image_format.name, image_format.qemu_format, size), []
+
+
+def read_scripts(template: Template) -> tuple[dict[int, str], Found]:
+    """Each shell provisioner script's text (bytes that are not UTF-8 kept as surrogate
+    escapes, so writing it back gives the same bytes)."""
+    scripts: dict[int, str] = {}
+    found: Found = []
+    for index, provisioner in enumerate(template.provision):
+        if not isinstance(provisioner, ShellProvisioner) or provisioner.script is None:
+            continue
+        try:
+            scripts[index] = provisioner.script.read_text(errors="surrogateescape")
+        except FileNotFoundError:
+            continue  # reported as missing by the template's checks
+        except OSError as exc:
+            found.append((("provision", index, "script"),
+                          f"cannot read {provisioner.script}: {exc.strerror}"))
+    return scripts, found
+
+
+# Image formats the source-disk step converts to the build's raw disk.
+STARTABLE_FORMATS = ("raw", "qcow2", "vhd-fixed", "vhd-dynamic", "vhdx")
