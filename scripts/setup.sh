@@ -55,13 +55,26 @@ fi
 # from the npm registry into a fixed cache folder: no global install, one pinned major.
 AZURITE_DIR=${AZBUILD_AZURITE_DIR:-/var/cache/azbuild/azurite}
 AZURITE_VERSION=3
-if [ ! -x "$AZURITE_DIR/node_modules/.bin/azurite-blob" ] \
-   || [ "$(cat "$AZURITE_DIR/.azbuild-version" 2>/dev/null)" != "$AZURITE_VERSION" ]; then
-  log "installing azurite@$AZURITE_VERSION into $AZURITE_DIR"
-  mkdir -p "$AZURITE_DIR"
-  npm install --prefix "$AZURITE_DIR" --no-audit --no-fund --loglevel=error \
-    "azurite@$AZURITE_VERSION" >/dev/null
-  echo "$AZURITE_VERSION" > "$AZURITE_DIR/.azbuild-version"
+azurite_installed() {
+  [ -x "$AZURITE_DIR/node_modules/.bin/azurite-blob" ] \
+    && [ "$(cat "$AZURITE_DIR/.azbuild-version" 2>/dev/null)" = "$AZURITE_VERSION" ]
+}
+if ! azurite_installed; then
+  # Two setups at once (two checkouts on one machine) must not run npm in the same
+  # folder together: npm leaves a half-written tree behind. The second waits, then
+  # finds the first one's install.
+  mkdir -p "$(dirname "$AZURITE_DIR")"
+  exec {azurite_lock}>"$AZURITE_DIR.lock"
+  flock "$azurite_lock"
+  if ! azurite_installed; then
+    log "installing azurite@$AZURITE_VERSION into $AZURITE_DIR"
+    mkdir -p "$AZURITE_DIR"
+    rm -f "$AZURITE_DIR/.azbuild-version"
+    npm install --prefix "$AZURITE_DIR" --no-audit --no-fund --loglevel=error \
+      "azurite@$AZURITE_VERSION" >/dev/null
+    echo "$AZURITE_VERSION" > "$AZURITE_DIR/.azbuild-version"
+  fi
+  exec {azurite_lock}>&-
 fi
 
 # No systemd as PID 1 on these machines: start the daemons by hand when absent.
