@@ -36,6 +36,14 @@ from builder.libvirt import (
 from builder.local_facts import IsoFacts, LocalFacts, read_local_facts
 from builder.models import FileProvisioner, ShellProvisioner, Template
 from builder.paths import cache_dir
+from builder.placeholders import (
+    PLACEHOLDER_CLIENT_PUBLIC,
+    PLACEHOLDER_HOST_PRIVATE,
+    PLACEHOLDER_HOST_PUBLIC,
+    PLACEHOLDER_INSTANCE_ID,
+    PLACEHOLDER_PASSWORD_HASH,
+    PLACEHOLDER_PORT,
+)
 from builder.provision import inline_script
 from builder.redact import redact
 from builder.seed import nocloud_meta_data, nocloud_user_data
@@ -71,24 +79,6 @@ class Generated:
     instance_id: str  # the seed's cloud-init instance-id
 
 
-# Shown by `render` where a build puts what it generates (valid in every answer file).
-PLACEHOLDER_HOST_PRIVATE = (
-    "-----BEGIN OPENSSH PRIVATE KEY-----\n"
-    "(the engine generates the guest's ed25519 host key at build time)\n"
-    "-----END OPENSSH PRIVATE KEY-----"
-)
-PLACEHOLDER_HOST_PUBLIC = (
-    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI0000000000000000000000000000000000000000000"
-    " azbuild-host-key"
-)
-PLACEHOLDER_CLIENT_PUBLIC = (
-    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI1111111111111111111111111111111111111111111"
-    " azbuild-build-key"
-)
-# A SHA-512 crypt hash in form only: the build hashes install.root_password with a fresh salt.
-PLACEHOLDER_PASSWORD_HASH = "$6$azbuild.render$" + ("hashed.at.build.time." * 5)[:86]
-PLACEHOLDER_INSTANCE_ID = "azbuild-RENDER"
-PLACEHOLDER_PORT = 2222
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import logging
 import os
 from pathlib import Path
 
+from builder import placeholders
 from builder.answers import (
     AnswerContext,
     answer_file_syntax_error,
@@ -171,14 +172,12 @@ def _answer_render(loc: KeyPath, template: Template) -> Found:
     it names that azbuild does not give fails here, not after the ISO download."""
     if template.source.iso is None:
         return []
-    from builder import plan  # the render's placeholders; it imports the template layer
-
     password = template.install.root_password
     context = AnswerContext.for_template(
-        template, ssh_public_key=plan.PLACEHOLDER_CLIENT_PUBLIC,
-        host_key_private=plan.PLACEHOLDER_HOST_PRIVATE,
-        host_key_public=plan.PLACEHOLDER_HOST_PUBLIC,
-        root_password_hash=plan.PLACEHOLDER_PASSWORD_HASH if password else None)
+        template, ssh_public_key=placeholders.PLACEHOLDER_CLIENT_PUBLIC,
+        host_key_private=placeholders.PLACEHOLDER_HOST_PRIVATE,
+        host_key_public=placeholders.PLACEHOLDER_HOST_PUBLIC,
+        root_password_hash=placeholders.PLACEHOLDER_PASSWORD_HASH if password else None)
     distro = resolve(template.distro.name, template.distro.version)
     try:
         render_answer_files(distro, template, context)
