@@ -394,6 +394,9 @@ def test_azure_preparation_is_in_the_image(guest_files: Any, tmp_path: Path) -> 
     status = g.cat("/var/lib/dpkg/status")
     assert "Package: waagent\nStatus: install ok installed" in status
     assert g.exists("/etc/systemd/system/multi-user.target.wants/walinuxagent.service")
+    # The policy that kept the agent's daemon from starting in the build VM went with
+    # the install: left behind, no package upgrade would ever restart a service.
+    assert not g.exists("/usr/sbin/policy-rc.d")
     # R09: sshd installed and enabled.
     assert "Package: openssh-server\nStatus: install ok installed" in status
     assert g.exists("/etc/systemd/system/multi-user.target.wants/ssh.service")

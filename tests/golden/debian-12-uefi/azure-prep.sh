@@ -299,6 +299,13 @@ remove_file() {
   fi
 }
 
+POLICY_RC=/usr/sbin/policy-rc.d
+OWN_POLICY_RC=""
+remove_own_policy_rc() {
+  if [ -n "$OWN_POLICY_RC" ]; then rm -f -- "$POLICY_RC"; OWN_POLICY_RC=""; fi
+}
+trap 'remove_own_policy_rc; [ -z "$TMP" ] || rm -f -- "$TMP"' EXIT
+
 # ensure_packages ID:NAME...: install the missing packages, all in one transaction.
 ensure_packages() {
   local item missing="" names=""
@@ -307,10 +314,21 @@ ensure_packages() {
   done
   [ -n "$missing" ] || return 0
   say "installing$names"
+  # The packages' maintainer scripts must not start their services in the build VM:
+  # waagent's postinst starts its daemon, which would try to provision here and share
+  # the guest's CPU until the power-off. policy-rc.d answering 101 ("not allowed") is
+  # how Debian tells invoke-rc.d and deb-systemd-invoke; a policy already there is the
+  # image's own and stays. Ours goes as soon as the install ends, however it ends.
+  if [ ! -e "$POLICY_RC" ]; then
+    printf '#!/bin/sh\n# azbuild: no service starts while the image is prepared\nexit 101\n' >"$POLICY_RC"
+    chmod 755 "$POLICY_RC"
+    OWN_POLICY_RC=1
+  fi
   # No translated descriptions: they are most of the index download and nothing here reads them.
   DEBIAN_FRONTEND=noninteractive apt-get -q -o Acquire::Languages=none update
   # shellcheck disable=SC2086 # one word per package
   DEBIAN_FRONTEND=noninteractive apt-get -q -y install $names
+  remove_own_policy_rc
   for item in $missing; do
     pkg_installed "${item#*:}" || die "${item%%:*} package ${item#*:} did not install; check the guest's repositories"
     change "${item%%:*} installed ${item#*:}"
