@@ -4,6 +4,8 @@ opening the SSH session to it. Shared by the steps and the stage cache's cache p
 from __future__ import annotations
 
 import logging
+import re
+import threading
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -34,6 +36,32 @@ def boot_disk(ctx: BuildContext, stack: ExitStack) -> None:
     spec = ctx.the_plan.boot_domain(runtime(ctx), Disk(ctx.disk, format=ctx.disk_format),
                                     ctx.seed, ctx.work_dir / BOOT_CONSOLE)
     ctx.domain = start_domain(ctx, stack, spec)
+    skip_boot_menu(ctx.domain, stack, START_WATCHDOG_SECONDS[spec.accelerator])
+
+
+# GRUB 2's menu counting down on the serial console ("The highlighted entry will be
+# executed automatically in 5s."): Enter boots that default entry at once. Legacy
+# GRUB's "Press any key to enter the menu" countdown is not matched: a key opens it.
+GRUB_COUNTDOWN = re.compile(r"executed automatically in \d+s")
+
+
+def skip_boot_menu(domain: RunningDomain, stack: ExitStack, within: float) -> None:
+    """Press Enter when the disk's GRUB shows its menu with a countdown, instead of
+    waiting it out (5 s on a Debian or RHEL install): the entry booted is the one the
+    countdown would boot. Watches in the background for `within` s at most; a GRUB that
+    reads only the serial line ignores the key, and the countdown runs as before."""
+    done = threading.Event()
+
+    def watch() -> None:
+        found = domain.serial.wait_for(GRUB_COUNTDOWN, within, stop=done)
+        if found is not None and not done.is_set() and domain.press_enter():
+            log.info("pressed Enter at GRUB's menu: its default entry boots without "
+                     "the countdown")
+
+    thread = threading.Thread(target=watch, name=f"boot-menu:{domain.name}", daemon=True)
+    thread.start()
+    stack.callback(thread.join, 2)
+    stack.callback(done.set)
 
 
 def runtime(ctx: BuildContext, iso: Path | None = None) -> Runtime:

@@ -33,6 +33,8 @@ from builder.waits import WaitReporter
 
 log = logging.getLogger(__name__)
 
+KEY_ENTER = 28  # Linux input event code (libvirt's VIR_KEYCODE_SET_LINUX)
+
 SYSTEM_URI = "qemu:///system"
 SESSION_URI = "qemu:///session"
 DOMAIN_PREFIX = "azbuild-"
@@ -444,6 +446,16 @@ class RunningDomain:
             return bool(self.dom.isActive())
         except libvirt.libvirtError:
             return False
+
+    def press_enter(self) -> bool:
+        """Press Enter on the guest's keyboard; False when the domain cannot take the key
+        (it stopped, or libvirt refused)."""
+        try:
+            self.dom.sendKey(libvirt.VIR_KEYCODE_SET_LINUX, 0, [KEY_ENTER], 1, 0)
+        except libvirt.libvirtError as exc:
+            log.debug("domain %s: could not press Enter: %s", self.name, exc)
+            return False
+        return True
 
     def shutdown(self) -> None:
         """Ask the guest to power off (ACPI power button); returns at once."""

@@ -91,6 +91,8 @@ def test_demo_builds_from_the_iso(demo_built: Outcome, libvirt_uri: str) -> None
     log = (out / "build.log").read_text()
     assert "appended to the installer initrd" in log
     assert "the installer finished (the guest powered off)" in log
+    # The installed disk's GRUB (the test installer's GRUB_TIMEOUT=5) boots at once.
+    assert "pressed Enter at GRUB's menu" in log
     assert_nothing_left_but_outputs(demo_built, libvirt_uri)
 
 
