@@ -11,7 +11,9 @@ ARGS_REMOVE='quiet splash rootdelay=*'
 MODULES='hv_vmbus hv_netvsc hv_storvsc'
 # ---- helpers ---------------------------------------------------------------
 TMP=""
-trap '[ -z "$TMP" ] || rm -f -- "$TMP"' EXIT
+# remove_tmp: the staged copy of a file being edited, if one is left.
+remove_tmp() { [ -z "$TMP" ] || rm -f -- "$TMP"; }
+trap remove_tmp EXIT
 CHANGES=0
 
 say() { printf '%s: %s\n' "$PROG" "$*"; }
@@ -267,7 +269,7 @@ OWN_POLICY_RC=""
 remove_own_policy_rc() {
   if [ -n "$OWN_POLICY_RC" ]; then rm -f -- "$POLICY_RC"; OWN_POLICY_RC=""; fi
 }
-trap 'remove_own_policy_rc; [ -z "$TMP" ] || rm -f -- "$TMP"' EXIT
+trap 'remove_own_policy_rc; remove_tmp' EXIT
 
 # ensure_packages ID:NAME...: install the missing packages, all in one transaction.
 ensure_packages() {

@@ -11,7 +11,9 @@ ARGS_REMOVE='rhgb quiet crashkernel=auto'
 MODULES='hv_vmbus hv_netvsc hv_storvsc'
 # ---- helpers ---------------------------------------------------------------
 TMP=""
-trap '[ -z "$TMP" ] || rm -f -- "$TMP"' EXIT
+# remove_tmp: the staged copy of a file being edited, if one is left.
+remove_tmp() { [ -z "$TMP" ] || rm -f -- "$TMP"; }
+trap remove_tmp EXIT
 CHANGES=0
 
 say() { printf '%s: %s\n' "$PROG" "$*"; }
