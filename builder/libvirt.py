@@ -544,17 +544,20 @@ class RunningDomain:
 
 # Firmware lines (SeaBIOS, iPXE, OVMF and its shell) are not the guest's OS starting.
 _FIRMWARE_LINE = (
-    r"(?:SeaBIOS|iPXE|Machine UUID|Booting from|Boot failed|No bootable device|Press |"
-    r"BdsDxe|UEFI|EDK II|Shell>|Mapping table|\s*(?:FS|BLK)\d+:|Start PXE|PXE-|>>|"
-    r"Retrying|ESC|Select boot|startup\.nsh|\s*$)"
+    r"\s*(?:SeaBIOS|iPXE|Machine UUID|Booting from|Boot failed|No bootable device|Press |"
+    r"BdsDxe|UEFI|EDK II|Shell>|Mapping table|(?:FS|BLK)\d+:|Start PXE|PXE-|>>|"
+    r"Retrying|ESC|Select boot|startup\.nsh|$)"
 )
 _NO_BOOT_DEVICE = (
     r"No bootable device|Boot failed: not a bootable disk|No bootable option|"
     r"starting Boot\d+ \"EFI Internal Shell\""
 )
 # Whichever comes first: the firmware giving up, or a line of the OS (or its bootloader).
+# Only a whole line counts as the OS's: under TCG the console is written a few
+# characters at a time, and a firmware line caught half-written ("Bds", "Shel") is
+# not yet recognisable as firmware.
 _STARTED_OR_NO_BOOT = re.compile(
-    rf"(?m)(?P<noboot>{_NO_BOOT_DEVICE})|(?P<os>^(?!{_FIRMWARE_LINE}).*\S)"
+    rf"(?m)(?P<noboot>{_NO_BOOT_DEVICE})|(?P<os>^(?!{_FIRMWARE_LINE})[^\n]*\S[^\n]*\n)"
 )
 
 
