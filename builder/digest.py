@@ -77,11 +77,13 @@ class Stamp:
     mtime_ns: int
     inode: int
     device: int
+    # Any write or chmod moves ctime, and no call sets it back (touch -d only sets mtime).
+    ctime_ns: int
 
     @classmethod
     def of(cls, path: Path) -> Stamp:
         st = path.stat()
-        return cls(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+        return cls(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, st.st_ctime_ns)
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from typing import IO
 
 from builder.errors import BuildError, UsageError, indent
 from builder.paths import cache_dir
+from builder.verified import remembered_digest
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ def verify_local_file(path: Path, expected: Digest, *, what: str) -> None:
     """UsageError unless the local file `path` has the digest `expected`; the file is
     left alone either way. `what` names it in the hint ("ISO", "disk image")."""
     log.info("verifying %s (%s)", path, expected.algorithm)
-    actual = file_digest(path, expected.algorithm)
+    actual = remembered_digest(path, expected.algorithm, file_digest)
     if actual != expected.hexdigest:
         raise UsageError(
             _mismatch(path, expected, actual),
