@@ -14,7 +14,7 @@ import contextlib
 import io
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -125,7 +125,20 @@ def top_level(reader: Any) -> list[str]:
 def volume_label(iso: Path) -> str:
     """The ISO's volume identifier (Anaconda finds its stage 2 image by it)."""
     with open_iso(iso) as reader:
-        return str(reader.pvd.volume_identifier.decode(errors="replace").rstrip())
+        return _label(reader)
+
+
+def _label(reader: Any) -> str:
+    return str(reader.pvd.volume_identifier.decode(errors="replace").rstrip())
+
+
+def installer_and_label(
+    iso: Path, distro: Distro, kernel: str | None = None, initrd: str | None = None
+) -> tuple[InstallerPaths, str]:
+    """find_installer and volume_label with one reading of the ISO's directory tree
+    (seconds for a DVD's thousands of files)."""
+    with open_iso(iso) as reader:
+        return _find_installer(reader, iso, distro, kernel, initrd), _label(reader)
 
 
 def treeinfo_images(text: str, arch: str = TREEINFO_ARCH) -> tuple[str, str] | None:
@@ -152,28 +165,34 @@ def find_installer(
     """Locate the installer kernel and initrd in `iso` for `distro`; `kernel`/`initrd`
     (the template's overrides) win over `.treeinfo`, which wins over the distro's defaults."""
     with open_iso(iso) as reader:
-        candidates: list[tuple[str, str, str]] = []
-        if kernel or initrd:
-            candidates.append(
-                (kernel or distro.installer_kernel, initrd or distro.installer_initrd, "template")
-            )
-        else:
-            raw = read_file(reader, ".treeinfo")
-            images = treeinfo_images(raw.decode(errors="replace")) if raw else None
-            if images:
-                candidates.append((*images, ".treeinfo"))
-            candidates.append((distro.installer_kernel, distro.installer_initrd, "distro"))
-        tried: list[str] = []
-        for k, i, source in candidates:
-            missing = [p for p in (k, i) if not _exists(reader, p)]
-            if not missing:
-                found = InstallerPaths(kernel=_norm(k).lstrip("/"), initrd=_norm(i).lstrip("/"),
-                                       source=source)
-                log.debug("installer kernel %s, initrd %s (from %s)", found.kernel,
-                         found.initrd, source)
-                return found
-            tried.append(f"{source}: " + ", ".join(missing) + " missing")
-        contents = ", ".join(top_level(reader)) or "(nothing)"
+        return _find_installer(reader, iso, distro, kernel, initrd)
+
+
+def _find_installer(
+    reader: Any, iso: Path, distro: Distro, kernel: str | None, initrd: str | None
+) -> InstallerPaths:
+    candidates: list[tuple[str, str, str]] = []
+    if kernel or initrd:
+        candidates.append(
+            (kernel or distro.installer_kernel, initrd or distro.installer_initrd, "template")
+        )
+    else:
+        raw = read_file(reader, ".treeinfo")
+        images = treeinfo_images(raw.decode(errors="replace")) if raw else None
+        if images:
+            candidates.append((*images, ".treeinfo"))
+        candidates.append((distro.installer_kernel, distro.installer_initrd, "distro"))
+    tried: list[str] = []
+    for k, i, source in candidates:
+        missing = [p for p in (k, i) if not _exists(reader, p)]
+        if not missing:
+            found = InstallerPaths(kernel=_norm(k).lstrip("/"), initrd=_norm(i).lstrip("/"),
+                                   source=source)
+            log.debug("installer kernel %s, initrd %s (from %s)", found.kernel,
+                     found.initrd, source)
+            return found
+        tried.append(f"{source}: " + ", ".join(missing) + " missing")
+    contents = ", ".join(top_level(reader)) or "(nothing)"
     error = BuildError if not (kernel or initrd) else UsageError
     raise error(
         f"no {distro.label} installer kernel/initrd in {iso} ({'; '.join(tried)});"
@@ -185,17 +204,28 @@ def find_installer(
 
 def extract(iso: Path, path_in_iso: str, dest: Path) -> None:
     """Copy one file out of the ISO to `dest` (written to a temporary name, then renamed)."""
+    extract_files(iso, {path_in_iso: dest})
+
+
+def extract_files(iso: Path, wanted: Mapping[str, Path]) -> None:
+    """Copy files out of the ISO (path in the ISO -> destination), reading its directory
+    tree once; each is written to a temporary name, then renamed."""
     with open_iso(iso) as reader:
-        tmp = dest.with_name(dest.name + ".tmp")
-        for way in _lookups(reader, path_in_iso):
-            try:
-                with tmp.open("wb") as out:
-                    reader.get_file_from_iso_fp(out, **way)
-            except PyCdlibException:
-                continue
-            os.replace(tmp, dest)
-            log.debug("extracted %s from %s to %s", path_in_iso, iso, dest)
-            return
-        tmp.unlink(missing_ok=True)
-        raise BuildError(f"{path_in_iso} not found in {iso}; top level: "
-                         + ", ".join(top_level(reader)))
+        for path_in_iso, dest in wanted.items():
+            _extract_one(reader, iso, path_in_iso, dest)
+
+
+def _extract_one(reader: Any, iso: Path, path_in_iso: str, dest: Path) -> None:
+    tmp = dest.with_name(dest.name + ".tmp")
+    for way in _lookups(reader, path_in_iso):
+        try:
+            with tmp.open("wb") as out:
+                reader.get_file_from_iso_fp(out, **way)
+        except PyCdlibException:
+            continue
+        os.replace(tmp, dest)
+        log.debug("extracted %s from %s to %s", path_in_iso, iso, dest)
+        return
+    tmp.unlink(missing_ok=True)
+    raise BuildError(f"{path_in_iso} not found in {iso}; top level: "
+                     + ", ".join(top_level(reader)))

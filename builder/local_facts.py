@@ -10,15 +10,17 @@ builder/template_checks.py reports them.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from builder.digest import Stamp
 from builder.disk import detect_image_format
 from builder.errors import AzbuildError, CommandError, UsageError
 from builder.fetch import local_iso
-from builder.iso import InstallerPaths, find_installer, volume_label
+from builder.iso import InstallerPaths, installer_and_label
 from builder.models import ShellProvisioner, Template
 from builder.qemu_img import virtual_size
 from builder.toml_lines import KeyPath
@@ -81,11 +83,20 @@ def read_local_facts(template: Template) -> tuple[LocalFacts, Found]:
 
 def read_iso_facts(path: Path, template: Template) -> IsoFacts:
     """Label and installer paths of the ISO at `path`; raises BuildError or UsageError when
-    it is no ISO or holds no installer where the distro (or the template) says."""
-    distro = resolve(template.distro.name, template.distro.version)
-    installer = find_installer(path, distro, template.source.installer_kernel,
-                               template.source.installer_initrd)
-    return IsoFacts(path=path, label=volume_label(path), installer=installer)
+    it is no ISO or holds no installer where the distro (or the template) says. Read once
+    per process while the file is unchanged: validate's checks, the plan and the install
+    step all ask, and a DVD's directory tree takes seconds to read."""
+    source = template.source
+    return _iso_facts(path, Stamp.of(path), template.distro.name, template.distro.version,
+                      source.installer_kernel, source.installer_initrd)
+
+
+@functools.lru_cache(maxsize=16)
+def _iso_facts(path: Path, stamp: Stamp, distro_name: str, distro_version: str,
+               kernel: str | None, initrd: str | None) -> IsoFacts:
+    installer, label = installer_and_label(path, resolve(distro_name, distro_version),
+                                           kernel, initrd)
+    return IsoFacts(path=path, label=label, installer=installer)
 
 
 def read_image_facts(image: Path) -> tuple[ImageFacts | None, Found]:

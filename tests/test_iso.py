@@ -11,7 +11,7 @@ import pycdlib
 import pytest
 
 from builder.errors import BuildError, UsageError
-from builder.iso import extract, find_installer, treeinfo_images, volume_label
+from builder.iso import extract, extract_files, find_installer, treeinfo_images, volume_label
 from distros import resolve
 
 KERNEL = b"MZ fake kernel " * 100
@@ -191,3 +191,14 @@ def test_treeinfo_parsing() -> None:
         "images/pxeboot/aarch64/vmlinuz", "images/pxeboot/aarch64/initrd.img")
     assert treeinfo_images("[general]\nfamily = x\n") is None
     assert treeinfo_images("not an ini file") is None
+
+
+def test_extract_files_copies_the_installer_in_one_reading(tmp_path: Path) -> None:
+    iso = make_iso(tmp_path / "deb.iso", {"install.amd/vmlinuz": KERNEL,
+                                          "install.amd/initrd.gz": INITRD})
+    wanted = {"install.amd/vmlinuz": tmp_path / "k", "install.amd/initrd.gz": tmp_path / "i"}
+    extract_files(iso, wanted)
+    assert (tmp_path / "k").read_bytes() == KERNEL and (tmp_path / "i").read_bytes() == INITRD
+    with pytest.raises(BuildError, match=r"install\.amd/gtk/initrd\.gz not found"):
+        extract_files(iso, {"install.amd/gtk/initrd.gz": tmp_path / "g"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deb.iso", "i", "k"]

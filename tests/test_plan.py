@@ -211,3 +211,26 @@ def test_the_install_step_feeds_the_plans_answer_files_and_cmdline(
     assert main(["render", str(template), "--out", str(out)]) == 0
     for name, sha in ctx.guest_files.items():
         assert hashlib.sha256((out / name).read_bytes()).hexdigest() == sha, name
+
+
+def test_the_iso_is_read_once_while_it_is_unchanged(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import builder.iso
+
+    opened: list[Path] = []
+    real_open = builder.iso.open_iso
+
+    def counting_open(iso: Path):  # type: ignore[no-untyped-def]
+        opened.append(iso)
+        return real_open(iso)
+
+    monkeypatch.setattr(builder.iso, "open_iso", counting_open)
+    iso = make_iso(tmp_path / "alma.iso", RHEL_INSTALLER, label="ALMA-9")
+    loaded = load_template(_rhel(tmp_path, "alma.iso"))
+    # validate's checks, the plan's facts and the install step all ask: one reading.
+    assert main(["validate", str(tmp_path / "alma.toml")]) == 0
+    facts = read_iso_facts(iso, loaded.template)
+    assert (facts.label, len(opened)) == ("ALMA-9", 1)
+    make_iso(tmp_path / "alma.iso", RHEL_INSTALLER, label="ALMA-9-5")  # another ISO there
+    assert read_iso_facts(iso, loaded.template).label == "ALMA-9-5"
+    assert len(opened) == 2

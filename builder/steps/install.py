@@ -24,7 +24,7 @@ from builder.errors import BuildError, indent
 from builder.fetch import fetch_iso
 from builder.guest import runtime, start_domain
 from builder.initrd import append_to_initrd
-from builder.iso import extract
+from builder.iso import extract_files
 from builder.libvirt import Disk, RunningDomain
 from builder.local_facts import read_iso_facts
 from builder.manifest import source_digest
@@ -117,8 +117,7 @@ def _run_installer(ctx: BuildContext, iso: Path, disk: Path,
              installer.source)
     rt = runtime(ctx, iso)
     boot = plan.installer_boot(rt)
-    extract(iso, installer.kernel, boot.kernel)
-    extract(iso, installer.initrd, rt.work_dir / INITRD_FILE)
+    extract_files(iso, {installer.kernel: boot.kernel, installer.initrd: rt.work_dir / INITRD_FILE})
 
     files = plan.answer_files(ctx.generated())
     media = answer_media(ctx.distro, files)
