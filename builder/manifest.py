@@ -22,6 +22,7 @@ from builder.disk import allocated_bytes, atomic_output
 from builder.inventory import Inventory
 from builder.records import Record, document_config
 from builder.redact import redact, redact_data
+from builder.verified import remembered_digest
 
 if TYPE_CHECKING:
     from builder.context import BuildContext
@@ -263,13 +264,19 @@ def _inputs(ctx: BuildContext) -> Inputs:
 
 def source_digest(path: Path, checksum: str | None) -> str:
     """'<algorithm>:<hex>' of a verified source file: the template's literal checksum, or
-    the ISO cache's name for it (sha256-<hex>.iso), else the file's SHA-256, hashed now."""
+    the ISO cache's name for it (sha256-<hex>.iso), else the file's SHA-256: remembered
+    from its verification (a 'file:' checksum) or an earlier build, or hashed now."""
     if checksum is not None and checksum.startswith(("sha256:", "sha512:")):
         return checksum.lower()
     cached = re.fullmatch(r"(sha256|sha512)-([0-9a-f]+)\.iso", path.name)
     if cached:
         return f"{cached.group(1)}:{cached.group(2)}"
-    return f"sha256:{sha256_file(path)}"
+    return f"sha256:{remembered_digest(path, 'sha256', _sparse_sha256)}"
+
+
+def _sparse_sha256(path: Path, algorithm: str) -> str:
+    assert algorithm == "sha256"
+    return sha256_file(path)
 
 
 def write_manifest(ctx: BuildContext, failure: Failure | None, logs: list[str]) -> Path:
