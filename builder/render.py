@@ -40,8 +40,9 @@ def render(plan: BuildPlan, out: Path, *, force: bool = False) -> list[Path]:
     """
     _check_out(out, force=force)
     masked = masked_files(rendered_files(plan))
-    _write_all(Path(os.path.abspath(out)), masked)  # `--out .` has a parent to work in
-    return [out / name for name in masked]
+    target = Path(os.path.abspath(out))
+    _write_all(target, masked)
+    return [target / name for name in masked]
 
 
 def rendered_files(plan: BuildPlan) -> dict[str, str]:
@@ -74,6 +75,23 @@ def _check_out(out: Path, *, force: bool) -> None:
             f"--out {out} is not empty",
             hint="give an empty or new directory, or add --force to replace it whole",
         )
+    if out.is_dir() and _holds_the_working_directory(out):
+        # The fresh directory is renamed into `out`'s place: the shell would be left in a
+        # directory that no longer exists.
+        raise UsageError(
+            f"--out {out} is the directory you are in, or holds it; render puts a new "
+            "directory in its place",
+            hint="give a new directory, e.g. --out rendered",
+        )
+
+
+def _holds_the_working_directory(out: Path) -> bool:
+    try:
+        here = Path.cwd().resolve()
+    except OSError:  # the working directory is gone already
+        return False
+    target = out.resolve()
+    return here == target or target in here.parents
 
 
 def _write_all(out: Path, files: dict[str, str]) -> None:

@@ -324,3 +324,23 @@ def test_secrets_are_masked_per_file_type() -> None:
         assert redact.redact(f"k: '{secret}'", mask_for("user-data")) == "k: '<sensitive>'"
     finally:
         redact.clear()
+
+
+def test_the_working_directory_is_never_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `render --out .` (or a parent of the cwd) would rename a new directory into the
+    # place of the one the user's shell is in.
+    here = tmp_path / "project" / "sub"
+    here.mkdir(parents=True)
+    (here / "mine.txt").write_text("the user's")
+    monkeypatch.chdir(here)
+    demo = str(REPO / "examples" / "demo.toml")
+    for out in (".", "..", str(here)):
+        assert main(["render", demo, "--out", out, "--force"]) == 2
+        assert "is the directory you are in" in capsys.readouterr().err
+    assert [p.name for p in here.iterdir()] == ["mine.txt"]
+    assert Path.cwd() == here and here.is_dir()
+    assert main(["render", demo, "--out", "rendered"]) == 0
+    printed = capsys.readouterr().out.split()
+    assert printed and all(Path(p).is_absolute() and Path(p).is_file() for p in printed)
