@@ -271,15 +271,18 @@ _WORKER = textwrap.dedent("""
     from builder.qemu_img import create_qcow2_argv
     from builder.run import run
     cache = StageCache(Path(sys.argv[1]))
-    key = sys.argv[2]
+    key, go = sys.argv[2], Path(sys.argv[3])
     if cache.lookup(key) is not None:
         print("hit-at-once"); sys.exit(0)
+    print("miss", flush=True)
     with cache.locked(key):
         if cache.lookup(key) is not None:
             print("hit-after-wait"); sys.exit(0)
         tmp = cache.temp_path(key)
         run(create_qcow2_argv(tmp, 1048576))
-        time.sleep(float(sys.argv[3]))
+        deadline = time.monotonic() + 60
+        while not go.exists() and time.monotonic() < deadline:  # the test says when
+            time.sleep(0.05)
         cache.store(key, tmp, parent=None, kind="install", description="w", template="t",
                     seconds=1.0)
         print("stored")
@@ -289,16 +292,21 @@ _WORKER = textwrap.dedent("""
 def test_two_processes_make_one_entry(tmp_path: Path) -> None:
     root = tmp_path / "stages"
     key = "1" * 64
+    go = tmp_path / "go"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    first = subprocess.Popen([sys.executable, "-c", _WORKER, str(root), key, "2"],
+    first = subprocess.Popen([sys.executable, "-c", _WORKER, str(root), key, str(go)],
                              stdout=subprocess.PIPE, text=True, env=env)
-    # The second starts once the first holds the lock (its temp file exists).
+    # The second starts once the first holds the lock (its temp file exists); the first
+    # stores only after the second has missed, however slowly either process starts.
     deadline = time.monotonic() + 30
     while not list(root.glob(".*.tmp")) and time.monotonic() < deadline:
         time.sleep(0.05)
-    second = subprocess.Popen([sys.executable, "-c", _WORKER, str(root), key, "0"],
+    second = subprocess.Popen([sys.executable, "-c", _WORKER, str(root), key, str(go)],
                               stdout=subprocess.PIPE, text=True, env=env)
-    outputs = sorted([first.communicate(timeout=60)[0].strip(),
+    assert second.stdout is not None and second.stdout.readline().strip() == "miss"
+    time.sleep(0.2)  # usually blocked on the lock by now; if not, it blocks once there
+    go.touch()
+    outputs = sorted([first.communicate(timeout=60)[0].strip().split("\n")[-1],
                       second.communicate(timeout=60)[0].strip()])
     assert outputs == ["hit-after-wait", "stored"]
     assert [e.key for e in StageCache(root).entries()] == [key]
