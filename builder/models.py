@@ -567,7 +567,7 @@ class Template(Model):
         distro = lookup(ref.name)
         if value.ubuntu_kernel != "generic" and not distro.azure_kernel_choice:
             raise ValueError("ubuntu_kernel applies to Ubuntu only")
-        if value.rhel_activation_key is not None and distro.name != "rhel":
+        if value.rhel_activation_key is not None and not distro.registers_subscription:
             raise ValueError("rhel_activation_key and rhel_organization apply to RHEL only")
         return value
 

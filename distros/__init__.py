@@ -58,6 +58,9 @@ class Distro(ABC):
     installer_takes_iso_label: ClassVar[bool]
     # Whether install.ubuntu_kernel applies: the installer can put in the Azure-tuned kernel.
     azure_kernel_choice: ClassVar[bool]
+    # Whether install.rhel_activation_key/rhel_organization apply: the kickstart registers
+    # the system with Red Hat Subscription Management.
+    registers_subscription: ClassVar[bool]
     # Serial-console lines (regular expressions) that mean the install failed and waits.
     failure_patterns: ClassVar[tuple[str, ...]]
     # What every install needs for the build to reach and drive the guest over SSH.

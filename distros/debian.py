@@ -14,6 +14,7 @@ class DebianLike(Distro):
 
     installer_takes_iso_label = False
     azure_kernel_choice = False  # Ubuntu's linux-azure; Debian has no such choice
+    registers_subscription = False
     base_packages = ("openssh-server", "sudo")
     keymaps = MappingProxyType({})  # the installers take X layout names
     # Azure preparation facts.

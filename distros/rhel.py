@@ -21,6 +21,7 @@ class RhelLike(Distro):
     answer_volume_label = "OEMDRV"
     installer_takes_iso_label = True  # inst.stage2=hd:LABEL=... (see installer_args)
     azure_kernel_choice = False
+    registers_subscription = False  # RHEL itself only (below)
     failure_patterns = (
         r"Traceback \(most recent call last\)",
         r"[Aa]n unknown error has occurr?ed",
@@ -128,6 +129,7 @@ class RhelLike(Distro):
 class Rhel(RhelLike):
     name = "rhel"
     pretty_name = "Red Hat Enterprise Linux"
+    registers_subscription = True  # install.rhel_activation_key: rhsm in the kickstart
     versions = ("6", "7", "8", "9")
 
 

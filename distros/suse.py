@@ -27,6 +27,7 @@ class SuseLike(Distro):
     answer_volume_label = "OEMDRV"
     installer_takes_iso_label = False
     azure_kernel_choice = False
+    registers_subscription = False  # the AutoYaST profile installs from the medium, unregistered
     failure_patterns = (
         r"(?i)Error while fetching the (AutoYaST )?(profile|control file)",
         r"(?i)AutoYaST.*(error|failed)",

@@ -68,6 +68,8 @@ def test_the_installer_facts_say_what_the_family_comparisons_said() -> None:
     assert {cls.name for cls in REGISTERED if cls.installer_takes_iso_label} == {
         cls.name for cls in REGISTERED if cls.family == "rhel"}
     assert [cls.name for cls in REGISTERED if cls.azure_kernel_choice] == ["ubuntu"]
+    # ... and `distro.name != "rhel"` (install.rhel_activation_key applies).
+    assert [cls.name for cls in REGISTERED if cls.registers_subscription] == ["rhel"]
 
 
 def test_a_plugin_that_leaves_a_fact_unset_is_refused() -> None:
