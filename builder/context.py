@@ -32,11 +32,6 @@ from builder.ssh import SSHSession
 from builder.template import LoadedTemplate
 from distros import Distro
 
-BUILD_LOG = "build.log"
-# The consoles in the work directory, kept as <template name>.<file> when a build fails.
-INSTALL_CONSOLE = "install-serial.log"
-BOOT_CONSOLE = "serial.log"
-
 
 @dataclass(frozen=True)
 class BuildOptions:

@@ -9,7 +9,7 @@ import threading
 from contextlib import ExitStack
 from pathlib import Path
 
-from builder.context import BOOT_CONSOLE, BuildContext, timed_guest_wait
+from builder.context import BuildContext, timed_guest_wait
 from builder.keys import load_private_key
 from builder.libvirt import (
     Disk,
@@ -20,6 +20,7 @@ from builder.libvirt import (
     free_port,
     running_domain,
 )
+from builder.paths import BOOT_CONSOLE
 from builder.plan import Runtime
 from builder.ssh import SSHSession, wait_for_ssh
 

@@ -8,6 +8,12 @@ from pathlib import Path
 CACHE_ENV = "AZBUILD_CACHE_DIR"
 WORK_ENV = "AZBUILD_WORK_DIR"
 
+# Files in a build's work directory. The log is copied to the output directory; the
+# consoles are kept there as <template name>.<file> when a build fails.
+BUILD_LOG = "build.log"
+INSTALL_CONSOLE = "install-serial.log"
+BOOT_CONSOLE = "serial.log"
+
 
 def _is_root() -> bool:
     return os.geteuid() == 0

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from builder.disk import atomic_output
 from builder.errors import EXIT_FAILED
 from builder.manifest import MANIFEST_FILE, Failure, build_manifest
+from builder.paths import BUILD_LOG
 from builder.redact import redact_data
 
 if TYPE_CHECKING:
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RECORD = "salvage.json"
-BUILD_LOG = "build.log"
 DIED = ("the azbuild process ended without cleaning up (killed, or the machine "
         "stopped); `azbuild gc --yes` removed what it left")
 # atomic_output's temporary names: .<name>.<8 hex digits>.tmp

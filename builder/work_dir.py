@@ -15,7 +15,7 @@ from functools import partial
 from pathlib import Path
 
 from builder import log as azlog
-from builder.context import BOOT_CONSOLE, BUILD_LOG, INSTALL_CONSOLE, BuildContext, on_failure
+from builder.context import BuildContext, on_failure
 from builder.disk import atomic_output
 from builder.errors import (
     EXIT_FAILED,
@@ -26,7 +26,7 @@ from builder.errors import (
 )
 from builder.gc import claim_work_dir
 from builder.manifest import Failure, write_manifest
-from builder.paths import work_root
+from builder.paths import BOOT_CONSOLE, BUILD_LOG, INSTALL_CONSOLE, work_root
 from builder.redact import redact
 
 log = logging.getLogger(__name__)

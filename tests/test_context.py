@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from builder.context import BUILD_LOG, BuildContext, BuildOptions, on_failure
+from builder.context import BuildContext, BuildOptions, on_failure
 from builder.errors import BuildError
+from builder.paths import BUILD_LOG
 from builder.template import load_template
 from builder.work_dir import make_work_dir
 from distros import resolve

@@ -19,7 +19,7 @@ from typing import Literal
 
 from builder.answers import answer_media, installer_failure_regex
 from builder.cache_keys import install_key, keyed_answer_files
-from builder.context import INSTALL_CONSOLE, BuildContext, timed_guest_wait
+from builder.context import BuildContext, timed_guest_wait
 from builder.errors import BuildError, indent
 from builder.fetch import fetch_iso
 from builder.guest import runtime, start_domain
@@ -28,6 +28,7 @@ from builder.iso import extract_files
 from builder.libvirt import Disk, RunningDomain
 from builder.local_facts import read_iso_facts
 from builder.manifest import source_digest
+from builder.paths import INSTALL_CONSOLE
 from builder.plan import ANSWER_VOLUME_FILE, CMDLINE_FILE, INITRD_FILE
 from builder.qemu_img import create_qcow2_argv
 from builder.redact import redact
