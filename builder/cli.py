@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -21,6 +23,7 @@ from builder.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    EXIT_STDOUT_CLOSED,
     EXIT_TERMINATED,
     EXIT_USAGE,
     AzbuildError,
@@ -34,9 +37,16 @@ log = logging.getLogger("azbuild.cli")
 Handler = Callable[[argparse.Namespace], int]
 
 
+class StdoutClosed(Exception):
+    """Whoever read our stdout stopped reading (`azbuild layers | head -1`)."""
+
+
 def _out(text: str = "") -> None:
-    sys.stdout.write(redact(text) + "\n")
-    sys.stdout.flush()
+    try:
+        sys.stdout.write(redact(text) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise StdoutClosed from None
 
 
 def _err(text: str) -> None:
@@ -600,6 +610,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Terminated as exc:
         _report("terminated by SIGTERM; cleaned up", None, log_format, _build_of(exc))
         return EXIT_TERMINATED
+    except StdoutClosed:
+        # As a Unix tool killed by SIGPIPE: no message, 128 + SIGPIPE; nothing more is
+        # written to the closed pipe when Python flushes stdout at exit.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_STDOUT_CLOSED
     except Exception as exc:  # a bug: say so plainly, traceback only with --debug
         if args.debug:
             log.debug("traceback of the internal error below", exc_info=True)

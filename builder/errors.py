@@ -11,6 +11,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
+EXIT_STDOUT_CLOSED = 141  # 128 + SIGPIPE: the reader of stdout went away
 
 
 class AzbuildError(Exception):

@@ -469,3 +469,18 @@ def test_records_inside_a_build_scope_carry_its_id_and_name(
         ("from a thread of the build", "c0ffee00", "demo"),
         ("after", None, None),
     ]
+
+
+@pytest.mark.parametrize("command", [["layers"], ["distros"]])
+def test_a_reader_that_stops_reading_ends_the_command_quietly(command: list[str]) -> None:
+    # `azbuild layers | head -1`: as a Unix tool killed by SIGPIPE, 141 and no message.
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # gone before the first line is written
+    try:
+        done = subprocess.run([sys.executable, "-m", "builder", *command], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=60,
+                              cwd=Path(__file__).resolve().parents[1])
+    finally:
+        os.close(write_end)
+    assert done.returncode == 141, done.stderr
+    assert done.stderr == ""
