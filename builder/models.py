@@ -27,7 +27,13 @@ from pydantic_core import core_schema
 from builder.azure_prep import KARG_RE, MODULE_RE, PATH_RE, USER_RE
 from builder.installer_names import KEYBOARD_LAYOUTS, LOCALES
 from builder.publish.entries import PublishEntry
-from builder.requirements import DEFAULT_ARGS_ADD, DEFAULT_ARGS_REMOVE, HYPERV_MODULES, TITLES
+from builder.requirements import (
+    DEFAULT_ARGS_ADD,
+    DEFAULT_ARGS_REMOVE,
+    HYPERV_MODULES,
+    TITLES,
+    arg_matches,
+)
 from builder.units import (
     DURATION_FORMAT,
     SIZE_FORMAT,
@@ -465,6 +471,21 @@ class Azure(Model):
                 + ", ".join(repr(arg) for arg in bad)
             )
         return value
+
+    @model_validator(mode="after")
+    def _not_added_and_removed(self) -> Azure:
+        # The preparation removes, then adds: the argument would be on the command line
+        # while the check (R07) wants it gone, and the build would fail after its install.
+        both = [arg for arg in self.kernel_args_add
+                if any(arg_matches(arg, pattern) for pattern in self.kernel_args_remove)]
+        if both:
+            raise ValueError(
+                f"kernel_args_add and kernel_args_remove both hold "
+                f"{', '.join(repr(arg) for arg in both)}: the check (R07) would find it "
+                "added where it must be gone; drop it from one list (kernel_args_remove "
+                f"replaces the defaults {' '.join(DEFAULT_ARGS_REMOVE)})"
+            )
+        return self
 
     @field_validator("hyperv_modules")
     @classmethod

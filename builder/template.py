@@ -1006,7 +1006,9 @@ def _error_message(err: Any, root: type[BaseModel]) -> str:
     elif kind == "literal_error":
         expected = err.get("ctx", {}).get("expected", "")
         message = f"expected one of {expected}"
-    if "found " not in message:
+    # A check across a table's keys explains itself: "found a table" would add nothing.
+    whole_table = kind == "value_error" and isinstance(err.get("input"), dict)
+    if "found " not in message and not whole_table:
         found_text = _kind_of(err.get("input"))
         if found_text not in message:  # some validators quote the value already
             message += f", found {found_text}"

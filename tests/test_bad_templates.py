@@ -239,6 +239,15 @@ CASES = [
     Case("unquotable-kernel-argument-removed",
          {"t.toml": BASE + '[azure]\nkernel_args_remove = ["quiet", "a b"]\n'},
          ["line 11: azure.kernel_args_remove:", "found 'a b'"]),
+    # Added by the preparation, then wanted gone by the check: R07 could never pass.
+    Case("kernel-arg-added-and-removed",
+         {"t.toml": BASE + '[azure]\nkernel_args_add = ["console=ttyS0", "quiet"]\n'},
+         ["line 10: azure: kernel_args_add and kernel_args_remove both hold 'quiet'",
+          "drop it from one list"]),
+    Case("kernel-arg-added-and-removed-both-given",
+         {"t.toml": BASE + "[azure]\nkernel_args_add = ['console=ttyS0', 'nomodeset']\n"
+          "kernel_args_remove = ['rhgb', 'nomodeset']\n"},
+         ["both hold 'nomodeset'"]),
     Case("installer-kernel-argument-with-a-space",
          {"t.toml": BASE + '[install]\nkernel_args = ["inst.text", "a b"]\n'},
          ["line 11: install.kernel_args: each installer kernel argument is one word",
