@@ -85,6 +85,34 @@ def detect_image_format(path: Path) -> ImageFormat:
     )
 
 
+# Files that detect_image_format takes for raw but that hold no disk azbuild starts from:
+# (offset, signature, what it is, what to do).
+_FOREIGN_SIGNATURES = (
+    (0, b"KDMV", "a VMDK image", "convert it to qcow2 first (qemu-img convert -O qcow2)"),
+    (0, b"# Disk DescriptorFile", "a VMDK descriptor",
+     "convert the VMDK to qcow2 first (qemu-img convert -O qcow2)"),
+    (0x40, b"\x7f\x10\xda\xbe", "a VirtualBox VDI image",
+     "convert it to qcow2 first (qemu-img convert -O qcow2)"),
+    (0, b"\xfd7zXZ\x00", "an xz-compressed file", "decompress it first (unxz)"),
+    (0, b"\x1f\x8b", "a gzip-compressed file", "decompress it first (gunzip)"),
+    (0, b"\x28\xb5\x2f\xfd", "a zstd-compressed file", "decompress it first (unzstd)"),
+    (0, b"BZh", "a bzip2-compressed file", "decompress it first (bunzip2)"),
+    (0x8001, b"CD001", "an ISO 9660 image",
+     "an installer ISO goes in source.iso, with source.checksum"),
+)
+
+
+def foreign_format(path: Path) -> tuple[str, str] | None:
+    """(what the file is, what to do) when its signature says it is no raw disk at all:
+    a VMDK or VDI image, a compressed file, an ISO; None otherwise."""
+    with open(path, "rb") as f:
+        for offset, signature, what, fix in _FOREIGN_SIGNATURES:
+            f.seek(offset)
+            if f.read(len(signature)) == signature:
+                return what, fix
+    return None
+
+
 def allocated_bytes(path: Path) -> int:
     """Bytes the filesystem has allocated for `path` (st_blocks counts 512-byte units)."""
     return os.stat(path).st_blocks * 512

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from builder.digest import Stamp
-from builder.disk import detect_image_format
+from builder.disk import detect_image_format, foreign_format
 from builder.errors import AzbuildError, CommandError, UsageError
 from builder.fetch import local_iso
 from builder.iso import InstallerPaths, installer_and_label
@@ -100,13 +100,19 @@ def _iso_facts(path: Path, stamp: Stamp, distro_name: str, distro_version: str,
 
 
 def read_image_facts(image: Path) -> tuple[ImageFacts | None, Found]:
-    """The image's format and virtual size; a format the build cannot start from, or an
-    image qemu-img cannot read, is a problem."""
+    """The image's format and virtual size; a format the build cannot start from, a file
+    that is no disk image (compressed, an ISO), or an image qemu-img cannot read, is a
+    problem. (Whether it is whole is checked by the build's first step.)"""
     loc: KeyPath = ("source", "disk_image")
     image_format = detect_image_format(image)
     if image_format.name not in STARTABLE_FORMATS:
         return None, [(loc, f"{image} is a {image_format.name} image, which azbuild cannot"
                             " start from; use raw, qcow2, VHD or VHDX")]
+    foreign = foreign_format(image) if image_format.name == "raw" else None
+    if foreign is not None:
+        what, fix = foreign
+        return None, [(loc, f"{image} is {what}, not a disk image azbuild starts from (raw, "
+                            f"qcow2, VHD or VHDX): {fix}")]
     try:
         size: int | None = virtual_size(image, image_format.qemu_format)
     except CommandError as exc:

@@ -314,6 +314,18 @@ CASES = [
           '[communicator]\nhost_key_file = "host.pub"\n',
           "base.raw": b"\0" * 512, "host.pub": "# nothing here\n"},
          ["communicator.host_key_file: no public key in", "host.pub"]),
+    # Files that hold no disk azbuild starts from, which used to pass for raw disks.
+    *[Case(f"disk-image-that-is-{kind}",
+           {"t.toml": NO_SOURCE + f'[source]\ndisk_image = "{name}"\n', name: data},
+           ["line 7: source.disk_image:", f"/{name} is {what}", fix])
+      for kind, name, data, what, fix in [
+          ("xz", "disk.raw.xz", b"\xfd7zXZ\x00" + b"\0" * 506, "an xz-compressed file",
+           "decompress it first"),
+          ("vmdk", "disk.vmdk", b"KDMV" + b"\0" * 508, "a VMDK image",
+           "qemu-img convert -O qcow2"),
+          ("an-iso", "debian.iso", b"\0" * 0x8001 + b"CD001" + b"\0" * 2042,
+           "an ISO 9660 image", "an installer ISO goes in source.iso"),
+      ]],
     Case("late-failures-at-once",
          {"t.toml": BASE + '[communicator]\nusername = "root"\n[install]\nkeyboard = "uk"\n'
           'timezone = "Mars/Olympus"\n'},
