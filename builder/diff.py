@@ -169,10 +169,23 @@ def load_snapshot(argument: str) -> Snapshot:
             raise UsageError(f"{argument} is a directory without {MANIFEST_FILE}: not a "
                              "build's output directory",
                              hint="give a manifest.json, a build's output directory or an image")
-        return manifest_snapshot(argument, _read_manifest(manifest))
+        return _manifest_snapshot(argument, manifest)
     if _looks_like_json(path):
-        return manifest_snapshot(argument, _read_manifest(path))
+        return _manifest_snapshot(argument, path)
     return image_snapshot(path)
+
+
+def _manifest_snapshot(label: str, path: Path) -> Snapshot:
+    """manifest_snapshot of the file `path`; a manifest whose parts are not shaped as
+    azbuild writes them (edited by hand, or damaged) is the user's to fix, not a crash."""
+    data = _read_manifest(path)
+    try:
+        return manifest_snapshot(label, data)
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        what = f"no {exc.args[0]!r} where one was expected" if isinstance(exc, KeyError) \
+            else str(exc)
+        raise UsageError(f"{path} is not an azbuild manifest: {what}",
+                         hint="give the manifest.json of an azbuild build, unedited") from None
 
 
 def _looks_like_json(path: Path) -> bool:

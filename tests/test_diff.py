@@ -210,3 +210,24 @@ def test_a_directory_without_a_manifest(tmp_path: Path,
     assert "hint: give a manifest.json, a build's output directory or an image" in err
     with pytest.raises(UsageError):
         load_snapshot(str(empty))
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda m: m.update(artifacts=[{"file": "x"}]), "no 'format' where one was expected"),
+    (lambda m: m.update(check=[{"id": "R01"}]), "no 'status' where one was expected"),
+    (lambda m: m["inventory"].update(packages="oops"), "is not an azbuild manifest: "),
+    (lambda m: m["inventory"].update(packages=[{"name": "x"}]), "no 'version'"),
+    (lambda m: m.update(inputs={"source": None}), "is not an azbuild manifest: "),
+])
+def test_a_manifest_with_parts_out_of_shape_is_a_usage_error(
+    builds: tuple[Path, Path], tmp_path: Path, edit: Any, message: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    data = json.loads((builds[1] / "manifest.json").read_text())
+    edit(data)
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps(data))
+    assert main(["diff", str(builds[0]), str(edited)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {edited} is not an azbuild manifest: " in err and message in err
+    assert "internal error" not in err
