@@ -96,8 +96,16 @@ class AnswerContext:
             root_password_hash=root_password_hash,
             firmware=template.vm.firmware,
             disk_size=template.vm.disk_size,
-            hostname=template.name[:63],
+            hostname=guest_hostname(template.name),
         )
+
+
+def guest_hostname(name: str) -> str:
+    """The guest's host name for the template `name`: a single DNS label (letters, digits,
+    '-'), as d-i's netcfg requires (it asks again, waiting until install.timeout, for a
+    name with '_'); '.' would make the rest a domain. `Rocky_9.4` becomes `Rocky-9-4`."""
+    label = re.sub(r"[^A-Za-z0-9-]+", "-", name)[:63].strip("-")
+    return label or "azbuild"
 
 
 @dataclass(frozen=True)

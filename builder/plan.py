@@ -21,7 +21,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-from builder.answers import AnswerContext, installer_cmdline, render_answer_files
+from builder.answers import (
+    AnswerContext,
+    guest_hostname,
+    installer_cmdline,
+    render_answer_files,
+)
 from builder.azure_prep import prep_scripts
 from builder.fetch import is_url
 from builder.libvirt import (
@@ -149,7 +154,8 @@ class BuildPlan:
                 host_key_private=generated.host_private,
                 host_key_public=generated.host_public,
             ),
-            "meta-data": nocloud_meta_data(generated.instance_id, self.template.name[:63]),
+            "meta-data": nocloud_meta_data(generated.instance_id,
+                                           guest_hostname(self.template.name)),
         }
 
     def provision_script_files(self) -> dict[str, str]:

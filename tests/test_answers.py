@@ -28,12 +28,14 @@ from pykickstart.version import makeVersion
 from builder.answers import (
     AnswerContext,
     answer_media,
+    guest_hostname,
     hash_password,
     installer_cmdline,
     installer_failure_patterns,
     installer_failure_regex,
     render_answer_files,
 )
+from builder.cli import main
 from builder.errors import UsageError
 from builder.iso import open_iso, read_file
 from builder.models import Template
@@ -41,6 +43,7 @@ from builder.volume import write_volume
 from distros import Distro, resolve
 from distros.rhel import RhelLike
 
+REPO = Path(__file__).resolve().parent.parent
 SCHEMA = json.loads(
     (Path(__file__).parent / "data" / "subiquity" / "autoinstall-schema.json").read_text()
 )
@@ -736,3 +739,26 @@ def test_preseed_targets_the_first_virtio_disk_and_boots_with_azure_args() -> No
     assert "console=ttyS0" in opts and "net.ifnames=0" in opts
     # initramfs-tools sleeps the whole rootdelay at every boot: added by the Azure prep.
     assert not any(opt.startswith("rootdelay=") for opt in opts)
+
+
+@pytest.mark.parametrize(("name", "hostname"), [
+    ("demo", "demo"), ("Rocky_9.4", "Rocky-9-4"), ("ubuntu-24.04", "ubuntu-24-04"),
+    ("a__b", "a-b"), ("x" * 63, "x" * 63), ("9-._", "9"),
+])
+def test_the_guest_hostname_is_one_dns_label(name: str, hostname: str) -> None:
+    # d-i's netcfg asks again for a name with '_' (until install.timeout); '.' starts a domain.
+    assert guest_hostname(name) == hostname
+
+
+def test_every_answer_file_and_the_seed_get_the_dns_label(tmp_path: Path) -> None:
+    for example in ("rocky", "debian", "ubuntu"):  # AutoYaST names no host
+        text = (REPO / "examples" / f"{example}.toml").read_text()
+        template = tmp_path / f"{example}.toml"
+        template.write_text(re.sub(r'^name = ".*"$', 'name = "Gold_img.v2"', text, count=1,
+                                   flags=re.M))
+        out = tmp_path / f"r-{example}"
+        assert main(["render", str(template), "--out", str(out)]) == 0
+        lines = [line for p in out.iterdir() if p.suffix not in (".sh", ".xml")
+                 for line in p.read_text().splitlines()
+                 if "hostname" in line and "mirror" not in line]
+        assert lines and all("Gold-img-v2" in line for line in lines), (example, lines)
