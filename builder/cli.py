@@ -87,7 +87,10 @@ def _parse_vars(items: Sequence[str]) -> dict[str, str]:
     return values
 
 
-def _load(args: argparse.Namespace, path: str, building: bool = False) -> Any:
+def _load(args: argparse.Namespace, path: str, building: bool = False,
+          cli_vars: dict[str, str] | None = None, shared_var_files: bool = False) -> Any:
+    """Load `path` with the command line's --var (or `cli_vars`, the ones routed to it when
+    several templates share the command line) and --var-file values."""
     from builder.template import check_local_inputs, load_template
 
     build = None
@@ -96,8 +99,10 @@ def _load(args: argparse.Namespace, path: str, building: bool = False) -> Any:
 
         build = parse_build_identity(args.build_identity)
     loaded = load_template(
-        path, _parse_vars(args.var or []), [Path(p) for p in args.var_file or []],
-        ignore_undeclared_file_vars=getattr(args, "shared_var_files", False), build=build,
+        path, _parse_vars(args.var or []) if cli_vars is None else cli_vars,
+        [Path(p) for p in args.var_file or []],
+        ignore_undeclared_file_vars=shared_var_files or getattr(args, "shared_var_files", False),
+        build=build,
     )
     for warning in check_local_inputs(loaded, building=building):
         log.warning("%s", warning)
@@ -114,11 +119,24 @@ def _plan(loaded: Any) -> Any:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    _parse_vars(args.var or [])  # a malformed --var is one error, not one per template
+    from builder.multi import Job, collisions, route_variables
+
+    cli_vars = _parse_vars(args.var or [])  # a malformed --var is one error, not one per template
+    paths: list[str] = list(args.templates)
     failures: list[str] = []
-    for path in args.templates:
+    routed = [cli_vars] * len(paths)
+    several = len(paths) > 1
+    if several:
+        # As `build T1 T2 ...` does: a --var goes to the templates that declare it, and each
+        # takes from a var file only the names it declares.
+        routed, unknown = route_variables([Path(p) for p in paths], cli_vars,
+                                          [Path(p) for p in args.var_file or []])
+        failures += [f"no template declares the variable {name!r} (set by --var or --var-file)"
+                     for name in unknown]
+    valid: list[Job] = []
+    for path, template_vars in zip(paths, routed, strict=True):
         try:
-            loaded = _load(args, path)
+            loaded = _load(args, path, cli_vars=template_vars, shared_var_files=several)
             _plan(loaded)  # what render writes and build executes: it must be makeable
         except AzbuildError as exc:
             failures.append(f"{path}: {exc.message}")
@@ -126,11 +144,25 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 _log_problems(path, exc)
             continue
         _out(f"{path}: valid ({loaded.template.distro.name} {loaded.template.distro.version})")
+        valid.append(_job_of(loaded, path))
+    failures += collisions(valid)  # what `build T1 T2 ...` refuses
     if failures and args.log_format == "json":
         raise UsageError(f"{len(failures)} of {len(args.templates)} templates are invalid")
     if failures:
         raise UsageError("\n".join(failures))
     return EXIT_OK
+
+
+def _job_of(loaded: Any, path: str) -> Any:
+    """A validated template as a several-template build would schedule it: enough to tell
+    two that would write to one name or one output directory."""
+    from builder.context import BuildOptions
+    from builder.multi import Job
+    from builder.pipeline import output_directory
+
+    return Job(name=loaded.template.name, template=Path(path),
+               output_dir=output_directory(loaded, BuildOptions()),
+               memory=loaded.template.vm.memory, argv=[])
 
 
 def _log_problems(template: str | None, exc: AzbuildError) -> None:

@@ -185,6 +185,28 @@ def test_a_var_no_template_declares_is_an_error(
     assert not out.exists()
 
 
+def test_validate_of_several_templates_says_what_their_build_would(
+    tmp_path: Path, image: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A nightly job runs `validate *.toml --var ... --var-file ...` before `build *.toml`:
+    # the same routing of variables, and the same refusals.
+    a = template(tmp_path, "a", image, variables='size = "1"\n')
+    b = template(tmp_path, "b", image, variables='colour = "blue"\n')
+    var_file = tmp_path / "vars.toml"
+    var_file.write_text('size = "3"\ncolour = "red"\n')
+    assert main(["validate", str(a), str(b), "--var", "size=2",
+                 "--var-file", str(var_file)]) == 0
+    assert main(["validate", str(a), str(b), "--var", "sise=2"]) == 2
+    assert "no template declares the variable 'sise'" in capsys.readouterr().err
+    twin = template(tmp_path, "twin", image)
+    twin.write_text(twin.read_text().replace('name = "twin"', 'name = "a"'))
+    assert main(["validate", str(a), str(twin)]) == 2
+    err = capsys.readouterr().err
+    assert f"{a} and {twin} have the same name (a)" in err
+    assert main(["build", str(a), str(twin)]) == 2  # as the build refuses them
+    assert f"{a} and {twin} have the same name (a)" in capsys.readouterr().err
+
+
 def test_a_shared_var_file_sets_what_each_template_declares(
     tmp_path: Path, image: Path
 ) -> None:
