@@ -190,7 +190,8 @@ class VM(Model):
 
 
 class Install(Model):
-    """The unattended install from an ISO."""
+    """The unattended install from an ISO; not used with `source.disk_image` (validate
+    warns about each key set)."""
 
     timeout: Duration = Field(3600.0, description="bound on the whole install")
     answer_file: Path | None = _path_field("your own answer-file template instead of the distro's")

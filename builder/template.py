@@ -385,6 +385,13 @@ def check_local_inputs(loaded: LoadedTemplate, building: bool = False) -> list[s
         problems.extend(source_problems)
     else:
         warnings.extend(f"{p} (needed at build time)" for p in source_problems)
+    if t.source.disk_image is not None:
+        # Easy to miss when a template moves from an ISO to a disk image.
+        warnings.extend(
+            str(_problem(_origin(("install", key), loaded.origins) or loaded.path,
+                         ("install", key), "applies to an ISO install only; with "
+                         "source.disk_image it is not used (provisioners change the image)"))
+            for key in sorted(t.install.model_fields_set))
     if problems:
         raise TemplateError(problems)
     loaded.warnings.extend(warnings)

@@ -13,6 +13,7 @@ import pytest
 from test_iso import make_iso
 
 from builder import docgen
+from builder.cli import main
 from builder.errors import TemplateError
 from builder.models import Template, template_json_schema
 from builder.template import (
@@ -417,3 +418,22 @@ def test_paths_given_on_the_command_line_resolve_where_they_were_given(
     assert t.provision[0].script == tmp_path / "templates" / "scripts" / "x.sh"  # type: ignore[union-attr]
     t = load_template(template, cli_vars={"iso": "https://example.org/x.iso"}).template
     assert t.source.iso == "https://example.org/x.iso"
+
+
+def test_install_settings_with_a_disk_image_are_warned_about(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A template moved from an ISO to a disk image keeps its [install]: none of it is used.
+    image = tmp_path / "disk.raw"
+    image.write_bytes(b"\0" * 1024 * 1024)
+    template = tmp_path / "t.toml"
+    template.write_text(f'name = "t"\n[source]\ndisk_image = "{image}"\n'
+                        '[distro]\nname = "almalinux"\nversion = "9"\n'
+                        '[install]\npackages = ["vim-enhanced"]\ntimezone = "Europe/Paris"\n')
+    assert main(["validate", str(template)]) == 0
+    err = capsys.readouterr().err
+    assert "line 8: install.packages: applies to an ISO install only" in err
+    assert "line 9: install.timezone: applies to an ISO install only" in err
+    template.write_text(template.read_text().split("[install]")[0])
+    assert main(["validate", str(template)]) == 0
+    assert "install." not in capsys.readouterr().err
