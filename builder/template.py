@@ -293,6 +293,11 @@ def load_template(
                 key_path = ("provision", int(key_path[1]) + offset, *key_path[2:])
             references[key_path] = name
         _merge(merged, data, origins, layer.path, ())
+    # A declared variable without a value is reported once, where it is declared, not
+    # again as undefined at each use.
+    unresolved = {f"undefined variable {name!r}" for name in declared if name not in values}
+    problems[:] = [p for p in problems if not (
+        isinstance(p, Problem) and any(p.message.startswith(u) for u in unresolved))]
     if isinstance(merged.get("name"), str) and _NAME_PLACEHOLDER not in merged["name"]:
         merged = _replace_name(merged, merged["name"])
     else:

@@ -307,7 +307,8 @@ def test_escaped_name_reference_stays_literal(tmp_path: Path) -> None:
 
 
 def test_variable_without_value_needs_one(tmp_path: Path) -> None:
-    text = BASE + '[variables]\npw = { sensitive = true }\n'
+    # Said once, where it is declared; its use is not also reported as undefined.
+    text = BASE + '[variables]\npw = { sensitive = true }\n[install]\nroot_password = "${var.pw}"\n'
     problems = problems_of(write(tmp_path / "t.toml", text))
     assert problems == [f"{tmp_path}/t.toml: line 9: variables.pw: no value; give it a default or "
                         "pass --var pw=..."]
