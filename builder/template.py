@@ -16,7 +16,7 @@ import os
 import re
 import tomllib
 import typing
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
@@ -327,6 +327,7 @@ def load_template(
 
     late = [_problem(_origin(loc, origins) or path, loc, redact.redact(message))
             for loc, message in template_checks.value_problems(template)]
+    late += _secrets_in_names(layers, sensitive, origins, path)
     if late:
         raise TemplateError(late)
 
@@ -401,6 +402,32 @@ def check_local_inputs(loaded: LoadedTemplate, building: bool = False) -> list[s
         raise TemplateError(problems)
     loaded.warnings.extend(warnings)
     return warnings
+
+
+def _secrets_in_names(layers: Sequence[Any], sensitive: set[str],
+                      origins: dict[KeyPath, Path], path: Path) -> list[Problem]:
+    """A sensitive variable in the name or the output directory (as written in a layer):
+    those become paths, the VM's name and the guest's host name, where nothing can mask
+    it. (The default output directory is output/<name>: said for the name.)"""
+    problems: list[Problem] = []
+    for loc in (("name",), ("output", "directory")):
+        written = [_get(layer.data, loc) for layer in layers]
+        used = sorted(n for n in sensitive
+                      if any(isinstance(w, str) and f"${{var.{n}}}" in w for w in written))
+        if used:
+            problems.append(_problem(
+                _origin(loc, origins) or path, loc,
+                f"uses the sensitive variable {', '.join(map(repr, used))}: it would appear "
+                "in file and VM names, which cannot be masked; use a variable that is not "
+                "sensitive"))
+    return problems
+
+
+def _get(data: Any, loc: KeyPath) -> Any:
+    """The value at `loc` in a layer's raw data, or None."""
+    for key in loc:
+        data = data.get(str(key)) if isinstance(data, Mapping) else None
+    return data
 
 
 # --- layers -------------------------------------------------------------------------------

@@ -326,6 +326,15 @@ CASES = [
           ("an-iso", "debian.iso", b"\0" * 0x8001 + b"CD001" + b"\0" * 2042,
            "an ISO 9660 image", "an installer ISO goes in source.iso"),
       ]],
+    # A name becomes paths, the VM's name and the host name: no mask reaches those.
+    Case("sensitive-variable-in-the-name",
+         {"t.toml": BASE.replace('name = "demo"', 'name = "web-${var.tag}"')
+          + '[variables]\ntag = { default = "s3cr3t", sensitive = true }\n'},
+         ["line 1: name: uses the sensitive variable 'tag'", "cannot be masked"]),
+    Case("sensitive-variable-in-the-output-directory",
+         {"t.toml": BASE + '[variables]\ntag = { default = "s3cr3t", sensitive = true }\n'
+          '[output]\ndirectory = "out/${var.tag}"\n'},
+         ["output.directory: uses the sensitive variable 'tag'"]),
     Case("late-failures-at-once",
          {"t.toml": BASE + '[communicator]\nusername = "root"\n[install]\nkeyboard = "uk"\n'
           'timezone = "Mars/Olympus"\n'},
