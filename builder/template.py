@@ -813,7 +813,8 @@ def _environment_values(
         if name in declared:
             values[name] = _typed_cli_value(name, environ[key], declared, problems, label=key)
             continue
-        close = difflib.get_close_matches(name, list(declared), n=1)
+        same_but_case = [d for d in declared if d.lower() == name.lower()]
+        close = same_but_case or difflib.get_close_matches(name, list(declared), n=1)
         if close:
             log.warning("%s is set, but %s declares no variable %r (did you mean %r?);"
                         " it is ignored", key, template, name, close[0])
@@ -952,10 +953,12 @@ def _interpolate(
                 f" found ${{{ref}}}",
             ))
             return ""
+        shell = (f"; for the shell's own ${{{ref}}}, write $${{{ref}}}"
+                 if re.fullmatch(r"[A-Z_][A-Z0-9_]*", ref) else "")
         problems.append(_problem(
             where, key_path,
             f"unknown reference ${{{ref}}}; use ${{var.NAME}}, ${{env.NAME}},"
-            " ${build.date}, ${build.timestamp}, ${build.id} or ${name}",
+            f" ${{build.date}}, ${{build.timestamp}}, ${{build.id}} or ${{name}}{shell}",
         ))
         return ""
 

@@ -138,6 +138,10 @@ CASES = [
          ["name: unknown reference ${nme}",
           "use ${var.NAME}, ${env.NAME}, ${build.date}, ${build.timestamp}, ${build.id} or ${name}"
           ]),
+    Case("shell-variable-in-an-inline-command",
+         {"t.toml": BASE + '[[provision]]\ntype = "shell"\ninline = ["echo ${HOME}"]\n'},
+         ["provision[0].inline[0]: unknown reference ${HOME}",
+          "for the shell's own ${HOME}, write $${HOME}"]),
     Case("unknown-build-variable", {"t.toml": BASE.replace('"demo"', '"demo-${build.day}"', 1)},
          ["name: unknown build variable ${build.day}"]),
     Case("json-var-file-syntax", {"t.toml": BASE, "vars.json": '{"a": 1,}'},

@@ -158,13 +158,16 @@ def test_an_undeclared_environment_variable_is_ignored_with_a_warning_for_a_typo
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = write(tmp_path / "t.toml", BASE + VARS)
-    env = {"AZBUILD_VAR_cpu": "8", "AZBUILD_VAR_other_templates_var": "x", "AZBUILD_VAR_": "y"}
+    env = {"AZBUILD_VAR_cpu": "8", "AZBUILD_VAR_other_templates_var": "x", "AZBUILD_VAR_": "y",
+           "AZBUILD_VAR_FAST": "true"}  # names are case-sensitive, as in --var
     with caplog.at_level(logging.WARNING, logger="builder.template"):
         loaded = load_template(path, environ=env)
     assert loaded.variables["cpus"] == 4
-    assert [r.getMessage() for r in caplog.records] == [
+    assert sorted(r.getMessage() for r in caplog.records) == [
+        f"AZBUILD_VAR_FAST is set, but {path} declares no variable 'FAST' (did you mean "
+        "'fast'?); it is ignored",
         f"AZBUILD_VAR_cpu is set, but {path} declares no variable 'cpu' (did you mean 'cpus'?);"
-        " it is ignored"
+        " it is ignored",
     ]
 
 
