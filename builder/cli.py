@@ -447,6 +447,27 @@ def _requested_log_format(argv: Sequence[str]) -> str:
     return "text"
 
 
+# Options of the commands, not of azbuild itself (only --debug and --log-format go
+# before the command); Packer users write `-var`.
+_COMMAND_OPTIONS = ("--var", "--var-file", "-var", "-var-file", "--force", "--out",
+                    "--output-dir", "--jobs")
+
+
+def _with_option_order_hint(exc: CommandLineError, given: list[str]) -> CommandLineError:
+    """`azbuild --var x=1 validate t.toml`: say where the option goes."""
+    commands = {name for action in build_parser()._actions  # argparse has no public way
+                if isinstance(action, argparse._SubParsersAction) for name in action.choices}
+    before = next((i for i, arg in enumerate(given) if arg in commands), len(given))
+    misplaced = [arg.partition("=")[0] for arg in given[:before]
+                 if arg.partition("=")[0] in _COMMAND_OPTIONS]
+    if not misplaced:
+        return exc
+    option = misplaced[0].lstrip("-")
+    return CommandLineError(exc.prog, f"{exc.message}\n(--{option} is an option of the command:"
+                            f" it goes after it, e.g. azbuild validate T.toml --{option} ...)",
+                            exc.usage)
+
+
 def _report_command_line_error(exc: CommandLineError, log_format: str) -> None:
     if log_format == "json":
         azlog.setup(log_format="json")
@@ -607,7 +628,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except CommandLineError as exc:
         given = sys.argv[1:] if argv is None else argv
-        _report_command_line_error(exc, _requested_log_format(given))
+        _report_command_line_error(_with_option_order_hint(exc, list(given)),
+                                   _requested_log_format(given))
         return EXIT_USAGE
     except SystemExit as exc:  # --help and --version exit 0
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE

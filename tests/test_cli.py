@@ -484,3 +484,12 @@ def test_a_reader_that_stops_reading_ends_the_command_quietly(command: list[str]
         os.close(write_end)
     assert done.returncode == 141, done.stderr
     assert done.stderr == ""
+
+
+@pytest.mark.parametrize("argv", [["--var", "x=1", "validate", "t.toml"],
+                                  ["-var", "x=1", "validate", "t.toml"]])
+def test_a_command_option_before_the_command_says_where_it_goes(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    assert "(--var is an option of the command: it goes after it" in capsys.readouterr().err
