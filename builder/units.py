@@ -109,7 +109,12 @@ def _size_validator(value: Any) -> int:
 
 
 def _duration_validator(value: Any) -> float:
-    return parse_duration(value)
+    # A template's durations are all timeouts: 0 would fail the wait at once.
+    seconds = parse_duration(value)
+    if seconds == 0:
+        raise ValueError(f"a timeout of 0 would end the wait at once; give a duration such "
+                         f"as '30m', found {value!r}")
+    return seconds
 
 
 # JSON Schema patterns accepting what the parsers accept (JSON Schema regexes have no
@@ -135,7 +140,7 @@ Duration = Annotated[
     BeforeValidator(_duration_validator),
     PlainSerializer(format_duration, return_type=str),
     WithJsonSchema(
-        {"type": ["string", "number"], "minimum": 0, "pattern": DURATION_PATTERN,
+        {"type": ["string", "number"], "exclusiveMinimum": 0, "pattern": DURATION_PATTERN,
          "format": DURATION_FORMAT,
          "description": "a duration: seconds, or e.g. '45m', '90s', '1h30m'"}
     ),

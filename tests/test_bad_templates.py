@@ -77,6 +77,8 @@ CASES = [
          ["vm.disk_size: disk_size must be at least 20MiB", "found '19MiB'"]),
     Case("memory-too-small", {"t.toml": BASE + '[vm]\nmemory = "128MiB"\n'},
          ["vm.memory: memory must be at least 256MiB"]),
+    Case("zero-timeout", {"t.toml": BASE + '[communicator]\ntimeout = "0s"\n'},
+         ["line 11: communicator.timeout: a timeout of 0 would end the wait at once"]),
     Case("bad-duration", {"t.toml": BASE + '[install]\ntimeout = "45 minutes"\n'},
          ["install.timeout: expected a duration such as '45m'", "found '45 minutes'"]),
     Case("bad-enum-firmware", {"t.toml": BASE + '[vm]\nfirmware = "efi"\n'},
