@@ -704,8 +704,8 @@ def _declared_variables(
                 try:
                     var = Variable.model_validate(spec)
                 except ValidationError as exc:
-                    for err in exc.errors():
-                        loc = ("variables", name, *err["loc"])
+                    for err_loc, err in _errors(exc):
+                        loc = ("variables", name, *err_loc)
                         problems.append(_problem(layer.path, loc, _error_message(err, Variable)))
                     continue
             elif isinstance(spec, (str, int, float, bool)):
@@ -1012,11 +1012,11 @@ def _describe_validation(
     references: dict[KeyPath, str],
 ) -> list[Problem | str]:
     problems: list[Problem | str] = []
-    for err in exc.errors():
+    for loc, err in _errors(exc):
         # Drop the discriminator tag pydantic inserts for tagged unions ("shell", "file", ...).
         loc = tuple(
-            p for i, p in enumerate(err["loc"])
-            if not (i == 2 and err["loc"][0] == "provision" and isinstance(p, str)
+            p for i, p in enumerate(loc)
+            if not (i == 2 and loc[0] == "provision" and isinstance(p, str)
                     and p in ("shell", "file", "reboot"))
         )
         where = _origin(loc, origins) or fallback
@@ -1025,6 +1025,25 @@ def _describe_validation(
             message += f" (the value of ${{var.{references[loc]}}})"
         problems.append(_problem(where, loc, redact.redact(message)))
     return problems
+
+
+# The members pydantic names in the location of a `str | int | float | bool` value.
+_PLAIN_VALUE_TAGS = ("str", "int", "float", "bool")
+
+
+def _errors(exc: ValidationError) -> Iterator[tuple[KeyPath, Any]]:
+    """(location, error) of each pydantic error; a value that may be text, a number or a
+    boolean gets one error, not one per type it could have been."""
+    said: set[KeyPath] = set()
+    for err in exc.errors():
+        loc: KeyPath = tuple(err["loc"])
+        if loc[-1:] and loc[-1] in _PLAIN_VALUE_TAGS:
+            loc = loc[:-1]
+            if loc in said:
+                continue
+            said.add(loc)
+            err = {**err, "type": "plain_value", "msg": "expected text, a number or a boolean"}
+        yield loc, err
 
 
 def _error_message(err: Any, root: type[BaseModel]) -> str:
@@ -1045,6 +1064,13 @@ def _error_message(err: Any, root: type[BaseModel]) -> str:
         )
     elif kind == "union_tag_not_found":
         message = "a provisioner needs `type` ('shell', 'file' or 'reboot')"
+    elif kind in ("model_type", "dict_type"):
+        message = "expected a table"
+    elif kind == "path_type":
+        message = "expected a path (text)"
+    elif kind == "too_short":
+        least = err.get("ctx", {}).get("min_length", 1)
+        message = f"expected at least {least} item{'s' if least != 1 else ''}"
     elif kind == "literal_error":
         expected = err.get("ctx", {}).get("expected", "")
         message = f"expected one of {expected}"

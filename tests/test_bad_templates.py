@@ -181,7 +181,15 @@ CASES = [
                                              "base.toml": "[vm]\ncpu = 4\n"},
          ["base.toml: line 2: vm.cpu: unknown key"], named="base.toml"),
     Case("empty-output-formats", {"t.toml": BASE + "[output]\nformats = []\n"},
-         ["output.formats: List should have at least 1 item"]),
+         ["output.formats: expected at least 1 item, found a list"]),
+    # pydantic's own words do not reach the user.
+    Case("a-list-of-sources", {"t.toml": NO_SOURCE + '[[source]]\niso = "x.iso"\n'},
+         ["source: expected a table, found a list"]),
+    Case("a-list-as-a-path", {"t.toml": NO_SOURCE + '[source]\ndisk_image = ["x.raw"]\n'},
+         ["source.disk_image: expected a path (text), found a list"]),
+    Case("a-table-as-a-variable-default",
+         {"t.toml": BASE + "[variables.x]\ndefault = { a = 1 }\n"},
+         ["variables.x.default: expected text, a number or a boolean, found a table"]),
     Case("template-does-not-exist", {}, ["the template file does not exist"]),
     # Strict types: nothing is coerced between booleans, numbers and strings.
     Case("boolean-as-port", {"t.toml": BASE + "[communicator]\nport = true\n"},
