@@ -400,9 +400,14 @@ def cmd_cache(args: argparse.Namespace) -> int:
                          hint="e.g. azbuild cache prune --older-than 14d --max-size 50GiB")
     try:
         older = parse_duration(args.older_than) if args.older_than is not None else None
+    except ValueError as exc:
+        raise UsageError(f"--older-than: {exc}") from None
+    try:
         size = parse_size(args.max_size) if args.max_size is not None else None
     except ValueError as exc:
-        raise UsageError(str(exc)) from None
+        # parse_size speaks of templates' disk sizes: Azure's whole MiB do not matter here.
+        raise UsageError(f"--max-size: {str(exc).removesuffix(' Azure needs whole MiB')}"
+                         ) from None
     for line in prune(cache, older_than=older, max_size=size, dry_run=args.dry_run):
         _out(line)
     return EXIT_OK

@@ -427,7 +427,12 @@ def test_cache_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     assert main(["cache", "prune"]) == 2
     assert "--older-than" in capsys.readouterr().err
     assert main(["cache", "prune", "--max-size", "12 parsecs"]) == 2
-    capsys.readouterr()
+    assert "error: --max-size: " in capsys.readouterr().err
+    assert main(["cache", "prune", "--max-size", "10GB"]) == 2
+    err = capsys.readouterr().err
+    assert "did you mean 10GiB?" in err and "Azure" not in err  # a cache size, not a disk's
+    assert main(["cache", "prune", "--older-than", "2weeks"]) == 2
+    assert "error: --older-than: expected a duration" in capsys.readouterr().err
     assert main(["cache", "prune", "--max-size", "0"]) == 0
     assert "removed" in capsys.readouterr().out
     assert cache.entries() == []
