@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 LAYER_PATH_ENV = "AZBUILD_TEMPLATE_PATH"
 # AZBUILD_VAR_<name> sets the template variable <name>, as PKR_VAR_<name> does for Packer.
 VAR_ENV_PREFIX = "AZBUILD_VAR_"
-_REF_RE = re.compile(r"\$\$\{|\$\{([^}]*)\}")
+# `$${` (a literal `${`), a reference `${...}`, or a `${` that no `}` closes.
+_REF_RE = re.compile(r"\$\$\{|\$\{([^}]*)\}|(\$\{)")
 _WHOLE_VAR_RE = re.compile(r"\$\{\s*var\.([^}\s]+)\s*\}")
 # Stands for ${name} until the merged name is known; a private-use character cannot clash
 # with what a template author writes, unlike the literal "${name}" that "$${name}" produces.
@@ -972,6 +973,11 @@ def _interpolate(
     def substitute(match: re.Match[str]) -> str:
         if match.group(0) == "$${":
             return "${"
+        if match.group(2) is not None:
+            problems.append(_problem(
+                where, key_path, "a reference `${` is not closed with `}` (for a literal `${`, "
+                "write `$${`)"))
+            return match.group(0)
         return str(lookup(match.group(1).strip()))
 
     return _REF_RE.sub(substitute, data)

@@ -144,6 +144,8 @@ CASES = [
          {"t.toml": BASE + '[[provision]]\ntype = "shell"\ninline = ["echo ${HOME}"]\n'},
          ["provision[0].inline[0]: unknown reference ${HOME}",
           "for the shell's own ${HOME}, write $${HOME}"]),
+    Case("unclosed-reference", {"t.toml": BASE.replace('"demo"', '"demo-${var.tag"', 1)},
+         ["line 1: name: a reference `${` is not closed with `}`", "write `$${`"]),
     Case("unknown-build-variable", {"t.toml": BASE.replace('"demo"', '"demo-${build.day}"', 1)},
          ["name: unknown build variable ${build.day}"]),
     Case("json-var-file-syntax", {"t.toml": BASE, "vars.json": '{"a": 1,}'},
