@@ -279,12 +279,15 @@ def load_template(
     merged: dict[str, Any] = {}
     origins: dict[KeyPath, Path] = {}
     references: dict[KeyPath, str] = {}
+    # A declared variable without a value is reported once, where it is declared: its uses
+    # read it as empty, not as undefined (the load fails on that one problem anyway).
+    usable = {**{name: "" for name in declared}, **values}
     for layer in layers:
         data = {k: v for k, v in layer.data.items() if k not in ("extends", "variables")}
         layer_refs: dict[KeyPath, str] = {}
         data = _anchor_given_paths(copy.deepcopy(data), values, given_bases, layer_refs)
         data = _interpolate(
-            data, values, layer.path, (), problems, refs=layer_refs, build=build_values
+            data, usable, layer.path, (), problems, refs=layer_refs, build=build_values
         )
         _resolve_paths(data, layer.path.parent)
         before = merged.get("provision")
@@ -294,11 +297,6 @@ def load_template(
                 key_path = ("provision", int(key_path[1]) + offset, *key_path[2:])
             references[key_path] = name
         _merge(merged, data, origins, layer.path, ())
-    # A declared variable without a value is reported once, where it is declared, not
-    # again as undefined at each use.
-    unresolved = {f"undefined variable {name!r}" for name in declared if name not in values}
-    problems[:] = [p for p in problems if not (
-        isinstance(p, Problem) and any(p.message.startswith(u) for u in unresolved))]
     if isinstance(merged.get("name"), str) and _NAME_PLACEHOLDER not in merged["name"]:
         merged = _replace_name(merged, merged["name"])
     else:
