@@ -122,23 +122,16 @@ def top_level(reader: Any) -> list[str]:
     return sorted(names)
 
 
-def volume_label(iso: Path) -> str:
-    """The ISO's volume identifier (Anaconda finds its stage 2 image by it)."""
-    with open_iso(iso) as reader:
-        return _label(reader)
-
-
-def _label(reader: Any) -> str:
-    return str(reader.pvd.volume_identifier.decode(errors="replace").rstrip())
-
-
 def installer_and_label(
     iso: Path, distro: Distro, kernel: str | None = None, initrd: str | None = None
 ) -> tuple[InstallerPaths, str]:
-    """find_installer and volume_label with one reading of the ISO's directory tree
-    (seconds for a DVD's thousands of files)."""
+    """Where the installer kernel and initrd are in `iso` for `distro`, and the ISO's volume
+    identifier (Anaconda finds its stage 2 image by it), with one reading of its directory
+    tree (seconds for a DVD's thousands of files). `kernel`/`initrd` (the template's
+    overrides) win over `.treeinfo`, which wins over the distro's defaults."""
     with open_iso(iso) as reader:
-        return _find_installer(reader, iso, distro, kernel, initrd), _label(reader)
+        label = str(reader.pvd.volume_identifier.decode(errors="replace").rstrip())
+        return _find_installer(reader, iso, distro, kernel, initrd), label
 
 
 def treeinfo_images(text: str, arch: str = TREEINFO_ARCH) -> tuple[str, str] | None:
@@ -157,15 +150,6 @@ def treeinfo_images(text: str, arch: str = TREEINFO_ARCH) -> tuple[str, str] | N
     if not kernel or not initrd:
         return None
     return kernel, initrd
-
-
-def find_installer(
-    iso: Path, distro: Distro, kernel: str | None = None, initrd: str | None = None
-) -> InstallerPaths:
-    """Locate the installer kernel and initrd in `iso` for `distro`; `kernel`/`initrd`
-    (the template's overrides) win over `.treeinfo`, which wins over the distro's defaults."""
-    with open_iso(iso) as reader:
-        return _find_installer(reader, iso, distro, kernel, initrd)
 
 
 def _find_installer(
@@ -200,11 +184,6 @@ def _find_installer(
         hint="is this the right ISO for the distro? Otherwise set source.installer_kernel and"
         " source.installer_initrd to their paths inside the ISO",
     )
-
-
-def extract(iso: Path, path_in_iso: str, dest: Path) -> None:
-    """Copy one file out of the ISO to `dest` (written to a temporary name, then renamed)."""
-    extract_files(iso, {path_in_iso: dest})
 
 
 def extract_files(iso: Path, wanted: Mapping[str, Path]) -> None:

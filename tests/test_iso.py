@@ -1,4 +1,4 @@
-"""find_installer and extract on small ISOs built here with each family's layout."""
+"""installer_and_label and extract_files on small ISOs built here with each family's layout."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pycdlib
 import pytest
 
 from builder.errors import BuildError, UsageError
-from builder.iso import extract, extract_files, find_installer, treeinfo_images, volume_label
+from builder.iso import extract_files, installer_and_label, treeinfo_images
 from distros import resolve
 
 KERNEL = b"MZ fake kernel " * 100
@@ -84,13 +84,13 @@ def test_rhel_from_treeinfo_with_rock_ridge(tmp_path: Path) -> None:
         "images/pxeboot/initrd.img": INITRD,
         "EFI/BOOT/BOOTX64.EFI": b"efi",
     }, label="RHEL-9-4-x86_64")
-    found = find_installer(iso, resolve("rhel", "9"), None, None)
+    found, label = installer_and_label(iso, resolve("rhel", "9"))
     assert (found.kernel, found.initrd, found.source) == (
         "images/pxeboot/vmlinuz", "images/pxeboot/initrd.img", ".treeinfo")
     dest = tmp_path / "vmlinuz"
-    extract(iso, found.kernel, dest)
+    extract_files(iso, {found.kernel: dest})
     assert dest.read_bytes() == KERNEL
-    assert volume_label(iso) == "RHEL-9-4-x86_64"
+    assert label == "RHEL-9-4-x86_64"
 
 
 def test_treeinfo_path_that_differs_from_the_default_wins(tmp_path: Path) -> None:
@@ -100,7 +100,7 @@ def test_treeinfo_path_that_differs_from_the_default_wins(tmp_path: Path) -> Non
         "isolinux/vmlinuz": KERNEL,
         "isolinux/initrd.img": INITRD,
     })
-    found = find_installer(iso, resolve("oracle", "8"), None, None)
+    found = installer_and_label(iso, resolve("oracle", "8"))[0]
     assert (found.kernel, found.initrd, found.source) == (
         "isolinux/vmlinuz", "isolinux/initrd.img", ".treeinfo")
 
@@ -109,11 +109,11 @@ def test_ubuntu_defaults_joliet_only(tmp_path: Path) -> None:
     iso = make_iso(tmp_path / "ubuntu.iso", {
         "casper/vmlinuz": KERNEL, "casper/initrd": INITRD, "md5sum.txt": b"",
     }, rock_ridge=False)
-    found = find_installer(iso, resolve("ubuntu", "24.04"), None, None)
+    found = installer_and_label(iso, resolve("ubuntu", "24.04"))[0]
     assert (found.kernel, found.initrd, found.source) == (
         "casper/vmlinuz", "casper/initrd", "distro")
     dest = tmp_path / "initrd"
-    extract(iso, "casper/initrd", dest)
+    extract_files(iso, {"casper/initrd": dest})
     assert dest.read_bytes() == INITRD
 
 
@@ -121,10 +121,10 @@ def test_suse_plain_iso9660_names(tmp_path: Path) -> None:
     iso = make_iso(tmp_path / "sles.iso", {
         "boot/x86_64/loader/linux": KERNEL, "boot/x86_64/loader/initrd": INITRD,
     }, rock_ridge=False, joliet=False)
-    found = find_installer(iso, resolve("sles", "15"), None, None)
+    found = installer_and_label(iso, resolve("sles", "15"))[0]
     assert found.kernel == "boot/x86_64/loader/linux"
     dest = tmp_path / "linux"
-    extract(iso, found.kernel, dest)
+    extract_files(iso, {found.kernel: dest})
     assert dest.read_bytes() == KERNEL
 
 
@@ -141,13 +141,13 @@ def test_debian_layout_made_by_xorriso(tmp_path: Path) -> None:
          "-o", str(iso), str(tree)],
         check=True, capture_output=True,
     )
-    found = find_installer(iso, resolve("debian", "12"), None, None)
+    found, label = installer_and_label(iso, resolve("debian", "12"))
     assert (found.kernel, found.initrd, found.source) == (
         "install.amd/vmlinuz", "install.amd/initrd.gz", "distro")
     dest = tmp_path / "initrd.gz"
-    extract(iso, found.initrd, dest)
+    extract_files(iso, {found.initrd: dest})
     assert dest.read_bytes() == INITRD
-    assert volume_label(iso) == "Debian 12.8.0 amd64 n"
+    assert label == "Debian 12.8.0 amd64 n"
 
 
 def test_template_override_and_its_error(tmp_path: Path) -> None:
@@ -157,11 +157,11 @@ def test_template_override_and_its_error(tmp_path: Path) -> None:
         "custom/vmlinuz": KERNEL, "custom/initrd.img": INITRD,
     })
     distro = resolve("rocky", "9")
-    found = find_installer(iso, distro, "/custom/vmlinuz", "custom/initrd.img")
+    found = installer_and_label(iso, distro, "/custom/vmlinuz", "custom/initrd.img")[0]
     assert (found.kernel, found.initrd, found.source) == (
         "custom/vmlinuz", "custom/initrd.img", "template")
     with pytest.raises(UsageError, match="custom/nope"):
-        find_installer(iso, distro, "custom/nope", None)
+        installer_and_label(iso, distro, "custom/nope")
 
 
 def test_wrong_iso_lists_its_top_level(tmp_path: Path) -> None:
@@ -169,12 +169,12 @@ def test_wrong_iso_lists_its_top_level(tmp_path: Path) -> None:
         "casper/vmlinuz": KERNEL, "casper/initrd": INITRD, "md5sum.txt": b"",
     })
     with pytest.raises(BuildError) as err:
-        find_installer(iso, resolve("debian", "12"), None, None)
+        installer_and_label(iso, resolve("debian", "12"))
     message = str(err.value)
     assert "install.amd/vmlinuz" in message
     assert "casper/" in message and "md5sum.txt" in message
     with pytest.raises(BuildError, match="not found"):
-        extract(iso, "install.amd/vmlinuz", tmp_path / "k")
+        extract_files(iso, {"install.amd/vmlinuz": tmp_path / "k"})
     assert not (tmp_path / "k").exists()
 
 
@@ -182,7 +182,7 @@ def test_not_an_iso(tmp_path: Path) -> None:
     bogus = tmp_path / "bogus.iso"
     bogus.write_bytes(b"\0" * 70000)
     with pytest.raises(BuildError, match="cannot read ISO"):
-        find_installer(bogus, resolve("debian", "12"), None, None)
+        installer_and_label(bogus, resolve("debian", "12"))
 
 
 def test_treeinfo_parsing() -> None:
