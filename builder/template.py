@@ -536,8 +536,7 @@ def _collect_layers(
         if found is None:
             via = " -> ".join(str(p) for p in [*chain, path])
             searched = ", ".join(str(d) for d in layer_search_path())
-            names = sorted({p.stem for d in layer_search_path() if d.is_dir()
-                            for p in d.glob("*.toml")})
+            names = [layer.name for layer in available_layers()]
             hint = (
                 f"relative to {path.parent}" if ("/" in ref or ref.endswith(".toml"))
                 else f"searched {searched}; the layers there: {', '.join(names) or 'none'}"
