@@ -119,7 +119,7 @@ def _plan(loaded: Any) -> Any:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from builder.multi import Job, collisions, route_variables
+    from builder.multi import Job, collisions, job_of, route_variables
 
     cli_vars = _parse_vars(args.var or [])  # a malformed --var is one error, not one per template
     paths: list[str] = list(args.templates)
@@ -144,25 +144,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 _log_problems(path, exc)
             continue
         _out(f"{path}: valid ({loaded.template.distro.name} {loaded.template.distro.version})")
-        valid.append(_job_of(loaded, path))
+        valid.append(job_of(loaded, Path(path), None))
     failures += collisions(valid)  # what `build T1 T2 ...` refuses
     if failures and args.log_format == "json":
         raise UsageError(f"{len(failures)} of {len(args.templates)} templates are invalid")
     if failures:
         raise UsageError("\n".join(failures))
     return EXIT_OK
-
-
-def _job_of(loaded: Any, path: str) -> Any:
-    """A validated template as a several-template build would schedule it: enough to tell
-    two that would write to one name or one output directory."""
-    from builder.context import BuildOptions
-    from builder.multi import Job
-    from builder.pipeline import output_directory
-
-    return Job(name=loaded.template.name, template=Path(path),
-               output_dir=output_directory(loaded, BuildOptions()),
-               memory=loaded.template.vm.memory, argv=[])
 
 
 def _log_problems(template: str | None, exc: AzbuildError) -> None:

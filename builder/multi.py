@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
@@ -45,7 +45,7 @@ from builder.summary import (
 from builder.units import GiB, MiB
 
 if TYPE_CHECKING:
-    from builder.template import BuildInfo
+    from builder.template import BuildInfo, LoadedTemplate
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +102,6 @@ def plan(templates: Sequence[str], options: Options) -> tuple[list[Job], Problem
     a build needs); the jobs, and every problem: (the template, its error) per invalid
     template, (None, error) for a variable no template declares and for each collision.
     Nothing is created or started here."""
-    from builder.context import BuildOptions
-    from builder.pipeline import output_directory
     from builder.template import check_local_inputs, load_template
 
     paths = [Path(t) for t in templates]
@@ -122,14 +120,25 @@ def plan(templates: Sequence[str], options: Options) -> tuple[list[Job], Problem
         except AzbuildError as exc:
             problems.append((path, exc))
             continue
-        name = loaded.template.name
-        out = (options.output_dir.absolute() / name if options.output_dir is not None
-               else output_directory(loaded, BuildOptions()))
-        jobs.append(Job(name=name, template=path, output_dir=out,
-                        memory=loaded.template.vm.memory,
-                        argv=child_argv(path, out, cli_vars, options, loaded.build)))
+        job = job_of(loaded, path, options.output_dir)
+        jobs.append(replace(job, argv=child_argv(path, job.output_dir, cli_vars, options,
+                                                 loaded.build)))
     problems += [(None, UsageError(text)) for text in collisions(jobs)]
     return jobs, problems
+
+
+def job_of(loaded: LoadedTemplate, path: Path, output_dir: Path | None) -> Job:
+    """The validated template `loaded` as a build of several would schedule it: its output
+    directory is <output_dir>/<name>, or without --output-dir the template's own. The
+    argv is left to the caller (validate has none to run)."""
+    from builder.context import BuildOptions
+    from builder.pipeline import output_directory
+
+    name = loaded.template.name
+    out = (output_dir.absolute() / name if output_dir is not None
+           else output_directory(loaded, BuildOptions()))
+    return Job(name=name, template=path, output_dir=out, memory=loaded.template.vm.memory,
+               argv=[])
 
 
 def child_argv(template: Path, output_dir: Path, cli_vars: dict[str, str],
