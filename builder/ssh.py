@@ -215,9 +215,10 @@ def _wait_for_banner(
                     sock.close()
                     progress.saw(0, errno.errorcode.get(err, str(err)).lower())
                 next_probe = now + PROBE_INTERVAL
-            wait = max(0.0, min(next_probe, deadline) - time.monotonic())
-            if len(probes) >= MAX_PROBES:
-                wait = min(wait, PROBE_INTERVAL)
+            # With every probe open, next_probe stays in the past: wake for a socket or to
+            # expire a probe, not at once (a busy loop here took a core from the guests).
+            wake = next_probe if len(probes) < MAX_PROBES else now + PROBE_INTERVAL
+            wait = max(0.0, min(wake, deadline) - time.monotonic())
             for key, _events in sel.select(timeout=wait):
                 sock = key.fileobj  # type: ignore[assignment]
                 probe = probes[sock]

@@ -101,6 +101,18 @@ def test_silent_port_times_out_with_no_banner(silent_port: int) -> None:
     assert message.endswith("serial: kernel panic")
 
 
+def test_waiting_on_a_silent_port_does_not_spin(silent_port: int) -> None:
+    """QEMU's user networking accepts every connection at once and the guest's sshd
+    answers only when it is up: azbuild waits without a busy loop, leaving the
+    host's cores to the guests (it once burned one whole core for the whole wait)."""
+    key = KeyPair.generate()
+    cpu = time.process_time()
+    with pytest.raises(BuildError):
+        wait_for_ssh("127.0.0.1", silent_port, username="root", host_key=key.public_line,
+                     pkey=key.to_paramiko(), timeout=2.0)
+    assert time.process_time() - cpu < 0.5
+
+
 def test_nothing_listening_times_out_with_no_tcp() -> None:
     key = KeyPair.generate()
     port = free_port()
