@@ -84,6 +84,7 @@ class BuildContext:
     source_digest: str | None = None  # "sha256:<hex>" of the ISO or source disk, once read
     published: list[dict[str, Any]] = field(default_factory=list)  # [[publish]] records
     guest_seconds: float = 0.0
+    guest_waits_open: int = 0  # nested waits (a reconnect inside a provisioner run) count once
     step: str | None = None  # the step running now, or the one that failed
     log_files: list[logging.Handler] = field(default_factory=list)
     started: datetime = field(default_factory=lambda: datetime.now(UTC))
@@ -146,9 +147,12 @@ class _GuestClock:
 
     def __enter__(self) -> None:
         self.start = time.monotonic()
+        self.ctx.guest_waits_open += 1
 
     def __exit__(self, *exc: object) -> None:
-        self.ctx.guest_seconds += time.monotonic() - self.start
+        self.ctx.guest_waits_open -= 1
+        if self.ctx.guest_waits_open == 0:
+            self.ctx.guest_seconds += time.monotonic() - self.start
 
 
 def on_failure(stack: ExitStack, action: Callable[[], object], *,

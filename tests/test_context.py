@@ -4,12 +4,13 @@ removed after a build, kept after a failed one only with --on-error=abort."""
 from __future__ import annotations
 
 import dataclasses
+import time
 from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
-from builder.context import BuildContext, BuildOptions, on_failure
+from builder.context import BuildContext, BuildOptions, on_failure, timed_guest_wait
 from builder.errors import BuildError
 from builder.paths import BUILD_LOG
 from builder.template import load_template
@@ -85,3 +86,17 @@ def test_the_work_directory_stays_only_for_a_failure_with_abort(
             raise BuildError("boom")
     assert work.exists() is kept
     assert (ctx.output_dir / BUILD_LOG).is_file()  # kept however the build ended
+
+
+def test_a_wait_inside_a_wait_counts_once(tmp_path: Path) -> None:
+    """A provisioner run that reconnects after a reboot waits on the guest inside a wait:
+    the guest's time is counted once, so the overhead (wall minus the guest) stays >= 0."""
+    ctx = _context(tmp_path, "cleanup")
+    started = time.monotonic()
+    with timed_guest_wait(ctx):
+        time.sleep(0.05)
+        with timed_guest_wait(ctx):
+            time.sleep(0.05)
+    wall = time.monotonic() - started
+    assert 0.1 <= ctx.guest_seconds <= wall
+    assert ctx.overhead_seconds(wall) >= 0
