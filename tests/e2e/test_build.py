@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -56,6 +57,16 @@ class Outcome:
     output_dir: Path
     work_root: Path
     seconds: float
+
+
+def lines_of(stderr: str, name: str) -> str:
+    """The tail of what `build T1 T2 --jobs N` printed that concerns build `name`: its own
+    prefixed lines and the run's unprefixed ones, so a failing build's cause shows even
+    when the other build went on printing after it."""
+    own = f"[{name}]"
+    kept = [line for line in stderr.splitlines()
+            if own in line or not re.match(r"\s*(\d\d:\d\d:\d\d \w+\s+)?\[", line)]
+    return "\n".join(kept)[-6000:]
 
 
 def azbuild_build(
@@ -235,7 +246,7 @@ mode = "0640"
 def built(pair_built: Any) -> Outcome:
     """The cloud-image half of the shared `--jobs 2` build (conftest.py's pair_built)."""
     outcome: Outcome = pair_built.cloud
-    assert outcome.returncode == 0, outcome.stderr[-6000:]
+    assert outcome.returncode == 0, lines_of(outcome.stderr, "e2e-debian")
     return outcome
 
 
@@ -312,7 +323,7 @@ def test_render_is_what_the_shared_builds_fed_their_guests(
     compared: dict[str, list[str]] = {}
     for name, template in pair_built.templates.items():
         outcome = outcomes[name]
-        assert outcome.returncode == 0, outcome.stderr[-6000:]
+        assert outcome.returncode == 0, lines_of(outcome.stderr, name)
         manifest = validate_manifest(outcome.output_dir / "manifest.json")
         fed = {f["name"]: f["sha256"] for f in manifest["inputs"]["guest_files"]}
         out = tmp_path / name

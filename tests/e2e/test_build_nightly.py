@@ -21,6 +21,7 @@ from test_build import (
     REPO,
     Outcome,
     assert_nothing_left_but_outputs,
+    lines_of,
     run_azbuild_build,
     validate_manifest,
 )
@@ -35,7 +36,7 @@ EXTRA_PACKAGE = "tree"  # small, and nothing else in the demo depends on it or p
 
 
 def test_two_templates_at_once_write_one_summary(pair_built: Any, libvirt_uri: str) -> None:
-    assert pair_built.returncode == 0, pair_built.demo.stderr[-6000:]
+    assert pair_built.returncode == 0, lines_of(pair_built.demo.stderr, "demo")
     summary = json.loads((pair_built.output_dir / "summary.json").read_text())
     jsonschema.Draft202012Validator(summary_json_schema()).validate(summary)
     builds = {entry["name"]: entry for entry in summary["builds"]}
@@ -74,7 +75,7 @@ def _rebuild_template(tmp: Path) -> Path:
 @pytest.fixture(scope="session")
 def demo_rebuilt(pair_built: Any, test_installer_iso: Path,
                  tmp_path_factory: pytest.TempPathFactory) -> Outcome:
-    assert pair_built.returncode == 0, pair_built.demo.stderr[-6000:]
+    assert pair_built.returncode == 0, lines_of(pair_built.demo.stderr, "demo")
     tmp = tmp_path_factory.mktemp("rebuild")
     outcome = run_azbuild_build(
         _rebuild_template(tmp), tmp, *iso_vars(demo_iso(test_installer_iso)),

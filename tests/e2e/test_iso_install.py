@@ -26,6 +26,7 @@ from test_build import (
     assert_nothing_left,
     assert_nothing_left_but_outputs,
     azbuild_domains,
+    lines_of,
     open_guest,
     run_azbuild_build,
     sigterm_build,
@@ -68,7 +69,7 @@ def demo_iso(test_installer_iso: Path) -> Path:
 def demo_built(pair_built: Any) -> Outcome:
     """The demo half of the shared `--jobs 2` build (conftest.py's pair_built)."""
     outcome: Outcome = pair_built.demo
-    assert outcome.returncode == 0, outcome.stderr[-6000:]
+    assert outcome.returncode == 0, lines_of(outcome.stderr, "demo")
     return outcome
 
 
