@@ -14,6 +14,7 @@ appliance of `check`) gets the same decision.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -22,6 +23,7 @@ import re
 import shutil
 import tempfile
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +38,7 @@ from builder.libvirt import (
     domain_name,
     running_domain,
 )
+from builder.locks import removable_lock
 from builder.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -88,16 +91,24 @@ def probe_kvm(
     key = (uri, kernel)
     if key not in _probe_cache:
         cache_file = _cache_file(uri, kernel)
-        cached = _read_cached(cache_file) if cache_file is not None else None
-        if cached is not None:
-            _probe_cache[key] = cached
-        else:
-            usable, reason = _probe(uri, kernel, timeout)
-            _probe_cache[key] = (usable, reason)
-            # A domain that could not even start says nothing lasting about KVM
-            # (libvirtd down, a permission fixed later): probe again next time.
-            if cache_file is not None and not reason.startswith(_NOT_LASTING):
-                _write_cached(cache_file, usable, reason)
+        with ExitStack() as held:
+            if cache_file is not None:
+                # Builds started together (build T1 T2 --jobs N, or two nightly jobs) wait
+                # for the first one's answer instead of each probing: a probe guest takes a
+                # core for seconds where KVM hangs. No lock (a read-only cache) costs a probe.
+                with contextlib.suppress(OSError):
+                    held.enter_context(removable_lock(
+                        cache_file.with_name(cache_file.name + ".lock")))
+            cached = _read_cached(cache_file) if cache_file is not None else None
+            if cached is not None:
+                _probe_cache[key] = cached
+            else:
+                usable, reason = _probe(uri, kernel, timeout)
+                _probe_cache[key] = (usable, reason)
+                # A domain that could not even start says nothing lasting about KVM
+                # (libvirtd down, a permission fixed later): probe again next time.
+                if cache_file is not None and not reason.startswith(_NOT_LASTING):
+                    _write_cached(cache_file, usable, reason)
     return _probe_cache[key]
 
 

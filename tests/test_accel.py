@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -132,3 +134,27 @@ def test_a_qemu_kvm_failure_is_remembered_for_this_boot(
     again = accel.choose_accelerator("auto", uri, kernel)
     assert again.accelerator == "tcg" and "cached in" in again.reason, again.reason
     assert probes == [uri]
+
+
+def test_builds_started_together_probe_once(
+    boot: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`build T1 T2 --jobs 2` on a fresh boot: the second build waits for the first one's
+    probe and reads its answer, instead of a second probe guest competing for the CPU."""
+    kernel = tmp_path / "vmlinuz-6.1.0-1-amd64"
+    kernel.write_bytes(b"kernel")
+    probes: list[str] = []
+
+    def slow_probe(uri: str, kernel: Path | None, timeout: float) -> tuple[bool, str]:
+        probes.append(uri)
+        time.sleep(0.5)
+        return False, "under KVM nothing reached the serial console in 5s"
+
+    monkeypatch.setattr(accel, "_probe", slow_probe)
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda _: accel.probe_kvm("qemu:///system", kernel),
+                                range(2)))
+    assert probes == ["qemu:///system"]
+    assert all(usable is False for usable, _ in answers)
+    path = accel._cache_file("qemu:///system", kernel)
+    assert path is not None and sorted(p.name for p in path.parent.iterdir()) == [path.name]
