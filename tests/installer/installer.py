@@ -35,6 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 TARGET = Path("/mnt")
+# The installer's mount points (pseudo file systems, its /tmp, the target): made empty in
+# the target, with these modes, rather than copied.
+PSEUDO_MOUNTS = (("proc", 0o555), ("sys", 0o555), ("dev", 0o755), ("tmp", 0o1777),
+                 ("mnt", 0o755))
 MB = 1000 * 1000  # partman sizes are in megabytes
 ALIGN = 1024 * 1024  # partitions start on MiB boundaries, as partman aligns them
 SECTOR = 512
@@ -449,8 +453,13 @@ def unmount(mounted: list[Path]) -> None:
 
 def copy_system() -> None:
     say("installing the base system (copying the root file system from the ISO)")
+    # The mount points stay out, made below: /mnt is the target's own root, which the
+    # unpacking tar writes into while this one reads it; GNU tar then fails with "./mnt:
+    # file changed as we read it" whenever the two meet there (a race; CI lost a build
+    # to it).
     pack = subprocess.Popen(
-        ["tar", "--one-file-system", "--numeric-owner", "-C", "/", "-cf", "-", "."],
+        ["tar", "--one-file-system", "--numeric-owner",
+         *(f"--exclude=./{name}" for name, _ in PSEUDO_MOUNTS), "-C", "/", "-cf", "-", "."],
         stdout=subprocess.PIPE,
     )
     unpack = subprocess.run(["tar", "--numeric-owner", "-C", str(TARGET), "-xpf", "-"],
@@ -460,8 +469,7 @@ def copy_system() -> None:
     if pack.wait() != 0 or unpack.returncode != 0:
         raise InstallFailed("Install the base system",
                             f"copying the root failed: {unpack.stderr.strip()}")
-    for name, mode in (("proc", 0o555), ("sys", 0o555), ("dev", 0o755), ("tmp", 0o1777),
-                       ("mnt", 0o755)):
+    for name, mode in PSEUDO_MOUNTS:
         path = TARGET / name
         path.mkdir(exist_ok=True)
         path.chmod(mode)
