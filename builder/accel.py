@@ -23,7 +23,6 @@ import re
 import shutil
 import tempfile
 import time
-from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -91,7 +90,7 @@ def probe_kvm(
     key = (uri, kernel)
     if key not in _probe_cache:
         cache_file = _cache_file(uri, kernel)
-        with ExitStack() as held:
+        with contextlib.ExitStack() as held:
             if cache_file is not None:
                 # Builds started together (build T1 T2 --jobs N, or two nightly jobs) wait
                 # for the first one's answer instead of each probing: a probe guest takes a
