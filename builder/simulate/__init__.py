@@ -1,0 +1,1 @@
+"""Booting a finished image as Azure provisions it, with nothing outside the machine."""
