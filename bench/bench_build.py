@@ -55,7 +55,7 @@ BANNER_RE = re.compile(_STAMP + r" DEBUG\s+\S+: ssh banner on (\S+): (SSH-2\.0-\
 # Steps that wait on the guest for (nearly) all their time: booted and reachable, running
 # the provisioners and the Azure preparation, powering off. A cross-check of the
 # manifest's own split, which counts only what the code wraps in timed_guest_wait().
-GUEST_STEPS = ("connect", "provision", "azure preparation", "shutdown")
+GUEST_STEPS = ("connect", "provision", "azure preparation", "shutdown", "simulate")
 CONNECT_END_RE = re.compile(_STAMP + r" INFO\s+\S+: <== connect \(([\d.]+)s\)")
 
 
@@ -104,6 +104,9 @@ def parse_build_log(path: Path) -> SshFigure:
 
 
 def read_output(result: BuildResult) -> None:
+    # --output-dir DIR: the build is in DIR/<name>/.
+    result.output_dir = next((p for p in sorted(result.output_dir.glob("*/manifest.json"))),
+                             result.output_dir / "manifest.json").parent
     manifest = result.output_dir / "manifest.json"
     if manifest.exists():
         result.manifest = json.loads(manifest.read_text())

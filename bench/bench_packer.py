@@ -435,6 +435,8 @@ def run_azbuild(image: Path, base: Path, pair: int, nice: int) -> Run:
             run.command, clean_env({"AZBUILD_WORK_DIR": str(work)}), out, signal.SIGTERM)
     finally:
         reap_leftovers(run)
+    output = next(iter(sorted(output.glob("*/manifest.json"))),
+                  output / "manifest.json").parent  # --output-dir DIR: DIR/<name>/
     manifest = output / "manifest.json"
     if manifest.exists():
         run.phases = azbuild_phases(json.loads(manifest.read_text()), run.elapsed)

@@ -1,4 +1,4 @@
-"""Azure preparation as generated shell scripts (requirements R03-R14).
+"""Azure preparation as generated shell scripts (requirements R03-R15).
 
 `prep_scripts()` turns a distro plugin and the template's `[azure]` settings
 into three bash scripts that the pipeline uploads and runs in the guest:
@@ -38,6 +38,10 @@ SCRIPT_NAMES = ("azure-prep.sh", "azure-check.sh", "deprovision.sh")
 BUILD_SSHD_DROPIN = "/etc/ssh/sshd_config.d/90-azbuild.conf"
 # cloud-init configuration written in cloud-init mode (R10); sorts after distro files.
 CLOUD_INIT_DROPIN = "/etc/cloud/cloud.cfg.d/91-azbuild-azure.cfg"
+# cloud-init's systemd units across versions (cloud-init-main/-network since 24.3):
+# enabled in cloud-init mode, disabled in waagent mode.
+CLOUD_INIT_UNITS = ("cloud-init-local", "cloud-init-main", "cloud-init-network", "cloud-init",
+                    "cloud-config", "cloud-final")
 
 Firmware = Literal["bios", "uefi"]
 
@@ -170,6 +174,29 @@ def _packages(facts: PrepFacts, azure: Azure) -> list[tuple[str, str]]:
     return [(rid, package) for rid, package in wanted if rid not in azure.skip]
 
 
+def _host_keygen(facts: PrepFacts) -> dict[str, Any]:
+    """R15: the unit that makes missing SSH host keys before sshd starts, where the
+    distro's sshd makes none (`text` None elsewhere)."""
+    values: dict[str, Any] = {
+        "unit": req.HOST_KEYGEN_UNIT,
+        "path": f"{req.HOST_KEYGEN_UNIT_DIR}/{req.HOST_KEYGEN_UNIT}",
+        "private_keys": req.SSH_HOST_PRIVATE_KEYS,
+        "command": req.HOST_KEYGEN_COMMAND,
+        "text": None,
+    }
+    if facts.ssh_host_keygen is None:
+        template = _environment().get_template("ssh-host-keygen.service.j2")
+        values["text"] = template.render(f=facts, r15=values)
+    return values
+
+
+def host_keygen_unit(distro: Distro) -> str | None:
+    """The text of the R15 unit `azure-prep.sh` installs on `distro`, or None where its
+    sshd makes missing host keys itself (the e2e corpus writes the same unit)."""
+    text: str | None = _host_keygen(prep_facts(distro))["text"]
+    return text
+
+
 def prep_context(distro: Distro, azure: Azure, *, firmware: str,
                  build_user: str) -> dict[str, Any]:
     """The values the script templates see (also handy for tests and `render`)."""
@@ -194,12 +221,14 @@ def prep_context(distro: Distro, azure: Azure, *, firmware: str,
         "build_user": build_user,
         "sshd_dropin": BUILD_SSHD_DROPIN,
         "cloud_init_dropin": CLOUD_INIT_DROPIN,
+        "cloud_init_units": CLOUD_INIT_UNITS,
         "in_guest_ids": req.IN_GUEST_IDS,
         "r14_bios_skip": req.R14_BIOS_SKIP,
         "leaks": _leaks(),
         "kernel": {"numa_off": req.NUMA_OFF, "numa_off_up_to": req.NUMA_OFF_UP_TO,
                    "recommended": req.RECOMMENDED_KERNEL},
         "r14": {"loader": req.FALLBACK_LOADER, "shim_mark": req.SHIM_MARK},
+        "r15": _host_keygen(facts),
         "agent": {"conf": req.WAAGENT_CONF, "key": req.AGENT,
                   "cloud_init_values": req.CLOUD_INIT_AGENT_VALUES},
     }

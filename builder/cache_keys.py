@@ -64,7 +64,9 @@ def provisioner_key(previous: str, provisioner: ShellProvisioner | FileProvision
                     | RebootProvisioner) -> str:
     """The key after one provisioner: the previous key, the provisioner's whole definition,
     and the bytes of the files it uploads or runs (a directory: every file, by path)."""
-    definition = json.dumps(provisioner.model_dump(mode="json"), sort_keys=True)
+    # A name only labels the step: renaming it does not change the disk.
+    definition = json.dumps(provisioner.model_dump(mode="json", exclude={"name"}),
+                            sort_keys=True)
     parts: list[str | bytes] = ["provision", previous, definition]
     for path in _files_of(provisioner):
         parts += _file_parts(path)

@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
@@ -32,6 +33,7 @@ from builder.errors import (
     UsageError,
 )
 from builder.redact import redact
+from builder.requirements import ID_RANGE
 
 log = logging.getLogger("azbuild.cli")
 Handler = Callable[[argparse.Namespace], int]
@@ -104,7 +106,8 @@ def _load(args: argparse.Namespace, path: str, building: bool = False,
         ignore_undeclared_file_vars=shared_var_files or getattr(args, "shared_var_files", False),
         build=build,
     )
-    for warning in check_local_inputs(loaded, building=building):
+    strict = getattr(args, "strict", False)
+    for warning in check_local_inputs(loaded, building=building, strict=strict):
         log.warning("%s", warning)
     return loaded
 
@@ -131,7 +134,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         # takes from a var file only the names it declares.
         routed, unknown = route_variables([Path(p) for p in paths], cli_vars,
                                           [Path(p) for p in args.var_file or []])
-        failures += [f"no template declares the variable {name!r} (set by --var or --var-file)"
+        failures += [f"no template declares the variable {name!r} (set by --var)"
                      for name in unknown]
     valid: list[Job] = []
     for path, template_vars in zip(paths, routed, strict=True):
@@ -214,12 +217,14 @@ def cmd_layers(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
+    from builder.file_schema import file_json_schema
     from builder.manifest import manifest_json_schema
     from builder.models import template_json_schema
     from builder.summary import summary_json_schema
 
     schema = (manifest_json_schema() if args.manifest else summary_json_schema()
-              if args.summary else template_json_schema())
+              if args.summary else template_json_schema() if args.resolved
+              else file_json_schema())
     _out(json.dumps(schema, indent=2))
     return EXIT_OK
 
@@ -252,23 +257,88 @@ def cmd_distros(args: argparse.Namespace) -> int:
 
 def cmd_build(args: argparse.Namespace) -> int:
     from builder.context import BuildOptions
-    from builder.pipeline import build
+    from builder.multi import build_directory
+    from builder.pipeline import build, output_directory
 
     if len(args.templates) > 1:
         return _build_several(args)
     args.template = args.templates[0]
-    loaded = _load(args, args.template, building=True)
-    options = BuildOptions(
-        force=args.force,
-        on_error=args.on_error,
-        output_dir=Path(args.output_dir) if args.output_dir else None,
-        connect=args.connect,
-        debug=args.debug,
-        log_file=Path(args.log_file) if args.log_file else None,
-        use_cache=not args.no_cache,
-    )
-    code: int = build(loaded, options)
+    loaded, output_dir = None, None
+    try:
+        loaded = _load(args, args.template, building=True)
+        output_root = Path(args.output_dir) if args.output_dir else None
+        options = BuildOptions(
+            force=args.force,
+            on_error=args.on_error,
+            output_dir=build_directory(loaded, output_root),
+            connect=args.connect,
+            debug=args.debug,
+            log_file=Path(args.log_file) if args.log_file else None,
+            use_cache=not args.no_cache,
+            simulate=not args.no_simulate,
+        )
+        output_dir = output_directory(loaded, options)
+        if output_root is None or args.build_identity:  # a child of several: the parent sums up
+            code: int = build(loaded, options)
+        else:
+            code = _build_one_summarised(loaded, options, output_root)
+    except BaseException as exc:
+        if args.junit:
+            _write_build_junit(args.junit, args.template, loaded, output_dir, exc)
+        raise
+    if args.junit:
+        _write_build_junit(args.junit, args.template, loaded, output_dir, None)
     return code
+
+
+def _build_one_summarised(loaded: Any, options: Any, output_root: Path) -> int:
+    """One template with --output-dir DIR: DIR/summary.json as for several, however the
+    build ends."""
+    from datetime import UTC, datetime
+
+    from builder.multi import job_of, manifest_stat, summarise_one
+    from builder.pipeline import build
+    from builder.summary import SUMMARY_FILE
+
+    job = job_of(loaded, Path(loaded.path), output_root)
+    before = manifest_stat(job.output_dir)
+    started, clock = datetime.now(UTC), time.monotonic()
+    code = EXIT_FAILED
+    try:
+        code = build(loaded, options)
+        return code
+    except AzbuildError as exc:
+        code = exc.exit_code
+        raise
+    except KeyboardInterrupt:
+        code = EXIT_INTERRUPTED
+        raise
+    except Terminated:
+        code = EXIT_TERMINATED
+        raise
+    finally:
+        if job.output_dir.is_dir():  # the build got as far as its output directory
+            # Its lines are the build's, as every line of a one-template build is.
+            with azlog.build_scope(loaded.build.id, loaded.template.name):
+                summarise_one(job, code, started, time.monotonic() - clock, before,
+                              output_root.absolute() / SUMMARY_FILE)
+
+
+def _write_build_junit(target: str, template: str, loaded: Any, output_dir: Path | None,
+                       exc: BaseException | None) -> None:
+    """--junit of one build: its manifest's verdict, or the error when it wrote none (the
+    template did not load, the build stopped before its preflight)."""
+    from builder.junit import case_of_error, case_of_output_dir, write_junit
+
+    case = None
+    if loaded is not None and output_dir is not None:
+        case = case_of_output_dir(output_dir, loaded.build.id)
+    if case is None:
+        message = (exc.message if isinstance(exc, AzbuildError) else
+                   "interrupted" if exc is not None else "the build wrote no manifest")
+        name = loaded.template.name if loaded is not None else Path(template).stem
+        case = case_of_error(name, message)
+    write_junit(Path(target), [case])
 
 
 def _build_several(args: argparse.Namespace) -> int:
@@ -288,10 +358,17 @@ def _build_several(args: argparse.Namespace) -> int:
     passthrough += ["--debug"] if args.debug else []
     passthrough += ["--connect", args.connect] if args.connect else []
     passthrough += ["--no-cache"] if args.no_cache else []
+    passthrough += ["--no-simulate"] if args.no_simulate else []
     options = multi.Options(cli_vars=_parse_vars(args.var or []),
                             var_files=[Path(p) for p in args.var_file or []],
                             output_dir=output_dir, passthrough=passthrough)
     jobs, problems = multi.plan(args.templates, options)
+    if problems and args.junit:
+        from builder.junit import case_of_error, write_junit
+
+        write_junit(Path(args.junit), [
+            case_of_error(Path(t).stem if t else "(command line)", exc.message)
+            for t, exc in problems])
     if problems:
         if args.log_format == "json":
             for template, exc in problems:
@@ -301,9 +378,16 @@ def _build_several(args: argparse.Namespace) -> int:
         raise UsageError("\n".join(f"{t}: {exc.message}" if t else exc.message
                                     for t, exc in problems),
                          hint="no build was started; fix the templates and run again")
-    return multi.run_builds(jobs, args.jobs, args.log_format,
-                            multi.summary_path(jobs, output_dir), relay=_err_raw,
-                            show=lambda summary: _out(summary_table(summary)))
+    summary = multi.summary_path(jobs, output_dir)
+    try:
+        code: int = multi.run_builds(jobs, args.jobs, args.log_format, summary, relay=_err_raw,
+                                     show=lambda summary: _out(summary_table(summary)))
+    finally:
+        if args.junit:
+            from builder.junit import cases_of_summary, write_junit
+
+            write_junit(Path(args.junit), cases_of_summary(summary))
+    return code
 
 
 def _err_raw(text: str) -> None:
@@ -345,12 +429,59 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ready else EXIT_FAILED
 
 
+def _seconds(text: str) -> float:
+    """A positive number of seconds, for the simulation's bounds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds: {text!r}")
+    return value
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from builder.accel import choose_accelerator
+    from builder.libvirt import connection_uri
+    from builder.simulate.simulator import SimulateOptions, simulate_image
+
+    accel = choose_accelerator(args.accelerator, connection_uri(None))
+    options = SimulateOptions(
+        firmware=args.firmware, accelerator=accel.accelerator,
+        ready_timeout=args.ready_timeout, ssh_timeout=args.ssh_timeout,
+        expect_agent=args.expect_agent,
+        keep_dir=Path(args.keep_logs) if args.keep_logs else None)
+    outcome = simulate_image(Path(args.image), options)
+    _out(json.dumps(outcome.to_json(), indent=2) if args.json
+         else "\n".join(outcome.summary_lines()))
+    return EXIT_OK if outcome.passed else EXIT_FAILED
+
+
 def cmd_diff(args: argparse.Namespace) -> int:
     from builder.diff import diff, to_json, to_table
 
     comparison = diff(args.old, args.new)
     _out(to_json(comparison) if args.json else to_table(comparison))
     return EXIT_OK if comparison.identical else EXIT_FAILED
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from builder.junit import case_of_manifest, write_junit
+    from builder.nightly_report import collect, summary_table
+
+    report = collect(Path(args.output_dir))
+    if not report.rows:
+        log.warning("no build found in %s", args.output_dir)
+    if args.html:
+        from builder.report_page import write_page
+
+        write_page(report, Path(args.html))
+    if args.junit:
+        write_junit(Path(args.junit), [
+            case_of_manifest(row.latest.directory, row.latest.manifest,
+                             row.latest.files().get("log")) for row in report.rows])
+    _out(summary_table(report))
+    return EXIT_OK
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
@@ -401,11 +532,30 @@ def cmd_cache(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_prune(args: argparse.Namespace) -> int:
-    from builder.prune import prune
+def cmd_fmt(args: argparse.Namespace) -> int:
+    from builder.toml_format import format_files
 
-    for line in prune(Path(args.output_dir), args.keep, dry_run=args.dry_run):
-        _out(line)
+    changed, problems = format_files([Path(p) for p in args.files], check=args.check)
+    for path in changed:
+        _out(str(path))
+    if problems:
+        others = "checked" if args.check else "formatted"
+        raise UsageError("\n".join(problems), hint=f"the other files were {others}"
+                         if len(problems) < len(args.files) else None)
+    return EXIT_FAILED if args.check and changed else EXIT_OK
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from builder.prune import describe, prune
+
+    if args.json:
+        outcome = prune(Path(args.output_dir), args.keep, args.dry_run)
+        _out(json.dumps(outcome.to_json(), indent=2))
+    else:
+        outcome = prune(Path(args.output_dir), args.keep, args.dry_run,
+                        on_event=lambda event: _out(describe(event, args.dry_run)))
+        _out(outcome.last_line())
+    outcome.raise_failures()
     return EXIT_OK
 
 
@@ -461,6 +611,37 @@ def _with_option_order_hint(exc: CommandLineError, given: list[str]) -> CommandL
                             exc.usage)
 
 
+# Packer's single-dash flags whose azbuild option has another name.
+_PACKER_FLAGS = {"-parallel-builds": "--jobs", "-machine-readable": "--log-format json"}
+
+
+def _with_single_dash_hint(exc: CommandLineError, given: list[str]) -> CommandLineError:
+    """`azbuild build t.toml -var x=1`, as Packer is typed: name azbuild's option."""
+    known = {option for action in _all_actions(build_parser())
+             for option in action.option_strings if option.startswith("--")}
+    for arg in given:
+        flag = arg.partition("=")[0]
+        if not (flag.startswith("-") and not flag.startswith("--") and len(flag) > 2):
+            continue
+        meant = _PACKER_FLAGS.get(flag) or ("-" + flag if "-" + flag in known else None)
+        if meant is not None:
+            return CommandLineError(
+                exc.prog, f"{exc.message}\n(did you mean {meant}? azbuild's options take two"
+                f" dashes; Packer's {flag} is {meant} here)", exc.usage)
+    return exc
+
+
+def _all_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    """The actions of `parser` and of its subcommands, at any depth."""
+    found: list[argparse.Action] = []
+    for action in parser._actions:  # argparse has no public way
+        found.append(action)
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                found += _all_actions(sub)
+    return found
+
+
 def _report_command_line_error(exc: CommandLineError, log_format: str) -> None:
     if log_format == "json":
         azlog.setup(log_format="json")
@@ -489,7 +670,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="azbuild", parents=[common],
         description="Build Azure-ready Linux images from declarative TOML templates.",
-        epilog="exit codes: 0 success, 1 the work failed, 2 bad input, 130 Ctrl-C, 143 SIGTERM",
+        epilog="exit codes: 0 success, 1 the work failed, 2 bad input, 3 input unavailable (a "
+               "source could not be fetched), 130 Ctrl-C, 143 SIGTERM",
     )
     parser.add_argument("--version", action="version", version=f"azbuild {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -510,15 +692,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     p.add_argument("--on-error", choices=("cleanup", "abort"), default="cleanup",
                    help="abort keeps the VM's disk and work directory for debugging")
-    p.add_argument("--output-dir", metavar="DIR", help="override output.directory")
+    p.add_argument("--output-dir", metavar="DIR",
+                   help="build into DIR/<name>/ instead of output.directory, and write "
+                        "DIR/summary.json (one template or several)")
     p.add_argument("--connect", metavar="URI", help="libvirt URI (overrides vm.connect)")
     p.add_argument("--log-file", metavar="PATH",
                    help="write the build's log (as build.log has it) to PATH as well")
     p.add_argument("--no-cache", action="store_true",
                    help="neither look up nor store stage-cache entries (docs/cache.md)")
+    p.add_argument("--no-simulate", action="store_true",
+                   help="skip the simulated Azure first boot (docs/simulate.md); the manifest "
+                        "says it was skipped")
+    p.add_argument("--junit", metavar="FILE",
+                   help="also write JUnit XML to FILE: one test case per build, a failed "
+                        "build failing with its step, error and the tail of its log")
 
     p = command("validate", cmd_validate, "check templates without building")
     p.add_argument("templates", nargs="+", metavar="TEMPLATE")
+    p.add_argument("--strict", action="store_true",
+                   help="a source file that is missing now (needed at build time) is an "
+                        "error, not a warning: for CI gates")
     with_vars(p)
 
     p = command("inspect", cmd_inspect, "print the fully resolved template, secrets redacted")
@@ -540,7 +733,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("layers", cmd_layers, "list the layers `extends` can name")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    p = command("schema", cmd_schema, "print the template's JSON Schema")
+    p = command("schema", cmd_schema,
+                "print the JSON Schema of a template or layer file (for editors and taplo)")
+    p.add_argument("--resolved", action="store_true",
+                   help="print the schema of the resolved template (`inspect --format json`)"
+                        " instead: required keys, no ${...} references")
     p.add_argument("--manifest", action="store_true",
                    help="print the JSON Schema of a build's manifest.json instead")
     p.add_argument("--summary", action="store_true",
@@ -557,10 +754,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("check", cmd_check, "check an image offline for Azure readiness")
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--skip", action="append", metavar="ID", help="skip a requirement (R01..R14)")
+    p.add_argument("--skip", action="append", metavar="ID", help=f"skip a requirement ({ID_RANGE})")
     p.add_argument("--inventory", metavar="FILE",
                    help="also write the image's inventory (packages, kernels, services, "
                         "os-release) to FILE as JSON")
+
+    p = command("simulate", cmd_simulate,
+                "boot an image as Azure provisions it, offline: Ready, then SSH on the first "
+                "boot (docs/simulate.md)")
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    p.add_argument("--firmware", choices=("bios", "uefi"),
+                   help="Gen1 (bios) or Gen2 (uefi); default: the manifest beside the image, "
+                        "else the disk's partition table")
+    p.add_argument("--accelerator", choices=("auto", "kvm", "tcg"), default="auto",
+                   help="default: KVM when it works here, else TCG")
+    p.add_argument("--expect-agent", choices=("waagent", "cloud-init"),
+                   help="fail unless this agent reports Ready (default: the manifest's "
+                        "azure.provisioning, if a manifest is beside the image)")
+    p.add_argument("--ready-timeout", type=_seconds, default=900.0, metavar="SECONDS",
+                   help="bound on the wait for the agent's Ready report (default: 900)")
+    p.add_argument("--ssh-timeout", type=_seconds, default=180.0, metavar="SECONDS",
+                   help="bound on the wait for SSH after Ready (default: 180)")
+    p.add_argument("--keep-logs", metavar="DIR",
+                   help="copy the guest's console and the fabric's request log into DIR")
 
     p = command("diff", cmd_diff, "show what changed between two builds (exit 1 if anything)")
     p.add_argument("old", metavar="OLD", help="a manifest.json, an output directory or an image")
@@ -578,13 +795,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help="publish an image that is not ready, and replace a blob holding "
                         "another image")
 
+    p = command("report", cmd_report,
+                "the latest build of each template in an output directory, and what changed")
+    p.add_argument("output_dir", metavar="OUTPUT_DIR")
+    p.add_argument("--html", metavar="FILE",
+                   help="write a self-contained HTML page: one row per template (status, "
+                        "steps, readiness, cache, changes, links to log, manifest and SBOM)")
+    p.add_argument("--junit", metavar="FILE",
+                   help="write JUnit XML: one test case per template's latest build")
+
     p = command("prune", cmd_prune,
-                "remove all but the N newest builds of each template in an output directory")
+                "remove all but the N newest good builds of each template in an output "
+                "directory")
     p.add_argument("output_dir", metavar="OUTPUT_DIR")
     p.add_argument("--keep", type=int, required=True, metavar="N",
-                   help="builds to keep per template name, newest by the manifest's `finished`")
+                   help="good (succeeded, ready) builds to keep per template name, newest by "
+                        "the manifest's `finished`; failed builds newer than the newest good "
+                        "one are kept too")
     p.add_argument("--dry-run", action="store_true", help="say what would be removed; remove "
                    "nothing")
+    p.add_argument("--json", action="store_true",
+                   help="print what was (would be) removed and kept, and why, as JSON")
+
+    p = command("fmt", cmd_fmt, "rewrite TOML files (templates, layers, var files) in the "
+                "canonical layout, comments kept")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--check", action="store_true",
+                   help="change nothing; list the files that would change and exit 1 if any")
 
     p = command("cache", cmd_cache, "list or prune the stage cache (docs/cache.md)")
     cache_sub = p.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
@@ -621,8 +858,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except CommandLineError as exc:
         given = sys.argv[1:] if argv is None else argv
-        _report_command_line_error(_with_option_order_hint(exc, list(given)),
-                                   _requested_log_format(given))
+        exc = _with_single_dash_hint(_with_option_order_hint(exc, list(given)), list(given))
+        _report_command_line_error(exc, _requested_log_format(given))
         return EXIT_USAGE
     except SystemExit as exc:  # --help and --version exit 0
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE

@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from builder.digest import BackgroundDigests
+from builder.fetch import Digest
 from builder.keys import KeyPair
 from builder.libvirt import RunningDomain
 from builder.log import StepTimer
-from builder.manifest import CacheStage
+from builder.manifest import CacheStage, Simulation
 from builder.masking import masked_files
 from builder.models import Template
 from builder.plan import PLACEHOLDERS, BuildPlan, Generated, plan_for
@@ -42,6 +43,7 @@ class BuildOptions:
     debug: bool = False
     log_file: Path | None = None  # --log-file: the build's log written there as well
     use_cache: bool = True  # --no-cache: no stage-cache lookup, no store
+    simulate: bool = True  # --no-simulate: no simulated Azure first boot
 
 
 @dataclass
@@ -81,7 +83,10 @@ class BuildContext:
     artifacts: dict[str, Path] = field(default_factory=dict)
     digests: BackgroundDigests | None = None  # the artifacts' hashing, started by export
     report: Report | None = None
+    simulation: Simulation | None = None  # the simulate step's verdict (manifest)
     source_digest: str | None = None  # "sha256:<hex>" of the ISO or source disk, once read
+    source_file: Path | None = None  # the verified ISO, once the fetch step has it
+    source_checksum: Digest | None = None  # a disk image's 'file:' checksum, as fetched
     published: list[dict[str, Any]] = field(default_factory=list)  # [[publish]] records
     guest_seconds: float = 0.0
     guest_waits_open: int = 0  # nested waits (a reconnect inside a provisioner run) count once

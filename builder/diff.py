@@ -1,4 +1,9 @@
-"""`azbuild diff OLD NEW`: what changed between two builds, as diff(1) exits (0 same, 1 not).
+"""`azbuild diff OLD NEW`: what changed between two images, as diff(1) exits (0 same, 1 not).
+
+It compares what was built, never the build's identity: build ids, times, durations,
+output paths and the values of `${build.*}` are not differences (the manifest's
+template_sha256 is taken with `${build.*}` as written). The azbuild version, a failed
+build and a comparison of two templates are said as notes.
 
 Each side is a manifest.json, an output directory holding one, or a disk image whose
 inventory is read on the spot (the offline check and its inventory, one libguestfs
@@ -13,16 +18,29 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from builder.errors import UsageError
 from builder.manifest import MANIFEST_FILE
 from builder.table import aligned
 
 # The sections in the order they are shown.
-SECTIONS = ("packages", "kernels", "kernel arguments", "services", "requirements", "sizes",
-            "inputs")
+SECTIONS = ("status", "packages", "kernels", "kernel arguments", "services", "requirements",
+            "sizes", "inputs")
 ABSENT = "-"
+
+Value = str | int  # sizes are numbers, everything else text
+Items = dict[str, Value]
+
+
+@dataclass(frozen=True)
+class BuildFacts:
+    """What a manifest says of its build beyond the image: for the notes, never a change."""
+
+    template: str
+    template_sha256: str
+    azbuild_version: str
+    failure: str | None  # None: it succeeded; else " at step STEP: ERROR", or "" unknown
 
 
 @dataclass(frozen=True)
@@ -30,15 +48,24 @@ class Snapshot:
     """What one side records; a section is None when that side does not record it."""
 
     label: str
-    sections: dict[str, dict[str, str] | None]
+    sections: dict[str, Items | None]
+    facts: BuildFacts | None = None  # None for an image file
 
 
 @dataclass(frozen=True)
 class Change:
     section: str
     item: str
-    old: str | None  # None: the item is absent on that side
-    new: str | None
+    old: Value | None  # None: the item is absent on that side
+    new: Value | None
+
+
+@dataclass(frozen=True)
+class Note:
+    """Something to know about the comparison that is not a change of the image."""
+
+    kind: Literal["new_failed", "old_failed", "other_template", "other_version"]
+    text: str
 
 
 @dataclass(frozen=True)
@@ -47,6 +74,7 @@ class Comparison:
     new: str
     changes: list[Change] = field(default_factory=list)
     not_compared: dict[str, str] = field(default_factory=dict)  # section -> why
+    notes: list[Note] = field(default_factory=list)
 
     @property
     def identical(self) -> bool:
@@ -56,19 +84,19 @@ class Comparison:
 # ---------------------------------------------------------------- pure: data -> snapshot
 
 
-def _package_items(packages: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+def _package_items(packages: Sequence[Mapping[str, Any]]) -> Items:
     """name -> version; a name installed for several architectures is `name:arch`."""
     count = Counter(str(p["name"]) for p in packages)
     return {(str(p["name"]) if count[str(p["name"])] == 1
              else f"{p['name']}:{p['architecture']}"): str(p["version"]) for p in packages}
 
 
-def inventory_sections(inventory: Mapping[str, Any] | None) -> dict[str, dict[str, str] | None]:
+def inventory_sections(inventory: Mapping[str, Any] | None) -> dict[str, Items | None]:
     """The inventory's sections of a snapshot, from its JSON form (manifest.json's)."""
     if inventory is None:
         return {"packages": None, "kernels": None, "kernel arguments": None, "services": None}
     args = inventory.get("kernel_args") or {}
-    kernel_args: dict[str, str] = {}
+    kernel_args: Items = {}
     if args.get("default") is not None:
         kernel_args["boot loader default"] = " ".join(args["default"])
     if args.get("grub_cmdline") is not None:
@@ -85,14 +113,12 @@ def inventory_sections(inventory: Mapping[str, Any] | None) -> dict[str, dict[st
 def manifest_snapshot(label: str, manifest: Mapping[str, Any]) -> Snapshot:
     """A snapshot of a manifest.json's data."""
     sections = inventory_sections(manifest.get("inventory"))
+    sections["status"] = {"build": str(manifest["status"])}
     check = manifest.get("check")
     sections["requirements"] = (
         {str(c["id"]): str(c["status"]) for c in check} if check is not None else None)
-    sections["sizes"] = {str(a["format"]): str(a["size"]) for a in manifest["artifacts"]}
-    inputs: dict[str, str] = {
-        "azbuild version": str(manifest.get("azbuild_version", "")),
-        "resolved template sha256": str(manifest.get("template_sha256", "")),
-    }
+    sections["sizes"] = {str(a["format"]): int(a["size"]) for a in manifest["artifacts"]}
+    inputs: Items = {"template sha256": str(manifest.get("template_sha256", ""))}
     recorded = manifest.get("inputs")
     if recorded is not None:
         source = recorded["source"]
@@ -101,7 +127,15 @@ def manifest_snapshot(label: str, manifest: Mapping[str, Any]) -> Snapshot:
         for f in recorded.get("template_files", []):
             inputs[f"file {Path(str(f['path'])).name}"] = str(f["sha256"])
     sections["inputs"] = inputs
-    return Snapshot(label, sections)
+    failure = manifest.get("failure")
+    failed = (f" at step {failure.get('step')}: {failure.get('error')}"
+              if isinstance(failure, Mapping) else "")
+    facts = BuildFacts(
+        template=str(manifest["template"]),
+        template_sha256=str(manifest.get("template_sha256", "")),
+        azbuild_version=str(manifest.get("azbuild_version", "")),
+        failure=failed if manifest["status"] != "succeeded" else None)
+    return Snapshot(label, sections, facts)
 
 
 # ---------------------------------------------------------------- pure: comparing
@@ -112,6 +146,8 @@ def compare(old: Snapshot, new: Snapshot) -> Comparison:
     not_compared: dict[str, str] = {}
     for section in SECTIONS:
         before, after = old.sections.get(section), new.sections.get(section)
+        if section == "status" and (before is None or after is None):
+            continue  # an image file has no build status: nothing to say
         if before is None or after is None:
             missing = [s.label for s, v in ((old, before), (new, after)) if v is None]
             if len(missing) == 1:
@@ -122,7 +158,29 @@ def compare(old: Snapshot, new: Snapshot) -> Comparison:
         for item in sorted(set(before) | set(after)):
             if before.get(item) != after.get(item):
                 changes.append(Change(section, item, before.get(item), after.get(item)))
-    return Comparison(old.label, new.label, changes, not_compared)
+    return Comparison(old.label, new.label, changes, not_compared, notes(old, new))
+
+
+def notes(old: Snapshot, new: Snapshot) -> list[Note]:
+    """A failed side, two templates, two azbuild versions: said, not counted as changes."""
+    found: list[Note] = []
+    if new.facts is not None and new.facts.failure is not None:
+        found.append(Note("new_failed", f"NEW failed{new.facts.failure}"))
+    if old.facts is not None and old.facts.failure is not None:
+        found.append(Note("old_failed", f"OLD failed{old.facts.failure}; compare with the "
+                          "last build that succeeded"))
+    if old.facts is None or new.facts is None:
+        return found
+    # A name may hold ${build.date}: two names of one unchanged template are one template.
+    if (old.facts.template != new.facts.template
+            and old.facts.template_sha256 != new.facts.template_sha256):
+        found.append(Note("other_template", f"OLD is template {old.facts.template!r}, NEW "
+                          f"is template {new.facts.template!r}"))
+    if old.facts.azbuild_version != new.facts.azbuild_version:
+        found.append(Note("other_version", f"OLD was built by azbuild "
+                          f"{old.facts.azbuild_version}, NEW by azbuild "
+                          f"{new.facts.azbuild_version}"))
+    return found
 
 
 # ---------------------------------------------------------------- pure: output
@@ -135,6 +193,7 @@ def to_json(comparison: Comparison) -> str:
         "identical": comparison.identical,
         "changes": [asdict(c) for c in comparison.changes],
         "not_compared": comparison.not_compared,
+        "notes": [asdict(n) for n in comparison.notes],
     }, indent=2)
 
 
@@ -142,11 +201,12 @@ def to_table(comparison: Comparison) -> str:
     lines = [f"--- {comparison.old}", f"+++ {comparison.new}"]
     if comparison.changes:
         rows = [("section", "item", "old", "new")]
-        rows += [(c.section, c.item, ABSENT if c.old is None else c.old,
-                  ABSENT if c.new is None else c.new) for c in comparison.changes]
+        rows += [(c.section, c.item, ABSENT if c.old is None else str(c.old),
+                  ABSENT if c.new is None else str(c.new)) for c in comparison.changes]
         lines += aligned(rows)
     for section, why in comparison.not_compared.items():
         lines.append(f"{section}: not compared ({why})")
+    lines += [f"note: {note.text}" for note in comparison.notes]
     count = len(comparison.changes)
     lines.append("no differences" if not count
                  else f"{count} difference{'s' if count != 1 else ''}")
@@ -221,7 +281,7 @@ def image_snapshot(image: Path) -> Snapshot:
     sections = inventory_sections(inventory)
     sections["requirements"] = {c.id: c.status for c in report.checks}
     kind = detect_image_format(image).name
-    sections["sizes"] = {kind: str(image.stat().st_size)}
+    sections["sizes"] = {kind: image.stat().st_size}
     sections["inputs"] = None
     return Snapshot(str(image), sections)
 

@@ -284,7 +284,15 @@ def atomic_output(dst: Path, *, force: bool) -> Iterator[Path]:
     An existing `dst` is refused (UsageError) unless `force`."""
     refuse_existing(dst, force=force)
     tmp = _temp_name(dst)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except OSError as exc:
+        # Nothing written yet: a directory that takes no new file (permissions, read-only,
+        # /proc) is the user's choice of destination, not a failure of the work.
+        raise UsageError(
+            f"cannot write {dst}: {exc.strerror or exc}",
+            hint=f"choose a destination you can write, or fix the permissions of {dst.parent}",
+        ) from exc
     os.close(fd)
     try:
         yield tmp
@@ -298,3 +306,16 @@ def atomic_output(dst: Path, *, force: bool) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(dst.parent)
+
+
+def write_named_output(target: Path, text: str, option: str) -> Path:
+    """Write a file the user named with `option` (`--html FILE`) atomically, replacing an
+    earlier one; a destination that cannot be written is a UsageError naming the option."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_output(target, force=True) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot write {target} ({option}): {exc.strerror or exc}",
+                         hint=f"give {option} a path in a writable directory") from None
+    return target

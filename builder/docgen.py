@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from builder.layer_merge import LIST_RULES, NAMED_ITEMS
 from builder.models import template_json_schema
 
 HEADER = """\
@@ -84,19 +85,59 @@ is used instead of it, with a warning that names both files; an entry of
 `AZBUILD_TEMPLATE_PATH` that does not exist is a warning too.
 `azbuild inspect --provenance` shows which file set each value.
 
-How layers combine:
+### How layers combine
+
+Files apply in order, lowest first: the layers of `extends` (each after its own
+layers), then the template. One rule per kind of key:
 
 - tables merge key by key, and the later file wins: the template over its
   layers, a later entry of `extends` over an earlier one;
-- a value that is not a table (a string, a number, a list such as
-  `install.packages`) is replaced as a whole;
-- `[[provision]]` lists are the exception: they concatenate, the layers'
-  provisioners first, in the order of `extends`;
+- a value that is not a table or a list (a string, a number, a boolean) is
+  replaced;
+- lists append, as mkosi appends list settings across its configuration files:
+  the later file's items go after the earlier ones, and an item already in the
+  list is not added again. A template that adds `packages = ["vim"]` to a layer's
+  `["curl"]` gets `["curl", "vim"]`;
+- `output.formats` is the one list that is replaced: it is a choice of outputs
+  rather than a collection, and a later file must be able to narrow it. A
+  replaced list is a warning that names both files and lines;
 - a layer reached twice (two layers that both extend `gen2`) applies once, at
   its first place;
 - `[variables]` from every layer are visible in every file; a later
   declaration of the same variable replaces the earlier one, and a variable
   stays sensitive once any layer says so.
+
+LIST_RULES_TABLE
+
+A list that no file sets keeps the model's default (the defaults of
+`azure.kernel_args_add` and the others, shown in the tables above); the first
+file that sets it replaces the default, and later files append to that.
+
+A file takes out what the files below it added with a `[remove]` table, whose
+keys mirror the lists: values for lists of values, names for provisioners. It
+applies before the file's own values, so a template can remove a layer's item
+and add its own:
+
+```toml
+extends = ["team-base.toml"]
+
+[remove]
+install.packages = ["curl"]          # added by team-base.toml
+provision = ["debug-tools"]          # the provisioner named "debug-tools"
+
+[install]
+packages = ["wget"]
+
+[[provision]]
+name = "agent"                       # replaces team-base.toml's provisioner "agent"
+type = "shell"
+inline = ["apt-get install -y walinuxagent"]
+```
+
+Removing something no file below added is an error at its line (a typo
+would otherwise go unnoticed), and so are two provisioners of one name in one
+file. `azbuild inspect --provenance` shows the file of every value and of
+each list item (`install.packages[1] = "wget"  # template t.toml`).
 
 A layer that cannot be found, or a cycle (`a` extends `b` extends `a`), is an
 error that shows the chain of files that led to it.
@@ -123,9 +164,10 @@ On the command line, `--var NAME=VALUE` and `--var-file FILE` (a TOML file
 of `NAME = value` lines, or a JSON object when the name ends in `.json`) set
 variables, and so does `AZBUILD_VAR_NAME` in the environment. Precedence,
 lowest to highest: the default, var files in order, `AZBUILD_VAR_NAME`,
-`--var`. Setting a variable no file declares with `--var` or `--var-file` is
-an error. A variable with `sensitive = true` never appears in any output: logs,
-error messages, `inspect`, manifests; it is shown as `<sensitive>`.
+`--var`. Setting a variable no file declares with `--var` is an error; in a
+var file it is a warning naming the file and line, and is ignored. A variable
+with `sensitive = true` never appears in any output: logs, error messages,
+`inspect`, manifests; it is shown as `<sensitive>`.
 `install.root_password` and `communicator.password` are always treated as
 sensitive. See [variables.md](variables.md) for more.
 
@@ -169,6 +211,43 @@ Each timeout lives in the table of the phase it bounds: `install.timeout`
 (the whole unattended install), `communicator.timeout` (waiting for SSH),
 `timeout` of a `shell` or `reboot` provisioner, and `shutdown.timeout`
 (waiting for the guest to power off).
+
+## Editor support: the JSON Schema
+
+`azbuild schema > azbuild.schema.json` writes the JSON Schema (Draft 2020-12)
+of one template file as written: a template or a layer. It is made from the
+same models as this page, with three differences that fit files before their
+layers and variables are applied:
+
+- no key is required: a layer sets only what it sets, and a template may take
+  `[source]` or `[distro]` from its layers (what is required is checked on the
+  resolved template, by `azbuild validate`);
+- wherever a typed value may come from a variable, a `${...}` reference is
+  accepted: `cpus = "${var.cpus}"`, `firmware = "${var.firmware}"`,
+  `destination = "${var.dir}/motd"`; a number or boolean must then be one
+  whole reference;
+- provisioners and `[[publish]]` entries are selected by their `type`, so a
+  mistake is reported against that kind's keys (`"inline" is not one of
+  ["cache","destination","mode","name","owner","source","type"]` for a `file`
+  provisioner), and an unknown key anywhere lists the keys its table takes.
+
+Editors that use [taplo](https://taplo.tamasfe.dev/) (the Even Better TOML
+extension) read a `#:schema` line at the top of a file; azbuild reads it as
+the comment it is (a layer's description skips it):
+
+```toml
+#:schema ./azbuild.schema.json
+name = "web"
+extends = ["team-base.toml"]
+```
+
+The same check in CI: `taplo check --schema file://$PWD/azbuild.schema.json
+images/*.toml layers/*.toml`. azbuild's own tests run it over every example,
+layer and TOML snippet of the docs. A schema sees one file: what depends on
+variables, other files (scripts, keys, disk images), the distro's versions or
+several keys together is judged by `azbuild validate`.
+`azbuild schema --resolved` prints the schema of the resolved template, as
+`azbuild inspect --format json` prints it: required keys, no references.
 """
 
 
@@ -295,8 +374,20 @@ def render() -> str:
             )
         lines.extend(_table(model))
         lines.append("")
-    lines.append(FOOTER)
+    lines.append(FOOTER.replace("LIST_RULES_TABLE", _list_rules_table()))
     return "\n".join(lines)
+
+
+def _list_rules_table() -> str:
+    """The merge rule of each list key, from builder/layer_merge.py."""
+    rows = ["| list | rule |", "|---|---|"]
+    for key_path, rule in LIST_RULES.items():
+        name = f"[[{key_path[0]}]]" if len(key_path) == 1 else ".".join(map(str, key_path))
+        text = {"append": "append", "replace": "replace, with a warning"}[rule]
+        if key_path in NAMED_ITEMS:
+            text += "; one with the `name` of an earlier one replaces it in its place"
+        rows.append(f"| `{name}` | {text} |")
+    return "\n".join(rows)
 
 
 def main() -> int:

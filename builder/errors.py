@@ -9,6 +9,7 @@ from pathlib import Path
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_INPUT_UNAVAILABLE = 3  # a source file could not be fetched: the mirror or the network
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 EXIT_STDOUT_CLOSED = 141  # 128 + SIGPIPE: the reader of stdout went away
@@ -83,6 +84,20 @@ class CommandError(AzbuildError):
 
 class BuildError(AzbuildError):
     """A build step failed."""
+
+
+class FetchError(AzbuildError):
+    """A source file (an ISO, a checksum file) could not be fetched: the input is
+    unavailable, whatever the template says. `url` is what was asked for, `cause` what
+    failed ("dns", "tls", "http", "timeout", "connection")."""
+
+    exit_code = EXIT_INPUT_UNAVAILABLE
+
+    def __init__(self, message: str, hint: str | None = None, *, url: str = "",
+                 cause: str = "") -> None:
+        super().__init__(message, hint)
+        self.url = url
+        self.cause = cause
 
 
 def indent(text: str | Iterable[str], prefix: str = "    ") -> str:

@@ -5,7 +5,10 @@ A URL is downloaded once into `cache_dir()/iso/<algorithm>-<digest>.iso`
 (`AZBUILD_CACHE_DIR` moves the cache); later builds with the same checksum use
 that file without any request for the ISO. An interrupted download continues
 from its `.part` file with an HTTP Range request. Nothing boots an ISO that has
-not matched its checksum.
+not matched its checksum. Every request, the checksum file's too, follows the one
+retry policy of builder/download.py; a download that failed for good leaves a failure
+record beside its lock, so that the builds that waited on the lock get the same answer
+instead of trying again one after the other.
 """
 
 from __future__ import annotations
@@ -14,27 +17,36 @@ import contextlib
 import fcntl
 import hashlib
 import http.client
+import json
 import logging
 import os
 import re
 import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from builder.errors import BuildError, UsageError, indent
+from builder.download import (
+    DEFAULT_POLICY,
+    AttemptFailed,
+    Failure,
+    RetryPolicy,
+    judge,
+    open_url,
+    read_all,
+    retrying,
+)
+from builder.errors import BuildError, FetchError, UsageError, indent
 from builder.paths import cache_dir
 from builder.verified import remembered_digest
+from builder.waits import reported_wait
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1024 * 1024
-USER_AGENT = "azbuild"
 LOG_INTERVAL = 10.0  # seconds between progress lines when not on a terminal
 _ALGORITHMS = {64: "sha256", 128: "sha512"}
 _GNU_RE = re.compile(r"^(?P<digest>[0-9a-fA-F]{64}|[0-9a-fA-F]{128}) [ *](?P<name>.+)$")
@@ -42,7 +54,10 @@ _BSD_RE = re.compile(
     r"^(?P<algo>SHA256|SHA512|SHA2-256|SHA2-512) ?\((?P<name>.+)\) ?= ?(?P<digest>[0-9a-fA-F]+)$",
     re.IGNORECASE,
 )
-_RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+ISO_LOCAL_COPY = ("download it yourself and set source.iso to the local file (the checksum "
+                  "still applies)")
+CHECKSUM_LOCAL_COPY = ("set source.checksum to 'sha256:<hex>', or to 'file:' and a local copy "
+                       "of the checksum file")
 
 
 @dataclass(frozen=True)
@@ -52,10 +67,6 @@ class Digest:
 
     def __str__(self) -> str:
         return f"{self.algorithm}:{self.hexdigest}"
-
-
-class _Transient(Exception):
-    """A failure worth another attempt (connection dropped, timeout, 5xx)."""
 
 
 def is_url(value: str) -> bool:
@@ -85,15 +96,16 @@ def local_iso(iso: str, checksum: str | None) -> Path | None:
     return path if path.is_file() else None
 
 
-def fetch_iso(iso: str, checksum: str, *, retries: int = 6, backoff: float = 2.0) -> Path:
+def fetch_iso(iso: str, checksum: str, *, policy: RetryPolicy = DEFAULT_POLICY) -> Path:
     """A verified local copy of `iso` (a local path or an http(s) URL).
 
     `checksum` is 'sha256:<hex>', 'sha512:<hex>' or 'file:<URL or path>' of a
     GNU or BSD checksum file listing the ISO's file name. A download that does
     not match is removed and raises BuildError with both digests; a local file
-    that does not match raises UsageError (and is left alone).
+    that does not match raises UsageError (and is left alone). A URL that cannot be
+    fetched raises FetchError (builder/download.py).
     """
-    expected = resolve_checksum(checksum, iso)
+    expected = resolve_checksum(checksum, iso, policy=policy)
     if not is_url(iso):
         path = Path(iso).expanduser()
         if not path.is_file():
@@ -106,12 +118,22 @@ def fetch_iso(iso: str, checksum: str, *, retries: int = 6, backoff: float = 2.0
         log.info("ISO cache hit: %s", target)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(target.with_name(target.name + ".lock")):
+    record = failure_record_path(target)
+    waiting_since = time.time()
+    with _locked(target.with_name(target.name + ".lock"), iso):
         if target.is_file():  # another build finished the download while we waited
             log.info("ISO cache hit: %s", target)
             return target
+        shared = _failure_since(record, iso, waiting_since)
+        if shared is not None:
+            raise shared
         part = target.with_name(target.name + ".part")
-        download(iso, part, retries=retries, backoff=backoff)
+        try:
+            download(iso, part, policy=policy)
+        except FetchError as exc:
+            _write_failure(record, exc)
+            raise
+        record.unlink(missing_ok=True)
         actual = file_digest(part, expected.algorithm)
         if actual != expected.hexdigest:
             part.unlink(missing_ok=True)
@@ -122,6 +144,41 @@ def fetch_iso(iso: str, checksum: str, *, retries: int = 6, backoff: float = 2.0
         os.replace(part, target)
     log.info("ISO verified and cached: %s", target)
     return target
+
+
+def failure_record_path(target: Path) -> Path:
+    """Where a failed download of `target` says why, beside its lock."""
+    return target.with_name(target.name + ".failed")
+
+
+def _write_failure(record: Path, exc: FetchError) -> None:
+    """Written before the lock is released, for the builds waiting on it. Best effort: a
+    record that cannot be written only makes them try for themselves."""
+    data = {"url": exc.url, "cause": exc.cause, "message": exc.message, "hint": exc.hint,
+            "time": time.time(), "pid": os.getpid()}
+    try:
+        tmp = record.with_name(f".{record.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, record)
+    except OSError as err:
+        log.debug("could not write the failure record %s: %s", record, err)
+
+
+def _failure_since(record: Path, url: str, since: float) -> FetchError | None:
+    """The failure another build recorded for `url` after `since` (while this build waited
+    on the lock): the same answer, without trying again. An older record, from a build
+    that had ended before this one asked, is ignored: this build tries for itself."""
+    try:
+        data = json.loads(record.read_text())
+        if data["url"] != url or float(data["time"]) < since:
+            return None
+        message, hint, cause = str(data["message"]), data.get("hint"), str(data["cause"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    log.info("another build's download of %s failed while this one waited for it: "
+             "not trying again", url)
+    return FetchError(f"{message} (the answer of the build this one waited for)",
+                      hint=hint if isinstance(hint, str) else None, url=url, cause=cause)
 
 
 def verify_local_file(path: Path, expected: Digest, *, what: str) -> None:
@@ -141,7 +198,8 @@ def _mismatch(name: object, expected: Digest, actual: str) -> str:
         [f"expected {expected}", f"actual   {expected.algorithm}:{actual}"], "  ")
 
 
-def resolve_checksum(checksum: str, iso: str) -> Digest:
+def resolve_checksum(checksum: str, iso: str, *,
+                     policy: RetryPolicy = DEFAULT_POLICY) -> Digest:
     """Turn the template's checksum into an algorithm and digest, reading a checksum
     file (local or remote) when given 'file:'."""
     kind, _, value = checksum.partition(":")
@@ -152,7 +210,7 @@ def resolve_checksum(checksum: str, iso: str) -> Digest:
             raise UsageError(f"checksum {checksum!r}: expected {want} hex digits after '{kind}:'")
         return Digest(kind, value.lower())
     if kind == "file" and value:
-        text = _read_text(value)
+        text = _read_text(value, policy)
         return parse_checksum_file(text, iso_file_name(iso), source=value)
     raise UsageError(
         f"unsupported checksum {checksum!r}",
@@ -206,81 +264,77 @@ def file_digest(path: Path, algorithm: str) -> str:
     return h.hexdigest()
 
 
-def _read_text(location: str) -> str:
+def _read_text(location: str, policy: RetryPolicy) -> str:
     if is_url(location):
-        for attempt in range(4):
-            try:
-                with urllib.request.urlopen(_request(location), timeout=60) as resp:
-                    return bytes(resp.read()).decode("utf-8", errors="replace")
-            except urllib.error.HTTPError as exc:
-                if exc.code not in _RETRY_STATUS or attempt == 3:
-                    raise BuildError(f"cannot fetch checksum file {location}: HTTP {exc.code}") \
-                        from None
-            except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-                if attempt == 3:
-                    raise BuildError(f"cannot fetch checksum file {location}: {exc}") from None
-            time.sleep(2**attempt)
+        def attempt() -> bytes:
+            with open_url(location, policy.timeout) as resp:
+                return read_all(resp)
+
+        data = retrying(location, "checksum file", attempt, policy=policy,
+                        local_copy=CHECKSUM_LOCAL_COPY)
+        return data.decode("utf-8", errors="replace")
     path = Path(location).expanduser()
     if not path.is_file():
         raise UsageError(f"checksum file not found: {path}")
     return path.read_text(encoding="utf-8", errors="replace")
 
 
-def _request(url: str, offset: int = 0) -> urllib.request.Request:
-    headers = {"User-Agent": USER_AGENT}
-    if offset:
-        headers["Range"] = f"bytes={offset}-"
-    return urllib.request.Request(url, headers=headers)
-
-
 @contextlib.contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
+def _locked(lock_path: Path, url: str) -> Iterator[None]:
+    """The download's lock; waiting for another build's download is said as a long wait."""
     with lock_path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("another build is downloading %s: waiting for it", url)
+            with reported_wait(f"another build's download of {url}", None, logger=log):
+                fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def download(url: str, part: Path, *, retries: int = 6, backoff: float = 2.0) -> None:
-    """Download `url` into `part`, continuing what is already there. Transient failures
-    are retried with exponential backoff; an attempt that made progress resets the count."""
-    failures = 0
-    while True:
-        before = part.stat().st_size if part.exists() else 0
-        try:
-            _download_once(url, part)
-            return
-        except _Transient as exc:
-            after = part.stat().st_size if part.exists() else 0
-            failures = 0 if after > before else failures + 1
-            if failures > retries:
-                raise BuildError(
-                    f"download of {url} failed after {retries} retries: {exc}",
-                    hint=f"rerun the build: the partial download {part} is kept and resumed",
-                ) from None
-            delay = backoff * 2 ** max(failures - 1, 0)
-            log.warning("download interrupted (%s) at %d bytes; retrying in %.1fs",
-                        exc, after, delay)
-            time.sleep(delay)
+def download(url: str, part: Path, *, policy: RetryPolicy = DEFAULT_POLICY) -> None:
+    """Download `url` into `part`, continuing what is already there, under `policy`
+    (builder/download.py): an attempt that brought new bytes starts the count again."""
+    sizes = [_size(part)]
+
+    def attempt() -> None:
+        sizes.append(_size(part))
+        _download_once(url, part, policy.timeout)
+
+    def progressed() -> bool:
+        return _size(part) > sizes[-1]
+
+    def resume_note() -> str:
+        size = _size(part)
+        if not size:
+            return ""
+        return (f"The {size} bytes downloaded so far are kept in {part} and the next build "
+                "continues from there.")
+
+    retrying(url, "ISO", attempt, progressed=progressed, policy=policy,
+             local_copy=ISO_LOCAL_COPY, resume_note=resume_note)
 
 
-def _download_once(url: str, part: Path) -> None:
-    offset = part.stat().st_size if part.exists() else 0
+def _size(path: Path) -> int:
     try:
-        resp = urllib.request.urlopen(_request(url, offset), timeout=60)
-    except urllib.error.HTTPError as exc:
-        if exc.code == 416 and offset:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _download_once(url: str, part: Path, timeout: float) -> None:
+    offset = _size(part)
+    try:
+        resp = open_url(url, timeout, offset)
+    except AttemptFailed as exc:
+        if exc.failure.status == 416 and offset:
             # Nothing left to send: the .part already holds the whole file.
             log.debug("server answered 416 for offset %d: download complete", offset)
             return
-        if exc.code in _RETRY_STATUS:
-            raise _Transient(f"HTTP {exc.code}") from None
-        raise BuildError(f"cannot download {url}: HTTP {exc.code} {exc.reason}") from None
-    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise _Transient(str(reason)) from None
+        raise
     with resp:
         status = resp.status
         if offset and status == 206:
@@ -294,7 +348,8 @@ def _download_once(url: str, part: Path) -> None:
             _copy(resp, out, advance)
         size = part.stat().st_size
         if total is not None and size < total:
-            raise _Transient(f"connection closed at {size} of {total} bytes")
+            raise AttemptFailed(Failure(
+                "connection", f"the connection closed at {size} of {total} bytes", True))
 
 
 def _copy(resp: IO[bytes], out: IO[bytes], advance: _Advance) -> None:
@@ -307,7 +362,7 @@ def _copy(resp: IO[bytes], out: IO[bytes], advance: _Advance) -> None:
             advance(len(chunk))
     except (OSError, http.client.HTTPException) as exc:
         out.flush()
-        raise _Transient(f"connection lost: {exc or type(exc).__name__}") from None
+        raise AttemptFailed(judge(exc)) from None
 
 
 class _Advance:

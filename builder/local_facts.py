@@ -20,6 +20,7 @@ from builder.digest import Stamp
 from builder.disk import detect_image_format, foreign_format
 from builder.errors import AzbuildError, CommandError, UsageError
 from builder.fetch import local_iso
+from builder.inputs import verify_source_image
 from builder.iso import InstallerPaths, installer_and_label
 from builder.models import ShellProvisioner, Template
 from builder.qemu_img import virtual_size
@@ -74,7 +75,8 @@ def read_local_facts(template: Template) -> tuple[LocalFacts, Found]:
                 found.append((("source", key), exc.message))
     image = None
     if source.disk_image is not None and source.disk_image.is_file():
-        image, problems = read_image_facts(source.disk_image)
+        # Inspected by the template's checks (validate) and by the build's step, not here.
+        image, problems = read_image_facts(source.disk_image, inspect=False)
         found.extend(problems)
     scripts, problems = read_scripts(template)
     found.extend(problems)
@@ -99,10 +101,13 @@ def _iso_facts(path: Path, stamp: Stamp, distro_name: str, distro_version: str,
     return IsoFacts(path=path, label=label, installer=installer)
 
 
-def read_image_facts(image: Path) -> tuple[ImageFacts | None, Found]:
+def read_image_facts(image: Path, inspect: bool = True) -> tuple[ImageFacts | None, Found]:
     """The image's format and virtual size; a format the build cannot start from, a file
     that is no disk image (compressed, an ISO), or an image qemu-img cannot read, is a
-    problem. (Whether it is whole is checked by the build's first step.)"""
+    problem. With `inspect`, so is anything the build's source-disk step refuses
+    (builder/inputs.py: HTML, random bytes, zeros, a truncated or corrupt image): what
+    validate and render check. A build leaves that to its source-disk step, which then
+    fails with its manifest and log."""
     loc: KeyPath = ("source", "disk_image")
     image_format = detect_image_format(image)
     if image_format.name not in STARTABLE_FORMATS:
@@ -113,6 +118,12 @@ def read_image_facts(image: Path) -> tuple[ImageFacts | None, Found]:
         what, fix = foreign
         return None, [(loc, f"{image} is {what}, not a disk image azbuild starts from (raw, "
                             f"qcow2, VHD or VHDX): {fix}")]
+    if inspect:
+        try:
+            verify_source_image(image, image_format, role="source.disk_image")
+        except UsageError as exc:
+            message = exc.message.removeprefix("source.disk_image ")
+            return None, [(loc, message + (f": {exc.hint}" if exc.hint else ""))]
     try:
         size: int | None = virtual_size(image, image_format.qemu_format)
     except CommandError as exc:

@@ -10,13 +10,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import Any
 
 from builder.redact import RedactingFilter
 
 ROOT = "azbuild"
 # Our modules log under their import names (`builder.ssh`, `builder.answers`) and the
 # CLI under "azbuild"; all three trees get the same handlers. Third-party loggers
-# (paramiko) stay out of the user's output.
+# (paramiko, the Azure SDK) show warnings and errors only, through a handler of the same
+# format on the root logger (`_route_third_party`).
 LOGGER_TREES = (ROOT, "builder", "distros")
 log = logging.getLogger(ROOT)
 _format = "text"  # what setup() chose; progress reporting follows it
@@ -82,27 +84,68 @@ class JsonFormatter(logging.Formatter):
 def setup(debug: bool = False, log_format: str = "text") -> None:
     global _format
     _format = log_format
-    handler: logging.Handler
-    if log_format == "json":
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(JsonFormatter())
-    elif sys.stderr.isatty():
-        from rich.logging import RichHandler
-
-        handler = RichHandler(show_path=False, markup=False, rich_tracebacks=False)
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s",
-                                               "%H:%M:%S"))
-    handler.setLevel(logging.DEBUG if debug else logging.INFO)
-    handler.addFilter(RedactingFilter())
-    handler.addFilter(BuildFilter())
+    handler = _handler(log_format, logging.DEBUG if debug else logging.INFO)
     for name in LOGGER_TREES:
         tree = logging.getLogger(name)
         tree.handlers.clear()
         tree.setLevel(logging.DEBUG)
         tree.propagate = False
         tree.addHandler(handler)
+    _route_third_party(log_format, debug)
+
+
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever sys.stderr is when a record comes, not to the stream it was set
+    up with: a record from a thread the SDK left behind never meets a closed stream."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
+def _handler(log_format: str, level: int) -> logging.Handler:
+    handler: logging.Handler
+    if log_format == "json":
+        handler = StderrHandler()
+        handler.setFormatter(JsonFormatter())
+    elif sys.stderr.isatty():
+        from rich.logging import RichHandler
+
+        handler = RichHandler(show_path=False, markup=False, rich_tracebacks=False)
+    else:
+        handler = StderrHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s",
+                                               "%H:%M:%S"))
+    handler.setLevel(level)
+    handler.addFilter(RedactingFilter())
+    handler.addFilter(BuildFilter())
+    return handler
+
+
+# Third-party loggers whose debug lines --debug shows (the Azure SDK's: requests, retries,
+# which credential answered); without it they show warnings and errors only.
+DEBUG_THIRD_PARTY = ("azure", "msal")
+_THIRD_PARTY_MARK = "azbuild_third_party"
+
+
+def _route_third_party(log_format: str, debug: bool) -> None:
+    """Every other library's records (the Azure SDK's, MSAL's, urllib3's, paramiko's, and
+    Python warnings) go through a handler like ours, on the root logger: formatted alike
+    (one JSON object per line under --log-format json) and secrets masked, instead of
+    Python's last-resort handler printing bare text on stderr."""
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, _THIRD_PARTY_MARK, False)]:
+        root.removeHandler(old)
+    handler = _handler(log_format, logging.DEBUG if debug else logging.WARNING)
+    setattr(handler, _THIRD_PARTY_MARK, True)
+    root.addHandler(handler)
+    for name in DEBUG_THIRD_PARTY:
+        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.NOTSET)
+    logging.captureWarnings(True)
 
 
 def current_format() -> str:

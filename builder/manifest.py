@@ -63,10 +63,34 @@ class Artifact(Record):
 class CheckLine(Record):
     """One line of the Azure-readiness check (`azbuild check`)."""
 
-    id: str = Field(description="R01..R13, or another id for an extra finding (a warning)")
+    id: str = Field(description="R01..R15, or another id for an extra finding (a warning)")
     status: Literal["pass", "fail", "warn", "skip"] = Field(description="the verdict")
     title: str = Field(description="what the requirement asks")
     evidence: str = Field(description="what was found")
+
+
+class SimulationLine(Record):
+    """One assertion of the simulation (`azbuild simulate`)."""
+
+    id: str = Field(description="ready, no-failure-after-ready, ssh, user, sudo, hostname, "
+                    "password-auth, custom-data, agent-errors, resource-disk, ...")
+    status: Literal["pass", "fail", "info"] = Field(description="the verdict")
+    title: str = Field(description="what was asserted")
+    evidence: str = Field(description="what was seen")
+
+
+class Simulation(Record):
+    """The first boot as Azure provisions it, simulated offline (docs/simulate.md)."""
+
+    status: Literal["passed", "failed", "skipped"] = Field(description="the verdict")
+    reason: str | None = Field(None, description="why it was skipped, or could not run")
+    seconds_to_ready: float | None = Field(
+        None, description="from the VM's start to the agent's first Ready report")
+    seconds_to_ssh: float | None = Field(
+        None, description="from the VM's start to the first SSH login")
+    agents: list[str] = Field(default_factory=list,
+                              description="the User-Agents that reported Ready")
+    assertions: list[SimulationLine] = Field(default_factory=list)
 
 
 class Time(Record):
@@ -160,7 +184,9 @@ class Manifest(Record):
     template: str = Field(description="the template's name")
     template_sha256: str = Field(
         pattern="^[0-9a-f]{64}$",
-        description="SHA-256 of the resolved template (layers, variables and all)")
+        description="the template's identity: SHA-256 of the resolved template (layers, "
+        "variables and all) with its ${build.*} references as written, without "
+        "output.directory and secrets; the same for two builds of an unchanged template")
     distro: Distro
     azbuild_version: str = Field(description="the azbuild that built it")
     started: str = Field(description="when the build started, ISO 8601 with time zone")
@@ -177,9 +203,12 @@ class Manifest(Record):
     skipped_requirements: dict[str, str] = Field(
         description="requirement id to the reason the template gives for skipping it")
     ready: bool | None = Field(
-        description="the Azure-readiness verdict; null when the check did not run")
+        description="the Azure-readiness verdict: the check passed and the simulation "
+        "passed or was skipped; null when the check did not run")
     check: list[CheckLine] | None = Field(
         description="the check's lines; null when the check did not run")
+    simulation: Simulation | None = Field(
+        description="the simulated first boot; null when the build ended before it")
     publish: list[dict[str, Any]] = Field(
         description="one record per [[publish]] entry run, in order: type, what was sent "
         "and skipped, the blob's URL (no SAS), the Azure resources created, duration, and "
@@ -232,9 +261,11 @@ def build_manifest(ctx: BuildContext, failure: Failure | None, logs: list[str],
                    if path.is_file()] if with_artifacts else [],
         logs=logs,
         skipped_requirements=dict(template.azure.skip),
-        ready=report.ready if report else None,
+        ready=(report.ready and (ctx.simulation is None or ctx.simulation.status != "failed"))
+        if report else None,
         check=[CheckLine(id=c.id, status=c.status, title=c.title, evidence=c.evidence)
                for c in report.checks] if report else None,
+        simulation=ctx.simulation,
         publish=list(ctx.published),
         steps=dict(ctx.timer.timings),
         time=Time(

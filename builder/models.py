@@ -31,6 +31,7 @@ from builder.requirements import (
     DEFAULT_ARGS_ADD,
     DEFAULT_ARGS_REMOVE,
     HYPERV_MODULES,
+    ID_RANGE,
     TITLES,
     arg_matches,
 )
@@ -51,6 +52,15 @@ _RHSM_RE = r"^[A-Za-z0-9._:-]{1,255}$"
 _CHECKSUM_RE = re.compile(r"^(sha256:[0-9a-fA-F]{64}|sha512:[0-9a-fA-F]{128}|file:.+)$")
 _LOCALE_RE = re.compile(r"^(?P<base>[a-z]{2,3}_[A-Z]{2})(?:\.[A-Za-z0-9-]+)?(?P<mod>@[a-z]+)?$")
 _MIB = 1024 * 1024
+
+
+_ENV_NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+def _items_matching(pattern: str) -> dict[str, Any]:
+    """The schema of a list field whose items the field's validator checks with `pattern`,
+    for editors (the validator remains what decides)."""
+    return {"items": {"type": "string", "pattern": pattern}}
 
 
 class Model(BaseModel):
@@ -81,7 +91,7 @@ class Source(Model):
         None, description="installer ISO: a local path (relative to the template) or http(s) URL"
     )
     checksum: str | None = Field(
-        None,
+        None, json_schema_extra={"pattern": _CHECKSUM_RE.pattern},
         description="'sha256:<hex>', 'sha512:<hex>', or 'file:<URL or path>' of a checksum file"
         " (GNU or BSD format); required with `iso`, optional with `disk_image` (verified"
         " before the image is copied)",
@@ -196,7 +206,8 @@ class Install(Model):
     timeout: Duration = Field(3600.0, description="bound on the whole install")
     answer_file: Path | None = _path_field("your own answer-file template instead of the distro's")
     kernel_args: list[str] = Field(
-        default_factory=list, description="extra installer kernel arguments, one word each"
+        default_factory=list, json_schema_extra=_items_matching(r"^\S+$"),
+        description="extra installer kernel arguments, one word each",
     )
     packages: list[str] = Field(default_factory=list, description="extra packages to install")
     locale: str = Field(
@@ -293,7 +304,8 @@ class Communicator(Model):
 
     type: Literal["ssh"] = Field("ssh", description="only SSH for now")
     username: str = Field(
-        "azbuild", description="the build's user in the guest, removed at the end: a login"
+        "azbuild", json_schema_extra={"pattern": USER_RE.pattern, "not": {"const": "root"}},
+        description="the build's user in the guest, removed at the end: a login"
         " name (lower-case letters, digits, '_', '-'), not root",
     )
     password: str | None = Field(
@@ -319,13 +331,22 @@ class Communicator(Model):
         return value
 
 
+def _provisioner_name() -> Any:
+    return Field(None, description="names the provisioner in the log and the manifest; a "
+                 "later file replaces it with one of the same name (in its place) or removes "
+                 "it ([remove] provision = [NAME])")
+
+
 class ShellProvisioner(Model):
     """Runs commands in the guest: `inline` or `script`, exactly one."""
 
     type: Literal["shell"] = Field(description="the kind of provisioner")
+    name: str | None = _provisioner_name()
     inline: list[str] | None = Field(None, description="commands, run one after the other")
     script: Path | None = _path_field("a local script, uploaded and run")
-    env: dict[str, str] = Field(default_factory=dict, description="environment variables")
+    env: dict[str, str] = Field(
+        default_factory=dict, description="environment variables",
+        json_schema_extra={"propertyNames": {"pattern": _ENV_NAME_RE}})
     sudo: bool = Field(True, description="run as root through sudo")
     timeout: Duration = Field(7200.0, description="bound on this provisioner")
     cache: bool = Field(
@@ -336,7 +357,7 @@ class ShellProvisioner(Model):
     @field_validator("env")
     @classmethod
     def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
-        bad = [name for name in value if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name)]
+        bad = [name for name in value if not re.match(_ENV_NAME_RE, name)]
         if bad:
             raise ValueError(
                 "expected environment variable names (letters, digits and '_', not starting"
@@ -355,10 +376,12 @@ class FileProvisioner(Model):
     """Uploads a local file to the guest."""
 
     type: Literal["file"] = Field(description="the kind of provisioner")
+    name: str | None = _provisioner_name()
     source: Path = Field(
         strict=False, description="the local file, or a directory uploaded as a tree"
     )
-    destination: str = Field(description="absolute path in the guest (starts with '/')")
+    destination: str = Field(json_schema_extra={"pattern": "^/"},
+                             description="absolute path in the guest (starts with '/')")
     mode: str | None = Field(
         None, json_schema_extra={"pattern": _MODE_RE}, description="octal file mode, e.g. '0644'"
     )
@@ -387,6 +410,7 @@ class RebootProvisioner(Model):
     """Reboots the guest and waits for SSH again."""
 
     type: Literal["reboot"] = Field(description="the kind of provisioner")
+    name: str | None = _provisioner_name()
     timeout: Duration = Field(600.0, description="bound on the wait for SSH after the reboot")
     cache: bool = Field(
         False, description="a stage-cache point: after this provisioner azbuild shuts the "
@@ -407,7 +431,8 @@ class AgentSettings(Model):
         "ext4", description="its filesystem"
     )
     resource_disk_mount_point: str = Field(
-        "/mnt/resource", description="where it is mounted: a plain absolute path"
+        "/mnt/resource", json_schema_extra={"pattern": PATH_RE.pattern},
+        description="where it is mounted: a plain absolute path",
     )
     enable_swap: bool = Field(True, description="swap on the resource disk")
     swap_size: Size = Field(2048 * 1024**2, description="size of that swap (whole MiB)")
@@ -441,16 +466,19 @@ class Azure(Model):
     )
     kernel_args_add: list[str] = Field(
         default_factory=lambda: [*DEFAULT_ARGS_ADD, STABLE_NIC_NAMES],
+        json_schema_extra=_items_matching(KARG_RE.pattern),
         description="kernel arguments added to the bootloader defaults (R07); plain words:"
         " letters, digits and _ . , : = + / @ -",
     )
     kernel_args_remove: list[str] = Field(
         default_factory=lambda: list(DEFAULT_ARGS_REMOVE),
+        json_schema_extra=_items_matching(KARG_RE.pattern),
         description="kernel arguments removed from the bootloader defaults (R07); plain"
         " words as for kernel_args_add",
     )
     hyperv_modules: list[str] = Field(
         default_factory=lambda: list(HYPERV_MODULES),
+        json_schema_extra=_items_matching(MODULE_RE.pattern),
         description="modules forced into every initrd (R05)",
     )
     agent: AgentSettings = Field(
@@ -458,6 +486,8 @@ class Azure(Model):
     )
     skip: dict[str, str] = Field(
         default_factory=dict,
+        json_schema_extra={"propertyNames": {"enum": list(REQUIREMENT_IDS)},
+                           "additionalProperties": {"type": "string", "pattern": r"\S"}},
         description="requirements to leave alone, each with the reason: { R10 = \"...\" }",
     )
 
@@ -505,7 +535,7 @@ class Azure(Model):
         problems = []
         for key, reason in value.items():
             if key not in REQUIREMENT_IDS:
-                problems.append(f"unknown requirement {key!r}; expected one of R01 to R14")
+                problems.append(f"unknown requirement {key!r}; expected one of {ID_RANGE}")
             elif not reason.strip():
                 problems.append(f"skipping {key} needs a reason, found an empty one")
         if problems:
@@ -535,6 +565,19 @@ class Output(Model):
     )
 
 
+class Test(Model):
+    """What the build proves about its image besides the offline check."""
+
+    simulate: bool = Field(
+        True,
+        description="boot the finished image as Azure provisions it (docs/simulate.md): "
+        "the agent's Ready report, then SSH with the ovf-env's user on the first boot; "
+        "the image is ready only if this passes too",
+    )
+    ready_timeout: Duration = Field(
+        900.0, description="bound on the simulation's wait for the agent's Ready report")
+
+
 class Template(Model):
     """A complete, resolved azbuild template."""
 
@@ -559,6 +602,7 @@ class Template(Model):
     azure: Azure = Field(default_factory=Azure)
     shutdown: Shutdown = Field(default_factory=Shutdown)
     output: Output = Field(default_factory=Output)
+    test: Test = Field(default_factory=Test)
     publish: list[PublishEntry] = Field(
         default_factory=list,
         description="where the VHD goes after the check step (docs/publish.md)",

@@ -25,6 +25,7 @@ from typing import IO, TYPE_CHECKING
 
 from builder.errors import (
     EXIT_FAILED,
+    EXIT_INPUT_UNAVAILABLE,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_TERMINATED,
@@ -82,14 +83,16 @@ class Options:
 def route_variables(
     templates: Sequence[Path], cli_vars: dict[str, str], var_files: list[Path]
 ) -> tuple[list[dict[str, str]], list[str]]:
-    """Each template's --var values (only the names it declares), and the names that no
-    template declares (an error, as it is for one template)."""
-    from builder.template import declared_variable_names, var_file_names
+    """Each template's --var values (only the names it declares), and the --var names
+    that no template declares (an error, as it is for one template). A var file's name
+    that no template declares is a warning naming the file and line, as for one."""
+    from builder.template import declared_variable_names, undeclared_var_file_names
 
     declared = [declared_variable_names(t) for t in templates]
-    everyone = set().union(*declared) if declared else set()
-    given = set(cli_vars) | var_file_names(var_files)
-    unknown = sorted(given - everyone)
+    everyone: set[str] = set().union(*declared) if declared else set()
+    for warning in undeclared_var_file_names(var_files, everyone, "any of the templates"):
+        log.warning("%s", warning)
+    unknown = sorted(set(cli_vars) - everyone)
     routed = [{k: v for k, v in cli_vars.items() if k in names} for names in declared]
     return routed, unknown
 
@@ -107,8 +110,7 @@ def plan(templates: Sequence[str], options: Options) -> tuple[list[Job], Problem
     paths = [Path(t) for t in templates]
     routed, unknown = route_variables(paths, options.cli_vars, options.var_files)
     problems: Problems = [
-        (None, UsageError(f"no template declares the variable {name!r} (set by --var or "
-                          "--var-file)"))
+        (None, UsageError(f"no template declares the variable {name!r} (set by --var)"))
         for name in unknown]
     jobs: list[Job] = []
     for path, cli_vars in zip(paths, routed, strict=True):
@@ -121,34 +123,34 @@ def plan(templates: Sequence[str], options: Options) -> tuple[list[Job], Problem
             problems.append((path, exc))
             continue
         job = job_of(loaded, path, options.output_dir)
-        jobs.append(replace(job, argv=child_argv(path, job.output_dir, cli_vars, options,
-                                                 loaded.build)))
+        jobs.append(replace(job, argv=child_argv(path, cli_vars, options, loaded.build)))
     problems += [(None, UsageError(text)) for text in collisions(jobs)]
     return jobs, problems
 
 
 def job_of(loaded: LoadedTemplate, path: Path, output_dir: Path | None) -> Job:
     """The validated template `loaded` as a build of several would schedule it: its output
-    directory is <output_dir>/<name>, or without --output-dir the template's own. The
-    argv is left to the caller (validate has none to run)."""
+    directory (build_directory's). The argv is left to the caller (validate has none)."""
     from builder.context import BuildOptions
     from builder.pipeline import output_directory
 
     name = loaded.template.name
-    out = (output_dir.absolute() / name if output_dir is not None
-           else output_directory(loaded, BuildOptions()))
+    out = output_directory(loaded, BuildOptions(output_dir=build_directory(loaded,
+                                                                           output_dir)))
     return Job(name=name, template=path, output_dir=out, memory=loaded.template.vm.memory,
                argv=[])
 
 
-def child_argv(template: Path, output_dir: Path, cli_vars: dict[str, str],
-               options: Options, build: BuildInfo) -> list[str]:
+def child_argv(template: Path, cli_vars: dict[str, str], options: Options,
+               build: BuildInfo) -> list[str]:
     """The child's `azbuild build`. It runs under the identity its template was validated
     with, so that an output.directory naming ${build.id} or ${build.date} is the one
-    checked for collisions and read back for the summary."""
-    argv = [sys.executable, "-m", "builder", "build", str(template),
-            "--output-dir", str(output_dir), *options.passthrough,
+    checked for collisions and read back for the summary; --output-dir DIR puts it in
+    DIR/<name>/ as it does every build."""
+    argv = [sys.executable, "-m", "builder", "build", str(template), *options.passthrough,
             BUILD_IDENTITY, format_build_identity(build)]
+    if options.output_dir is not None:
+        argv += ["--output-dir", str(options.output_dir.absolute())]
     for name, value in cli_vars.items():
         argv += ["--var", f"{name}={value}"]
     for var_file in options.var_files:
@@ -156,6 +158,33 @@ def child_argv(template: Path, output_dir: Path, cli_vars: dict[str, str],
     if options.var_files:
         argv.append(SHARED_VAR_FILES)
     return argv
+
+
+def build_directory(loaded: LoadedTemplate, output_dir: Path | None) -> Path | None:
+    """Where --output-dir DIR puts a build, one template or many: DIR/<name>/ (None
+    without --output-dir: the template's output.directory)."""
+    return output_dir.absolute() / loaded.template.name if output_dir is not None else None
+
+
+def summarise_one(job: Job, exit_code: int, started: datetime, seconds: float,
+                  manifest_before: tuple[int, int] | None, summary_file: Path) -> None:
+    """summary.json of a one-template build with --output-dir, as several templates have
+    one; a summary that cannot be written is a warning (the build's own result stands)."""
+    outcome = Outcome(job, exit_code, seconds, manifest_before=manifest_before)
+    entries = [entry(outcome)]
+    summary = new_summary(started=started.isoformat(timespec="seconds"),
+                          finished=datetime.now(UTC).isoformat(timespec="seconds"),
+                          wall_seconds=round(seconds, 1), jobs=1, exit_code=exit_code,
+                          builds=entries)
+    try:
+        write_summary(summary, summary_file)
+    except OSError as exc:
+        log.warning("cannot write %s: %s", summary_file, exc.strerror or exc)
+
+
+def manifest_stat(output_dir: Path) -> tuple[int, int] | None:
+    """What tells an earlier build's manifest.json from the one a build is about to write."""
+    return _stat(output_dir / "manifest.json")
 
 
 # Hidden option of `azbuild build`: the build's id and time (see child_argv).
@@ -265,7 +294,7 @@ class Outcome:
 def _stat(path: Path) -> tuple[int, int] | None:
     try:
         st = path.stat()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
     return st.st_mtime_ns, st.st_ino
 
@@ -339,7 +368,7 @@ class Runner:
         level = logging.INFO if "anyway" not in decision.reason else logging.WARNING
         log.log(level, "[%s] starting %s: %s", job.name, job.template, decision.reason,
                 extra=_tags(job.name))
-        before = _stat(job.output_dir / "manifest.json")
+        before = manifest_stat(job.output_dir)
         # Its own session: a terminal's Ctrl-C reaches the parent only, which forwards one
         # SIGTERM (a second signal during a child's cleanup could cut it short). No signal
         # mask here: the child would inherit it and never see the SIGTERM.
@@ -423,7 +452,10 @@ def exit_code_of(entries: Sequence[BuildEntry], interrupt: BaseException | None)
         return EXIT_TERMINATED
     if interrupt is not None:
         return EXIT_INTERRUPTED
-    return EXIT_OK if all(e.status == "succeeded" for e in entries) else EXIT_FAILED
+    failed = [e for e in entries if e.status != "succeeded"]
+    if failed and all(e.exit_code == EXIT_INPUT_UNAVAILABLE for e in failed):
+        return EXIT_INPUT_UNAVAILABLE  # nothing but unavailable inputs: say so, as one build does
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def run_builds(jobs: Sequence[Job], limit: int, log_format: str, summary_file: Path,

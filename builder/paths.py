@@ -13,6 +13,11 @@ WORK_ENV = "AZBUILD_WORK_DIR"
 BUILD_LOG = "build.log"
 INSTALL_CONSOLE = "install-serial.log"
 BOOT_CONSOLE = "serial.log"
+# The simulated first boot's console and the fabric's requests (docs/simulate.md).
+SIMULATE_CONSOLE = "simulate-console.log"
+SIMULATE_REQUESTS = "simulate-fabric.jsonl"
+# What a failed build keeps of its work directory, in this order.
+KEPT_ON_FAILURE = (INSTALL_CONSOLE, BOOT_CONSOLE, SIMULATE_CONSOLE, SIMULATE_REQUESTS)
 
 
 def _is_root() -> bool:

@@ -40,7 +40,7 @@ class Origin:
 def provenance(loaded: LoadedTemplate) -> list[Origin]:
     """One Origin per value of the resolved template (as `inspect` shows it), in its order."""
     origins: list[Origin] = []
-    for path, value in _leaves(loaded.redacted_dict(), ()):
+    for path, value in _leaves(loaded.redacted_dict(), (), loaded.origins):
         key = _dotted(path)
         if path[0] == "variables" and len(path) == 2:
             origins.append(_variable_origin(loaded, key, value, str(path[1])))
@@ -73,12 +73,17 @@ def _file_kind(loaded: LoadedTemplate, file: Path) -> str:
     return "template" if file == loaded.path else "layer"
 
 
-def _leaves(data: Any, path: KeyPath) -> list[tuple[KeyPath, Any]]:
-    """(key path, value) of every value that is not a table; a list of tables is walked into."""
+def _leaves(data: Any, path: KeyPath, origins: dict[KeyPath, Path]) -> list[tuple[KeyPath, Any]]:
+    """(key path, value) of every value that is not a table; a list of tables is walked into,
+    and so is a list whose items files set one by one (layers append to it): item by item."""
     if isinstance(data, dict) and (data or not path):
-        return [leaf for key, value in data.items() for leaf in _leaves(value, (*path, key))]
-    if isinstance(data, list) and data and all(isinstance(item, dict) for item in data):
-        return [leaf for index, item in enumerate(data) for leaf in _leaves(item, (*path, index))]
+        return [leaf for key, value in data.items()
+                for leaf in _leaves(value, (*path, key), origins)]
+    by_item = isinstance(data, list) and data and (
+        all(isinstance(item, dict) for item in data) or (*path, 0) in origins)
+    if by_item:
+        return [leaf for index, item in enumerate(data)
+                for leaf in _leaves(item, (*path, index), origins)]
     return [(path, data)]
 
 

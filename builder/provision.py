@@ -33,7 +33,13 @@ AnyProvisioner = ShellProvisioner | FileProvisioner | RebootProvisioner
 
 
 def describe(provisioner: AnyProvisioner) -> str:
-    """`shell: apt-get update ...`, `shell: setup.sh`, `file: a -> /etc/a`, `reboot`."""
+    """`shell: apt-get update ...`, `shell: setup.sh`, `file: a -> /etc/a`, `reboot`; with
+    the provisioner's name first when it has one: `agent (shell: setup.sh)`."""
+    text = _what(provisioner)
+    return f"{provisioner.name} ({text})" if provisioner.name else text
+
+
+def _what(provisioner: AnyProvisioner) -> str:
     if isinstance(provisioner, ShellProvisioner):
         if provisioner.script is not None:
             return f"shell: {provisioner.script.name}"

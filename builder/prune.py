@@ -1,11 +1,15 @@
-"""`azbuild prune`: keep the N newest builds of each template in an output directory.
+"""`azbuild prune`: keep the N newest good builds of each template in an output directory.
 
 A build is a directory under the output directory (at any depth, not inside another
 build) that holds a manifest.json; its template is the manifest's `template` and its age
-the manifest's `finished`. Anything else is never removed: a directory without a
-readable manifest, a symbolic link, a file. A build is removed whole: renamed to a
-hidden name first, so a removal cut short leaves no half build that passes for a whole
-one, and the next prune finishes it.
+the manifest's `finished`. A good build succeeded and was found ready; only good builds
+count towards N, so failed nights never push the last good image out. A build that is
+not good is kept while it is newer than the newest good build (to diagnose it), and
+removed once a good build came after it. Anything else is never removed: a directory
+without a readable manifest, a symbolic link, a file. A build is removed whole: renamed
+to a hidden name first, so a removal cut short leaves no half build that passes for a
+whole one, and the next prune finishes it. Directories the removals leave empty go too,
+and so does a summary.json none of whose builds is left.
 """
 
 from __future__ import annotations
@@ -14,13 +18,15 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any, Literal
 
 from builder.errors import AzbuildError, UsageError
 from builder.manifest import MANIFEST_FILE
+from builder.summary import SUMMARY_FILE
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +40,18 @@ class Build:
     template: str
     finished: datetime
     status: str
+    ready: bool | None = None
+
+    @property
+    def good(self) -> bool:
+        """Succeeded and found ready: an image to keep."""
+        return self.status == "succeeded" and self.ready is True
+
+    def state(self) -> str:
+        if self.status != "succeeded":
+            return self.status
+        return "succeeded, ready" if self.ready else "succeeded, not ready" \
+            if self.ready is False else "succeeded, not checked"
 
 
 @dataclass
@@ -45,15 +63,80 @@ class Scan:
     left_alone: list[tuple[Path, str]] = field(default_factory=list)
     # Removals an earlier prune began and did not finish.
     unfinished: list[Path] = field(default_factory=list)
+    summaries: list[Path] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
-class Plan:
-    """Every build, by template name and newest first (ties: the later path first), and which
-    of them go."""
+class Decision:
+    """One build kept or removed, and why."""
 
-    builds: list[Build]
-    remove: set[Path]
+    build: Build
+    remove: bool
+    reason: str
+
+
+Action = Literal["keep", "remove", "not removed", "left alone"]
+
+
+@dataclass(frozen=True)
+class Event:
+    """What prune did (or, in a dry run, would do) with one path."""
+
+    action: Action
+    path: Path
+    reason: str
+    build: Build | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"path": str(self.path), "reason": self.reason}
+        if self.build is not None:
+            data.update(template=self.build.template,
+                        finished=self.build.finished.isoformat(),
+                        status=self.build.status, ready=self.build.ready)
+        return data
+
+
+@dataclass
+class Outcome:
+    """Everything prune did, in order, and the counts of its last line."""
+
+    keep: int
+    dry_run: bool
+    events: list[Event] = field(default_factory=list)
+    builds: int = 0
+    templates: int = 0
+    failures: list[str] = field(default_factory=list)
+
+    def of(self, action: Action) -> list[Event]:
+        return [e for e in self.events if e.action == action]
+
+    def last_line(self) -> str:
+        counts = (f"{_count(self.builds, 'build')} of {_count(self.templates, 'template')},"
+                  f" keeping up to {self.keep} good each")
+        removed = len([e for e in self.of("remove") if e.build is not None])
+        if self.dry_run:
+            return f"dry run: would remove {removed} of {counts}; nothing was removed"
+        return f"removed {removed} of {counts}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "keep": self.keep,
+            "removed": [e.to_json() for e in self.of("remove")],
+            "kept": [e.to_json() for e in self.of("keep")],
+            "not_removed": [e.to_json() for e in self.of("not removed")],
+            "left_alone": [e.to_json() for e in self.of("left alone")],
+        }
+
+    def raise_failures(self) -> None:
+        """AzbuildError naming what could not be removed, if anything."""
+        if self.failures:
+            count = len(self.failures)
+            raise AzbuildError(
+                f"could not remove {count} path{'' if count == 1 else 's'}:\n"
+                + "\n".join(f"  - {failure}" for failure in self.failures),
+                hint="check the permissions there, then run azbuild prune again",
+            )
 
 
 def read_build(directory: Path) -> Build | str:
@@ -76,8 +159,9 @@ def read_build(directory: Path) -> Build | str:
         when = None
     if when is None or when.tzinfo is None:
         return f"{MANIFEST_FILE} has no finished time (ISO 8601 with a time zone)"
-    status = data.get("status")
-    return Build(directory, template, when, status if isinstance(status, str) else "unknown")
+    status, ready = data.get("status"), data.get("ready")
+    return Build(directory, template, when, status if isinstance(status, str) else "unknown",
+                 ready if isinstance(ready, bool) else None)
 
 
 def scan(output_dir: Path) -> Scan:
@@ -102,6 +186,8 @@ def _scan_into(directory: Path, found: Scan) -> bool:
                 something = True
             continue
         if not entry.is_dir():
+            if entry.name == SUMMARY_FILE:
+                found.summaries.append(entry)
             continue
         if entry.name.startswith(REMOVING_PREFIX):
             found.unfinished.append(entry)
@@ -123,19 +209,38 @@ def _scan_into(directory: Path, found: Scan) -> bool:
     return something
 
 
-def plan(builds: list[Build], keep: int) -> Plan:
-    """The `keep` newest builds of each template kept, the others removed."""
+def plan(builds: list[Build], keep: int) -> list[Decision]:
+    """For each template, newest first (ties: the later path first): the `keep` newest good
+    builds kept, and the builds that are not good while newer than the newest good one."""
     by_template: dict[str, list[Build]] = {}
     for build in builds:
         by_template.setdefault(build.template, []).append(build)
-    ordered: list[Build] = []
-    remove: set[Path] = set()
+    decisions: list[Decision] = []
     for template in sorted(by_template):
         newest_first = sorted(by_template[template], key=lambda b: (b.finished, str(b.path)),
                               reverse=True)
-        ordered += newest_first
-        remove.update(build.path for build in newest_first[keep:])
-    return Plan(builds=ordered, remove=remove)
+        good = 0
+        for build in newest_first:
+            if build.good:
+                good += 1
+                decisions.append(Decision(build, good > keep, _good_reason(good, keep)))
+            elif good == 0:
+                decisions.append(Decision(build, False, (
+                    "not good, and newer than the newest good build: kept to diagnose it"
+                    if any(b.good for b in newest_first) else
+                    "not good, and no good build of this template: kept to diagnose it")))
+            else:
+                decisions.append(Decision(build, True, "not good, and a newer good build "
+                                          "exists"))
+    return decisions
+
+
+def _good_reason(rank: int, keep: int) -> str:
+    if rank == 1:
+        return "the newest good build (never removed)"
+    if rank <= keep:
+        return f"good, one of the {keep} newest good builds"
+    return f"good, older than the {keep} newest good builds"
 
 
 def check_arguments(output_dir: Path, keep: int) -> None:
@@ -154,49 +259,99 @@ def check_arguments(output_dir: Path, keep: int) -> None:
         )
 
 
-def prune(output_dir: Path, keep: int, dry_run: bool) -> Iterator[str]:
-    """Lines saying what is kept, removed and left alone, as the removals happen; raises
-    AzbuildError at the end when something could not be removed."""
+def prune(output_dir: Path, keep: int, dry_run: bool,
+          on_event: Callable[[Event], None] = lambda event: None) -> Outcome:
+    """Remove (or, with `dry_run`, only decide) what goes; `on_event` hears of each path as
+    it is handled. What could not be removed is in the outcome's failures."""
     check_arguments(output_dir, keep)
     found = scan(output_dir)
-    decided = plan(found.builds, keep)
-    removing = "would remove" if dry_run else "removed"
-    failures: list[str] = []
+    outcome = Outcome(keep=keep, dry_run=dry_run, builds=len(found.builds),
+                      templates=len({build.template for build in found.builds}))
+
+    def said(event: Event) -> None:
+        outcome.events.append(event)
+        on_event(event)
+
+    failures = outcome.failures
     for path in found.unfinished:
         error = None if dry_run else _remove_tree(path)
         if error is not None:
             failures.append(f"{path}: {error}")
-        yield _line(removing if error is None else "NOT removed",
-                    f"{path} (an interrupted prune's)" + (f": {error}" if error else ""))
-    removed = 0
-    for build in decided.builds:
-        described = f"{build.path}  ({build.template}, finished {build.finished.isoformat()}," \
-            f" {build.status})"
-        if build.path not in decided.remove:
-            yield _line("keep", described)
+        said(Event("not removed" if error else "remove", path,
+                   f"an interrupted prune's{': ' + error if error else ''}"))
+    gone: set[Path] = set()
+    for decision in plan(found.builds, keep):
+        build = decision.build
+        if not decision.remove:
+            said(Event("keep", build.path, decision.reason, build))
             continue
         error = None if dry_run else remove_build(build.path)
         if error is not None:
             failures.append(f"{build.path}: {error}")
-            yield _line("NOT removed", f"{described}: {error}")
-        else:
-            removed += 1
-            yield _line(removing, described)
+            said(Event("not removed", build.path, f"{decision.reason}; {error}", build))
+            continue
+        gone.add(build.path.absolute())
+        said(Event("remove", build.path, decision.reason, build))
+        if not dry_run:
+            _remove_empty_parents(build.path, output_dir)
+    for summary in found.summaries:
+        if _all_builds_gone(summary, gone):
+            error = None if dry_run else _remove_file(summary)
+            if error is not None:
+                failures.append(f"{summary}: {error}")
+            said(Event("not removed" if error else "remove", summary,
+                       f"none of its builds is left{': ' + error if error else ''}"))
+            if not dry_run and error is None:
+                _remove_empty_parents(summary, output_dir)
     for path, reason in found.left_alone:
-        yield _line("left alone", f"{path}: {reason}")
-    templates = len({build.template for build in found.builds})
-    counts = (f"{_count(len(found.builds), 'build')} of {_count(templates, 'template')},"
-              f" keeping up to {keep} each")
-    if dry_run:
-        yield f"dry run: would remove {len(decided.remove)} of {counts}; nothing was removed"
-    else:
-        yield f"removed {removed} of {counts}"
-    if failures:
-        raise AzbuildError(
-            f"could not remove {len(failures)} director{'y' if len(failures) == 1 else 'ies'}:\n"
-            + "\n".join(f"  - {failure}" for failure in failures),
-            hint="check the permissions there, then run azbuild prune again",
-        )
+        said(Event("left alone", path, reason))
+    return outcome
+
+
+def describe(event: Event, dry_run: bool) -> str:
+    """One line of prune's text output."""
+    action = {"remove": "would remove" if dry_run else "removed"}.get(event.action,
+                                                                      event.action)
+    if event.build is None:
+        return _line("NOT removed" if event.action == "not removed" else action,
+                     f"{event.path}: {event.reason}")
+    build = event.build
+    return _line("NOT removed" if event.action == "not removed" else action,
+                 f"{build.path}  ({build.template}, finished {build.finished.isoformat()},"
+                 f" {build.state()}): {event.reason}")
+
+
+def _all_builds_gone(summary: Path, gone: set[Path]) -> bool:
+    """True when every build a summary.json lists is removed now or was before (a summary
+    that cannot be read, or lists none, is not azbuild's to judge: False)."""
+    try:
+        data = json.loads(summary.read_text(encoding="utf-8"))
+        listed = [Path(entry["output_directory"]) for entry in data["builds"]]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        return False
+    return bool(listed) and all(path in gone or not path.exists() for path in listed)
+
+
+def _remove_empty_parents(path: Path, top: Path) -> None:
+    """Remove the directories above `path` that are left empty, up to `top` (kept)."""
+    parent = path.parent
+    top = top.absolute()
+    while parent.absolute() != top and top in parent.absolute().parents:
+        try:
+            parent.rmdir()
+        except OSError:
+            return  # not empty (or not ours to remove): stop here
+        parent = parent.parent
+
+
+def _remove_file(path: Path) -> str | None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"cannot remove it: {exc.strerror or exc}"
+    return None
 
 
 def _count(number: int, noun: str) -> str:

@@ -17,7 +17,7 @@ Status = Literal["pass", "fail", "warn", "skip"]
 
 @dataclass(frozen=True)
 class CheckResult:
-    id: str  # R01..R14, or another ID for extra findings (always warnings)
+    id: str  # R01..R15, or another ID for extra findings (always warnings)
     status: Status
     evidence: str
     title: str = ""

@@ -16,7 +16,7 @@ from types import MappingProxyType
 
 @dataclass(frozen=True)
 class Requirement:
-    id: str  # R01..R14: what checks, logs and reports name
+    id: str  # R01..R15: what checks, logs and reports name
     title: str  # one line, as `azbuild check` prints it
 
 
@@ -35,13 +35,16 @@ REQUIREMENTS: tuple[Requirement, ...] = (
     Requirement("R12", "generalised (deprovisioned)"),
     Requirement("R13", "shut down cleanly"),
     Requirement("R14", "UEFI fallback boot loader EFI/BOOT/BOOTX64.EFI"),
+    Requirement("R15", "SSH answers on the first boot"),
 )
 # ID -> title, in requirement order (reports sort by it).
 TITLES: Mapping[str, str] = MappingProxyType({r.id: r.title for r in REQUIREMENTS})
+# How messages name the whole range ("R01 to R15").
+ID_RANGE = f"{REQUIREMENTS[0].id} to {REQUIREMENTS[-1].id}"
 IMAGE_IDS = ("R01", "R02")  # judged from the image's bytes
 GUEST_IDS = tuple(r.id for r in REQUIREMENTS if r.id not in IMAGE_IDS)  # judged inside it
 # What the in-guest check (azure-check.sh) judges before deprovisioning; R14 on UEFI too.
-IN_GUEST_IDS = ("R03", "R04", "R05", "R06", "R07", "R08", "R09", "R10", "R11")
+IN_GUEST_IDS = ("R03", "R04", "R05", "R06", "R07", "R08", "R09", "R10", "R11", "R15")
 # R14 does not apply to a BIOS image: what both checks say about it.
 R14_BIOS_SKIP = "BIOS image (Gen1): no EFI system partition, no removable-path loader needed"
 
@@ -217,3 +220,18 @@ MACHINE_ID = "/etc/machine-id"
 # The removable path, the only one a VM with empty UEFI variables tries (on the ESP).
 FALLBACK_LOADER = "EFI/BOOT/BOOTX64.EFI"
 SHIM_MARK = "UEFI SHIM"  # shim's version string, in every shim binary
+
+# ---- R15: SSH host keys made before sshd starts on the first boot
+
+# R12 removes the host keys (SSH_HOST_KEYS); sshd refuses to start without a private one.
+SSH_HOST_PRIVATE_KEYS = "/etc/ssh/ssh_host_*_key"
+# Where a family's sshd makes no keys itself (Debian, Ubuntu), the preparation installs
+# this oneshot unit, enabled and ordered before the SSH server's unit.
+HOST_KEYGEN_UNIT = "azbuild-ssh-host-keygen.service"
+HOST_KEYGEN_UNIT_DIR = "/etc/systemd/system"
+HOST_KEYGEN_COMMAND = "/usr/bin/ssh-keygen -A"  # every missing default key type
+# What the offline check counts as making host keys when it appears in a unit's ExecStart
+# or ExecStartPre (or a SysV init script): OpenSSH's own `ssh-keygen -A`, the RHEL
+# family's `sshd-keygen` (the script of sshd-keygen.service and sshd-keygen@.service),
+# SUSE's `sshd-gen-keys-start` (ExecStartPre of its sshd.service).
+HOST_KEYGEN_PROGRAMS = ("sshd-keygen", "sshd-gen-keys-start")

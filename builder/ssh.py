@@ -292,7 +292,7 @@ def wait_for_ssh(
     port: int,
     *,
     username: str,
-    host_key: str,
+    host_key: str | None,
     pkey: paramiko.PKey | None = None,
     password: str | None = None,
     timeout: float,
@@ -304,14 +304,20 @@ def wait_for_ssh(
 ) -> SSHSession:
     """Wait until the guest's sshd answers with the pinned host key and accepts the login.
 
-    `host_key` is an OpenSSH public key line. Raises BuildError at once on a
+    `host_key` is an OpenSSH public key line, or None to take whatever key the guest
+    offers (only `azbuild simulate`: a first boot makes new keys, as on Azure, inside a
+    private network namespace). Raises BuildError at once on a
     host-key mismatch or when `alive()` turns False, and after `timeout`
     seconds otherwise, saying what was last seen plus `failure_context()`.
     """
     if pkey is None and password is None:
         raise UsageError("SSH needs a private key or a password")
-    key_type, expected_blob = parse_public_line(host_key)
-    expected_fp = fingerprint_blob(expected_blob)
+    key_type: str | None = None
+    expected_blob: bytes | None = None
+    expected_fp = "any (made by the guest)"
+    if host_key is not None:
+        key_type, expected_blob = parse_public_line(host_key)
+        expected_fp = fingerprint_blob(expected_blob)
     start = time.monotonic()
     deadline = start + timeout
     progress = _Progress()
@@ -378,8 +384,8 @@ def wait_for_ssh(
 
 def _handshake(
     sock: socket.socket,
-    key_type: str,
-    expected_blob: bytes,
+    key_type: str | None,
+    expected_blob: bytes | None,
     expected_fp: str,
     where: str,
     deadline: float,
@@ -391,7 +397,8 @@ def _handshake(
     transport.banner_timeout = min(HANDSHAKE_TIMEOUT, remaining)
     transport.handshake_timeout = min(HANDSHAKE_TIMEOUT, remaining)
     # Negotiate the pinned key's algorithm only, as OpenSSH does for a known host.
-    wanted = [a for a in _host_key_algorithms(key_type) if a in transport.preferred_keys]
+    wanted = [a for a in _host_key_algorithms(key_type) if a in transport.preferred_keys] \
+        if key_type else []
     if wanted:
         transport.get_security_options().key_types = wanted
     try:
@@ -405,8 +412,13 @@ def _handshake(
             ) from None
         progress.saw(2, str(exc) or type(exc).__name__)
         return None
-    presented = transport.get_remote_server_key()
-    if presented.asbytes() != expected_blob:
+    try:
+        presented = transport.get_remote_server_key()
+    except paramiko.SSHException as exc:  # the connection dropped right after the handshake
+        transport.close()
+        progress.saw(2, str(exc) or type(exc).__name__)
+        return None
+    if expected_blob is not None and presented.asbytes() != expected_blob:
         transport.close()
         raise _HostKeyMismatch(
             f"host key mismatch on {where}: expected {key_type} {expected_fp}, "
@@ -540,6 +552,24 @@ class SSHSession:
 
     def is_active(self) -> bool:
         return bool(self._transport.is_active())
+
+    def host_key_fingerprint(self) -> str:
+        """`SHA256:...` of the host key the guest presented."""
+        return fingerprint_blob(self._transport.get_remote_server_key().asbytes())
+
+    def auth_methods(self, username: str) -> list[str]:
+        """The authentication methods sshd offers `username` on a fresh connection (an
+        SSH `none` request), as a client that has not logged in yet sees them."""
+        transport = paramiko.Transport((self.host, self.port))
+        try:
+            transport.start_client(timeout=HANDSHAKE_TIMEOUT)
+            try:
+                transport.auth_none(username)
+            except paramiko.BadAuthenticationType as exc:
+                return list(exc.allowed_types)
+            return ["none"]
+        finally:
+            transport.close()
 
     def is_alive(self, timeout: float = 2.0) -> bool:
         """True if the guest's sshd answers a request within timeout seconds."""

@@ -37,7 +37,7 @@ class BuildEntry(Record):
         "succeeded, did not start, or failed before it wrote a manifest")
     error: str | None = Field(description="the manifest's failure.error, secrets masked; null "
                               "as for failing_step")
-    exit_code: int | None = Field(description="the build's exit code (0, 1, 2, 130, 143); "
+    exit_code: int | None = Field(description="the build's exit code (0, 1, 2, 3, 130, 143); "
                                   "null when it did not start")
     duration_seconds: float | None = Field(
         ge=0, description="wall time from the build's start to its end; null when it did not "
@@ -51,7 +51,8 @@ class BuildEntry(Record):
 
 
 class Summary(Record):
-    """summary.json, written by `azbuild build` given several templates."""
+    """summary.json, written by `azbuild build` given several templates, or one with
+    --output-dir."""
 
     model_config = document_config("azbuild build summary")
 
@@ -61,7 +62,9 @@ class Summary(Record):
     wall_seconds: float = Field(ge=0, description="the whole command's wall time")
     jobs: int = Field(ge=1, description="--jobs: how many builds could run at once")
     exit_code: int = Field(description="the command's exit code: 0 every build succeeded, 1 "
-                           "one failed, 130 Ctrl-C, 143 SIGTERM")
+                           "one failed, 3 every one that failed could not fetch its input, "
+                           "130 Ctrl-C, 143 SIGTERM; one template's: the build's own "
+                           "(2 included)")
     builds: list[BuildEntry] = Field(description="one entry per template, in command-line "
                                      "order")
 

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ValidationError
 from builder import redact, template_checks
 from builder.errors import Problem, TemplateError
 from builder.fetch import is_url
+from builder.layer_merge import REMOVE_KEY, LayerMerge, duplicate_names
 from builder.models import Template, Variable
 from builder.toml_lines import KeyPath, line_of
 
@@ -107,6 +108,8 @@ class LoadedTemplate:
     # Variables whose value came from an AZBUILD_VAR_<name> environment variable.
     environment_variables: set[str] = field(default_factory=set)
     build: BuildInfo = field(default_factory=BuildInfo.new)
+    # What the template asks for, whichever build it is (see digest).
+    identity_sha256: str = ""
 
     def redacted_dict(self) -> dict[str, Any]:
         """The resolved template as plain data, every secret masked."""
@@ -123,9 +126,10 @@ class LoadedTemplate:
         return masked
 
     def digest(self) -> str:
-        """sha256 of the resolved template without its secrets (for the manifest)."""
-        canonical = json.dumps(self.redacted_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        """The template's identity for the manifest: sha256 of the resolved template (layers
+        merged, variables substituted) with its `${build.*}` references as written, without
+        output.directory and secrets. Two builds of an unchanged template share it."""
+        return self.identity_sha256
 
 
 def shipped_layers_dir() -> Path:
@@ -190,6 +194,8 @@ def layer_description(path: Path) -> str:
         stripped = line.strip()
         if not stripped.startswith("#"):
             break
+        if stripped.startswith("#:"):  # an editor's directive (taplo's `#:schema URL`)
+            continue
         lines.append(stripped.lstrip("#").strip())
     return " ".join(part for part in lines if part)
 
@@ -223,8 +229,9 @@ def load_template(
 
     Variables: declared defaults < `var_files` (later wins) < AZBUILD_VAR_<name> in `environ`
     (default: os.environ) < `cli_vars`. `build` fixes `${build.*}` (default: a new build).
-    `ignore_undeclared_file_vars`: a var file's name this template does not declare is
-    skipped, not an error (var files shared by several templates of one build command).
+    A var file's name this template does not declare is skipped with a warning naming the
+    file and line, as Packer does; `ignore_undeclared_file_vars`: without the warning
+    (var files shared by several templates of one command, which warns once for them all).
     """
     path = Path(path)
     build = build or BuildInfo.new()
@@ -245,10 +252,15 @@ def load_template(
     overrides, override_origins, given_bases, override_files = _variable_overrides(
         var_files or [], problems
     )
-    if ignore_undeclared_file_vars:
-        for name in [n for n in overrides if n not in declared]:
-            del overrides[name], override_origins[name], given_bases[name]
-            override_files.pop(name, None)
+    # A var file may serve several templates: a name this one does not declare is skipped,
+    # with a warning unless the command's other templates are there to take it.
+    if not ignore_undeclared_file_vars:
+        for warning in undeclared_var_file_names(var_files or [], set(declared),
+                                                 f"{path} or its layers"):
+            log.warning("%s", warning)
+    for name in [n for n in overrides if n not in declared]:
+        del overrides[name], override_origins[name], given_bases[name]
+        override_files.pop(name, None)
     from_environment = _environment_values(
         os.environ if environ is None else environ, declared, path, problems
     )
@@ -276,31 +288,21 @@ def load_template(
         if name in values:
             redact.register(values[name])
 
-    merged: dict[str, Any] = {}
-    origins: dict[KeyPath, Path] = {}
-    references: dict[KeyPath, str] = {}
     # A declared variable without a value is reported once, where it is declared: its uses
     # read it as empty, not as undefined (the load fails on that one problem anyway).
     usable = {**{name: "" for name in declared}, **values}
-    for layer in layers:
-        data = {k: v for k, v in layer.data.items() if k not in ("extends", "variables")}
-        layer_refs: dict[KeyPath, str] = {}
-        data = _anchor_given_paths(copy.deepcopy(data), values, given_bases, layer_refs)
-        data = _interpolate(
-            data, usable, layer.path, (), problems, refs=layer_refs, build=build_values
-        )
-        _resolve_paths(data, layer.path.parent)
-        before = merged.get("provision")
-        offset = len(before) if isinstance(before, list) else 0
-        for key_path, name in layer_refs.items():
-            if key_path[:1] == ("provision",) and len(key_path) > 1:
-                key_path = ("provision", int(key_path[1]) + offset, *key_path[2:])
-            references[key_path] = name
-        _merge(merged, data, origins, layer.path, ())
-    if isinstance(merged.get("name"), str) and _NAME_PLACEHOLDER not in merged["name"]:
-        merged = _replace_name(merged, merged["name"])
-    else:
-        merged = _drop_name_placeholder(merged)
+    merged, origins, references, merge_warnings = _merge_layers(
+        layers, values, usable, given_bases, build_values, problems)
+    for warning in merge_warnings:
+        log.warning("%s", warning)
+    warnings.extend(merge_warnings)
+    # The build's identity: the same merge with every ${build.NAME} left as written.
+    literal_build = {name: f"${{build.{name}}}" for name in BUILD_VARIABLES}
+    literal_values = _variable_values(declared, overrides, literal_build, [])
+    identity_data, _, _, _ = _merge_layers(
+        layers, literal_values, {**{name: "" for name in declared}, **literal_values},
+        given_bases, literal_build, [])
+    identity_data["variables"] = dict(literal_values)
     merged["variables"] = dict(values)
     if problems:
         raise TemplateError(problems)
@@ -346,12 +348,66 @@ def load_template(
         references=references,
         environment_variables=set(from_environment),
         build=build,
+        identity_sha256=_identity_digest(identity_data, sensitive),
     )
     return loaded
 
 
-def check_local_inputs(loaded: LoadedTemplate, building: bool = False) -> list[str]:
-    """Problems with local files the template names; the source image is a warning unless building.
+def _identity_digest(data: dict[str, Any], sensitive: set[str]) -> str:
+    """sha256 of what the template asks for, whichever build it is: `data` is the merged
+    template with its ${build.*} references as written; output.directory (where, not
+    what) and secrets are left out."""
+    data = copy.deepcopy(data)
+    output = data.get("output")
+    if isinstance(output, dict):
+        output.pop("directory", None)
+    variables = data.get("variables", {})
+    for name in sensitive & set(variables):
+        variables[name] = redact.MASK
+    for section, key in _SECRET_FIELDS:
+        if isinstance(data.get(section), dict) and key in data[section]:
+            data[section][key] = redact.MASK
+    canonical = json.dumps(redact.redact_data(data), sort_keys=True, separators=(",", ":"),
+                           default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _merge_layers(
+    layers: list[Layer],
+    values: dict[str, Any],
+    usable: dict[str, Any],
+    given_bases: dict[str, Path],
+    build_values: dict[str, str],
+    problems: list[Problem | str],
+) -> tuple[dict[str, Any], dict[KeyPath, Path], dict[KeyPath, str], list[str]]:
+    """The layers interpolated and merged by the list rules (builder/layer_merge.py),
+    `${name}` filled in; the file that set each key, the keys that are exactly one
+    `${var.NAME}`, and the merge's warnings (a replaced list)."""
+    merging = LayerMerge()
+    for layer in layers:
+        data = {k: v for k, v in layer.data.items()
+                if k not in ("extends", "variables", REMOVE_KEY)}
+        problems.extend(duplicate_names(layer.path, data))
+        layer_refs: dict[KeyPath, str] = {}
+        data = _anchor_given_paths(copy.deepcopy(data), values, given_bases, layer_refs)
+        data = _interpolate(
+            data, usable, layer.path, (), problems, refs=layer_refs, build=build_values
+        )
+        _resolve_paths(data, layer.path.parent)
+        merging.add(layer.path, data, layer_refs, layer.data.get(REMOVE_KEY))
+    problems.extend(merging.problems)
+    merged = merging.data
+    if isinstance(merged.get("name"), str) and _NAME_PLACEHOLDER not in merged["name"]:
+        merged = _replace_name(merged, merged["name"])
+    else:
+        merged = _drop_name_placeholder(merged)
+    return merged, merging.origins, merging.references, list(merging.warnings)
+
+
+def check_local_inputs(loaded: LoadedTemplate, building: bool = False,
+                       strict: bool = False) -> list[str]:
+    """Problems with local files the template names; a missing source (image, ISO, checksum
+    file) is a warning unless building, or `strict` (`validate --strict`).
 
     Returns warnings; raises TemplateError for missing inputs that must exist.
     """
@@ -383,10 +439,10 @@ def check_local_inputs(loaded: LoadedTemplate, building: bool = False) -> list[s
         source_problems.append(missing(("source", "checksum"), checksum[5:]))
     problems.extend(
         _problem(_origin(loc, loaded.origins) or loaded.path, loc, redact.redact(message))
-        for loc, message in template_checks.file_problems(t)
+        for loc, message in template_checks.file_problems(t, building)
     )
     warnings: list[str] = []
-    if building:
+    if building or strict:
         problems.extend(source_problems)
     else:
         warnings.extend(f"{p} (needed at build time)" for p in source_problems)
@@ -562,46 +618,6 @@ def _unique(layers: list[Layer]) -> list[Layer]:
     return kept
 
 
-def _merge(
-    into: dict[str, Any],
-    data: dict[str, Any],
-    origins: dict[tuple[Any, ...], Path],
-    source: Path,
-    prefix: tuple[Any, ...],
-) -> None:
-    """Tables merge key by key (later wins); provisioner lists concatenate."""
-    for key, value in data.items():
-        here = (*prefix, key)
-        if prefix == () and key == "provision" and isinstance(value, list):
-            existing = into.setdefault("provision", [])
-            if isinstance(existing, list):
-                for item in value:
-                    origins[("provision", len(existing))] = source
-                    if isinstance(item, dict):
-                        _record_origins(item, origins, source, ("provision", len(existing)))
-                    existing.append(item)
-                continue
-        if isinstance(value, dict) and isinstance(into.get(key), dict):
-            _merge(into[key], value, origins, source, here)
-            continue
-        into[key] = value
-        origins[here] = source
-        if isinstance(value, dict):
-            _record_origins(value, origins, source, here)
-
-
-def _record_origins(
-    data: dict[str, Any],
-    origins: dict[tuple[Any, ...], Path],
-    source: Path,
-    prefix: tuple[Any, ...],
-) -> None:
-    for key, value in data.items():
-        origins[(*prefix, key)] = source
-        if isinstance(value, dict):
-            _record_origins(value, origins, source, (*prefix, key))
-
-
 def _path_slots(data: dict[str, Any]) -> Iterator[tuple[dict[str, Any], str, bool]]:
     """(table, key, is_checksum) for every key of one layer's data that holds a local path."""
     for section, key in sorted(_PATH_KEYS):
@@ -690,6 +706,25 @@ def var_file_names(var_files: list[Path]) -> set[str]:
     return set(_variable_overrides(var_files, [])[0])
 
 
+def undeclared_var_file_names(var_files: list[Path], declared: set[str],
+                              where: str) -> list[str]:
+    """A warning for each name a var file sets that is not in `declared` (the variables
+    of `where`: a template and its layers, or every template of the command), naming the
+    file and the line, with a "did you mean" for a close declared name."""
+    warnings: list[str] = []
+    for var_file in var_files:
+        is_json = var_file.suffix.lower() == ".json"
+        for name in _variable_overrides([var_file], [])[0]:
+            if name in declared:
+                continue
+            message = (f"no variable {name!r} is declared in {where}; it is ignored"
+                       f"{_did_you_mean(name, declared)}")
+            problem = (Problem(message, var_file, name, _json_key_line(var_file, name))
+                       if is_json else _problem(var_file, (name,), message))
+            warnings.append(str(problem))
+    return warnings
+
+
 
 def _declared_variables(
     layers: list[Layer], problems: list[Problem | str]
@@ -736,6 +771,12 @@ def _variable_overrides(
     bases: dict[str, Path] = {}
     files: dict[str, Path] = {}
     for var_file in var_files:
+        if var_file.suffix.lower() == ".hcl":  # Packer's .pkrvars.hcl
+            problems.append(Problem(
+                "HCL is not supported; write the variables as TOML (NAME = value) or JSON "
+                '({"NAME": value}) and name the file .toml or .json',
+                key=f"--var-file {var_file}"))
+            continue
         if not var_file.is_file():
             what = "is a directory" if var_file.is_dir() else "not found"
             problems.append(Problem(f"file {what}", key=f"--var-file {var_file}"))

@@ -47,8 +47,10 @@ def value_problems(template: Template) -> Found:
     return found
 
 
-def file_problems(template: Template) -> Found:
-    """What is wrong with the local files that exist (a missing one is reported elsewhere)."""
+def file_problems(template: Template, building: bool = False) -> Found:
+    """What is wrong with the local files that exist (a missing one is reported elsewhere).
+    A source disk image is inspected as the build's source-disk step does unless
+    `building`: the build's step does it then, and fails with its manifest."""
     found: Found = []
     for index, prov in enumerate(template.provision):
         for key in ("script", "source"):
@@ -81,7 +83,7 @@ def file_problems(template: Template) -> Found:
     image = template.source.disk_image
     if image is not None and image.exists():
         loc = ("source", "disk_image")
-        found.extend(_readable(loc, image) or _source_image(template, image))
+        found.extend(_readable(loc, image) or _source_image(template, image, not building))
     return found
 
 
@@ -191,9 +193,10 @@ def _answer_syntax(loc: KeyPath, path: Path) -> Found:
     return [(loc, f"{path}: {error}")] if error else []
 
 
-def _source_image(template: Template, image: Path) -> Found:
-    """The image must be of a format the build starts from and fit in vm.disk_size."""
-    facts, found = read_image_facts(image)
+def _source_image(template: Template, image: Path, inspect: bool) -> Found:
+    """The image must be of a format the build starts from and fit in vm.disk_size; with
+    `inspect`, be whole and a disk image at all."""
+    facts, found = read_image_facts(image, inspect)
     if facts is None or facts.virtual_size is None:
         return found
     virtual = facts.virtual_size

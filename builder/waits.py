@@ -73,3 +73,45 @@ def reported_wait(
     finally:
         done.set()
         thread.join(timeout=poll + 1)
+
+
+class WaitBoard:
+    """Many waits at once (requests in flight on several threads), reported by one helper
+    thread instead of one per wait: each registered wait gets its `WaitReporter`, ticked
+    every `poll` seconds while it lasts. The thread ends when no wait is left."""
+
+    def __init__(self, logger: logging.Logger = log, *, first: float = FIRST_REPORT,
+                 every: float = EVERY, poll: float = 0.25) -> None:
+        self.logger = logger
+        self.first = first
+        self.every = every
+        self.poll = poll
+        self._waits: set[WaitReporter] = set()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    @contextmanager
+    def waiting(self, what: str, bound: float | None) -> Iterator[WaitReporter]:
+        reporter = WaitReporter(what, bound, logger=self.logger, first=self.first,
+                                every=self.every)
+        with self._lock:
+            self._waits.add(reporter)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._watch, name="waits", daemon=True)
+                self._thread.start()
+        try:
+            yield reporter
+        finally:
+            with self._lock:
+                self._waits.discard(reporter)
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(self.poll)
+            with self._lock:
+                if not self._waits:
+                    self._thread = None
+                    return
+                waits = list(self._waits)
+            for reporter in waits:
+                reporter.tick()

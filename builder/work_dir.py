@@ -26,7 +26,7 @@ from builder.errors import (
 )
 from builder.gc import claim_work_dir
 from builder.manifest import Failure, write_manifest
-from builder.paths import BOOT_CONSOLE, BUILD_LOG, INSTALL_CONSOLE, work_root
+from builder.paths import BOOT_CONSOLE, BUILD_LOG, KEPT_ON_FAILURE, work_root
 from builder.redact import redact
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def keep_outputs(ctx: BuildContext, build_log: logging.Handler,
     build.log. Never raises: a problem here must not hide the build's own error."""
     assert ctx.work_dir is not None
     logs = [BUILD_LOG]
-    for console in (INSTALL_CONSOLE, BOOT_CONSOLE):
+    for console in KEPT_ON_FAILURE:
         # A console an earlier failed build kept would pass for this build's.
         _guarded(console, partial(ctx.kept_console(console).unlink, missing_ok=True))
     if exc is not None:
@@ -94,7 +94,7 @@ def keep_outputs(ctx: BuildContext, build_log: logging.Handler,
         _to_log_files(ctx, logging.ERROR,
                       f"build failed in step {failure.step}: {failure.error}"
                       + (f"\nhint: {failure.hint}" if failure.hint else ""))
-        for console in (INSTALL_CONSOLE, BOOT_CONSOLE):
+        for console in KEPT_ON_FAILURE:
             if _keep_console(ctx, console):
                 logs.append(ctx.kept_console(console).name)
         _guarded("the failed manifest", lambda: write_manifest(ctx, failure, logs))

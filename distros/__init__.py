@@ -98,6 +98,9 @@ class Distro(ABC):
     cloud_init_network: ClassVar[bool]  # R10: cloud-init writes the NIC's configuration
     nm_unmanaged_sriov: ClassVar[bool]  # NetworkManager ignores Accelerated Networking's VFs
     sshd_client_alive: ClassVar[bool]  # sshd keep-alives (ClientAliveInterval 180)
+    # R15: the distro's own file that makes missing SSH host keys when sshd starts, or
+    # None where nothing does (then the preparation installs a unit that does).
+    ssh_host_keygen: ClassVar[str | None]
     recommended_packages: ClassVar[tuple[str, ...]]  # installed by the install and the prep
 
     def __init__(self, version: DistroVersion) -> None:
@@ -167,6 +170,7 @@ class Distro(ABC):
             cloud_init_network=self.cloud_init_network,
             nm_unmanaged_sriov=self.nm_unmanaged_sriov,
             sshd_client_alive=self.sshd_client_alive,
+            ssh_host_keygen=self.ssh_host_keygen,
             recommended_packages=self.recommended_packages,
         )
 

@@ -42,6 +42,8 @@ class DebianLike(Distro):
     cloud_init_network = True  # cloud-init writes the NIC from Azure's metadata
     nm_unmanaged_sriov = False
     sshd_client_alive = False
+    # openssh-server makes the host keys in its postinst only; ssh.service fails without.
+    ssh_host_keygen = None
     recommended_packages = ()
 
     @property

@@ -46,6 +46,10 @@ class PrepFacts:
     # NetworkManager must ignore Accelerated Networking's Mellanox VFs (RHEL 8/9, Oracle).
     nm_unmanaged_sriov: bool
     sshd_client_alive: bool  # ClientAliveInterval 180 (Microsoft's RHEL guides)
+    # R15: the file that makes missing SSH host keys when sshd starts (RHEL's sshd-keygen
+    # units, SUSE's sshd-gen-keys-start), None where sshd starts without keys and fails
+    # (Debian, Ubuntu): the preparation then installs a unit that makes them first.
+    ssh_host_keygen: str | None
     recommended_packages: tuple[str, ...]  # e.g. hyperv-daemons on the RHEL family
 
 

@@ -66,6 +66,8 @@ class RhelLike(Distro):
     cloud_init_network = False  # cloud-init mode: Microsoft's guide leaves the NIC to NM
     nm_unmanaged_sriov = True
     sshd_client_alive = True
+    # sshd.service wants sshd-keygen.target, which wants one of these per key type (8+).
+    ssh_host_keygen = "/usr/lib/systemd/system/sshd-keygen@.service"
     recommended_packages = ("hyperv-daemons",)  # the Hyper-V daemons: KVP, VSS, file copy
     # The DVD's AppStream (8 and later) carries WALinuxAgent and cloud-init.
     agent_in_appstream: ClassVar[bool] = True
@@ -113,12 +115,15 @@ class RhelLike(Distro):
                 network="ifcfg", ifcfg_nm_controlled=False, network_service="network",
                 remove_network_manager=True, lis_check=True, cloud_init_supported=False,
                 recommended_packages=(),
+                # The init script's start makes every missing key before sshd runs.
+                ssh_host_keygen="/etc/rc.d/init.d/sshd",
             )
         if self.major == 7:
             return replace(
                 facts, package_manager="yum", grub_config_uefi=f"{efi}/grub.cfg",
                 agent_extra_packages=("python-pyasn1",), network="ifcfg",
                 ifcfg_nm_controlled=False, network_service="network",
+                ssh_host_keygen="/usr/lib/systemd/system/sshd-keygen.service",  # one unit
             )
         if self.major == 8:
             return replace(facts, grub_config_uefi=f"{efi}/grub.cfg", network="ifcfg")

@@ -66,6 +66,7 @@ class SuseLike(Distro):
     cloud_init_network = False  # cloud-init mode leaves the NIC to wicked
     nm_unmanaged_sriov = False
     sshd_client_alive = False
+    ssh_host_keygen = "/usr/sbin/sshd-gen-keys-start"  # sshd.service's ExecStartPre
     recommended_packages = ()
 
     def installer_args(self, iso_label: str | None) -> tuple[str, ...]:

@@ -9,5 +9,6 @@ bash scripts/setup.sh
 .venv/bin/azbuild validate examples/*.toml
 iso=$(bash scripts/make-test-installer-iso.sh | tail -n 1)
 dir=$(dirname "$iso")
-exec .venv/bin/azbuild build examples/demo.toml --var "iso=$dir/azbuild-test-installer.iso" \
+# SHA256SUMS lists the printed (versioned) name and the stable azbuild-test-installer.iso.
+exec .venv/bin/azbuild build examples/demo.toml --var "iso=$iso" \
   --var "checksum=file:$dir/SHA256SUMS" --force "$@"

@@ -15,15 +15,15 @@
 #
 # Cached under $AZBUILD_CACHE_DIR (default /var/cache/azbuild)/installer, keyed by
 # this script, the installer files, the root and the kernel; the stable path
-# installer/azbuild-test-installer.iso (a symlink) and installer/SHA256SUMS name
-# the newest build. Atomic and safe to run concurrently (flock).
+# installer/azbuild-test-installer.iso (a symlink) names the newest build, and
+# installer/SHA256SUMS lists it under both names, so the printed path and the
+# stable one both validate. Atomic and safe to run concurrently (flock).
 # Usage: scripts/make-test-installer-iso.sh
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 installer="$here/../tests/installer"
 cache=${AZBUILD_CACHE_DIR:-/var/cache/azbuild}
 dir="$cache/installer"
-stable="$dir/azbuild-test-installer.iso"
 LABEL=AZBUILD_TEST_INSTALLER
 MODULES=(virtio_pci virtio_blk virtio_net ahci ata_piix sr_mod isofs ext4 af_packet)
 
@@ -85,9 +85,5 @@ if [ ! -f "$out" ]; then
   rm -rf "$tmp"
   trap - EXIT
 fi
-# Refresh the stable names atomically.
-ln -sfn "$(basename "$out")" "$dir/.stable.$$"
-mv -T "$dir/.stable.$$" "$stable"
-(cd "$dir" && sha256sum "$(basename "$out")" | sed "s/ $(basename "$out")\$/ azbuild-test-installer.iso/" \
-  > ".SHA256SUMS.$$" && mv ".SHA256SUMS.$$" SHA256SUMS)
-echo "$out"
+# Refresh the stable names atomically; SHA256SUMS lists the printed path's name too.
+"$here/name-test-installer-iso.sh" "$out"

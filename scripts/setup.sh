@@ -9,9 +9,10 @@ PACKAGES=(
   libvirt-daemon-system libvirt-dev pkg-config python3-libvirt
   python3-venv python3-dev gcc
   libguestfs-tools python3-guestfs linux-image-amd64
-  debootstrap fdisk e2fsprogs dosfstools mtools xorriso cpio zstd busybox-static
+  iproute2 debootstrap fdisk e2fsprogs dosfstools mtools xorriso cpio zstd busybox-static
   grub-pc-bin grub-common openssh-client openssh-server shellcheck git acl
   debian-installer-12-netboot-amd64
+  chromium chromium-driver
 )
 
 log() { printf 'setup: %s\n' "$*" >&2; }
@@ -51,31 +52,34 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! .venv/bin/python -
   echo "$want" > "$stamp"
 fi
 
-# Azurite, the Azure Storage emulator the publish tests run against (docs/publish.md),
-# from the npm registry into a fixed cache folder: no global install, one pinned major.
-AZURITE_DIR=${AZBUILD_AZURITE_DIR:-/var/cache/azbuild/azurite}
-AZURITE_VERSION=3
-azurite_installed() {
-  [ -x "$AZURITE_DIR/node_modules/.bin/azurite-blob" ] \
-    && [ "$(cat "$AZURITE_DIR/.azbuild-version" 2>/dev/null)" = "$AZURITE_VERSION" ]
+# npm tools the tests run, each from the npm registry into a fixed cache folder of its
+# own: no global install, one pinned version. Two setups at once (two checkouts on one
+# machine) must not run npm in the same folder together: npm leaves a half-written tree
+# behind. The second waits, then finds the first one's install.
+npm_tool_installed() {  # DIR VERSION BIN
+  [ -x "$1/node_modules/.bin/$3" ] && [ "$(cat "$1/.azbuild-version" 2>/dev/null)" = "$2" ]
 }
-if ! azurite_installed; then
-  # Two setups at once (two checkouts on one machine) must not run npm in the same
-  # folder together: npm leaves a half-written tree behind. The second waits, then
-  # finds the first one's install.
-  mkdir -p "$(dirname "$AZURITE_DIR")"
-  exec {azurite_lock}>"$AZURITE_DIR.lock"
-  flock "$azurite_lock"
-  if ! azurite_installed; then
-    log "installing azurite@$AZURITE_VERSION into $AZURITE_DIR"
-    mkdir -p "$AZURITE_DIR"
-    rm -f "$AZURITE_DIR/.azbuild-version"
-    npm install --prefix "$AZURITE_DIR" --no-audit --no-fund --loglevel=error \
-      "azurite@$AZURITE_VERSION" >/dev/null
-    echo "$AZURITE_VERSION" > "$AZURITE_DIR/.azbuild-version"
+npm_tool() {  # DIR PACKAGE VERSION BIN
+  local dir=$1 package=$2 version=$3 bin=$4 lock
+  npm_tool_installed "$dir" "$version" "$bin" && return 0
+  mkdir -p "$(dirname "$dir")"
+  exec {lock}>"$dir.lock"
+  flock "$lock"
+  if ! npm_tool_installed "$dir" "$version" "$bin"; then
+    log "installing $package@$version into $dir"
+    mkdir -p "$dir"
+    rm -f "$dir/.azbuild-version"
+    npm install --prefix "$dir" --no-audit --no-fund --loglevel=error \
+      "$package@$version" >/dev/null
+    echo "$version" > "$dir/.azbuild-version"
   fi
-  exec {azurite_lock}>&-
-fi
+  exec {lock}>&-
+}
+# Azurite, the Azure Storage emulator the publish tests run against (docs/publish.md).
+npm_tool "${AZBUILD_AZURITE_DIR:-/var/cache/azbuild/azurite}" azurite 3 azurite-blob
+# taplo, the TOML toolkit behind the Even Better TOML editor extension: the schema tests
+# run `taplo check --schema` with it (docs/templates.md#editor-support-the-json-schema).
+npm_tool "${AZBUILD_TAPLO_DIR:-/var/cache/azbuild/taplo}" @taplo/cli 0.7.0 taplo
 
 # No systemd as PID 1 on these machines: start the daemons by hand when absent.
 # libvirtd refuses to create domains until virtlogd runs.

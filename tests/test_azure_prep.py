@@ -10,6 +10,7 @@ and review the diff under tests/golden/ before committing it.
 from __future__ import annotations
 
 import configparser
+import fnmatch
 import os
 import shutil
 import subprocess
@@ -22,6 +23,7 @@ import yaml
 from builder.azure_prep import (
     SCRIPT_NAMES,
     _environment,
+    host_keygen_unit,
     kernel_args,
     prep_context,
     prep_facts,
@@ -548,3 +550,91 @@ def test_in_guest_r07_says_what_rootdelay_costs(tmp_path: Path) -> None:
     out = _check_fn("rhel", "9", 'arg_problems "console=ttyS0 earlyprintk=ttyS0 '
                     'net.ifnames=0" 1', tmp_path).stdout
     assert out.strip() == "missing:rootdelay=300"  # dracut families keep it
+
+
+# ---- R15: SSH host keys made before sshd starts --------------------------------------------
+
+UNIT_PATH = "/etc/systemd/system/azbuild-ssh-host-keygen.service"
+
+
+@pytest.mark.parametrize(("distro", "version", "keygen"), [
+    ("debian", "11", None), ("debian", "12", None), ("ubuntu", "20.04", None),
+    ("ubuntu", "24.04", None),
+    ("rhel", "9", "/usr/lib/systemd/system/sshd-keygen@.service"),
+    ("rocky", "8", "/usr/lib/systemd/system/sshd-keygen@.service"),
+    ("centos", "7", "/usr/lib/systemd/system/sshd-keygen.service"),
+    ("centos", "6", "/etc/rc.d/init.d/sshd"),
+    ("sles", "12", "/usr/sbin/sshd-gen-keys-start"),
+    ("opensuse-leap", "15", "/usr/sbin/sshd-gen-keys-start")])
+def test_r15_unit_only_where_sshd_makes_no_keys(distro: str, version: str,
+                                                keygen: str | None) -> None:
+    assert prep_facts(resolve(distro, version)).ssh_host_keygen == keygen
+    scripts = _render(distro, version, {}, "bios")
+    prep, check = scripts["azure-prep.sh"], scripts["azure-check.sh"]
+    assert "\ncheck_R15\n" in check
+    if keygen:
+        assert host_keygen_unit(resolve(distro, version)) is None
+        assert "R15" not in prep.split("# ---- R09")[1] and UNIT_PATH not in check
+        assert f"if [ -e {keygen} ]; then" in check
+    else:
+        assert f"if ensure_file {UNIT_PATH} 644 <<'UNIT'; then" in prep
+        assert "ensure_service R15 azbuild-ssh-host-keygen.service" in prep
+    # The unit outlives generalisation: no path deprovision.sh removes matches it.
+    words = scripts["deprovision.sh"].replace("\\\n", " ").split()
+    assert not any(fnmatch.fnmatchcase(UNIT_PATH, w) for w in words if w.startswith("/"))
+
+
+def test_r15_unit_written_is_the_one_systemd_reads() -> None:
+    for distro, version in (("debian", "12"), ("ubuntu", "24.04")):
+        unit = host_keygen_unit(resolve(distro, version))
+        assert unit is not None
+        prep = _render(distro, version, {"provisioning": "cloud-init"}, "uefi")["azure-prep.sh"]
+        assert prep.split("<<'UNIT'; then\n", 1)[1].split("UNIT\n", 1)[0] == unit
+        parser = configparser.ConfigParser(comment_prefixes=("#",), interpolation=None)
+        parser.optionxform = str  # type: ignore[assignment,method-assign]  # keys keep case
+        parser.read_string(unit)
+        assert dict(parser["Unit"]) == {
+            "Description": "Make missing SSH host keys before the SSH server starts",
+            "ConditionPathExistsGlob": "!/etc/ssh/ssh_host_*_key",
+            "Before": "ssh.service"}
+        assert dict(parser["Service"]) == {"Type": "oneshot",
+                                           "ExecStart": "/usr/bin/ssh-keygen -A"}
+        assert dict(parser["Install"]) == {"WantedBy": "ssh.service"}
+
+
+def _r15_check(tmp_path: Path, unit: str | None, enabled: bool) -> str:
+    """check_R15 of Debian 12's azure-check.sh on a scratch unit file, as in a chroot."""
+    check = _render("debian", "12", {}, "bios")["azure-check.sh"]
+    helpers = check[: check.index('result R01 skip "checked on the finished image')]
+    path = tmp_path / "azbuild-ssh-host-keygen.service"
+    if unit is not None:
+        path.write_text(unit)
+    script = tmp_path / "check.sh"
+    script.write_text(helpers.replace(UNIT_PATH, str(path))
+                      + f"service_enabled() {{ {'true' if enabled else 'false'}; }}\n"
+                      + "in_chroot() { true; }\n"  # the unit file's own ordering
+                      + "check_R15\n")
+    return subprocess.run(["bash", str(script)], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def test_in_guest_r15(tmp_path: Path) -> None:
+    unit = host_keygen_unit(resolve("debian", "12"))
+    assert unit is not None
+    assert _r15_check(tmp_path, unit, enabled=True) == (
+        "R15 pass azbuild-ssh-host-keygen.service enabled and ordered before ssh.service: "
+        "/usr/bin/ssh-keygen -A when there is no host key")
+    assert _r15_check(tmp_path, unit, enabled=False).startswith(
+        "R15 fail azbuild-ssh-host-keygen.service not enabled: nothing makes host keys")
+    unordered = unit.replace("Before=ssh.service", "Before=multi-user.target")
+    assert _r15_check(tmp_path, unordered, enabled=True) == (
+        "R15 fail azbuild-ssh-host-keygen.service not ordered before ssh.service "
+        "(Before=multi-user.target)")
+    (tmp_path / "azbuild-ssh-host-keygen.service").unlink()
+    assert _r15_check(tmp_path, None, enabled=True).startswith(
+        f"R15 fail no {tmp_path}/azbuild-ssh-host-keygen.service: deprovisioning removes")
+    # A family whose sshd makes its keys: the distro's file must be there.
+    out = _check_fn("sles", "15", "check_R15", tmp_path).stdout
+    expected = ("R15 pass" if Path("/usr/sbin/sshd-gen-keys-start").exists()
+                else "R15 fail no /usr/sbin/sshd-gen-keys-start: nothing makes")
+    assert out.startswith(expected), out

@@ -130,7 +130,7 @@ CASES = [
           'destination = "/etc/motd"\n'},
          ["provision[0].source: file not found:", "/motd"]),
     Case("unknown-requirement-in-skip", {"t.toml": BASE + '[azure]\nskip = { R99 = "no" }\n'},
-         ["azure.skip: unknown requirement 'R99'; expected one of R01 to R14"]),
+         ["azure.skip: unknown requirement 'R99'; expected one of R01 to R15"]),
     Case("skip-without-reason", {"t.toml": BASE + '[azure]\nskip = { R10 = " " }\n'},
          ["azure.skip: skipping R10 needs a reason"]),
     Case("undefined-variable", {"t.toml": BASE.replace('"https://example.org/demo.iso"',

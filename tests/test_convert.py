@@ -239,6 +239,24 @@ def test_missing_source_and_same_file_are_usage_errors(tmp_path: Path) -> None:
     assert raw.stat().st_size == 20 * MiB
 
 
+@pytest.mark.parametrize("source", ["disk.raw", "disk.qcow2"])
+def test_a_destination_that_takes_no_file_exits_2(
+    tmp_path: Path, source: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """/proc takes no new file (ENOENT): the destination is the user's to change, as the
+    exit-code table says (2), not a failed conversion (1)."""
+    from builder.cli import main
+
+    raw = tmp_path / "disk.raw"
+    make_sparse(raw, 20 * MiB, {0: b"data"})
+    if source == "disk.qcow2":
+        qemu_img("convert", "-f", "raw", "-O", "qcow2", raw, tmp_path / source)
+    assert main(["convert", str(tmp_path / source), "/proc/x.vhd"]) == 2
+    err = capsys.readouterr().err
+    assert "error: cannot write /proc/x.vhd: No such file or directory" in err
+    assert "hint: choose a destination you can write" in err
+
+
 @pytest.mark.parametrize("keep_raw", [True, False])
 def test_existing_destination_is_kept_without_force(tmp_path: Path, keep_raw: bool) -> None:
     raw, vhd = tmp_path / "disk.raw", tmp_path / "disk.vhd"

@@ -21,6 +21,7 @@ from builder.diff import (
     Change,
     Comparison,
     compare,
+    diff,
     load_snapshot,
     manifest_snapshot,
     to_json,
@@ -118,6 +119,103 @@ def test_the_differences_as_json(builds: tuple[Path, Path]) -> None:
     assert [c["section"] for c in data["changes"]] == [
         "packages", "packages", "packages", "kernels", "kernel arguments", "services",
         "requirements", "sizes"]
+    # Sizes are numbers, for a job that compares them.
+    assert data["changes"][-1] == {"section": "sizes", "item": "raw", "old": 20 * MiB,
+                                   "new": 32 * MiB}
+
+
+# --- the build's identity is never a difference -----------------------------------------
+
+
+NIGHTLY = """name = "web"
+[source]
+disk_image = "disk.raw"
+[distro]
+name = "debian"
+version = "12"
+[vm]
+disk_size = "128MiB"
+[variables]
+stamp = "${build.date}"
+[[provision]]
+type = "shell"
+inline = ["echo built ${build.timestamp} ${var.stamp} > /etc/build"]
+[output]
+directory = "out/${name}-${build.timestamp}-${build.id}"
+"""
+
+
+def nightly_build(tmp_path: Path, night: int, text: str = NIGHTLY) -> Path:
+    """A build of the NIGHTLY template on day `night` of December, with its own id; the
+    manifest as the build writes it."""
+    from datetime import UTC, datetime
+
+    from builder.template import BuildInfo
+
+    (tmp_path / "disk.raw").write_bytes(b"")
+    (tmp_path / "t.toml").write_text(text)
+    build = BuildInfo(id=f"{night:08x}", time=datetime(2026, 12, night, 1, 30, tzinfo=UTC))
+    loaded = load_template(tmp_path / "t.toml", build=build)
+    out = tmp_path / loaded.template.output.directory
+    ctx = BuildContext(loaded=loaded, options=BuildOptions(), distro=resolve("debian", "12"),
+                       uri="qemu:///system", output_dir=out, build_id=build.id)
+    out.mkdir(parents=True)
+    raw = ctx.artifact_path("raw")
+    with open(raw, "wb") as f:
+        f.truncate(20 * MiB)
+    ctx.artifacts["raw"] = raw
+    ctx.source_digest = "sha256:" + "ab" * 32
+    ctx.timer.timings.update({"boot": 10.0 + night, "export": 3.0 * night})
+    ctx.report = Report(str(raw), [CheckResult("R09", "pass", "ssh.service enabled")])
+    ctx.report.inventory = sample_inventory()
+    validate(write_manifest(ctx, None, ["build.log"]))
+    return out
+
+
+def test_two_nights_of_an_unchanged_template_are_identical(tmp_path: Path) -> None:
+    """Another id, date, timestamp, output directory and durations: no difference, exit 0."""
+    first, second = nightly_build(tmp_path, 7), nightly_build(tmp_path, 8)
+    assert first != second
+    assert _manifest(first)["template_sha256"] == _manifest(second)["template_sha256"]
+    comparison = diff(str(first), str(second))
+    assert comparison.changes == [] and comparison.notes == [], to_table(comparison)
+    assert main(["diff", str(first), str(second)]) == 0
+
+
+def test_a_changed_template_is_a_change_of_its_sha256(tmp_path: Path) -> None:
+    first = nightly_build(tmp_path, 7)
+    second = nightly_build(tmp_path, 8, NIGHTLY.replace("echo built", "echo made"))
+    changes = diff(str(first), str(second)).changes
+    assert [(c.section, c.item) for c in changes] == [("inputs", "file t.toml"),
+                                                      ("inputs", "template sha256")]
+
+
+def test_notes_say_a_failed_build_another_template_and_another_version(
+    builds: tuple[Path, Path]
+) -> None:
+    old, _ = builds
+    before = _manifest(old)
+    after = json.loads(json.dumps(before))
+    after.update(status="failed", artifacts=[], check=None, inventory=None, template="other",
+                 template_sha256="0" * 64, azbuild_version="9.9.9",
+                 failure={"step": "install", "error": "installer failed", "hint": None,
+                          "exit_code": 1})
+    comparison = compare(manifest_snapshot("a", before), manifest_snapshot("b", after))
+    assert [n.kind for n in comparison.notes] == ["new_failed", "other_template",
+                                                  "other_version"]
+    assert Change("status", "build", "succeeded", "failed") in comparison.changes
+    text = to_table(comparison)
+    assert "note: NEW failed at step install: installer failed" in text
+    assert "note: OLD is template 't', NEW is template 'other'" in text
+    assert f"note: OLD was built by azbuild {before['azbuild_version']}, NEW by azbuild 9.9.9" \
+        in text
+    data = json.loads(to_json(comparison))
+    assert data["notes"][0]["kind"] == "new_failed"
+    backwards = compare(manifest_snapshot("b", after), manifest_snapshot("a", before))
+    assert backwards.notes[0].text == ("OLD failed at step install: installer failed; compare"
+                                       " with the last build that succeeded")
+    assert data["changes"][0] == {"section": "status", "item": "build", "old": "succeeded",
+                                  "new": "failed"}
 
 
 def _manifest(directory: Path) -> dict[str, Any]:
@@ -134,16 +232,16 @@ def test_inputs_and_a_side_without_inventory(builds: tuple[Path, Path]) -> None:
     after["inputs"]["source"]["digest"] = "sha256:" + "cd" * 32
     comparison = compare(manifest_snapshot("a", before), manifest_snapshot("b", after))
     assert comparison.changes == [
-        Change("inputs", "azbuild version", before["azbuild_version"], "0.2.0"),
         Change("inputs", "source digest", "sha256:" + "ab" * 32, "sha256:" + "cd" * 32),
     ]
-    assert to_table(comparison).splitlines()[-6:] == [
-        "inputs   source digest    " + "sha256:" + "ab" * 32 + "  sha256:" + "cd" * 32,
+    assert to_table(comparison).splitlines()[-7:] == [
+        "inputs   source digest  " + "sha256:" + "ab" * 32 + "  sha256:" + "cd" * 32,
         "packages: not compared (b does not record it)",
         "kernels: not compared (b does not record it)",
         "kernel arguments: not compared (b does not record it)",
         "services: not compared (b does not record it)",
-        "2 differences",
+        f"note: OLD was built by azbuild {before['azbuild_version']}, NEW by azbuild 0.2.0",
+        "1 difference",
     ]
 
 
@@ -151,7 +249,8 @@ def test_identical_builds() -> None:
     comparison = Comparison("a", "b")
     assert to_table(comparison) == "--- a\n+++ b\nno differences"
     assert json.loads(to_json(comparison)) == {
-        "old": "a", "new": "b", "identical": True, "changes": [], "not_compared": {}}
+        "old": "a", "new": "b", "identical": True, "changes": [], "not_compared": {},
+        "notes": []}
 
 
 def test_a_template_file_change_is_an_input_change(builds: tuple[Path, Path]) -> None:

@@ -12,12 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from builder.errors import BuildError, UsageError
+from builder.download import RetryPolicy
+from builder.errors import EXIT_INPUT_UNAVAILABLE, BuildError, FetchError, UsageError
 from builder.fetch import fetch_iso, parse_checksum_file
 
 PAYLOAD = os.urandom(3 * 1024 * 1024 + 123)  # a few chunks, not a multiple of the chunk size
 SHA256 = hashlib.sha256(PAYLOAD).hexdigest()
 SHA512 = hashlib.sha512(PAYLOAD).hexdigest()
+FAST = RetryPolicy(first_delay=0.01)  # the default policy, without its pauses
 
 
 @dataclass
@@ -139,7 +141,7 @@ def test_concurrent_builds_download_an_iso_once(server: Server, cache: Path) -> 
 
 def test_resume_after_dropped_connection(server: Server) -> None:
     server.faults = [1_500_000]
-    path = fetch_iso(f"{server.url}/img/test.iso", f"sha256:{SHA256}", backoff=0.01)
+    path = fetch_iso(f"{server.url}/img/test.iso", f"sha256:{SHA256}", policy=FAST)
     assert path.read_bytes() == PAYLOAD
     ranges = server.hits("/img/test.iso")
     assert ranges[0] is None
@@ -151,23 +153,37 @@ def test_resume_after_dropped_connection(server: Server) -> None:
 def test_server_without_range_support_restarts_cleanly(server: Server) -> None:
     server.ignore_range = True
     server.faults = [2_000_000]
-    path = fetch_iso(f"{server.url}/img/test.iso", f"sha256:{SHA256}", backoff=0.01)
+    path = fetch_iso(f"{server.url}/img/test.iso", f"sha256:{SHA256}", policy=FAST)
     assert path.read_bytes() == PAYLOAD  # not the first 2 MB twice
     assert len(server.hits("/img/test.iso")) == 2
 
 
 def test_retry_on_503_then_succeed(server: Server) -> None:
     server.faults = ["503", "503"]
-    path = fetch_iso(f"{server.url}/img/test.iso", f"sha256:{SHA256}", backoff=0.01)
+    path = fetch_iso(f"{server.url}/img/test.iso", f"sha256:{SHA256}", policy=FAST)
     assert path.read_bytes() == PAYLOAD
     assert len(server.hits("/img/test.iso")) == 3
 
 
-def test_gives_up_after_retries_and_keeps_part(server: Server, cache: Path) -> None:
+def test_gives_up_after_the_policys_attempts(server: Server, cache: Path) -> None:
     server.faults = ["503"] * 10
-    with pytest.raises(BuildError, match="after 2 retries"):
-        fetch_iso(f"{server.url}/img/test.iso", f"sha256:{SHA256}", retries=2, backoff=0.01)
+    with pytest.raises(FetchError, match="3 attempts failed") as err:
+        fetch_iso(f"{server.url}/img/test.iso", f"sha256:{SHA256}",
+                  policy=RetryPolicy(attempts=3, first_delay=0.01))
     assert len(server.hits("/img/test.iso")) == 3
+    assert err.value.exit_code == EXIT_INPUT_UNAVAILABLE and "HTTP 503" in err.value.message
+    assert err.value.hint is not None and ".part" not in err.value.hint  # nothing was kept
+
+
+def test_a_failed_download_keeps_its_part_and_the_hint_says_where(server: Server,
+                                                                   cache: Path) -> None:
+    server.faults = [1_500_000, "503", "503", "503"]
+    with pytest.raises(FetchError) as err:
+        fetch_iso(f"{server.url}/img/test.iso", f"sha256:{SHA256}",
+                  policy=RetryPolicy(attempts=3, first_delay=0.01))
+    part = cache / "iso" / f"sha256-{SHA256}.iso.part"
+    assert 0 < part.stat().st_size <= 1_500_000
+    assert err.value.hint is not None and f"kept in {part}" in err.value.hint
 
 
 def test_partial_file_from_earlier_run_is_resumed(server: Server, cache: Path) -> None:
@@ -188,9 +204,12 @@ def test_mismatch_removes_download_and_names_both_digests(server: Server, cache:
 
 
 def test_http_404_is_not_retried(server: Server) -> None:
-    with pytest.raises(BuildError, match="HTTP 404"):
-        fetch_iso(f"{server.url}/img/missing.iso", f"sha256:{SHA256}", backoff=0.01)
+    with pytest.raises(FetchError, match="HTTP 404") as err:
+        fetch_iso(f"{server.url}/img/missing.iso", f"sha256:{SHA256}", policy=FAST)
     assert len(server.hits("/img/missing.iso")) == 1
+    assert err.value.exit_code == EXIT_INPUT_UNAVAILABLE
+    assert err.value.hint is not None and "moved or removed" in err.value.hint
+    assert "source.iso to the local file" in err.value.hint
 
 
 def test_gnu_checksum_file_over_http(server: Server) -> None:

@@ -340,6 +340,14 @@ def test_waagent_mode() -> None:
     assert "RegenerateSshHostKeyPair=y" in judge_waagent_conf(keep_keys, CI_OFF)[1]
     no_format = dict(good, **{"ResourceDisk.Format": ("n", 4)})
     assert "waagent mode needs ResourceDisk.Format=y" in judge_waagent_conf(no_format, CI_OFF)[1]
+    # Disabled by cloud-init.disabled, but its local unit still enabled: waagent checks the
+    # unit and fails provisioning (seen by the simulation on the cloud image's build).
+    local = CloudInitState(True, False, "disabled by /etc/cloud/cloud-init.disabled",
+                           local_unit_link="/etc/systemd/system/cloud-init.target.wants/"
+                           "cloud-init-local.service -> /lib/systemd/system/"
+                           "cloud-init-local.service")
+    status, evidence = judge_waagent_conf(good, local)
+    assert status == "fail" and "waagent refuses to provision" in evidence
 
 
 def test_auto_and_legacy_modes() -> None:

@@ -55,6 +55,8 @@ def test_a_raw_source_image_is_measured_by_its_length(
     template.write_text(template.read_text().replace("base.qcow2", "base.raw"))
     with open(tmp_path / "base.raw", "wb") as raw:
         raw.truncate(21 * 1024 * 1024)
+        raw.seek(510)
+        raw.write(b"\x55\xaa")  # an empty MBR: a blank disk, not zeros
     assert main(["validate", str(template)]) == 2
     assert "vm.disk_size: 20MiB is smaller than the source image" in capsys.readouterr().err
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -187,3 +188,158 @@ def test_provenance_as_text(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert password.startswith('install.root_password = "<sensitive>"')
     assert password.endswith(f"# template {template} (via ${{var.pw}} in {template})")
     assert "hunter2-secret" not in "\n".join(lines)
+
+
+# --- merge rules: lists append (or replace), [remove], named provisioners ------------------
+
+LAYER = """\
+# The team's base.
+[install]
+packages = ["curl", "jq"]
+kernel_args = ["inst.text"]
+
+[azure]
+hyperv_modules = ["hv_vmbus"]
+kernel_args_add = ["console=ttyS0"]
+kernel_args_remove = ["quiet"]
+
+[output]
+formats = ["vhd", "raw"]
+
+[[provision]]
+name = "agent"
+type = "shell"
+inline = ["install-agent"]
+
+[[provision]]
+name = "debug-tools"
+type = "shell"
+inline = ["install-debug-tools"]
+"""
+
+
+def _team(tmp_path: Path, template_text: str) -> Path:
+    (tmp_path / "base.toml").write_text(LAYER)
+    template = tmp_path / "t.toml"
+    template.write_text('extends = ["base.toml"]\n' + BASE + template_text)
+    return template
+
+
+def _inspect(template: Path, capsys: pytest.CaptureFixture[str]) -> tuple[dict[str, Any], str]:
+    assert main(["inspect", str(template), "--format", "json"]) == 0
+    out, err = capsys.readouterr()
+    return json.loads(out), err
+
+
+def test_list_keys_append_across_files_without_doubling(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    template = _team(tmp_path, '[install]\npackages = ["vim", "curl"]\nkernel_args = ["x=1"]\n'
+                     '[azure]\nhyperv_modules = ["hv_netvsc"]\n'
+                     'kernel_args_add = ["earlyprintk=ttyS0"]\nkernel_args_remove = ["rhgb"]\n'
+                     '[[provision]]\ntype = "reboot"\n')
+    data, err = _inspect(template, capsys)
+    assert data["install"]["packages"] == ["curl", "jq", "vim"]  # the layer's curl stays
+    assert data["install"]["kernel_args"] == ["inst.text", "x=1"]
+    assert data["azure"]["hyperv_modules"] == ["hv_vmbus", "hv_netvsc"]
+    assert data["azure"]["kernel_args_add"] == ["console=ttyS0", "earlyprintk=ttyS0"]
+    assert data["azure"]["kernel_args_remove"] == ["quiet", "rhgb"]
+    assert [p["type"] for p in data["provision"]] == ["shell", "shell", "reboot"]
+    assert "WARNING" not in err
+
+
+def test_a_replaced_list_is_a_warning_naming_both_files_and_lines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    template = _team(tmp_path, '\n[output]\nformats = ["vhd"]\n')
+    assert main(["validate", str(template)]) == 0
+    err = capsys.readouterr().err
+    assert (f"{template}: line 13: output.formats replaces the list set in "
+            f"{tmp_path / 'base.toml'}: line 12") in err
+    data, _ = _inspect(template, capsys)
+    assert data["output"]["formats"] == ["vhd"]
+
+
+def test_a_template_removes_what_a_layer_added_by_value_and_by_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    template = _team(tmp_path, '[remove]\ninstall.packages = ["curl"]\nprovision = ["agent"]\n'
+                     'azure.kernel_args_remove = ["quiet"]\n'
+                     '[install]\npackages = ["wget"]\n')
+    data, _ = _inspect(template, capsys)
+    assert data["install"]["packages"] == ["jq", "wget"]
+    assert data["azure"]["kernel_args_remove"] == []
+    assert [p["name"] for p in data["provision"]] == ["debug-tools"]
+    assert "remove" not in data
+
+
+def test_a_provisioner_of_the_same_name_replaces_the_layers_in_its_place(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    template = _team(tmp_path, '[variables]\ncmd = "install-agent --fast"\n'
+                     '[[provision]]\nname = "agent"\ntype = "shell"\ninline = ["${var.cmd}"]\n'
+                     '[[provision]]\ntype = "reboot"\n')
+    data, _ = _inspect(template, capsys)
+    assert [(p.get("name"), p.get("inline")) for p in data["provision"]] == [
+        ("agent", ["install-agent --fast"]), ("debug-tools", ["install-debug-tools"]),
+        (None, None)]
+    assert main(["inspect", str(template), "--provenance", "--format", "json"]) == 0
+    origins = {o["key"]: o for o in json.loads(capsys.readouterr().out)}
+    assert origins["provision[0].name"]["file"] == str(template)
+    assert origins["provision[1].name"]["file"] == str(tmp_path / "base.toml")
+    assert origins["provision[2].type"]["file"] == str(template)
+
+
+def test_provenance_names_the_file_of_each_list_item(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    template = _team(tmp_path, '[remove]\ninstall.packages = ["jq"]\n'
+                     '[install]\npackages = ["vim"]\n')
+    assert main(["inspect", str(template), "--provenance", "--format", "json"]) == 0
+    origins = {o["key"]: o for o in json.loads(capsys.readouterr().out)}
+    base = str(tmp_path / "base.toml")
+    assert (origins["install.packages[0]"]["value"], origins["install.packages[0]"]["file"]) \
+        == ("curl", base)
+    assert (origins["install.packages[1]"]["value"], origins["install.packages[1]"]["file"]) \
+        == ("vim", str(template))
+    assert "install.packages[2]" not in origins
+    assert origins["output.formats[1]"]["file"] == base
+    assert origins["azure.kernel_args_add[0]"]["file"] == base
+    assert origins["vm.cpus"]["source"] == "default"
+    assert main(["inspect", str(template), "--provenance"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert 'install.packages[1] = "vim"'.ljust(48) + f"  # template {template}" in lines
+
+
+@pytest.mark.parametrize(("text", "expect"), [
+    ('[remove]\ninstall.packages = ["nano"]\n',
+     "line 12: remove.install.packages: cannot remove 'nano' from install.packages: 'nano' is "
+     "not in it in the files below this one"),
+    ('[remove]\nprovision = ["agnet"]\n',
+     "line 12: remove.provision: cannot remove 'agnet' from provision: no provisioner named"),
+    ('[remove]\nvm.cpus = ["2"]\n',
+     "line 12: remove.vm.cpus: vm.cpus is not a list that layers merge"),
+    ('[remove]\ninstall.packages = "curl"\n',
+     "line 12: remove.install.packages: expected a list of values"),
+    ('[[provision]]\nname = "x"\ntype = "reboot"\n[[provision]]\nname = "x"\ntype = "reboot"\n',
+     "line 15: provision[1].name: a second provisioner named 'x' in this file"),
+])
+def test_a_removal_that_cannot_be_done_is_an_error_at_its_line(
+    text: str, expect: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    template = _team(tmp_path, text)
+    assert main(["validate", str(template)]) == 2
+    err = capsys.readouterr().err
+    assert expect in err, err
+    assert str(template) in err
+
+
+def test_a_provisioners_name_is_no_part_of_its_cache_key(tmp_path: Path) -> None:
+    from builder.cache_keys import provisioner_key
+    from builder.models import ShellProvisioner
+
+    plain = ShellProvisioner(type="shell", inline=["true"])
+    named = ShellProvisioner(type="shell", inline=["true"], name="noop")
+    assert provisioner_key("k", plain) == provisioner_key("k", named)
+    assert provisioner_key("k", plain) != provisioner_key(
+        "k", ShellProvisioner(type="shell", inline=["false"]))

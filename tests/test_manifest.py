@@ -168,6 +168,33 @@ def test_a_check_failure_keeps_the_image_and_its_verdict(tmp_path: Path) -> None
     assert [a["file"] for a in data["artifacts"]] == ["t.vhd"]
 
 
+def test_a_failed_simulation_keeps_the_image_its_verdict_and_its_logs(tmp_path: Path) -> None:
+    from builder.manifest import Simulation, SimulationLine
+    from builder.steps.simulate import SimulationFailed
+
+    ctx = context(tmp_path)
+    assert ctx.work_dir is not None
+    vhd = ctx.artifact_path("vhd")
+    vhd.write_bytes(b"complete image")
+    ctx.artifacts["vhd"] = vhd
+    ctx.report = Report(image=str(vhd), checks=[CheckResult("R01", "pass", "fixed VHD")])
+    ctx.simulation = Simulation(status="failed", seconds_to_ready=99.7, assertions=[
+        SimulationLine(id="ssh", status="fail", title="SSH answers on the first boot",
+                       evidence="not ready after 60s")])
+    (ctx.work_dir / "simulate-console.log").write_text("sshd: no hostkeys available\n")
+    (ctx.work_dir / "simulate-fabric.jsonl").write_text('{"path": "/?comp=versions"}\n')
+    ctx.step = "simulate"
+    keep_outputs(ctx, _null_handler(), SimulationFailed("does not provision"))
+    data = validate(ctx.output_dir / MANIFEST_FILE)
+    assert data["failure"]["step"] == "simulate"
+    assert data["ready"] is False  # the check passed; the simulation did not
+    assert data["simulation"]["status"] == "failed"
+    assert [a["file"] for a in data["artifacts"]] == ["t.vhd"]
+    assert data["logs"] == ["build.log", "t.simulate-console.log", "t.simulate-fabric.jsonl"]
+    assert (ctx.output_dir / "t.simulate-console.log").read_text() == (
+        "sshd: no hostkeys available\n")
+
+
 @pytest.mark.parametrize(("exc", "error", "code"), [
     (KeyboardInterrupt(), "interrupted by Ctrl-C (SIGINT)", 130),
     (Terminated(), "terminated by SIGTERM", 143),
@@ -216,10 +243,10 @@ def test_a_build_from_a_truncated_image_fails_and_keeps_its_log_and_manifest(
     tmp_path: Path, work_root: Path, truncated_qcow2: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     template = write_template(tmp_path, truncated_qcow2)
-    out, log_file = tmp_path / "out", tmp_path / "logs" / "nightly.log"
+    out, log_file = tmp_path / "out" / "t", tmp_path / "logs" / "nightly.log"
     log_file.parent.mkdir()
     log_file.write_text("yesterday's log\n")
-    argv = ["build", str(template), "--output-dir", str(out), "--log-file", str(log_file)]
+    argv = ["build", str(template), "--output-dir", str(out.parent), "--log-file", str(log_file)]
 
     assert main(argv) == 2
     assert "is corrupt" in capsys.readouterr().err
@@ -258,7 +285,7 @@ def test_a_build_with_a_wrong_checksum_fails_before_copying(
     out = tmp_path / "out"
     assert main(["build", str(template), "--output-dir", str(out)]) == 2
     assert "checksum mismatch" in capsys.readouterr().err
-    data = validate(out / MANIFEST_FILE)
+    data = validate(out / "t" / MANIFEST_FILE)  # --output-dir DIR: DIR/<name>/
     assert data["failure"]["step"] == "source disk"
     assert "checksum mismatch" in data["failure"]["error"]
 
@@ -403,7 +430,7 @@ def test_the_manifest_records_its_inputs(tmp_path: Path) -> None:
 def test_the_source_disk_step_records_the_source_s_digest(tmp_path: Path) -> None:
     ctx = context(tmp_path)
     source = tmp_path / "disk.raw"
-    source.write_bytes(b"\x00" * MiB + b"a disk")
+    source.write_bytes(b"\x00" * 510 + b"\x55\xaa" + b"\x00" * (MiB - 512) + b"a disk")
     with ExitStack() as stack:
         prepare_disk(ctx, stack)
     assert ctx.source_digest == f"sha256:{sha256sum(source)}"

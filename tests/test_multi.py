@@ -176,12 +176,9 @@ def test_a_var_no_template_declares_is_an_error(
 ) -> None:
     a = template(tmp_path, "a", image, variables='size = "1"\n')
     b = template(tmp_path, "b", image)
-    var_file = tmp_path / "vars.toml"
-    var_file.write_text('size = "3"\ncolour = "red"\n')
     out = tmp_path / "out"
-    assert main(["build", str(a), str(b), "--var-file", str(var_file),
-                 "--output-dir", str(out)]) == 2
-    assert "no template declares the variable 'colour'" in capsys.readouterr().err
+    assert main(["build", str(a), str(b), "--var", "colour=red", "--output-dir", str(out)]) == 2
+    assert "no template declares the variable 'colour' (set by --var)" in capsys.readouterr().err
     assert not out.exists()
 
 
@@ -420,6 +417,26 @@ def test_several_real_builds_write_a_summary_from_their_manifests(
         assert entry["artifacts"] == [] and entry["ready"] is None
         assert entry["manifest"] == str(out / name / MANIFEST_FILE)
         assert entry["duration_seconds"] >= 0
+    assert list(work_root.iterdir()) == [], "a work directory or lock file was left behind"
+
+
+def test_one_template_with_output_dir_follows_the_rule_of_several(
+    tmp_path: Path, work_root: Path, image: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The README's `build images/*.toml --output-dir "$night"` on a night the glob matches
+    one file: DIR/<name>/ and DIR/summary.json, as with two; the build's own exit code."""
+    alone = template(tmp_path, "alpha", image)
+    out = tmp_path / "out"
+    assert main(["build", str(alone), "--output-dir", str(out)]) == 2
+    assert "checksum mismatch" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["alpha", SUMMARY_FILE]
+    manifest = json.loads((out / "alpha" / MANIFEST_FILE).read_text())
+    data = validate_summary(out / SUMMARY_FILE)
+    [entry] = data["builds"]
+    assert entry["output_directory"] == str(out / "alpha")
+    assert entry["status"] == "failed" and entry["exit_code"] == 2 == data["exit_code"]
+    assert entry["failing_step"] == manifest["failure"]["step"] == "source disk"
+    assert data["jobs"] == 1
     assert list(work_root.iterdir()) == [], "a work directory or lock file was left behind"
 
 

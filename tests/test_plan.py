@@ -172,7 +172,7 @@ def test_the_install_step_feeds_the_plans_answer_files_and_cmdline(
     from contextlib import ExitStack
     from types import SimpleNamespace
 
-    from builder.steps import install
+    from builder.steps import fetch, install
 
     iso = make_iso(tmp_path / "d-i.iso", {"install.amd/vmlinuz": b"kernel",
                                           "install.amd/initrd.gz": b"initrd"}, label="DEBIAN")
@@ -197,6 +197,7 @@ def test_the_install_step_feeds_the_plans_answer_files_and_cmdline(
     monkeypatch.setattr(install, "start_domain", start_domain)
     monkeypatch.setattr(install, "_wait_for_installer", lambda _ctx, _domain: None)
     with ExitStack() as stack:
+        fetch.fetch(ctx, stack)
         install.install(ctx, stack)
     [spec] = started
     plan = ctx.the_plan

@@ -135,6 +135,8 @@ def test_describe() -> None:
     assert describe(shell(inline=["", "apt-get update", "x"])) == "shell: apt-get update ..."
     assert describe(shell(script=Path("/x/setup.sh"))) == "shell: setup.sh"
     assert describe(RebootProvisioner(type="reboot")) == "reboot"
+    assert describe(shell(inline=["install-agent"], name="agent")) == \
+        "agent (shell: install-agent)"
     assert inline_script(["a", "b"]) == "set -e\na\nb\n"
 
 

@@ -260,13 +260,13 @@ def test_bad_credentials_are_a_clear_error_with_exit_2(
     bad_sig = good.split("sig=")[0] + "sig=AAAAbadsignatureAAAA%3D"
     assert main(["publish", str(image), "--container-url", bad_sig, "--force"]) == 2
     err = capsys.readouterr().err
-    assert "refused the credentials" in err and "AAAAbadsignature" not in err
+    assert "credentials refused by 127.0.0.1:" in err and "AAAAbadsignature" not in err
     wrong_key = azurite.connection_string.replace("Eby8", "Zby8")
     monkeypatch.setenv(CONNECTION_STRING_ENV, wrong_key)
     url = f"{azurite.account_url}/creds"
     assert main(["publish", str(image), "--container-url", url, "--force"]) == 2
     err = capsys.readouterr().err
-    assert "refused the credentials" in err and "Zby8" not in err
+    assert "credentials refused by 127.0.0.1:" in err and "Zby8" not in err
     monkeypatch.delenv(CONNECTION_STRING_ENV)
     assert main(["publish", str(image), "--container-url", url, "--force"]) == 2
     assert "only sent over https" in capsys.readouterr().err
@@ -407,7 +407,7 @@ def test_the_build_step_publishes_and_the_manifest_records_it(
     ctx = _step_context(azurite, tmp_path, monkeypatch, "stepped", "stepped-1.vhd")
     loaded = ctx.loaded
     names = [name for name, _ in plan(ctx)]
-    assert names[-3:] == ["check", "publish", "manifest"]
+    assert names[-4:] == ["check", "simulate", "publish", "manifest"]
     ctx.artifacts["vhd"] = image
     ctx.report = Report(str(image))  # the check step passed (no failure)
     with ExitStack() as stack:

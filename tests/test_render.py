@@ -118,9 +118,9 @@ def _plan_names(example: Path) -> list[str]:
 
 def test_iso_builds_install_then_boot_the_disk() -> None:
     names = _plan_names(REPO / "examples" / "demo.toml")
-    assert names[:3] == ["prepare", "accelerator", "install"]
+    assert names[:4] == ["prepare", "fetch", "accelerator", "install"]
     assert "source disk" not in names and "seed" not in names
-    assert names[3:5] == ["boot", "connect"]
+    assert names[4:6] == ["boot", "connect"]
 
 
 def test_disk_image_builds_copy_and_seed() -> None:

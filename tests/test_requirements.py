@@ -21,8 +21,8 @@ from distros import resolve
 
 
 def test_ids_in_order() -> None:
-    assert list(TITLES) == [f"R{n:02d}" for n in range(1, 15)]
-    assert tuple(f"R{n:02d}" for n in range(3, 15)) == GUEST_IDS
+    assert list(TITLES) == [f"R{n:02d}" for n in range(1, 16)]
+    assert tuple(f"R{n:02d}" for n in range(3, 16)) == GUEST_IDS
 
 
 def test_rootdelay_by_initrd_tool() -> None:

@@ -426,7 +426,7 @@ def test_install_settings_with_a_disk_image_are_warned_about(
 ) -> None:
     # A template moved from an ISO to a disk image keeps its [install]: none of it is used.
     image = tmp_path / "disk.raw"
-    image.write_bytes(b"\0" * 1024 * 1024)
+    image.write_bytes(b"\0" * 510 + b"\x55\xaa" + b"\0" * (1024 * 1024 - 512))  # empty MBR
     template = tmp_path / "t.toml"
     template.write_text(f'name = "t"\n[source]\ndisk_image = "{image}"\n'
                         '[distro]\nname = "almalinux"\nversion = "9"\n'

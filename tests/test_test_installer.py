@@ -180,3 +180,35 @@ def test_a_nic_without_a_pci_device_keeps_its_kernel_name(tmp_path: Path) -> Non
     (tmp_path / "class/net/eth0").mkdir(parents=True)
     assert installer.predictable_name(tmp_path, "eth0") == "eth0"
     assert installer.predictable_name(tmp_path, "missing0") == "missing0"
+
+
+def test_the_printed_iso_path_and_the_stable_one_both_validate_the_demo(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """examples/demo.toml says to use the path make-test-installer-iso.sh prints: its
+    versioned name must be in the SHA256SUMS the demo checks against, as the stable name is.
+    The ISO is a small one laid out as the test installer's (xorriso, as the script)."""
+    import subprocess
+
+    from builder.cli import main
+
+    repo = Path(__file__).resolve().parents[1]
+    tree = tmp_path / "tree"
+    (tree / "install.amd").mkdir(parents=True)
+    (tree / ".disk").mkdir()
+    for name in ("install.amd/vmlinuz", "install.amd/initrd.gz", ".disk/azbuild-test-installer"):
+        (tree / name).write_text("stand-in\n")
+    iso = tmp_path / "installer" / "azbuild-test-installer-0123456789abcdef.iso"
+    iso.parent.mkdir()
+    subprocess.run(["xorriso", "-as", "mkisofs", "-quiet", "-R", "-V", "AZBUILD_TEST_INSTALLER",
+                    "-o", str(iso), str(tree)], check=True, capture_output=True)
+    printed = subprocess.run(["bash", str(repo / "scripts" / "name-test-installer-iso.sh"),
+                              str(iso)], check=True, capture_output=True, text=True).stdout
+    assert printed.strip() == str(iso)
+    stable = iso.parent / "azbuild-test-installer.iso"
+    assert stable.resolve() == iso
+    checksum = f"checksum=file:{iso.parent / 'SHA256SUMS'}"
+    for path in (iso, stable):
+        code = main(["validate", str(repo / "examples" / "demo.toml"), "--var", f"iso={path}",
+                     "--var", checksum])
+        assert code == 0, capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import tarfile
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -58,6 +59,29 @@ class Guest:
         data = local.read_bytes()
         local.unlink()
         return data
+
+    def read_tree(self, directory: str) -> dict[str, str]:
+        """The text of every regular file under `directory` (its path -> text), in one
+        download (a tar), where reading them one by one would take a round trip each."""
+        local = self.tmp / "tree.tar"
+        try:
+            self.g.tar_out(directory, str(local))
+        except RuntimeError as exc:
+            log.debug("cannot download %s: %s", directory, exc)
+            return {}
+        files: dict[str, str] = {}
+        try:
+            with tarfile.open(local) as tar:
+                for member in tar:
+                    data = tar.extractfile(member) if member.isfile() else None
+                    if data is not None:
+                        name = member.name.removeprefix("./")
+                        files[f"{directory}/{name}"] = data.read().decode("utf-8", "replace")
+        except tarfile.TarError as exc:
+            log.debug("cannot read the files of %s: %s", directory, exc)
+        finally:
+            local.unlink(missing_ok=True)
+        return files
 
     def read_text(self, path: str) -> str | None:
         data = self.read_bytes(path)

@@ -1,4 +1,4 @@
-"""`azbuild check`: R01 and R02 from the image's bytes (image.py), R03..R14 from one
+"""`azbuild check`: R01 and R02 from the image's bytes (image.py), R03..R15 from one
 appliance launch (guest_checks.py), in one report in requirement order."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from builder.offline_check.guest_checks import guest_checks
 from builder.offline_check.image import format_checks
 from builder.offline_check.parsers import KernelLine
 from builder.report import CheckResult, Report
-from builder.requirements import GUEST_IDS, TITLES
+from builder.requirements import GUEST_IDS, ID_RANGE, TITLES
 
 _ID = re.compile(r"^R(\d{1,2})$")
 
@@ -38,7 +38,7 @@ def run_check(
     def read(g: Any, kernel_lines: list[KernelLine]) -> None:
         found.append(read_inventory(g, kernel_lines))
 
-    if inventory or not set(GUEST_IDS) <= set(skipped):  # one appliance launch for R03..R14
+    if inventory or not set(GUEST_IDS) <= set(skipped):  # one appliance launch for R03..R15
         results += guest_checks(image, image_format.qemu_format, accelerator,
                                 visit=read if inventory else None)
     report = _report(image, results, skipped)
@@ -67,7 +67,7 @@ def _skip_ids(skip: list[str]) -> list[str]:
             if ident not in TITLES:
                 raise UsageError(
                     f"unknown requirement ID {part.strip()!r} for --skip",
-                    hint="use the IDs R01..R14",
+                    hint=f"use the IDs {ID_RANGE}",
                 )
             ids.append(ident)
     return ids

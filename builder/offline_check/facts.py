@@ -1,6 +1,6 @@
 """What the offline check learns from the guest before it judges anything: the disks'
-partition tables, filesystems, LVM and RAID, the mounted OS, its packages, service links
-and boot loader kernel lines."""
+partition tables, filesystems, LVM and RAID, the mounted OS, its packages, systemd unit
+files and service links, and boot loader kernel lines."""
 
 from __future__ import annotations
 
@@ -27,9 +27,9 @@ from builder.offline_check.parsers import (
     parse_fstab,
     parse_grubenv,
 )
+from builder.offline_check.units import UNIT_DIRS
 
 log = logging.getLogger(__name__)
-UNIT_DIRS = ("/etc/systemd/system", "/lib/systemd/system", "/usr/lib/systemd/system")
 SYSV_DIRS = tuple(f"/etc/rc{n}.d" for n in (2, 3, 4, 5)) + tuple(
     f"/etc/rc.d/rc{n}.d" for n in (2, 3, 4, 5)
 )
@@ -62,6 +62,7 @@ class Facts:
     packages: dict[str, str] = field(default_factory=dict)
     package_source: str = ""
     links: dict[str, str] = field(default_factory=dict)
+    unit_files: dict[str, str] = field(default_factory=dict)  # systemd units and drop-ins
     rc_entries: dict[str, list[str]] = field(default_factory=dict)
     kernel_lines: list[KernelLine] = field(default_factory=list)
     kernel_args_any: set[str] = field(default_factory=set)
@@ -196,6 +197,7 @@ def gather(g: Any, guest: Guest, facts: Facts) -> None:
         if real in seen:
             continue
         seen.add(real)
+        facts.unit_files.update(guest.read_tree(directory))
         facts.links.update(guest.links_in(directory))
         for sub in guest.ls(directory):
             if sub.endswith((".wants", ".requires")):

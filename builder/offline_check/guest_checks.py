@@ -1,4 +1,4 @@
-"""Offline Azure-readiness checks R03..R14 of a Linux disk image, from one libguestfs launch.
+"""Offline Azure-readiness checks R03..R15 of a Linux disk image, from one libguestfs launch.
 
 The image is added read-only (libguestfs puts a throw-away overlay in front of
 it). The filesystems' clean/dirty state (R13) is read from the raw superblocks
@@ -35,9 +35,11 @@ from builder.offline_check.rules_kernel import check_cmdline, check_initrds, che
 from builder.offline_check.rules_system import (
     check_agent,
     check_generalised,
+    check_host_keys,
     check_ssh,
     check_sudoers,
     check_waagent_conf,
+    cloud_init_state,
 )
 from builder.qemu_img import info_argv
 from builder.report import CheckResult
@@ -53,7 +55,7 @@ def guest_checks(
     image: Path, image_format: str, accelerator: Literal["kvm", "tcg"] | None = None,
     visit: MountedVisitor | None = None,
 ) -> list[CheckResult]:
-    """One CheckResult for each of R03..R14 (in that order), then extra warnings (W-*).
+    """One CheckResult for each of R03..R15 (in that order), then extra warnings (W-*).
     The appliance runs on `accelerator`, else on the KVM probe's answer. `visit` reads
     more from the mounted guest in the same launch (builder/inventory.py)."""
     if image_format not in IMAGE_FORMATS:
@@ -95,6 +97,7 @@ def _run_checks(g: Any, guest: Guest, image: Path,
         visit(g, facts.kernel_lines)
         log.info("reading more from the guest took %.1f s", time.monotonic() - started)
     r03, extras = check_partitions(facts)
+    cloud_init = cloud_init_state(guest, facts)
     results = [
         r03,
         check_swap(facts),
@@ -103,11 +106,12 @@ def _run_checks(g: Any, guest: Guest, image: Path,
         check_cmdline(guest, facts),
         check_agent(guest, facts),
         check_ssh(guest, facts),
-        check_waagent_conf(guest, facts),
+        check_waagent_conf(guest, cloud_init),
         check_sudoers(guest),
         check_generalised(guest),
         r13,
         check_fallback_loader(g, guest, facts),
+        check_host_keys(guest, facts, cloud_init),
     ]
     if facts.unmounted:
         extras.append(CheckResult(

@@ -9,12 +9,14 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from builder.offline_check.parsers import shadow_password_field, version_tuple, where
+from builder.offline_check.units import UnitSet, masked_running, units_running
 from builder.report import Status
 from builder.requirements import (
     AGENT,
     CRASHKERNEL_AUTO,
     ENABLE_SWAP,
     FALLBACK_LOADER,
+    HOST_KEYGEN_PROGRAMS,
     NUMA_OFF,
     NUMA_OFF_UP_TO,
     RECOMMENDED_KERNEL,
@@ -78,6 +80,9 @@ class CloudInitState:
     datasources: list[str] | None = None  # None: no datasource_list (default includes Azure)
     datasource_evidence: str = ""
     regenerates_host_keys: bool = True
+    # waagent refuses to provision while cloud-init-local.service is enabled, whatever
+    # /etc/cloud/cloud-init.disabled says: the enabling link, when there is one.
+    local_unit_link: str | None = None
 
 
 def judge_waagent_conf(
@@ -138,6 +143,11 @@ def judge_waagent_conf(
             )
         if cloud_init.enabled:
             problems.append(f"cloud-init is enabled ({cloud_init.evidence}) but waagent provisions")
+        elif cloud_init.local_unit_link:
+            problems.append(
+                f"cloud-init-local.service is enabled ({cloud_init.local_unit_link}): waagent "
+                "refuses to provision while it is ('cloud-init appears to be installed and "
+                "enabled'), whatever cloud-init.disabled says")
         facts += [show(RESOURCE_FORMAT), show(ENABLE_SWAP),
                   f"cloud-init: {cloud_init.evidence}"]
     elif mode == "cloud-init":
@@ -330,3 +340,79 @@ def judge_fallback_loader(
                         "and no /boot/grub built into the loader")
     kind = "shim" if loader_is_shim else "GRUB or another loader"
     return "pass", f"{esp}: {loader} ({kind}, {files[loader]} bytes) reaches {config}"
+
+
+# A command line that makes SSH host keys: `ssh-keygen -A`, or a distro's own key maker.
+HOST_KEYGEN_RE = re.compile(
+    r"(?:^|[\s/'\";])(?:ssh-keygen\b[^;|&]*\s-A\b|(?:"
+    + "|".join(map(re.escape, HOST_KEYGEN_PROGRAMS)) + r")\b)")
+
+
+def judge_host_keys(
+    keys: Sequence[str], units: UnitSet, ssh_unit: str | None,
+    sysv_script: tuple[str, str] | None, cloud_init: CloudInitState,
+    cloud_init_units: Sequence[str],
+) -> tuple[Status, str]:
+    """R15: sshd finds host keys on the first boot. The image holds some (whether it should
+    is R12's question), or something makes them before the SSH server's unit `ssh_unit`
+    starts: a unit running `ssh-keygen -A`, `sshd-keygen` or `sshd-gen-keys-start` that is
+    ordered before it and started with it (or at boot), that unit's own ExecStartPre,
+    cloud-init where it runs and makes keys (its network stage, `cloud_init_units`), or,
+    without a unit, the SysV init script (`sysv_script`: path, text)."""
+    if keys:
+        return "pass", (f"host keys in the image ({', '.join(keys)}): sshd starts with them "
+                        "(R12 judges whether they belong there)")
+    if ssh_unit is None:
+        if sysv_script is None:
+            return "fail", ("no host keys in /etc/ssh, and no SSH server unit (ssh.service, "
+                            "sshd.service) or init script that could make them")
+        path, text = sysv_script
+        if "ssh-keygen" in text or any(p in text for p in HOST_KEYGEN_PROGRAMS):
+            return "pass", f"no host keys in /etc/ssh; {path} makes them before it starts sshd"
+        return "fail", (f"no host keys in /etc/ssh, and {path} starts sshd without making any: "
+                        "sshd does not start on the first boot")
+    makers: list[str] = []
+    misses: list[str] = [f"{name} would make them but is masked ({link} -> /dev/null)"
+                         for name, link in masked_running(units, HOST_KEYGEN_RE)]
+    instances: dict[str, list[str]] = {}  # a template's path -> the instances that made keys
+    for unit, line in units_running(units, HOST_KEYGEN_RE, extra=(ssh_unit,)):
+        where_ = unit.dropins[-1] if unit.dropins else unit.path
+        if unit.name == ssh_unit:  # its own ExecStartPre (SUSE), or a drop-in's
+            makers.append(f"{unit.name} itself ({where_}: {line})")
+            continue
+        before = units.runs_before(unit.name, ssh_unit)
+        started = units.pulled_by(unit.name, ssh_unit) or units.enabled(unit.name)
+        if before and started:
+            if unit.path in instances:  # another instance of the same template, said once
+                instances[unit.path].append(unit.name)
+                continue
+            instances[unit.path] = []
+            makers.append(f"{unit.name} ({where_}: {line}; {before}; started by {started})")
+            continue
+        gaps = [gap for gap, ok in ((f"not ordered before {ssh_unit}", before),
+                                    (f"neither enabled nor pulled in by {ssh_unit}", started))
+                if not ok]
+        misses.append(f"{unit.name} ({where_}: {line}) is {' and '.join(gaps)}")
+    makers += [f"likewise {', '.join(names)}" for names in instances.values() if names]
+    if cloud_init.installed:
+        network = next((n for n in cloud_init_units if units.unit(n)), None)
+        before = units.runs_before(network, ssh_unit) if network else None
+        if not cloud_init.enabled:
+            misses.append(f"cloud-init {cloud_init.evidence}")
+        elif not cloud_init.regenerates_host_keys:
+            misses.append("cloud-init is told to make no host keys (ssh_genkeytypes: [])")
+        elif cloud_init.datasources is not None and "Azure" not in cloud_init.datasources:
+            misses.append(f"cloud-init has no Azure datasource ({cloud_init.datasource_evidence})")
+        elif before is None:
+            misses.append(f"cloud-init is enabled, but none of {', '.join(cloud_init_units)} "
+                          f"is ordered before {ssh_unit}")
+        else:
+            makers.append(f"cloud-init's ssh module ({cloud_init.evidence}; {before})")
+    if makers:
+        return "pass", f"no host keys in /etc/ssh; made before {ssh_unit} starts by " + (
+            "; ".join(makers))
+    seen = "; ".join(misses) or "no unit runs ssh-keygen -A, sshd-keygen or sshd-gen-keys-start"
+    return "fail", (
+        f"no host keys in /etc/ssh and nothing makes them before {ssh_unit} starts ({seen}): "
+        "sshd fails on the first boot ('no hostkeys available') and nobody can log in; a "
+        f"oneshot unit running ssh-keygen -A, wanted by and ordered before {ssh_unit}, fixes it")

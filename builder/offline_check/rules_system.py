@@ -1,16 +1,18 @@
 """The rules about the installed system: R08 the agent, R09 sshd, R10 waagent.conf and
-cloud-init, R11 sudoers, R12 generalised (the leak list)."""
+cloud-init, R11 sudoers, R12 generalised (the leak list), R15 host keys on the first boot."""
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import re
 from collections.abc import Sequence
 
 from builder.offline_check.adapter import Guest, listed
-from builder.offline_check.facts import UNIT_DIRS, Facts
+from builder.offline_check.facts import Facts
 from builder.offline_check.judge import (
     CloudInitState,
+    judge_host_keys,
     judge_waagent_conf,
     password_locked,
     sudoers_findings,
@@ -19,6 +21,7 @@ from builder.offline_check.judge import (
     users_with_passwords,
 )
 from builder.offline_check.parsers import cloud_datasources, parse_key_values, shadow_password_field
+from builder.offline_check.units import UNIT_DIRS, UnitSet
 from builder.report import CheckResult, Status
 from builder.requirements import (
     AGENT_STATE,
@@ -28,6 +31,7 @@ from builder.requirements import (
     INSTALLER_LEFTOVERS,
     LEASE_DIRS,
     SSH_HOST_KEYS,
+    SSH_HOST_PRIVATE_KEYS,
     WAAGENT_CONF,
 )
 
@@ -41,6 +45,10 @@ SSH_UNITS = ("ssh.service", "sshd.service", "ssh.socket", "sshd.socket")
 SSH_SYSV = ("ssh", "sshd", "openssh-server")
 SSH_BINARIES = ("/usr/sbin/sshd",)
 CLOUD_INIT_UNITS = ("cloud-init.service", "cloud-init-local.service", "cloud-init-main.service")
+# cloud-init's network stage, where its ssh module makes the host keys (24.3 renamed it).
+CLOUD_INIT_NETWORK_UNITS = ("cloud-init-network.service", "cloud-init.service")
+SSH_SERVER_UNITS = ("ssh.service", "sshd.service")  # Debian's and Ubuntu's, then the others'
+SSH_INIT_SCRIPTS = ("/etc/rc.d/init.d/sshd", "/etc/init.d/sshd", "/etc/init.d/ssh")
 
 
 def _service_state(
@@ -100,7 +108,8 @@ def check_ssh(guest: Guest, facts: Facts) -> CheckResult:
     return check_service("R09", guest, facts, SSH_PACKAGES, SSH_UNITS, SSH_SYSV, SSH_BINARIES)
 
 
-def _cloud_init_state(guest: Guest, facts: Facts) -> CloudInitState:
+def cloud_init_state(guest: Guest, facts: Facts) -> CloudInitState:
+    """Whether cloud-init runs on the first boot, what it looks for and makes (R10, R15)."""
     installed = "cloud-init" in facts.packages or listed(guest, "/usr/bin/cloud-init")
     datasources: list[str] | None = None
     ds_evidence = ""
@@ -120,6 +129,15 @@ def _cloud_init_state(guest: Guest, facts: Facts) -> CloudInitState:
             regenerates = False
     if not installed:
         return CloudInitState(False, False, "not installed", datasources, ds_evidence, regenerates)
+    local, link = unit_enabled(("cloud-init-local.service",), facts.links)
+    return dataclasses.replace(
+        _cloud_init_enablement(guest, facts, datasources, ds_evidence, regenerates),
+        local_unit_link=link if local else None)
+
+
+def _cloud_init_enablement(guest: Guest, facts: Facts, datasources: list[str] | None,
+                           ds_evidence: str, regenerates: bool) -> CloudInitState:
+    """An installed cloud-init: whether it runs on the first boot, and why."""
     if listed(guest, "/etc/cloud/cloud-init.disabled"):
         return CloudInitState(True, False, "disabled by /etc/cloud/cloud-init.disabled",
                               datasources, ds_evidence, regenerates)
@@ -134,11 +152,11 @@ def _cloud_init_state(guest: Guest, facts: Facts) -> CloudInitState:
                           ds_evidence, regenerates)
 
 
-def check_waagent_conf(guest: Guest, facts: Facts) -> CheckResult:
+def check_waagent_conf(guest: Guest, cloud_init: CloudInitState) -> CheckResult:
     text = guest.read_text(WAAGENT_CONF)
     if text is None:
         return CheckResult("R10", "fail", f"no {WAAGENT_CONF}")
-    status, evidence = judge_waagent_conf(parse_key_values(text), _cloud_init_state(guest, facts))
+    status, evidence = judge_waagent_conf(parse_key_values(text), cloud_init)
     return CheckResult("R10", status, evidence)
 
 
@@ -210,3 +228,17 @@ def check_generalised(guest: Guest) -> CheckResult:
     return CheckResult("R12", "pass", "no host keys, root locked, no leases, no agent state, no "
                    "histories, no authorized_keys, no cloud-init instance data, no installer "
                    "leftovers")
+
+
+def check_host_keys(guest: Guest, facts: Facts, cloud_init: CloudInitState) -> CheckResult:
+    keys_dir, _, keys_glob = SSH_HOST_PRIVATE_KEYS.rpartition("/")
+    keys = [f"{keys_dir}/{n}" for n in guest.ls(keys_dir) if fnmatch.fnmatchcase(n, keys_glob)]
+    units = UnitSet(facts.unit_files, facts.links)
+    ssh_unit = next((units.canonical(n) for n in SSH_SERVER_UNITS if units.unit(n)), None)
+    sysv_script = None
+    if ssh_unit is None and not keys:
+        sysv_script = next(((p, t) for p in SSH_INIT_SCRIPTS
+                            if (t := guest.read_text(p)) is not None), None)
+    status, evidence = judge_host_keys(keys, units, ssh_unit, sysv_script, cloud_init,
+                                       CLOUD_INIT_NETWORK_UNITS)
+    return CheckResult("R15", status, evidence)

@@ -217,24 +217,31 @@ def wait_for(poller: Any, what: str, timeout: float,
 # --- the two entry types -----------------------------------------------------------------
 
 
-def compute_client(subscription_id: str, **options: Any) -> Any:
-    """A ComputeManagementClient authenticated by DefaultAzureCredential."""
+def compute_client(subscription_id: str, credential: Any = None, **options: Any) -> Any:
+    """A ComputeManagementClient with the bounds of builder/publish/reach.py, authenticated
+    by DefaultAzureCredential (bounded and watched too) unless `credential` is given.
+    `options` go to the client as well (e.g. `base_url`)."""
     import os
 
-    from azure.identity import DefaultAzureCredential
     from azure.mgmt.compute import ComputeManagementClient
 
     from builder.publish.auth import register_identity_secrets
+    from builder.publish.reach import Clients
 
-    register_identity_secrets(os.environ)
-    credential = DefaultAzureCredential(exclude_interactive_browser_credential=True)
-    return ComputeManagementClient(credential, subscription_id, **options)
+    clients = Clients()
+    if credential is None:
+        register_identity_secrets(os.environ)
+        credential = clients.credential()
+    return ComputeManagementClient(credential, subscription_id,
+                                   **{**clients.options(), **options})
 
 
 class _Run:
     """One entry's run: what it is doing now (for the error), and what it created."""
 
-    def __init__(self, record: dict[str, Any], on_error: str, timeout: float) -> None:
+    def __init__(self, record: dict[str, Any], on_error: str, timeout: float,
+                 host: str = "management.azure.com") -> None:
+        self.host = host  # the ARM endpoint, for messages
         self.record = record
         self.ledger = Ledger(resources=record.setdefault("resources_list", []))
         self.on_error = on_error
@@ -251,13 +258,27 @@ class _Run:
         self.record["failed"] = self.doing
         if isinstance(exc, (BuildError, UsageError)) or not isinstance(exc, Exception):
             return exc
-        from azure.core.exceptions import AzureError, ClientAuthenticationError
+        from azure.core.exceptions import (
+            AzureError,
+            ClientAuthenticationError,
+            ServiceRequestError,
+            ServiceResponseError,
+        )
+
+        from builder.publish.reach import reason
 
         text = str(exc).strip().splitlines()
         detail = text[0] if text else type(exc).__name__
         if isinstance(exc, ClientAuthenticationError):
-            return UsageError(f"{self.doing}: Azure refused the credentials: {detail}",
-                              hint="`az login`, or set AZURE_CLIENT_ID/SECRET/TENANT_ID")
+            return UsageError(f"{self.doing}: credentials refused by {self.host}: {detail}",
+                              hint="`az login`, or set AZURE_CLIENT_ID/SECRET/TENANT_ID; the "
+                                   "identity needs a role on the resource group")
+        if isinstance(exc, ServiceRequestError):
+            return UsageError(f"{self.doing}: cannot reach {self.host}: {reason(exc)}",
+                              hint="check the network and a proxy (HTTPS_PROXY)")
+        if isinstance(exc, ServiceResponseError):
+            return UsageError(f"{self.doing}: {self.host} did not answer: {reason(exc)}",
+                              hint="Azure or the network to it is failing: try again later")
         if isinstance(exc, AzureError):
             return BuildError(f"{self.doing} failed: {detail}")
         return exc
@@ -268,7 +289,7 @@ def create_image(compute: Any, entry: AzureImage, facts: ImageFacts, blob_uri: s
                  record: dict[str, Any]) -> None:
     """A managed disk (imported from `blob_uri`, or filled by `upload(sas_url)`), then a
     managed image from it. `record` is filled in as it goes, failure or not."""
-    run = _Run(record, on_error, entry.timeout)
+    run = _Run(record, on_error, entry.timeout, _arm_host(compute))
     rg = entry.resource_group
     disk_name = entry.disk_name or f"{entry.image_name}-osdisk"
     try:
@@ -306,7 +327,7 @@ def create_image(compute: Any, entry: AzureImage, facts: ImageFacts, blob_uri: s
 def create_gallery_version(compute: Any, entry: AzureGallery, facts: ImageFacts,
                            blob_uri: str, on_error: str, record: dict[str, Any]) -> None:
     """A gallery image version from the blob, then retention of the definition's versions."""
-    run = _Run(record, on_error, entry.timeout)
+    run = _Run(record, on_error, entry.timeout, _arm_host(compute))
     rg, gallery, definition = entry.resource_group, entry.gallery, entry.image_definition
     where = f"{gallery}/{definition}"
     try:
@@ -340,6 +361,14 @@ def create_gallery_version(compute: Any, entry: AzureGallery, facts: ImageFacts,
                      entry.keep_latest)
             deleted.append(old)
         record["retention_deleted"] = deleted
+
+
+def _arm_host(compute: Any) -> str:
+    """The ARM endpoint the client talks to (its base URL), for messages."""
+    from urllib.parse import urlsplit
+
+    base = getattr(getattr(compute, "_config", None), "base_url", None)
+    return (urlsplit(base).netloc or base) if isinstance(base, str) else "management.azure.com"
 
 
 def _rest_shape(data: Mapping[str, Any]) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 1. a SAS in the container URL (`?sv=...&sig=...`);
 2. the AZURE_STORAGE_CONNECTION_STRING environment variable;
-3. azure-identity's DefaultAzureCredential (environment, managed identity, Azure CLI).
+3. azure-identity's DefaultAzureCredential (environment, managed identity, Azure CLI),
+   bounded and watched (builder/publish/reach.py).
 """
 
 from __future__ import annotations
@@ -10,11 +11,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from builder import redact
 from builder.errors import UsageError
+
+if TYPE_CHECKING:
+    from builder.publish.reach import Clients
 
 log = logging.getLogger(__name__)
 
@@ -101,11 +105,13 @@ def choose_auth(url: ContainerUrl, env: Mapping[str, str]) -> AuthMethod:
     return "default-credential"
 
 
-def open_container(url: ContainerUrl, env: Mapping[str, str],
+def open_container(url: ContainerUrl, env: Mapping[str, str], clients: Clients,
                    **client_options: Any) -> tuple[Any, AuthMethod]:
-    """A ContainerClient for `url` and the method that authenticates it."""
+    """A ContainerClient for `url` and the method that authenticates it, with the bounds
+    of builder/publish/reach.py."""
     from azure.storage.blob import BlobServiceClient, ContainerClient
 
+    client_options = {**clients.storage_options(), **client_options}
     method = choose_auth(url, env)
     log.info("storage container %s, authenticated with %s", url.public,
              AUTH_DESCRIPTIONS[method])
@@ -130,9 +136,6 @@ def open_container(url: ContainerUrl, env: Mapping[str, str],
             f"tokens are only sent over https, not to {url.public}",
             hint="add a SAS to the URL, set the connection string, or use an https URL",
         )
-    from azure.identity import DefaultAzureCredential
-
     register_identity_secrets(env)
-    credential = DefaultAzureCredential(exclude_interactive_browser_credential=True)
-    return ContainerClient(url.account_url, url.container, credential=credential,
+    return ContainerClient(url.account_url, url.container, credential=clients.credential(),
                            **client_options), method

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from builder import __version__
 from builder.digest import sha256_file
@@ -87,6 +88,8 @@ def publish_blob(image: Path, container_url: str, blob_name: str | None = None,
     or from running the check. `sha256`: the image's digest when the caller knows it (a
     build hashed it for its manifest); else it is hashed here. `client_options` go to the
     storage client (e.g. a raw_request_hook for bench/bench_publish.py)."""
+    from builder.publish.reach import Clients
+
     started = time.monotonic()
     env = os.environ if env is None else env
     if jobs < 1:
@@ -94,8 +97,9 @@ def publish_blob(image: Path, container_url: str, blob_name: str | None = None,
     url = parse_container_url(container_url)
     local = inspect_image(image, force=force, ready=ready, sha256=sha256)
     name = blob_name or image.name
+    clients = Clients()
     with _storage_errors(url.public, name):
-        container, auth = open_container(url, env, **client_options)
+        container, auth = open_container(url, env, clients, **client_options)
         blob = container.get_blob_client(name)
         resumed = _create_or_resume(blob, local, force)
         present = present_ranges(blob) if resumed else []
@@ -211,39 +215,49 @@ def _create_or_resume(blob: Any, local: LocalImage, force: bool) -> bool:
 @contextmanager
 def _storage_errors(where: str, name: str) -> Iterator[None]:
     """The SDK's exceptions as our errors: credentials and reachability are the user's
-    environment (exit 2), anything else a failed publish (exit 1). Messages are redacted."""
+    environment (exit 2), anything else a failed publish (exit 1). "cannot reach HOST"
+    (no connection) and "credentials refused by HOST" (the service answered no) are
+    different messages. Messages are redacted."""
     from azure.core.exceptions import (
         ClientAuthenticationError,
         HttpResponseError,
         ResourceNotFoundError,
         ServiceRequestError,
+        ServiceResponseError,
     )
 
+    from builder.publish.reach import reason
+
+    host = urlsplit(where).netloc
+    refused_hint = ("check the SAS (permissions racwd, not expired), the connection "
+                    "string's account key, or the identity's role (Storage Blob Data "
+                    "Contributor); see docs/publish.md#authentication")
     try:
         yield
     except AzbuildError:
         raise
     except ClientAuthenticationError as exc:
-        raise UsageError(
-            f"the storage service refused the credentials for {where}: {_first_line(exc)}",
-            hint="check the SAS (permissions racwd, not expired), the connection string's "
-                 "account key, or `az login`; see docs/publish.md#authentication",
-        ) from None
+        raise UsageError(f"credentials refused by {host} (the storage service at {where}): "
+                         f"{_first_line(exc)}", hint=refused_hint) from None
     except ResourceNotFoundError as exc:
         raise UsageError(f"{where}: the container does not exist ({_first_line(exc)})",
                          hint="create it first (az storage container create)") from None
     except HttpResponseError as exc:
         if exc.status_code in (401, 403):
-            raise UsageError(
-                f"the storage service refused the credentials for {where}: "
-                f"{_first_line(exc)}",
-                hint="check the SAS, the connection string's key, or `az login`",
-            ) from None
+            raise UsageError(f"credentials refused by {host} (the storage service at "
+                             f"{where}): {_first_line(exc)}", hint=refused_hint) from None
         raise BuildError(f"uploading {name} to {where} failed: {_first_line(exc)}",
                          hint="run the same command again: it resumes") from None
     except ServiceRequestError as exc:
-        raise UsageError(f"cannot reach {where}: {_first_line(exc)}",
-                         hint="check the URL and the network; rerun to resume") from None
+        raise UsageError(f"cannot reach {host} (the storage service at {where}): "
+                         f"{reason(exc)}",
+                         hint="check the URL, the network and a proxy (HTTPS_PROXY); "
+                              "rerun to resume") from None
+    except ServiceResponseError as exc:
+        raise UsageError(f"{host} did not answer (the storage service at {where}): "
+                         f"{reason(exc)}",
+                         hint="the service or the network to it is failing: rerun later "
+                              "to resume") from None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -255,17 +269,16 @@ def upload_to_existing_blob(image: Path, sas_url: str, jobs: int = DEFAULT_JOBS
                             ) -> dict[str, Any]:
     """Send `image` into a page blob that exists already at its size, such as a managed
     disk in the ReadyToUpload state behind its write SAS; read back and compare."""
-    from urllib.parse import urlsplit
-
     from azure.storage.blob import BlobClient
 
     from builder.publish.auth import register_sas
+    from builder.publish.reach import Clients
 
     parts = urlsplit(sas_url)
     register_sas(parts.query)
     where = f"{parts.scheme}://{parts.netloc}{parts.path}"
     with _storage_errors(where, Path(parts.path).name):
-        blob = BlobClient.from_blob_url(sas_url)
+        blob = BlobClient.from_blob_url(sas_url, **Clients().storage_options())
         with Progress("upload", image.stat().st_size) as progress:
             stats = upload_pages(blob, image, jobs=jobs, present=present_ranges(blob),
                                  progress=progress)

@@ -6,11 +6,13 @@ from builder.context import BuildContext, Step
 from builder.steps import (
     boot,
     export,
+    fetch,
     install,
     prepare,
     provision,
     publish,
     shutdown,
+    simulate,
     source_disk,
 )
 
@@ -18,6 +20,8 @@ from builder.steps import (
 def plan(ctx: BuildContext) -> list[tuple[str, Step]]:
     """The ordered steps of this build (Packer's step list, in one place)."""
     steps: list[tuple[str, Step]] = [("prepare", prepare.prepare)]
+    if fetch.needed(ctx):
+        steps.append(("fetch", fetch.fetch))  # before any VM: an input may be unavailable
     if ctx.template.source.iso is not None:
         # The answer file creates the build user and installs the pinned host key.
         steps += [
@@ -38,6 +42,7 @@ def plan(ctx: BuildContext) -> list[tuple[str, Step]]:
         ("shutdown", shutdown.shutdown),
         ("export", export.export),
         ("check", export.check),
+        ("simulate", simulate.simulate),
     ]
     if ctx.template.publish:
         steps.append(("publish", publish.publish))

@@ -1,7 +1,7 @@
 """The unattended install from an installer ISO, ending with the installed disk.
 
-The ISO is fetched and verified, its installer kernel and initrd are copied out,
-the answer files reach the installer the way it looks for them (an OEMDRV or
+The ISO was fetched and verified by the fetch step. Its installer kernel and initrd
+are copied out, the answer files reach the installer the way it looks for them (an OEMDRV or
 CIDATA CD-ROM, or an archive appended to the initrd), and QEMU boots the kernel
 directly with the ISO attached as a CD-ROM. The install phase runs with
 on_reboot=destroy, so the installer powering off or rebooting at its end stops
@@ -21,7 +21,6 @@ from builder.answers import answer_media, installer_failure_regex
 from builder.cache_keys import install_key, keyed_answer_files
 from builder.context import BuildContext, timed_guest_wait
 from builder.errors import BuildError, indent
-from builder.fetch import fetch_iso
 from builder.guest import runtime, start_domain
 from builder.initrd import append_to_initrd
 from builder.iso import extract_files
@@ -51,8 +50,9 @@ def install(ctx: BuildContext, stack: ExitStack) -> None:
     with --no-cache a raw disk of its own."""
     assert ctx.work_dir is not None and ctx.accelerator is not None
     source = ctx.template.source
-    assert source.iso is not None and source.checksum is not None
-    iso = fetch_iso(source.iso, source.checksum)
+    assert source.checksum is not None
+    iso = ctx.source_file  # fetched and verified by the fetch step
+    assert iso is not None
     ctx.source_digest = source_digest(iso, source.checksum)
     # The plan anew with the ISO's facts, now that it is here (it may not have been).
     ctx.plan = ctx.the_plan.with_iso(read_iso_facts(iso, ctx.template))

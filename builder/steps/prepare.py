@@ -38,8 +38,11 @@ def prepare(ctx: BuildContext, stack: ExitStack) -> None:
 def _check_outputs(ctx: BuildContext, stack: ExitStack) -> None:
     """Fail before any work when an output exists (without --force) or cannot be written."""
     out = ctx.output_dir
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"output directory {out} is a file")
+    # The directory, or the first of its parents that exists (--output-dir DIR: DIR/<name>).
+    there = next((p for p in (out, *out.parents) if p.exists()), out)
+    if there.exists() and not there.is_dir():
+        raise UsageError(f"output directory {out} is a file" if there == out
+                         else f"output directory {out} cannot be made: {there} is a file")
     targets = [ctx.artifact_path(fmt) for fmt in ctx.template.output.formats]
     targets += [sbom_path(out, ctx.template.name), out / MANIFEST_FILE]
     # A failed build's manifest (and its logs) are no output to protect: a rebuild replaces them.

@@ -14,7 +14,7 @@ from builder.context import BuildContext
 from builder.disk import ImageFormat, copy_sparse, detect_image_format
 from builder.errors import UsageError
 from builder.fetch import resolve_checksum, verify_local_file
-from builder.inputs import verify_image
+from builder.inputs import verify_source_image
 from builder.manifest import source_digest
 from builder.qemu_img import convert_to_raw_argv, raw_to_qcow2_argv, virtual_size
 from builder.run import run
@@ -34,9 +34,11 @@ def prepare_disk(ctx: BuildContext, stack: ExitStack) -> None:
     disk = ctx.work_dir / "disk.raw"
     checksum = ctx.template.source.checksum
     if checksum is not None:
-        verify_local_file(source, resolve_checksum(checksum, str(source)), what="disk image")
+        # A 'file:' checksum was read by the fetch step; an inline one is read here.
+        expected = ctx.source_checksum or resolve_checksum(checksum, str(source))
+        verify_local_file(source, expected, what="disk image")
     image_format = detect_image_format(source)
-    verify_image(source, image_format, role="source.disk_image")
+    verify_source_image(source, image_format, role="source.disk_image")
     ctx.source_digest = source_digest(source, checksum)
     if _caches(ctx):
         _from_cache(ctx, stack, disk, image_format)

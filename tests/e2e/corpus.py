@@ -1,9 +1,10 @@
-"""The image corpus for the offline Azure-readiness checks (R03..R14).
+"""The image corpus for the offline Azure-readiness checks (R03..R15).
 
 No VM boots. From the cached debootstrapped root (scripts/make-rootfs.sh) one
 Azure-ready root is prepared in a chroot (the Debian agent package installed,
 waagent.conf written for cloud-init provisioning, kernel command line and
-grub.cfg, Hyper-V modules in the initrd, no host keys, root locked), written
+grub.cfg, Hyper-V modules in the initrd, no host keys, root locked, and the unit
+azbuild's preparation writes to make host keys before ssh.service, enabled), written
 once as a raw disk (`sfdisk` MBR, `mke2fs -d` into the partition at 1 MiB),
 and every variant is that disk with exactly one requirement broken, applied at
 image-write time with `debugfs -w` on a copy. The variants are then stored as
@@ -32,9 +33,12 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from builder.appliance import Drive, launch
+from builder.azure_prep import host_keygen_unit
 from builder.initrd_list import list_initrd, modules_in
 from builder.paths import cache_dir
+from builder.requirements import HOST_KEYGEN_UNIT, HOST_KEYGEN_UNIT_DIR
 from builder.run import run
+from distros import resolve
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +50,9 @@ ROOT_UUID = "3f1b6a52-7d0e-4c3a-9a57-2b8e1f0c6d11"
 # Debian: no rootdelay (initramfs-tools sleeps it on every boot, R07).
 CMDLINE_DEFAULT = "console=tty1 console=ttyS0,115200n8 earlyprintk=ttyS0"
 HV_MODULES = ("hv_vmbus", "hv_storvsc", "hv_netvsc")
+CLOUD_INIT_WANTS = "/etc/systemd/system/cloud-init.target.wants"
+CLOUD_INIT_ENABLED = ("cloud-config.service", "cloud-final.service", "cloud-init-local.service",
+                      "cloud-init.service")
 ESP_START = MIB
 ESP_SIZE = 63 * MIB
 UEFI_ROOT_START = 64 * MIB
@@ -93,6 +100,7 @@ EXPECTED: dict[str, Expect] = {
     "correct": Expect(None, fmt="raw"),
     "correct-vhd": Expect(None, fmt="vpc"),
     "waagent-mode": Expect(None),
+    "waagent-cloud-init-local": Expect("R10", "waagent refuses to provision"),
     "big": Expect(None, fmt="raw"),
     "swap-fstab": Expect("R04", "/etc/fstab:3: /swapfile none swap"),
     "lvm-root": Expect("R03", "LVM", fmt="raw"),
@@ -108,6 +116,9 @@ EXPECTED: dict[str, Expect] = {
     "host-keys": Expect("R12", "/etc/ssh/ssh_host_ed25519_key"),
     "history": Expect("R12", "/root/.bash_history"),
     "cloud-instance": Expect("R12", "/var/lib/cloud/instance"),
+    # Today's Debian defect: waagent mode, generalised, nothing makes host keys (R15).
+    "ssh-no-keygen": Expect("R15", "nothing makes them before ssh.service starts (cloud-init "
+                            "disabled by /etc/cloud/cloud-init.disabled)"),
     "dirty-state": Expect("R13", "not clean"),
     "needs-recovery": Expect("R13", "needs_recovery"),
     "uefi": Expect(None, fmt="raw", firmware="uefi"),
@@ -280,6 +291,10 @@ def prepare_root(src: Path, root: Path) -> Path:
         modules = root / "etc/initramfs-tools/modules"
         modules.write_text(modules.read_text() + "".join(f"{m}\n" for m in HV_MODULES))
         _chroot(root, "update-initramfs", "-u", "-k", "all")
+        # R15: the unit azure-prep.sh writes on Debian, enabled the way it does it.
+        unit = root / HOST_KEYGEN_UNIT_DIR.lstrip("/") / HOST_KEYGEN_UNIT
+        unit.write_text(host_keygen_unit(resolve("debian", "12")) or "")
+        _chroot(root, "systemctl", "enable", HOST_KEYGEN_UNIT)
         # The same kernel's initrd made without hv_storvsc, for the R05 variant:
         # only the listed modules, as if the image was never prepared for Hyper-V.
         conf_dir = root / "tmp/initramfs-no-storvsc"
@@ -332,6 +347,8 @@ def _sanity(root: Path, no_storvsc: Path) -> None:
     wants = root / "etc/systemd/system/multi-user.target.wants"
     assert (wants / "walinuxagent.service").is_symlink(), "walinuxagent is not enabled"
     assert (wants / "ssh.service").is_symlink(), "ssh is not enabled"
+    keygen = root / "etc/systemd/system/ssh.service.wants" / HOST_KEYGEN_UNIT
+    assert keygen.is_symlink(), f"{HOST_KEYGEN_UNIT} is not enabled"
     shadow_root = (root / "etc/shadow").read_text().splitlines()[0].split(":")
     assert shadow_root[0] == "root" and shadow_root[1][:1] in ("*", "!"), "root is not locked"
     kver = kernel_version(root)
@@ -445,7 +462,14 @@ def _variant_commands(root: Path, work: Path, no_storvsc: Path) -> dict[str, lis
     wants = "/etc/systemd/system/multi-user.target.wants"
     fstab = (root / "etc/fstab").read_text()
     return {
+        # waagent mode as the preparation leaves it: cloud-init disabled and its units too.
         "waagent-mode": [
+            *_put(work, "/etc/waagent.conf", set_keys(waagent_conf, WAAGENT_WAAGENT)),
+            "write /dev/null /etc/cloud/cloud-init.disabled",
+            *[f"rm {CLOUD_INIT_WANTS}/{unit}" for unit in CLOUD_INIT_ENABLED],
+        ],
+        # Disabled by cloud-init.disabled only: waagent still refuses to provision.
+        "waagent-cloud-init-local": [
             *_put(work, "/etc/waagent.conf", set_keys(waagent_conf, WAAGENT_WAAGENT)),
             "write /dev/null /etc/cloud/cloud-init.disabled",
         ],
@@ -491,6 +515,14 @@ def _variant_commands(root: Path, work: Path, no_storvsc: Path) -> dict[str, lis
             *_put(work, "/var/lib/cloud/instances/iid-corpus/user-data.txt", "#cloud-config\n",
                   new=True),
             "symlink /var/lib/cloud/instance /var/lib/cloud/instances/iid-corpus",
+        ],
+        "ssh-no-keygen": [
+            *_put(work, "/etc/waagent.conf", set_keys(waagent_conf, WAAGENT_WAAGENT)),
+            "write /dev/null /etc/cloud/cloud-init.disabled",
+            *[f"rm {CLOUD_INIT_WANTS}/{unit}" for unit in CLOUD_INIT_ENABLED],
+            f"rm /etc/systemd/system/ssh.service.wants/{HOST_KEYGEN_UNIT}",
+            "rmdir /etc/systemd/system/ssh.service.wants",
+            f"rm {HOST_KEYGEN_UNIT_DIR}/{HOST_KEYGEN_UNIT}",
         ],
         "dirty-state": ["ssv state 0"],
         "needs-recovery": ["feature needs_recovery"],

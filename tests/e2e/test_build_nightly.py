@@ -1,10 +1,12 @@
-"""A nightly job end to end: two templates built at once, a rebuild from the stage cache,
+"""A nightly job end to end: two templates built at once, rebuilds from the stage cache,
 and `azbuild diff` between last night's image and tonight's.
 
 The two builds are conftest.py's `pair_built` (`azbuild build e2e.toml demo.toml --jobs 2`),
-shared with test_build.py and test_iso_install.py. The rebuild changes only the demo's
-last provisioner, to install one extra package: its install comes from the cache the pair
-filled, and the diff against the pair's demo shows exactly that package.
+shared with test_build.py and test_iso_install.py. The pair's demo names what it publishes
+with ${build.timestamp} and ${build.id}. Two rebuilds start from the install the pair
+cached: the same demo template again (another night, another id and timestamp: diff
+exits 0), and the demo with its last provisioner changed to install one extra package
+(diff shows exactly that package and exits 1).
 """
 
 from __future__ import annotations
@@ -73,6 +75,43 @@ def _rebuild_template(tmp: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def demo_again(pair_built: Any, test_installer_iso: Path, azurite: Any, demo_sas: str,
+               tmp_path_factory: pytest.TempPathFactory) -> Outcome:
+    """The pair's demo template built again, unchanged, as the next night would: its own
+    id and timestamp, its install from the cache the pair filled."""
+    assert pair_built.returncode == 0, lines_of(pair_built.demo.stderr, "demo")
+    tmp = tmp_path_factory.mktemp("again")
+    outcome = run_azbuild_build(
+        pair_built.templates["demo"], tmp, *iso_vars(demo_iso(test_installer_iso)),
+        "--var", f"container_url={azurite.account_url}/built?{demo_sas}",
+        env={"AZBUILD_CACHE_DIR": str(pair_built.cache_dir)})
+    assert outcome.returncode == 0, outcome.stderr[-6000:]
+    return outcome
+
+
+def _diff(old: Path, new: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*AZBUILD, "diff", "--json", str(old), str(new)],
+                          capture_output=True, text=True, cwd=REPO, env=user_env(),
+                          timeout=600)
+
+
+def test_diff_of_two_nights_of_an_unchanged_template_exits_0(
+    demo_again: Outcome, pair_built: Any
+) -> None:
+    """Another build id, timestamp, output directory, blob name and durations: no
+    difference. The stage cache made the second night cheap."""
+    first = validate_manifest(pair_built.output_dir / "demo" / "manifest.json")
+    second = validate_manifest(demo_again.output_dir / "manifest.json")
+    assert first["build_id"] != second["build_id"]
+    assert first["publish"][0]["url"] != second["publish"][0]["url"]
+    assert first["template_sha256"] == second["template_sha256"]
+    assert second["cache"][0]["result"] == "hit", second["cache"]
+    proc = _diff(pair_built.output_dir / "demo", demo_again.output_dir)
+    data = json.loads(proc.stdout)
+    assert (proc.returncode, data["changes"], data["notes"]) == (0, [], []), proc.stdout
+
+
+@pytest.fixture(scope="session")
 def demo_rebuilt(pair_built: Any, test_installer_iso: Path,
                  tmp_path_factory: pytest.TempPathFactory) -> Outcome:
     assert pair_built.returncode == 0, lines_of(pair_built.demo.stderr, "demo")
@@ -103,12 +142,13 @@ def test_rebuild_with_its_last_provisioner_changed_skips_the_install(
 def test_diff_against_last_night_shows_exactly_the_extra_package(
     demo_rebuilt: Outcome, pair_built: Any
 ) -> None:
-    proc = subprocess.run(
-        [*AZBUILD, "diff", "--json", str(pair_built.output_dir / "demo"),
-         str(demo_rebuilt.output_dir)],
-        capture_output=True, text=True, cwd=REPO, env=user_env(), timeout=600)
+    proc = _diff(pair_built.output_dir / "demo", demo_rebuilt.output_dir)
     assert proc.returncode == 1, proc.stderr
     changes = json.loads(proc.stdout)["changes"]
     packages = [c for c in changes if c["section"] == "packages"]
     assert len(packages) == 1, packages
     assert packages[0]["item"] == EXTRA_PACKAGE and packages[0]["old"] is None, packages
+    # Besides it, only the template changed (the image's services, kernels, sizes and
+    # readiness did not); the build's identity is no difference.
+    assert {c["section"] for c in changes} == {"packages", "inputs"}, changes
+    assert "template sha256" in {c["item"] for c in changes if c["section"] == "inputs"}

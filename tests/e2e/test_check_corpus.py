@@ -1,4 +1,4 @@
-"""guest_checks (R03..R14) on a corpus of real Debian 12 disk images (tests/e2e/corpus.py):
+"""guest_checks (R03..R15) on a corpus of real Debian 12 disk images (tests/e2e/corpus.py):
 the correct images (BIOS and UEFI) pass everything; each variant breaks exactly one
 requirement and is reported under that ID with concrete evidence, while every other
 requirement still passes (R14 is skipped on the BIOS images: no EFI system partition)."""
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.e2e
 # No LIBGUESTFS_* variable is set: the appliance runs on azbuild's own accelerator
 # decision (builder/appliance.py), the path every user takes.
 
-R_IDS = [f"R{n:02d}" for n in range(3, 15)]
+R_IDS = [f"R{n:02d}" for n in range(3, 16)]
 _results: dict[str, tuple[list[CheckResult], float]] = {}
 
 
@@ -90,6 +90,14 @@ def test_correct_image_evidence_is_concrete(corpus: Path) -> None:
     assert "package openssh-server" in by_id["R09"].evidence
     assert by_id["R10"].evidence.startswith("cloud-init mode")
     assert "/dev/sda1 ext4: clean" in by_id["R13"].evidence
+    # R15: both the unit azbuild writes (from the image's own files) and cloud-init
+    r15 = by_id["R15"].evidence
+    assert r15.startswith("no host keys in /etc/ssh; made before ssh.service starts by "
+                          "azbuild-ssh-host-keygen.service (/etc/systemd/system/azbuild-ssh-"
+                          "host-keygen.service: ExecStart=/usr/bin/ssh-keygen -A; "
+                          "azbuild-ssh-host-keygen.service Before=ssh.service; started by "
+                          "/etc/systemd/system/ssh.service.wants/"), r15
+    assert "cloud-init's ssh module (enabled (" in r15 and "Before=sshd.service)" in r15
     # sfdisk + mke2fs leave the MBR's boot code empty: reported, but only as a warning
     assert by_id["W-MBR"].status == "warn"
     # Debian: initramfs-tools sleeps rootdelay, so the correct image has none
@@ -115,6 +123,8 @@ def test_waagent_mode_judged_by_its_own_rules(corpus: Path) -> None:
     by_id = {r.id: r for r in _check(corpus, "waagent-mode")[0]}
     assert by_id["R10"].evidence.startswith("waagent mode")
     assert "disabled by /etc/cloud/cloud-init.disabled" in by_id["R10"].evidence
+    r15 = by_id["R15"].evidence  # cloud-init no longer makes the keys: the unit does
+    assert "by azbuild-ssh-host-keygen.service (" in r15 and "cloud-init" not in r15, r15
 
 
 def test_30_gib_image_is_checked_quickly(corpus: Path) -> None:

@@ -23,6 +23,7 @@ from test_build import (
     Outcome,
     assert_failed_build_kept,
     azbuild_domains,
+    build_dir,
     validate_manifest,
 )
 from userenv import user_env
@@ -68,7 +69,8 @@ def build_with_fault(
     started = time.monotonic()
     with stderr_file.open("wb") as stderr:
         proc = subprocess.Popen(
-            [*AZBUILD, "build", str(template), *args, "--output-dir", str(out)],
+            [*AZBUILD, "build", str(template), *args, "--output-dir", str(out),
+             "--no-simulate"],
             stderr=stderr, stdout=subprocess.DEVNULL, cwd=REPO,
             env=user_env(AZBUILD_WORK_DIR=str(work_root)),
         )
@@ -86,8 +88,8 @@ def build_with_fault(
         proc.kill()
         proc.wait()
         pytest.fail(f"the build did not end within {settle:.0f}s of the fault")
-    return Outcome(proc.returncode, "", stderr_file.read_text(errors="replace"), out,
-                   work_root, time.monotonic() - injected)
+    return Outcome(proc.returncode, "", stderr_file.read_text(errors="replace"),
+                   build_dir(out), work_root, time.monotonic() - injected)
 
 
 def gc_yes(work_root: Path) -> str:

@@ -50,13 +50,15 @@ def iso_vars(iso: Path) -> list[str]:
 
 def write_demo_template(tmp: Path) -> Path:
     """The README's demo, plus one [[publish]] entry into Azurite whose SAS comes in
-    through a sensitive variable: one build serves the ISO-path and the publish tests."""
+    through a sensitive variable: one build serves the ISO-path and the publish tests.
+    As a nightly template, it names what it publishes by its build (${build.*}): every
+    build of it publishes a blob of its own, and its rebuilds are still the same template."""
     template = tmp / "demo.toml"
     template.write_text(
         f'extends = ["{DEMO}"]\n\n'
         '[variables]\ncontainer_url = { sensitive = true, description = "with its SAS" }\n\n'
         '[[publish]]\ntype = "azure-page-blob"\ncontainer_url = "${var.container_url}"\n'
-        'blob = "demo-${name}.vhd"\n')
+        'blob = "demo-${name}-${build.timestamp}-${build.id}.vhd"\n')
     return template
 
 
@@ -179,8 +181,8 @@ def test_wrong_iso_checksum(test_installer_iso: Path, tmp_path: Path,
                         "checksum=sha256:" + "0" * 64)
     assert outcome.returncode == 2, outcome.stderr[-3000:]
     assert "checksum mismatch" in outcome.stderr
-    # The ISO is verified in the install step, before any domain: no console yet.
-    assert_failed_build_kept(outcome, libvirt_uri, "demo", "install", consoles=())
+    # The ISO is verified in the fetch step, before any domain: no console yet.
+    assert_failed_build_kept(outcome, libvirt_uri, "demo", "fetch", consoles=())
     assert test_installer_iso.is_file(), "a local ISO that does not match is left alone"
 
 
@@ -236,14 +238,15 @@ def test_the_demo_build_s_publish_entry_uploaded_it(
     manifest = json.loads((demo_built.output_dir / "manifest.json").read_text())
     steps = list(manifest["steps"])
     # The manifest is written in the last step, so its own timing is not in it.
-    assert steps[-2:] == ["check", "publish"], steps
+    assert steps[-3:] == ["check", "simulate", "publish"], steps
     [record] = manifest["publish"]
     [artifact] = [a for a in manifest["artifacts"] if a["format"] == "vhd-fixed"]
-    assert record["url"] == f"{azurite.account_url}/built/demo-demo.vhd"
+    name = record["url"].removeprefix(f"{azurite.account_url}/built/")
+    assert re.fullmatch(rf"demo-demo-\d{{8}}T\d{{6}}Z-{manifest['build_id']}\.vhd", name), name
     assert record["sha256"] == artifact["sha256"] and record["ready"] is True
     assert record["bytes_sent"] + record["bytes_skipped"] == artifact["size"]
     assert record["bytes_sent"] <= artifact["allocated"] * 1.01
-    blob = azurite.service().get_container_client("built").get_blob_client("demo-demo.vhd")
+    blob = azurite.service().get_container_client("built").get_blob_client(name)
     assert blob_sha256(blob) == artifact["sha256"]
     signature = demo_sas.split("sig=")[1].split("&")[0]
     for text in (demo_built.stdout, demo_built.stderr,

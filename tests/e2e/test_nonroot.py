@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_build import EXAMPLE, REPO
+from test_build import EXAMPLE, REPO, build_dir
 
 from builder.run import run
 
@@ -80,6 +80,7 @@ def test_cloud_image_build_as_a_user_in_the_libvirt_and_kvm_groups(
     proc = as_user(USER, home, [str(REPO / ".venv" / "bin" / "azbuild"), "build",
                                 str(EXAMPLE), "--var", f"image={cloud_image}",
                                 "--output-dir", str(out)], timeout=3600)
+    out = build_dir(out)  # out/<name>/
     assert proc.returncode == 0, proc.stderr[-6000:]
     assert "qemu:///session" in proc.stderr
     manifest = json.loads((out / "manifest.json").read_text())

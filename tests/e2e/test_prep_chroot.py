@@ -6,7 +6,9 @@ broken on purpose first (quiet on the kernel command line, a swap line in fstab,
 policy-rc.d that starts no service. azure-prep.sh must fix everything, change
 nothing the second time, azure-check.sh must pass, and deprovision.sh (run in
 its own UTS, PID and mount namespaces, so the agent's hostname reset and the
-build user's process kill stay inside) must leave no build leftovers.
+build user's process kill stay inside) must leave no build leftovers but keep
+the unit that makes SSH host keys on the first boot (R15): after it, sshd's own
+config test fails for want of keys until that unit's command has run.
 Needs root, network access to deb.debian.org (the agent package) and about 2 GB.
 """
 
@@ -27,6 +29,8 @@ from expect import assert_waagent_mode
 
 from builder.azure_prep import prep_scripts
 from builder.models import Azure
+from builder.offline_check.units import parse_unit
+from builder.requirements import HOST_KEYGEN_UNIT
 from distros import resolve
 
 pytestmark = [
@@ -47,6 +51,8 @@ ENV = {
 MODULES = ("hv_vmbus", "hv_netvsc", "hv_storvsc")
 # Debian: no rootdelay (initramfs-tools' init sleeps it on every boot, R07).
 ADDED = ("console=ttyS0", "earlyprintk=ttyS0", "net.ifnames=0")
+KEYGEN_UNIT = f"/etc/systemd/system/{HOST_KEYGEN_UNIT}"
+KEYGEN_LINK = f"/etc/systemd/system/ssh.service.wants/{HOST_KEYGEN_UNIT}"
 
 
 @dataclass
@@ -222,7 +228,7 @@ def first_run(chroot: Chroot, scripts: dict[str, str]) -> subprocess.CompletedPr
 def test_prep_fixes_everything(chroot: Chroot, first_run: subprocess.CompletedProcess[str],
                                ) -> None:
     out = first_run.stdout
-    for req in ("R04", "R05", "R07", "R08", "R10", "R11"):
+    for req in ("R04", "R05", "R07", "R08", "R10", "R11", "R15"):
         assert f"azure-prep: {req} " in out, f"{req} reported no change:\n{out}"
     # The host's swap is never switched off from inside the chroot.
     assert "R04 in a chroot (or cannot tell): active swap left alone" in out
@@ -263,9 +269,20 @@ def test_prep_fixes_everything(chroot: Chroot, first_run: subprocess.CompletedPr
     assert (wants / "ssh.service").is_symlink()
     assert chroot.run("dpkg-query", "-W", "waagent").returncode == 0
 
+    # R15: the unit that makes host keys, enabled by systemctl into ssh.service.wants,
+    # and accepted by systemd's own unit checker.
+    assert chroot.path(KEYGEN_LINK).readlink() == Path(KEYGEN_UNIT)
+    assert parse_unit(chroot.path(KEYGEN_UNIT).read_text())["Unit"]["Before"] == ["ssh.service"]
+    assert chroot.run("systemctl", "is-enabled", HOST_KEYGEN_UNIT).stdout.strip() == "enabled"
+    verify = chroot.run("systemd-analyze", "verify", KEYGEN_UNIT)
+    assert verify.returncode == 0 and HOST_KEYGEN_UNIT not in verify.stderr, verify.stderr
+
     # R10: every waagent.conf key explicit; cloud-init out of the way.
     assert_waagent_mode(chroot.path("/etc/waagent.conf").read_text())
     assert chroot.path("/etc/cloud/cloud-init.disabled").exists()
+    # waagent refuses to provision while cloud-init-local is enabled (R10).
+    assert chroot.run("systemctl", "is-enabled", "cloud-init-local.service").stdout.strip() \
+        == "disabled"
 
     # R11: the lines are commented out and sudo still accepts the configuration.
     for name in ("/etc/sudoers", "/etc/sudoers.d/legacy"):
@@ -310,7 +327,9 @@ def test_check_passes_then_catches_a_regression(
                if re.match(r"R\d\d ", line)}
     assert results == {**{f"R{n:02d}": "pass" for n in range(3, 12)},
                        "R01": "skip", "R02": "skip", "R12": "skip", "R13": "skip",
-                       "R14": "skip"}  # a BIOS image
+                       "R14": "skip", "R15": "pass"}  # a BIOS image
+    assert (f"R15 pass {HOST_KEYGEN_UNIT} enabled and ordered before ssh.service"
+            in proc.stdout), proc.stdout
 
     # Undo one fix: the check names it, and the prep script repairs it again.
     sudoers = chroot.path("/etc/sudoers")
@@ -341,9 +360,10 @@ def test_sudoers_copy_rejected_by_visudo_leaves_the_original(
     assert chroot.run("bash", "/root/azure-prep.sh").returncode == 0
 
 
-def test_deprovision_leaves_nothing_of_the_build(
-        chroot: Chroot, scripts: dict[str, str], first_run: subprocess.CompletedProcess[str],
-) -> None:
+@pytest.fixture(scope="module")
+def deprovisioned(chroot: Chroot, scripts: dict[str, str],
+                  first_run: subprocess.CompletedProcess[str]) -> tuple[str, str]:
+    """deprovision.sh run once: (its path, its log)."""
     script = chroot.script("deprovision.sh", scripts["deprovision.sh"])
     # The build user's session is still running when the script removes the user.
     driver = (
@@ -358,6 +378,12 @@ def test_deprovision_leaves_nothing_of_the_build(
     log = chroot.path("/root/deprovision.log").read_text()
     assert proc.returncode == 0, proc.stdout + proc.stderr + log
     assert "SESSION-ALIVE" not in proc.stdout
+    return script, log
+
+
+def test_deprovision_leaves_nothing_of_the_build(chroot: Chroot,
+                                                 deprovisioned: tuple[str, str]) -> None:
+    script, log = deprovisioned
     assert "powering off" in log
 
     passwd = chroot.path("/etc/passwd").read_text()
@@ -409,3 +435,26 @@ def test_cloud_init_mode(base_root: Path, tmp_path: Path) -> None:
         check = box.run("bash", box.script("azure-check.sh", scripts["azure-check.sh"]))
         assert check.returncode == 0, check.stdout + check.stderr
         assert "R10 pass cloud-init mode" in check.stdout
+        # cloud-init makes the keys first on the first boot; the unit stays as a fallback.
+        assert f"R15 pass {HOST_KEYGEN_UNIT} enabled" in check.stdout
+
+
+def test_first_boot_makes_host_keys_before_sshd(chroot: Chroot,
+                                                deprovisioned: tuple[str, str]) -> None:
+    """R15 after the generalisation: no host key, so sshd's config test (ssh.service's
+    ExecStartPre) fails as on Debian's first boot; the unit the deprovisioning kept, still
+    enabled, runs its command (its condition holds), and then sshd's test passes."""
+    assert list(chroot.path("/etc/ssh").glob("ssh_host_*")) == []
+    before = chroot.run("/usr/sbin/sshd", "-t")
+    assert before.returncode != 0 and "no hostkeys available" in before.stderr, before.stderr
+    assert chroot.path(KEYGEN_LINK).readlink() == Path(KEYGEN_UNIT)
+    unit = parse_unit(chroot.path(KEYGEN_UNIT).read_text())
+    assert unit["Unit"]["ConditionPathExistsGlob"] == ["!/etc/ssh/ssh_host_*_key"]
+    [command] = unit["Service"]["ExecStart"]
+    made = chroot.run(*command.split())
+    assert made.returncode == 0, made.stderr
+    keys = {p.name for p in chroot.path("/etc/ssh").glob("ssh_host_*_key")}
+    assert {"ssh_host_ed25519_key", "ssh_host_rsa_key"} <= keys, keys
+    chroot.path("/run/sshd").mkdir(parents=True, exist_ok=True)  # ssh.service's RuntimeDirectory
+    after = chroot.run("/usr/sbin/sshd", "-t")
+    assert after.returncode == 0, after.stderr
