@@ -11,10 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from builder.answers import AnswerContext, render_answer_files
-from builder.models import FileProvisioner, RebootProvisioner, ShellProvisioner, Template
+from builder.models import FileProvisioner, RebootProvisioner, ShellProvisioner
 from builder.stage_cache import STAGE_FORMAT, stage_key
-from distros import Distro
 
 # Stand-ins for the per-build values of the answer files. They are valid enough for
 # AnswerContext's checks; they never reach a guest.
@@ -33,22 +31,12 @@ def stable_password_hash(password: str) -> str:
     return str(sha512_crypt.using(rounds=5000, salt=_PASSWORD_SALT).hash(password))
 
 
-def keyed_answer_files(distro: Distro, template: Template) -> dict[str, str]:
-    """The answer files as the install would get them, with the per-build values
-    (client key, host key, password salt) replaced by placeholders."""
-    password = template.install.root_password
-    context = AnswerContext.for_template(
-        template, ssh_public_key=KEY_CLIENT_PUBLIC, host_key_private=KEY_HOST_PRIVATE,
-        host_key_public=KEY_HOST_PUBLIC,
-        root_password_hash=stable_password_hash(password) if password else None)
-    return render_answer_files(distro, template, context)
-
-
 def install_key(*, iso_digest: str, answer_files: dict[str, str], distro_name: str,
                 distro_version: str, disk_size: int, firmware: str,
                 installer_args: dict[str, str | None] | None = None) -> str:
-    """The key of the disk state after an ISO install. `installer_args` are the template's
-    installer-relevant settings outside the answer files (kernel/initrd paths in the ISO)."""
+    """The key of the disk state after an ISO install. `installer_args` is what reaches the
+    installer outside the answer files: its command line, the kernel/initrd paths in the
+    ISO. Builds take it from the plan (`BuildPlan.install_key`)."""
     answers = json.dumps(answer_files, sort_keys=True)
     extra = json.dumps(installer_args or {}, sort_keys=True)
     return stage_key("install", f"format={STAGE_FORMAT}", iso_digest, answers,

@@ -28,6 +28,13 @@ from builder.answers import (
     render_answer_files,
 )
 from builder.azure_prep import prep_scripts
+from builder.cache_keys import (
+    KEY_CLIENT_PUBLIC,
+    KEY_HOST_PRIVATE,
+    KEY_HOST_PUBLIC,
+    install_key,
+    stable_password_hash,
+)
 from builder.fetch import is_url
 from builder.libvirt import (
     Disk,
@@ -177,6 +184,32 @@ class BuildPlan:
         files.update(self.prep_scripts)
         files.update(self.provision_script_files())
         return files
+
+    # --- the stage cache -------------------------------------------------------------------
+
+    def keyed_answer_files(self) -> dict[str, str]:
+        """The answer files with stable stand-ins for what each build generates: the same
+        template, the same files."""
+        password = self.template.install.root_password
+        return self.answer_files(Generated(
+            client_public=KEY_CLIENT_PUBLIC, host_private=KEY_HOST_PRIVATE,
+            host_public=KEY_HOST_PUBLIC,
+            root_password_hash=stable_password_hash(password) if password else None,
+            instance_id=""))
+
+    def install_key(self, iso_digest: str) -> str:
+        """The install stage's key: what this plan hands the installer (its answer files,
+        rendered with stable stand-ins for the per-build keys and salt, and its command
+        line), the ISO, and the disk the installer writes to."""
+        assert self.installer_cmdline is not None
+        template = self.template
+        return install_key(
+            iso_digest=iso_digest, answer_files=self.keyed_answer_files(),
+            distro_name=template.distro.name, distro_version=template.distro.version,
+            disk_size=template.vm.disk_size, firmware=template.vm.firmware,
+            installer_args={"kernel": template.source.installer_kernel,
+                            "initrd": template.source.installer_initrd,
+                            "cmdline": self.installer_cmdline})
 
     # --- what libvirt gets -----------------------------------------------------------------
 

@@ -19,14 +19,15 @@ import pytest
 from builder.answers import AnswerContext, hash_password, render_answer_files
 from builder.cache_keys import (
     install_key,
-    keyed_answer_files,
     provisioner_key,
     source_key,
     stable_password_hash,
 )
 from builder.cli import main
 from builder.keys import KeyPair
+from builder.local_facts import LocalFacts
 from builder.models import FileProvisioner, ShellProvisioner, Template
+from builder.plan import BuildPlan, make_plan
 from builder.qemu_img import (
     chain_to_raw_argv,
     create_overlay_argv,
@@ -36,6 +37,7 @@ from builder.qemu_img import (
 from builder.stage_cache import STAGE_FORMAT, StageCache, StoredKeys, stage_key
 from builder.stage_prune import Listed, list_entries, plan_prune, prune
 from builder.stages import chain_keys, longest_cached_prefix
+from builder.template import LoadedTemplate
 from distros import resolve
 
 MiB = 1024 * 1024
@@ -58,12 +60,13 @@ def _template(**changes: Any) -> Template:
     return Template.model_validate(data)
 
 
+def _plan(template: Template) -> BuildPlan:
+    return make_plan(LoadedTemplate(template, Path("cache-test.toml"), [], {}), LocalFacts())
+
+
 def _install_key(template: Template, iso: str = "sha256:" + "1" * 64) -> str:
-    distro = resolve(template.distro.name, template.distro.version)
-    return install_key(iso_digest=iso, answer_files=keyed_answer_files(distro, template),
-                       distro_name=template.distro.name,
-                       distro_version=template.distro.version,
-                       disk_size=template.vm.disk_size, firmware=template.vm.firmware)
+    """The key as the install step computes it: from the build's plan."""
+    return _plan(template).install_key(iso)
 
 
 def test_install_key_is_stable_across_builds() -> None:
@@ -86,7 +89,7 @@ def test_answer_files_for_the_key_hold_no_generated_secret() -> None:
             disk_size=template.vm.disk_size, hostname=template.name))
 
     assert real() != real()
-    assert keyed_answer_files(distro, template) == keyed_answer_files(distro, template)
+    assert _plan(template).keyed_answer_files() == _plan(template).keyed_answer_files()
     assert stable_password_hash("Secret-pa55!") == stable_password_hash("Secret-pa55!")
     assert stable_password_hash("Secret-pa55!") != stable_password_hash("Other-pa55!")
 
@@ -99,6 +102,11 @@ def test_answer_files_for_the_key_hold_no_generated_secret() -> None:
     {"vm": {"firmware": "uefi"}},
     {"distro": {"version": "11"}},
     {"communicator": {"username": "builder"}},
+    # What reaches the installer outside its answer files: its command line (this one
+    # once reused an install made with other arguments) and the kernel it boots.
+    {"install": {"kernel_args": ["ipv6.disable=1"]}},
+    {"source": {"installer_kernel": "/install.amd/gtk/vmlinuz"}},
+    {"source": {"installer_initrd": "/install.amd/gtk/initrd.gz"}},
 ])
 def test_install_key_changes_with_what_the_install_depends_on(changes: dict[str, Any]) -> None:
     assert _install_key(_template(**changes)) != _install_key(_template())
@@ -117,7 +125,7 @@ def test_install_key_does_not_change_with_what_comes_after_the_install() -> None
 def test_install_key_changes_with_the_iso_and_the_format_version() -> None:
     template = _template()
     assert _install_key(template, "sha256:" + "2" * 64) != _install_key(template)
-    answers = keyed_answer_files(resolve("debian", "12"), template)
+    answers = _plan(template).keyed_answer_files()
     # The format version is one of the hashed parts: what a bump changes.
     assert f"format={STAGE_FORMAT}" != f"format={STAGE_FORMAT + 1}"
     assert install_key(iso_digest="sha256:x", answer_files=answers, distro_name="debian",

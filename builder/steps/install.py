@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Literal
 
 from builder.answers import answer_media, installer_failure_regex
-from builder.cache_keys import install_key, keyed_answer_files
 from builder.context import BuildContext, timed_guest_wait
 from builder.errors import BuildError, indent
 from builder.guest import runtime, start_domain
@@ -62,12 +61,7 @@ def install(ctx: BuildContext, stack: ExitStack) -> None:
             disk.truncate(ctx.template.vm.disk_size)  # sparse: the installer writes what it uses
         _run_installer(ctx, iso, ctx.disk, "raw")
         return
-    key = install_key(
-        iso_digest=ctx.source_digest, answer_files=keyed_answer_files(ctx.distro, ctx.template),
-        distro_name=ctx.template.distro.name, distro_version=ctx.template.distro.version,
-        disk_size=ctx.template.vm.disk_size, firmware=ctx.template.vm.firmware,
-        installer_args={"kernel": source.installer_kernel, "initrd": source.installer_initrd},
-    )
+    key = ctx.plan.install_key(ctx.source_digest)
     cache = StageCache()
     entry = cache.lookup(key)
     stored = False
