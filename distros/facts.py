@@ -51,6 +51,9 @@ class PrepFacts:
     # (Debian, Ubuntu): the preparation then installs a unit that makes them first.
     ssh_host_keygen: str | None
     recommended_packages: tuple[str, ...]  # e.g. hyperv-daemons on the RHEL family
+    # R08: a yum/dnf repository the installed system leaves disabled that carries the agent
+    # (Oracle's ol<N>_addons): the preparation enables it, as the distro's Azure guide does.
+    agent_repository: str | None = None
 
 
 @dataclass(frozen=True)

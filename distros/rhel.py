@@ -169,6 +169,9 @@ class Oracle(RhelLike):
     aliases = ("oraclelinux", "ol")
     pretty_name = "Oracle Linux"
     versions = ("7", "8", "9")
-    # Oracle ships WALinuxAgent in its online add-on repositories, not on the DVD; an
-    # installed Oracle Linux has those public repositories, where the preparation finds it.
+    # Oracle ships WALinuxAgent in its online add-ons repository, not on the DVD; an
+    # installed Oracle Linux lists that repository but leaves it disabled.
     agent_in_appstream = False
+
+    def prep_facts(self) -> PrepFacts:
+        return replace(super().prep_facts(), agent_repository=f"ol{self.major}_addons")

@@ -638,3 +638,49 @@ def test_in_guest_r15(tmp_path: Path) -> None:
     expected = ("R15 pass" if Path("/usr/sbin/sshd-gen-keys-start").exists()
                 else "R15 fail no /usr/sbin/sshd-gen-keys-start: nothing makes")
     assert out.startswith(expected), out
+
+
+OL9_REPOS = """\
+[ol9_baseos_latest]
+name=Oracle Linux 9 BaseOS Latest ($basearch)
+enabled=1
+
+[ol9_addons]
+name=Oracle Linux 9 Addons ($basearch)
+gpgcheck=1
+enabled=0
+
+[ol9_codeready_builder]
+name=Oracle Linux 9 CodeReady Builder ($basearch)
+enabled=0
+"""
+
+
+def _enable_repository(repos: Path, name: str) -> subprocess.CompletedProcess[str]:
+    prep = _render("oracle", "9", {}, "bios")["azure-prep.sh"]
+    helpers = prep[: prep.index('[ "$(id -u)" = 0 ] || die "run me as root"')]
+    script = repos.parent / "repo.sh"
+    script.write_text(helpers.replace("/etc/yum.repos.d", str(repos))
+                      + f"enable_repository R08 {name}\n" + 'echo "CHANGES=$CHANGES"\n')
+    return subprocess.run(["bash", str(script)], capture_output=True, text=True)
+
+
+def test_oracle_prep_enables_the_addons_repository_where_the_agent_is(tmp_path: Path) -> None:
+    """R08 on Oracle Linux: WALinuxAgent is in ol<N>_addons, which an installed system
+    lists but leaves disabled. Only that section's `enabled` changes, once."""
+    prep = _render("oracle", "9", {}, "bios")["azure-prep.sh"]
+    assert "enable_repository R08 ol9_addons" in prep
+    assert prep.index("enable_repository R08") < prep.index("ensure_packages R08:WALinuxAgent")
+    assert "enable_repository" not in _render("almalinux", "9", {}, "bios")["azure-prep.sh"]
+    repos = tmp_path / "yum.repos.d"
+    repos.mkdir()
+    (repos / "oracle-linux-ol9.repo").write_text(OL9_REPOS)
+    first = _enable_repository(repos, "ol9_addons")
+    assert first.returncode == 0, first.stderr
+    assert "CHANGES=1" in first.stdout and "R08 enabled the repository ol9_addons" in first.stdout
+    text = (repos / "oracle-linux-ol9.repo").read_text()
+    assert text == OL9_REPOS.replace("gpgcheck=1\nenabled=0", "gpgcheck=1\nenabled=1")
+    again = _enable_repository(repos, "ol9_addons")
+    assert "CHANGES=0" in again.stdout
+    missing = _enable_repository(repos, "ol8_addons")
+    assert missing.returncode == 0 and "no repository ol8_addons" in missing.stderr

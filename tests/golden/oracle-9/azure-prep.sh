@@ -263,6 +263,20 @@ remove_file() {
   fi
 }
 
+# enable_repository ID NAME: enabled=1 in the yum/dnf repository NAME's section, wherever
+# /etc/yum.repos.d defines it (no config-manager plugin needed).
+enable_repository() {
+  local file found=""
+  for file in /etc/yum.repos.d/*.repo; do
+    grep -qs "^\[$2\]" "$file" || continue  # -s: the glob may have matched no file
+    found=1
+    sed -n "/^\[$2\]/,/^\[/p" "$file" | grep -q '^enabled *= *0' || continue
+    sed -i "/^\[$2\]/,/^\[/ s/^enabled *= *0/enabled=1/" "$file"
+    change "$1 enabled the repository $2 ($file)"
+  done
+  [ -n "$found" ] || warn "$1 no repository $2 in /etc/yum.repos.d: the agent must come from another one"
+}
+
 # ensure_packages ID:NAME...: install the missing packages, all in one transaction.
 ensure_packages() {
   local item missing="" names=""
@@ -310,6 +324,8 @@ if [ -n "$OLD_KERNEL" ]; then
 fi
 
 # ---- packages the requirements below need, installed in one transaction when missing
+# The agent's repository, disabled after the install (the distro's Azure guide enables it).
+enable_repository R08 ol9_addons
 ensure_packages R08:WALinuxAgent R09:openssh-server Hyper-V:hyperv-daemons
 
 # ---- R08: the Azure Linux Agent installed and enabled
