@@ -75,16 +75,29 @@ def user_dir(users: dict[str, Path]) -> Iterator[Path]:
 def test_cloud_image_build_as_a_user_in_the_libvirt_and_kvm_groups(
     cloud_image: Path, users: dict[str, Path], user_dir: Path
 ) -> None:
+    """The bundled cloud-image example in cloud-init mode (the shipped `cloud-init` layer),
+    so that its simulated first boot proves cloud-init with the Azure datasource on an
+    image azbuild built, as the shared builds prove waagent mode."""
     home = users[USER]
     out = user_dir / "out"
+    template = user_dir / "cloud-image-cloud-init.toml"
+    template.write_text(f'extends = ["{EXAMPLE}", "cloud-init"]\n')
+    shutil.chown(template, USER, USER)
     proc = as_user(USER, home, [str(REPO / ".venv" / "bin" / "azbuild"), "build",
-                                str(EXAMPLE), "--var", f"image={cloud_image}",
+                                str(template), "--var", f"image={cloud_image}",
                                 "--output-dir", str(out)], timeout=3600)
     out = build_dir(out)  # out/<name>/
     assert proc.returncode == 0, proc.stderr[-6000:]
     assert "qemu:///session" in proc.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["ready"] is True
+    # The first boot as Azure gives it: cloud-init reported Ready from the Azure
+    # datasource, then the agent; cloud-init finished every stage without an error.
+    simulation = manifest["simulation"]
+    verdicts = {a["id"]: a["status"] for a in simulation["assertions"]}
+    assert simulation["status"] == "passed", json.dumps(simulation, indent=1)
+    assert verdicts["cloud-init"] == "pass" and verdicts["goal-state:cloud-init"] == "pass"
+    assert any(a.startswith("Cloud-Init/") for a in simulation["agents"]), simulation
     assert {a["file"] for a in manifest["artifacts"]} >= {"debian-12-cloud.vhd"}
     for path in out.iterdir():
         assert path.stat().st_uid == int(run(["id", "-u", USER]).stdout), path

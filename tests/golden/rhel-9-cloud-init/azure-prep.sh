@@ -391,6 +391,10 @@ datasource:
     apply_network_config: False
 ssh_deletekeys: true
 ssh_genkeytypes: [ rsa, ecdsa, ed25519 ]
+# The image keeps its own locale: cloud-init's default, en_US.UTF-8, is not generated on
+# a minimal install, where its locale module fails the first boot. Custom data may still
+# set one.
+locale: false
 CLOUDCFG
   change "R10 wrote /etc/cloud/cloud.cfg.d/91-azbuild-azure.cfg (Azure datasource, new SSH host keys)"
 fi
