@@ -502,8 +502,8 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    from builder.stage_cache import StageCache
-    from builder.stage_prune import list_entries, prune, table
+    from builder.cache.prune import list_entries, prune, table
+    from builder.cache.store import StageCache
     from builder.units import parse_duration, parse_size
 
     cache = StageCache()

@@ -19,6 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from builder.cache.store import StageCache
 from builder.errors import indent
 from builder.libvirt import (
     FoundDomain,
@@ -32,7 +33,6 @@ from builder.libvirt import (
 from builder.locks import OUTPUT_LOCK_PATTERN, remove_stale_locks
 from builder.paths import work_root
 from builder.salvage import salvage
-from builder.stage_cache import StageCache
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from builder.answers import (
     render_answer_files,
 )
 from builder.azure_prep import prep_scripts
-from builder.cache_keys import (
+from builder.cache.keys import (
     KEY_CLIENT_PUBLIC,
     KEY_HOST_PRIVATE,
     KEY_HOST_PUBLIC,

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Literal
 
 from builder.answers import answer_media, installer_failure_regex
+from builder.cache.chain import adopt_stored_keys, record_stage, start_from_longest_prefix
+from builder.cache.store import Entry, StageCache, StoredKeys
 from builder.context import BuildContext, timed_guest_wait
 from builder.errors import BuildError, indent
 from builder.guest import runtime, start_domain
@@ -31,8 +33,6 @@ from builder.plan import ANSWER_VOLUME_FILE, CMDLINE_FILE, INITRD_FILE
 from builder.qemu_img import create_qcow2_argv
 from builder.redact import redact
 from builder.run import run
-from builder.stage_cache import Entry, StageCache, StoredKeys
-from builder.stages import adopt_stored_keys, record_stage, start_from_longest_prefix
 from builder.volume import write_volume
 
 log = logging.getLogger(__name__)

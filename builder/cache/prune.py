@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from builder.stage_cache import Entry, StageCache
+from builder.cache.store import Entry, StageCache
 from builder.table import aligned
 from builder.units import format_size
 
