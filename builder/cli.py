@@ -494,7 +494,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    from builder.gc import collect_garbage
+    from builder.housekeeping.gc import collect_garbage
 
     for line in collect_garbage(remove=args.yes, connect=args.connect):
         _out(line)
@@ -546,7 +546,7 @@ def cmd_fmt(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from builder.prune import describe, prune
+    from builder.housekeeping.prune import describe, prune
 
     if args.json:
         outcome = prune(Path(args.output_dir), args.keep, args.dry_run)

@@ -18,9 +18,9 @@ from typing import Any
 
 from builder.diff import Change, compare, manifest_snapshot
 from builder.errors import UsageError
+from builder.housekeeping.prune import scan
 from builder.manifest import MANIFEST_FILE
 from builder.paths import BOOT_CONSOLE, BUILD_LOG, INSTALL_CONSOLE
-from builder.prune import scan
 from builder.sbom import sbom_path
 from builder.summary import SUMMARY_FILE
 from builder.table import aligned

@@ -18,9 +18,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from builder import log as azlog
-from builder import salvage, steps
+from builder import steps
 from builder.context import BuildContext, BuildOptions, on_failure
 from builder.errors import BuildError, UsageError
+from builder.housekeeping import salvage
 from builder.libvirt import connection_uri, refuse_unsupported_uri
 from builder.locks import output_directory_lock
 from builder.plan import plan_for

@@ -24,7 +24,7 @@ from builder.errors import (
     AzbuildError,
     Terminated,
 )
-from builder.gc import claim_work_dir
+from builder.housekeeping.gc import claim_work_dir
 from builder.manifest import Failure, write_manifest
 from builder.paths import BOOT_CONSOLE, BUILD_LOG, KEPT_ON_FAILURE, work_root
 from builder.redact import redact

@@ -15,7 +15,7 @@ from typing import Any
 import libvirt
 import pytest
 
-from builder.gc import claim_work_dir, collect_garbage
+from builder.housekeeping.gc import claim_work_dir, collect_garbage
 from builder.libvirt import DomainMetadata, connected, list_azbuild_domains, remove_domain
 from builder.manifest import MANIFEST_FILE
 from builder.paths import CACHE_ENV, WORK_ENV

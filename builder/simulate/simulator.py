@@ -27,7 +27,7 @@ from typing import Literal
 
 from builder.disk import detect_image_format
 from builder.errors import BuildError, UsageError, indent
-from builder.gc import claim_work_dir
+from builder.housekeeping.gc import claim_work_dir
 from builder.keys import KeyPair
 from builder.libvirt import free_port
 from builder.offline_check.disklabel import (

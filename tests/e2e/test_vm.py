@@ -19,7 +19,7 @@ import pytest
 
 from builder.accel import choose_accelerator, host_kernel
 from builder.errors import BuildError
-from builder.gc import OWNER_FILE, claim_work_dir, collect_garbage
+from builder.housekeeping.gc import OWNER_FILE, claim_work_dir, collect_garbage
 from builder.libvirt import (
     Disk,
     DomainMetadata,

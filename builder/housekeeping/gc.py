@@ -21,6 +21,7 @@ from typing import Any
 
 from builder.cache.store import StageCache
 from builder.errors import indent
+from builder.housekeeping.salvage import salvage
 from builder.libvirt import (
     FoundDomain,
     connected,
@@ -32,7 +33,6 @@ from builder.libvirt import (
 )
 from builder.locks import OUTPUT_LOCK_PATTERN, remove_stale_locks
 from builder.paths import work_root
-from builder.salvage import salvage
 
 log = logging.getLogger(__name__)
 
