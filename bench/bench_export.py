@@ -53,9 +53,9 @@ sys.path.insert(0, str(REPO))
 from builder.context import BuildContext  # noqa: E402
 from builder.convert import raw_to_vhd  # noqa: E402
 from builder.disk import allocated_bytes  # noqa: E402
-from builder.qemu_img import convert_to_raw_argv  # noqa: E402
 from builder.steps.export import export  # noqa: E402
 from builder.units import GiB, MiB  # noqa: E402
+from builder.vm.qemu_img import convert_to_raw_argv  # noqa: E402
 
 CHUNK = 16 * MiB
 TARGET = 1.2

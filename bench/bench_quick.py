@@ -62,8 +62,8 @@ from builder.digest import (  # noqa: E402
 )
 from builder.disk import atomic_output, copy_sparse  # noqa: E402
 from builder.paths import cache_dir  # noqa: E402
-from builder.qemu_img import convert_to_raw_argv  # noqa: E402
 from builder.units import GiB, MiB, parse_size  # noqa: E402
+from builder.vm.qemu_img import convert_to_raw_argv  # noqa: E402
 
 PIECES = ("export", "vhd", "hash-old", "hash-sparse", "hash-new", "check", "check+hash")
 HASHES = ("hash-old", "hash-sparse", "hash-new")

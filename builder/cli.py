@@ -441,9 +441,9 @@ def _seconds(text: str) -> float:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from builder.accel import choose_accelerator
-    from builder.libvirt import connection_uri
     from builder.simulate.simulator import SimulateOptions, simulate_image
+    from builder.vm.accel import choose_accelerator
+    from builder.vm.libvirt import connection_uri
 
     accel = choose_accelerator(args.accelerator, connection_uri(None))
     options = SimulateOptions(

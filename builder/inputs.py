@@ -33,9 +33,9 @@ from pathlib import Path
 from builder.digest import Stamp
 from builder.disk import ImageFormat, foreign_format
 from builder.errors import UsageError, indent
-from builder.qemu_img import check_argv
 from builder.run import run
 from builder.vhd import FOOTER_SIZE, parse_footer
+from builder.vm.qemu_img import check_argv
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from builder.fetch import local_iso
 from builder.inputs import verify_source_image
 from builder.iso import InstallerPaths, installer_and_label
 from builder.models import ShellProvisioner, Template
-from builder.qemu_img import virtual_size
 from builder.toml_lines import KeyPath
+from builder.vm.qemu_img import virtual_size
 from distros import resolve
 
 log = logging.getLogger(__name__)

@@ -22,10 +22,10 @@ from builder import steps
 from builder.context import BuildContext, BuildOptions, on_failure
 from builder.errors import BuildError, UsageError
 from builder.housekeeping import salvage
-from builder.libvirt import connection_uri, refuse_unsupported_uri
 from builder.locks import output_directory_lock
 from builder.plan import plan_for
 from builder.template import LoadedTemplate
+from builder.vm.libvirt import connection_uri, refuse_unsupported_uri
 from distros import resolve
 
 log = logging.getLogger(__name__)

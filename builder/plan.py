@@ -36,15 +36,6 @@ from builder.cache.keys import (
     stable_password_hash,
 )
 from builder.fetch import is_url
-from builder.libvirt import (
-    Disk,
-    DomainMetadata,
-    DomainSpec,
-    KernelBoot,
-    connection_uri,
-    default_dac_label,
-    domain_name,
-)
 from builder.local_facts import IsoFacts, LocalFacts, read_local_facts
 from builder.models import FileProvisioner, ShellProvisioner, Template
 from builder.paths import cache_dir
@@ -58,8 +49,17 @@ from builder.placeholders import (
 )
 from builder.provision import inline_script
 from builder.redact import redact
-from builder.seed import nocloud_meta_data, nocloud_user_data
 from builder.template import LoadedTemplate
+from builder.vm.libvirt import (
+    Disk,
+    DomainMetadata,
+    DomainSpec,
+    KernelBoot,
+    connection_uri,
+    default_dac_label,
+    domain_name,
+)
+from builder.vm.seed import nocloud_meta_data, nocloud_user_data
 from distros import Distro, resolve
 
 # Names in the work directory (the install step writes them; the domain specs name them).

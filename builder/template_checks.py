@@ -132,7 +132,7 @@ def _readable_tree(loc: KeyPath, directory: Path) -> Found:
 
 
 def _public_key(loc: KeyPath, path: Path) -> Found:
-    from builder.keys import load_public_key  # paramiko: only when a key file is named
+    from builder.vm.keys import load_public_key  # paramiko: only when a key file is named
 
     try:
         load_public_key(path)
@@ -142,7 +142,7 @@ def _public_key(loc: KeyPath, path: Path) -> Found:
 
 
 def _private_key(loc: KeyPath, path: Path) -> Found:
-    from builder.keys import load_private_key  # paramiko: only when a key file is named
+    from builder.vm.keys import load_private_key  # paramiko: only when a key file is named
 
     try:
         load_private_key(path)

@@ -192,7 +192,7 @@ def test_the_steps_are_found() -> None:
 
 
 @pytest.mark.parametrize("module", [
-    "builder.context", "builder.guest", "builder.cache.chain", "builder.work_dir"])
+    "builder.context", "builder.vm.guest", "builder.cache.chain", "builder.work_dir"])
 def test_what_the_steps_share_imports_no_step_nor_the_pipeline(module: str) -> None:
     wrong = [imp.target for imp in GRAPH[module]
              if imp.target == "builder.pipeline" or imp.target.startswith("builder.steps")]

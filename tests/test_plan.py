@@ -13,8 +13,6 @@ from test_iso import make_iso
 from builder.answers import hash_password
 from builder.cli import main
 from builder.context import BuildContext, BuildOptions
-from builder.keys import KeyPair
-from builder.libvirt import Disk, domain_xml
 from builder.local_facts import LocalFacts, read_iso_facts, read_local_facts
 from builder.plan import (
     CMDLINE_FILE,
@@ -27,6 +25,8 @@ from builder.plan import (
 )
 from builder.render import rendered_files
 from builder.template import load_template
+from builder.vm.keys import KeyPair
+from builder.vm.libvirt import Disk, domain_xml
 from distros import resolve
 
 REPO = Path(__file__).resolve().parents[1]

@@ -27,17 +27,17 @@ from builder.cache.keys import (
 from builder.cache.prune import Listed, list_entries, plan_prune, prune
 from builder.cache.store import STAGE_FORMAT, StageCache, StoredKeys, stage_key
 from builder.cli import main
-from builder.keys import KeyPair
 from builder.local_facts import LocalFacts
 from builder.models import FileProvisioner, ShellProvisioner, Template
 from builder.plan import BuildPlan, make_plan
-from builder.qemu_img import (
+from builder.template import LoadedTemplate
+from builder.vm.keys import KeyPair
+from builder.vm.qemu_img import (
     chain_to_raw_argv,
     create_overlay_argv,
     create_qcow2_argv,
     raw_to_qcow2_argv,
 )
-from builder.template import LoadedTemplate
 from distros import resolve
 
 MiB = 1024 * 1024
@@ -276,7 +276,7 @@ _WORKER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     from builder.cache.store import StageCache
-    from builder.qemu_img import create_qcow2_argv
+    from builder.vm.qemu_img import create_qcow2_argv
     from builder.run import run
     cache = StageCache(Path(sys.argv[1]))
     key, go = sys.argv[2], Path(sys.argv[3])

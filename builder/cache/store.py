@@ -27,8 +27,8 @@ from typing import Any, Literal
 
 from builder.digest import sha256_file
 from builder.disk import fsync_dir
-from builder.keys import KeyPair, fingerprint
 from builder.paths import cache_dir
+from builder.vm.keys import KeyPair, fingerprint
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ from builder.errors import UsageError
 from builder.fetch import resolve_checksum, verify_local_file
 from builder.inputs import verify_source_image
 from builder.manifest import source_digest
-from builder.qemu_img import convert_to_raw_argv, raw_to_qcow2_argv, virtual_size
 from builder.run import run
 from builder.units import format_size
+from builder.vm.qemu_img import convert_to_raw_argv, raw_to_qcow2_argv, virtual_size
 
 log = logging.getLogger(__name__)
 

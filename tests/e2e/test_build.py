@@ -29,8 +29,10 @@ from spdx_tools.spdx.parser.json.json_parser import parse_from_file as parse_spd
 from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
 from userenv import user_env
 
-from builder.appliance import Drive, launch
-from builder.libvirt import (
+from builder.manifest import manifest_json_schema
+from builder.run import run
+from builder.vm.appliance import Drive, launch
+from builder.vm.libvirt import (
     Disk,
     DomainMetadata,
     DomainSpec,
@@ -38,8 +40,6 @@ from builder.libvirt import (
     domain_name,
     running_domain,
 )
-from builder.manifest import manifest_json_schema
-from builder.run import run
 
 pytestmark = pytest.mark.e2e
 
@@ -559,7 +559,7 @@ firmware = "uefi"
 
 def _wrong_host_key(cloud_image: Path, tmp: Path) -> tuple[Outcome, str]:
     """Pinning a key the guest does not have: the guest's own key is refused at once."""
-    from builder.keys import KeyPair
+    from builder.vm.keys import KeyPair
 
     pinned = KeyPair.generate("pinned")
     pinned.write_public(tmp / "host.pub")
