@@ -409,7 +409,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from builder.convert import convert_image
+    from builder.image.convert import convert_image
 
     result = convert_image(Path(args.source), Path(args.destination), force=args.force)
     _out(str(result))

@@ -18,8 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from builder.digest import BackgroundDigests
-from builder.fetch import Digest
+from builder.image.digest import BackgroundDigests
+from builder.image.fetch import Digest
 from builder.log import StepTimer
 from builder.manifest import CacheStage, Simulation
 from builder.masking import masked_files

@@ -35,7 +35,7 @@ from builder.cache.keys import (
     install_key,
     stable_password_hash,
 )
-from builder.fetch import is_url
+from builder.image.fetch import is_url
 from builder.local_facts import IsoFacts, LocalFacts, read_local_facts
 from builder.models import FileProvisioner, ShellProvisioner, Template
 from builder.paths import cache_dir

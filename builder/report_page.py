@@ -17,7 +17,7 @@ import jinja2
 
 from builder import __version__
 from builder.diff import Change
-from builder.disk import write_named_output
+from builder.image.disk import write_named_output
 from builder.nightly_report import Build, Row, RunReport
 from builder.redact import redact
 

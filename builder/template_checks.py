@@ -20,7 +20,7 @@ from builder.answers import (
 )
 from builder.azure_prep import prep_facts
 from builder.errors import AzbuildError, UsageError
-from builder.fetch import is_url, local_iso, resolve_checksum
+from builder.image.fetch import is_url, local_iso, resolve_checksum
 from builder.local_facts import read_image_facts, read_iso_facts
 from builder.models import Template
 from builder.toml_lines import KeyPath

@@ -37,7 +37,7 @@ from builder.answers import (
 )
 from builder.cli import main
 from builder.errors import UsageError
-from builder.iso import open_iso, read_file
+from builder.image.iso import open_iso, read_file
 from builder.models import Template
 from builder.vm.volume import write_volume
 from distros import Distro, resolve

@@ -19,14 +19,14 @@ from azurite import Azurite
 from sparse_vhd import make_sparse_vhd
 
 from builder.cli import main
-from builder.digest import sha256_file
-from builder.disk import allocated_bytes
+from builder.image.digest import sha256_file
+from builder.image.disk import allocated_bytes
+from builder.image.vhd import build_footer
 from builder.publish import ranges
 from builder.publish.auth import CONNECTION_STRING_ENV, choose_auth, parse_container_url
 from builder.publish.blob import META_READY, META_SHA256, META_STATE, publish_blob
 from builder.publish.ranges import MAX_PUT, PAGE
 from builder.units import GiB, MiB
-from builder.vhd import build_footer
 
 if TYPE_CHECKING:
     from builder.context import BuildContext
@@ -449,7 +449,7 @@ def test_the_build_step_reuses_the_manifests_digest_of_an_unchanged_image(
 
     import builder.publish.blob
     import builder.steps.publish
-    from builder.digest import BackgroundDigests
+    from builder.image.digest import BackgroundDigests
     from builder.report import Report
     from builder.steps.publish import publish
 

@@ -7,9 +7,9 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from builder.disk import detect_image_format
 from builder.errors import UsageError
-from builder.inputs import verify_image
+from builder.image.disk import detect_image_format
+from builder.image.inputs import verify_image
 from builder.inventory import Inventory, read_inventory
 from builder.offline_check.guest_checks import guest_checks
 from builder.offline_check.image import format_checks

@@ -6,7 +6,7 @@ first, before anything mounts them, because mounting an ext4 that needs
 recovery replays its journal into the overlay and would hide the problem. Then
 the OS is mounted read-only (facts.py), and the rules (rules_*.py) read its files
 through the adapter (adapter.py), parse them (parsers.py) and judge them (judge.py).
-Initrds are downloaded and listed on the host by builder/initrd_list.py.
+Initrds are downloaded and listed on the host by builder/image/initrd_list.py.
 """
 
 from __future__ import annotations

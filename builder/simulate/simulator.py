@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from builder.disk import detect_image_format
 from builder.errors import BuildError, UsageError, indent
 from builder.housekeeping.gc import claim_work_dir
+from builder.image.disk import detect_image_format
 from builder.offline_check.disklabel import (
     ESP_GPT_TYPE,
     SECTOR,

@@ -22,8 +22,8 @@ from builder.cache.chain import adopt_stored_keys, record_stage, start_from_long
 from builder.cache.store import Entry, StageCache, StoredKeys
 from builder.context import BuildContext, timed_guest_wait
 from builder.errors import BuildError, indent
-from builder.initrd import append_to_initrd
-from builder.iso import extract_files
+from builder.image.initrd import append_to_initrd
+from builder.image.iso import extract_files
 from builder.local_facts import read_iso_facts
 from builder.manifest import source_digest
 from builder.paths import INSTALL_CONSOLE

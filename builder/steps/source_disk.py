@@ -13,10 +13,10 @@ from builder.cache.chain import adopt_stored_keys, record_stage, start_from_long
 from builder.cache.keys import source_key
 from builder.cache.store import StageCache, StoredKeys
 from builder.context import BuildContext
-from builder.disk import ImageFormat, copy_sparse, detect_image_format
 from builder.errors import UsageError
-from builder.fetch import resolve_checksum, verify_local_file
-from builder.inputs import verify_source_image
+from builder.image.disk import ImageFormat, copy_sparse, detect_image_format
+from builder.image.fetch import resolve_checksum, verify_local_file
+from builder.image.inputs import verify_source_image
 from builder.manifest import source_digest
 from builder.run import run
 from builder.units import format_size

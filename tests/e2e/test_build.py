@@ -385,7 +385,7 @@ def test_base_breaks_every_fixable_requirement(hostile_base: Path) -> None:
 
 def test_azure_preparation_is_in_the_image(guest_files: Any, tmp_path: Path) -> None:
     """R03..R12 and R15 asserted from the exported image's own files."""
-    from builder.initrd_list import list_initrd_file, modules_in
+    from builder.image.initrd_list import list_initrd_file, modules_in
 
     g = guest_files
     # R03: the root filesystem is a plain partition.
