@@ -25,7 +25,7 @@ from builder.manifest import CacheStage, Simulation
 from builder.masking import masked_files
 from builder.models import Template
 from builder.plan import PLACEHOLDERS, BuildPlan, Generated, plan_for
-from builder.report import Report
+from builder.report.check_report import Report
 from builder.template import LoadedTemplate
 from builder.vm.keys import KeyPair
 from builder.vm.libvirt import RunningDomain

@@ -33,7 +33,7 @@ from builder.errors import (
     Terminated,
     UsageError,
 )
-from builder.summary import (
+from builder.report.summary import (
     SUMMARY_FILE,
     BuildEntry,
     BuildStatus,

@@ -16,7 +16,7 @@ from builder.image.convert import convert_image
 from builder.image.vhd import FOOTER_SIZE, build_footer, footer_checksum
 from builder.offline_check.check import run_check
 from builder.offline_check.image import verify_vhd
-from builder.report import CheckResult
+from builder.report.check_report import CheckResult
 from builder.requirements import GUEST_IDS
 from builder.units import GiB, MiB
 

@@ -24,7 +24,7 @@ from builder.cli import main
 from builder.errors import EXIT_INPUT_UNAVAILABLE, FetchError
 from builder.image.download import DEFAULT_POLICY, RetryPolicy
 from builder.image.fetch import fetch_iso
-from builder.summary import SUMMARY_FILE
+from builder.report.summary import SUMMARY_FILE
 
 REPO = Path(__file__).resolve().parent.parent
 DIGEST = "sha256:" + "0" * 64

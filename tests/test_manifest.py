@@ -27,7 +27,7 @@ from builder.manifest import (
     source_digest,
     write_manifest,
 )
-from builder.report import CheckResult, Report
+from builder.report.check_report import CheckResult, Report
 from builder.steps import export
 from builder.steps.export import CheckFailed
 from builder.steps.source_disk import prepare_disk

@@ -45,8 +45,8 @@ from builder.multi import (
     summary_path,
     tag_line,
 )
-from builder.report import CheckResult, Report
-from builder.summary import (
+from builder.report.check_report import CheckResult, Report
+from builder.report.summary import (
     SUMMARY_FILE,
     Summary,
     entry_from_manifest,

@@ -396,7 +396,7 @@ def test_the_build_step_publishes_and_the_manifest_records_it(
     the VM part of the build is not needed for it (tests/e2e has the whole build)."""
     from contextlib import ExitStack
 
-    from builder.report import Report
+    from builder.report.check_report import Report
     from builder.steps import export, plan
     from builder.steps.publish import PublishFailed, publish
 
@@ -450,7 +450,7 @@ def test_the_build_step_reuses_the_manifests_digest_of_an_unchanged_image(
     import builder.publish.blob
     import builder.steps.publish
     from builder.image.digest import BackgroundDigests
-    from builder.report import Report
+    from builder.report.check_report import Report
     from builder.steps.publish import publish
 
     hashed_here: list[Path] = []

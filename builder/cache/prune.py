@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from builder.cache.store import Entry, StageCache
-from builder.table import aligned
+from builder.report.table import aligned
 from builder.units import format_size
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from builder.errors import AzbuildError, UsageError
 from builder.manifest import MANIFEST_FILE
-from builder.summary import SUMMARY_FILE
+from builder.report.summary import SUMMARY_FILE
 
 log = logging.getLogger(__name__)
 

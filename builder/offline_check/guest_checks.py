@@ -40,7 +40,7 @@ from builder.offline_check.rules_system import (
     check_waagent_conf,
     cloud_init_state,
 )
-from builder.report import CheckResult
+from builder.report.check_report import CheckResult
 from builder.run import run
 from builder.vm.appliance import Drive, launch
 from builder.vm.qemu_img import info_argv

@@ -18,7 +18,7 @@ from builder.image.vhd import (
     parse_footer,
 )
 from builder.quoting import shell_join
-from builder.report import CheckResult
+from builder.report.check_report import CheckResult
 from builder.units import MiB, format_size
 
 

@@ -20,7 +20,7 @@ from builder.offline_check.parsers import (
     initramfs_sleep_line,
     initrd_version,
 )
-from builder.report import CheckResult, Status
+from builder.report.check_report import CheckResult, Status
 from builder.requirements import (
     CRASHKERNEL_AUTO,
     FORBIDDEN_ARGS,

@@ -15,7 +15,7 @@ from corpus import EXPECTED, ensure_corpus, image_name
 
 from builder.errors import UsageError
 from builder.offline_check.guest_checks import guest_checks
-from builder.report import CheckResult
+from builder.report.check_report import CheckResult
 
 pytestmark = pytest.mark.e2e
 

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from builder.errors import UsageError
 from builder.manifest import MANIFEST_FILE
-from builder.table import aligned
+from builder.report.table import aligned
 
 # The sections in the order they are shown.
 SECTIONS = ("status", "packages", "kernels", "kernel arguments", "services", "requirements",
