@@ -362,7 +362,7 @@ def _build_several(args: argparse.Namespace) -> int:
     options = multi.Options(cli_vars=_parse_vars(args.var or []),
                             var_files=[Path(p) for p in args.var_file or []],
                             output_dir=output_dir, passthrough=passthrough)
-    jobs, problems = multi.plan(args.templates, options)
+    jobs, problems = multi.plan_jobs(args.templates, options)
     if problems and args.junit:
         from builder.report.junit import case_of_error, write_junit
 

@@ -68,7 +68,7 @@ def build(loaded: LoadedTemplate, options: BuildOptions) -> int:
             log.info("building %s (%s) with %s", template.name, distro.label, ctx.uri)
             on_failure(stack, lambda: log.info("steps run before the failure:\n%s",
                                                ctx.timer.table()))
-            for name, step in steps.plan(ctx):
+            for name, step in steps.step_list(ctx):
                 ctx.step = name
                 salvage.record(ctx)  # what `azbuild gc` keeps should this process die here
                 with ctx.timer.step(name), _disk_full_is_said(name):

@@ -397,7 +397,7 @@ def test_the_build_step_publishes_and_the_manifest_records_it(
     from contextlib import ExitStack
 
     from builder.report.check_report import Report
-    from builder.steps import export, plan
+    from builder.steps import export, step_list
     from builder.steps.publish import PublishFailed, publish
 
     out = tmp_path / "out"
@@ -406,7 +406,7 @@ def test_the_build_step_publishes_and_the_manifest_records_it(
     data = make_sparse_vhd(image, 64 * MiB, 8 * MiB, extent=4 * MiB, zero_extent=MiB)
     ctx = _step_context(azurite, tmp_path, monkeypatch, "stepped", "stepped-1.vhd")
     loaded = ctx.loaded
-    names = [name for name, _ in plan(ctx)]
+    names = [name for name, _ in step_list(ctx)]
     assert names[-4:] == ["check", "simulate", "publish", "manifest"]
     ctx.artifacts["vhd"] = image
     ctx.report = Report(str(image))  # the check step passed (no failure)
