@@ -21,7 +21,7 @@ machine hits all alike):
             into the output directory, fsync of the file, rename, fsync of the directory
   cp        `cp --sparse=always SRC DST && sync DST` (subprocesses; exec cost included)
   in place  for completeness, the VHD when no RAW is kept:
-            builder.convert.raw_to_vhd(src, dst, keep_raw=False, force=True); restored
+            builder.image.convert.raw_to_vhd(src, dst, keep_raw=False, force=True); restored
             untimed after each run (truncate back, rename back)
 
 Before every run: `sync` and `echo 3 > /proc/sys/vm/drop_caches` (root), so every
@@ -51,11 +51,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from builder.context import BuildContext  # noqa: E402
-from builder.convert import raw_to_vhd  # noqa: E402
-from builder.disk import allocated_bytes  # noqa: E402
-from builder.qemu_img import convert_to_raw_argv  # noqa: E402
+from builder.image.convert import raw_to_vhd  # noqa: E402
+from builder.image.disk import allocated_bytes  # noqa: E402
 from builder.steps.export import export  # noqa: E402
 from builder.units import GiB, MiB  # noqa: E402
+from builder.vm.qemu_img import convert_to_raw_argv  # noqa: E402
 
 CHUNK = 16 * MiB
 TARGET = 1.2

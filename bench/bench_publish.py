@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import azurite  # noqa: E402
 from sparse_vhd import make_sparse_vhd  # noqa: E402
 
-from builder.disk import allocated_bytes  # noqa: E402
+from builder.image.disk import allocated_bytes  # noqa: E402
 from builder.publish.auth import CONNECTION_STRING_ENV  # noqa: E402
 from builder.publish.blob import publish_blob  # noqa: E402
 from builder.units import format_size, parse_size  # noqa: E402

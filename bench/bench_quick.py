@@ -18,7 +18,7 @@ Pieces, each timed in a fresh process of its own so that its peak RSS is its own
   vhd       raw -> fixed VHD, the copy path (raw_to_vhd keep_raw=True)
   hash-old  the manifest's hashing before: every byte of the RAW and of the VHD read
   hash-sparse  both files hashed on their own, holes not read (lever 2 alone)
-  hash-new  builder.digest.artifact_digests: holes not read, the VHD's digest derived
+  hash-new  builder.image.digest.artifact_digests: holes not read, the VHD's digest derived
             from the RAW's (levers 1 and 2)
   check     the offline check (`azbuild check`) of the VHD: the cloud image's if there
             is one, else the synthetic one (whose guest checks then fail: it has no OS)
@@ -53,17 +53,17 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from builder.convert import raw_to_vhd  # noqa: E402
-from builder.digest import (  # noqa: E402
+from builder.image.convert import raw_to_vhd  # noqa: E402
+from builder.image.digest import (  # noqa: E402
     CHUNK,
     BackgroundDigests,
     artifact_digests,
     sha256_file,
 )
-from builder.disk import atomic_output, copy_sparse  # noqa: E402
+from builder.image.disk import atomic_output, copy_sparse  # noqa: E402
 from builder.paths import cache_dir  # noqa: E402
-from builder.qemu_img import convert_to_raw_argv  # noqa: E402
 from builder.units import GiB, MiB, parse_size  # noqa: E402
+from builder.vm.qemu_img import convert_to_raw_argv  # noqa: E402
 
 PIECES = ("export", "vhd", "hash-old", "hash-sparse", "hash-new", "check", "check+hash")
 HASHES = ("hash-old", "hash-sparse", "hash-new")

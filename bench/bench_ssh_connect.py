@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from sshd import SshServer, sshd_available
 
-from builder.ssh import wait_for_ssh
+from builder.vm.ssh import wait_for_ssh
 
 log = logging.getLogger("bench_ssh_connect")
 

@@ -34,8 +34,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from builder.convert import raw_to_vhd
-from builder.disk import FICLONE, allocated_bytes
+from builder.image.convert import raw_to_vhd
+from builder.image.disk import FICLONE, allocated_bytes
 from builder.run import run
 from builder.units import MiB, parse_size
 

@@ -113,9 +113,9 @@ class AnswerMedia:
     """How the rendered answer files reach the installer.
 
     kind "volume": write `files` to an ISO 9660 volume labelled `label`
-    (builder.volume.write_volume) and attach it as a CD-ROM.
+    (builder.vm.volume.write_volume) and attach it as a CD-ROM.
     kind "initrd": append `files` to the installer initrd
-    (builder.initrd.append_to_initrd); `label` is None.
+    (builder.image.initrd.append_to_initrd); `label` is None.
     """
 
     kind: Literal["volume", "initrd"]

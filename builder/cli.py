@@ -220,7 +220,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
     from builder.file_schema import file_json_schema
     from builder.manifest import manifest_json_schema
     from builder.models import template_json_schema
-    from builder.summary import summary_json_schema
+    from builder.report.summary import summary_json_schema
 
     schema = (manifest_json_schema() if args.manifest else summary_json_schema()
               if args.summary else template_json_schema() if args.resolved
@@ -298,7 +298,7 @@ def _build_one_summarised(loaded: Any, options: Any, output_root: Path) -> int:
 
     from builder.multi import job_of, manifest_stat, summarise_one
     from builder.pipeline import build
-    from builder.summary import SUMMARY_FILE
+    from builder.report.summary import SUMMARY_FILE
 
     job = job_of(loaded, Path(loaded.path), output_root)
     before = manifest_stat(job.output_dir)
@@ -328,7 +328,7 @@ def _write_build_junit(target: str, template: str, loaded: Any, output_dir: Path
                        exc: BaseException | None) -> None:
     """--junit of one build: its manifest's verdict, or the error when it wrote none (the
     template did not load, the build stopped before its preflight)."""
-    from builder.junit import case_of_error, case_of_output_dir, write_junit
+    from builder.report.junit import case_of_error, case_of_output_dir, write_junit
 
     case = None
     if loaded is not None and output_dir is not None:
@@ -344,7 +344,7 @@ def _write_build_junit(target: str, template: str, loaded: Any, output_dir: Path
 def _build_several(args: argparse.Namespace) -> int:
     """Several templates: every one validated first, then up to --jobs builds at once."""
     from builder import multi
-    from builder.summary import summary_table
+    from builder.report.summary import summary_table
 
     if args.log_file:
         raise UsageError("--log-file takes one template",
@@ -362,9 +362,9 @@ def _build_several(args: argparse.Namespace) -> int:
     options = multi.Options(cli_vars=_parse_vars(args.var or []),
                             var_files=[Path(p) for p in args.var_file or []],
                             output_dir=output_dir, passthrough=passthrough)
-    jobs, problems = multi.plan(args.templates, options)
+    jobs, problems = multi.plan_jobs(args.templates, options)
     if problems and args.junit:
-        from builder.junit import case_of_error, write_junit
+        from builder.report.junit import case_of_error, write_junit
 
         write_junit(Path(args.junit), [
             case_of_error(Path(t).stem if t else "(command line)", exc.message)
@@ -384,7 +384,7 @@ def _build_several(args: argparse.Namespace) -> int:
                                      show=lambda summary: _out(summary_table(summary)))
     finally:
         if args.junit:
-            from builder.junit import cases_of_summary, write_junit
+            from builder.report.junit import cases_of_summary, write_junit
 
             write_junit(Path(args.junit), cases_of_summary(summary))
     return code
@@ -409,7 +409,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from builder.convert import convert_image
+    from builder.image.convert import convert_image
 
     result = convert_image(Path(args.source), Path(args.destination), force=args.force)
     _out(str(result))
@@ -441,9 +441,9 @@ def _seconds(text: str) -> float:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from builder.accel import choose_accelerator
-    from builder.libvirt import connection_uri
     from builder.simulate.simulator import SimulateOptions, simulate_image
+    from builder.vm.accel import choose_accelerator
+    from builder.vm.libvirt import connection_uri
 
     accel = choose_accelerator(args.accelerator, connection_uri(None))
     options = SimulateOptions(
@@ -458,7 +458,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from builder.diff import diff, to_json, to_table
+    from builder.report.diff import diff, to_json, to_table
 
     comparison = diff(args.old, args.new)
     _out(to_json(comparison) if args.json else to_table(comparison))
@@ -466,14 +466,14 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from builder.junit import case_of_manifest, write_junit
-    from builder.nightly_report import collect, summary_table
+    from builder.report.junit import case_of_manifest, write_junit
+    from builder.report.nightly import collect, summary_table
 
     report = collect(Path(args.output_dir))
     if not report.rows:
         log.warning("no build found in %s", args.output_dir)
     if args.html:
-        from builder.report_page import write_page
+        from builder.report.html import write_page
 
         write_page(report, Path(args.html))
     if args.junit:
@@ -494,7 +494,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    from builder.gc import collect_garbage
+    from builder.housekeeping.gc import collect_garbage
 
     for line in collect_garbage(remove=args.yes, connect=args.connect):
         _out(line)
@@ -502,8 +502,8 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    from builder.stage_cache import StageCache
-    from builder.stage_prune import list_entries, prune, table
+    from builder.cache.prune import list_entries, prune, table
+    from builder.cache.store import StageCache
     from builder.units import parse_duration, parse_size
 
     cache = StageCache()
@@ -546,7 +546,7 @@ def cmd_fmt(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from builder.prune import describe, prune
+    from builder.housekeeping.prune import describe, prune
 
     if args.json:
         outcome = prune(Path(args.output_dir), args.keep, args.dry_run)

@@ -18,19 +18,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from builder.digest import BackgroundDigests
-from builder.fetch import Digest
-from builder.keys import KeyPair
-from builder.libvirt import RunningDomain
+from builder.image.digest import BackgroundDigests
+from builder.image.fetch import Digest
 from builder.log import StepTimer
 from builder.manifest import CacheStage, Simulation
 from builder.masking import masked_files
 from builder.models import Template
 from builder.plan import PLACEHOLDERS, BuildPlan, Generated, plan_for
-from builder.report import Report
-from builder.seed import new_instance_id
-from builder.ssh import SSHSession
+from builder.report.check_report import Report
 from builder.template import LoadedTemplate
+from builder.vm.keys import KeyPair
+from builder.vm.libvirt import RunningDomain
+from builder.vm.seed import new_instance_id
+from builder.vm.ssh import SSHSession
 from distros import Distro
 
 

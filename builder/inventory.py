@@ -247,7 +247,7 @@ def _read(g: Any, path: str) -> str | None:
 def write_inventory(inventory: Inventory | None, target: Path) -> None:
     """`azbuild check --inventory FILE`: the inventory as JSON (`null` when it could not be
     read), written atomically."""
-    from builder.disk import atomic_output
+    from builder.image.disk import atomic_output
 
     data = inventory.model_dump(mode="json") if inventory is not None else None
     with atomic_output(target, force=True) as tmp:

@@ -16,15 +16,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from builder.digest import Stamp
-from builder.disk import detect_image_format, foreign_format
 from builder.errors import AzbuildError, CommandError, UsageError
-from builder.fetch import local_iso
-from builder.inputs import verify_source_image
-from builder.iso import InstallerPaths, installer_and_label
+from builder.image.digest import Stamp
+from builder.image.disk import detect_image_format, foreign_format
+from builder.image.fetch import local_iso
+from builder.image.inputs import verify_source_image
+from builder.image.iso import InstallerPaths, installer_and_label
 from builder.models import ShellProvisioner, Template
-from builder.qemu_img import virtual_size
 from builder.toml_lines import KeyPath
+from builder.vm.qemu_img import virtual_size
 from distros import resolve
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ class IsoFacts:
 class ImageFacts:
     """The source disk image as `qemu-img` and its bytes say."""
 
-    format: str  # builder.disk.ImageFormat.name: raw, qcow2, vhd-fixed, ...
+    format: str  # builder.image.disk.ImageFormat.name: raw, qcow2, vhd-fixed, ...
     qemu_format: str
     virtual_size: int | None  # None when qemu-img is not installed
 
@@ -105,7 +105,7 @@ def read_image_facts(image: Path, inspect: bool = True) -> tuple[ImageFacts | No
     """The image's format and virtual size; a format the build cannot start from, a file
     that is no disk image (compressed, an ISO), or an image qemu-img cannot read, is a
     problem. With `inspect`, so is anything the build's source-disk step refuses
-    (builder/inputs.py: HTML, random bytes, zeros, a truncated or corrupt image): what
+    (builder/image/inputs.py: HTML, random bytes, zeros, a truncated or corrupt image): what
     validate and render check. A build leaves that to its source-disk step, which then
     fails with its manifest and log."""
     loc: KeyPath = ("source", "disk_image")

@@ -15,7 +15,7 @@ from typing import Any
 from builder.redact import RedactingFilter
 
 ROOT = "azbuild"
-# Our modules log under their import names (`builder.ssh`, `builder.answers`) and the
+# Our modules log under their import names (`builder.vm.ssh`, `builder.answers`) and the
 # CLI under "azbuild"; all three trees get the same handlers. Third-party loggers
 # (paramiko, the Azure SDK) show warnings and errors only, through a handler of the same
 # format on the root logger (`_route_third_party`).

@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from builder import __version__
-from builder.digest import BackgroundDigests, sha256_file
-from builder.disk import allocated_bytes, atomic_output
+from builder.image.digest import BackgroundDigests, sha256_file
+from builder.image.disk import allocated_bytes, atomic_output
+from builder.image.verified import remembered_digest
 from builder.inventory import Inventory
 from builder.records import Record, document_config
 from builder.redact import redact, redact_data
-from builder.verified import remembered_digest
 
 if TYPE_CHECKING:
     from builder.context import BuildContext

@@ -33,7 +33,7 @@ from builder.errors import (
     Terminated,
     UsageError,
 )
-from builder.summary import (
+from builder.report.summary import (
     SUMMARY_FILE,
     BuildEntry,
     BuildStatus,
@@ -100,7 +100,7 @@ def route_variables(
 Problems = list[tuple[Path | None, AzbuildError]]
 
 
-def plan(templates: Sequence[str], options: Options) -> tuple[list[Job], Problems]:
+def plan_jobs(templates: Sequence[str], options: Options) -> tuple[list[Job], Problems]:
     """Load and validate every template (as `azbuild validate` does, and the local inputs
     a build needs); the jobs, and every problem: (the template, its error) per invalid
     template, (None, error) for a variable no template declares and for each collision.

@@ -18,13 +18,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from builder import log as azlog
-from builder import salvage, steps
+from builder import steps
 from builder.context import BuildContext, BuildOptions, on_failure
 from builder.errors import BuildError, UsageError
-from builder.libvirt import connection_uri, refuse_unsupported_uri
+from builder.housekeeping import salvage
 from builder.locks import output_directory_lock
 from builder.plan import plan_for
 from builder.template import LoadedTemplate
+from builder.vm.libvirt import connection_uri, refuse_unsupported_uri
 from distros import resolve
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ def build(loaded: LoadedTemplate, options: BuildOptions) -> int:
             log.info("building %s (%s) with %s", template.name, distro.label, ctx.uri)
             on_failure(stack, lambda: log.info("steps run before the failure:\n%s",
                                                ctx.timer.table()))
-            for name, step in steps.plan(ctx):
+            for name, step in steps.step_list(ctx):
                 ctx.step = name
                 salvage.record(ctx)  # what `azbuild gc` keeps should this process die here
                 with ctx.timer.step(name), _disk_full_is_said(name):

@@ -28,23 +28,14 @@ from builder.answers import (
     render_answer_files,
 )
 from builder.azure_prep import prep_scripts
-from builder.cache_keys import (
+from builder.cache.keys import (
     KEY_CLIENT_PUBLIC,
     KEY_HOST_PRIVATE,
     KEY_HOST_PUBLIC,
     install_key,
     stable_password_hash,
 )
-from builder.fetch import is_url
-from builder.libvirt import (
-    Disk,
-    DomainMetadata,
-    DomainSpec,
-    KernelBoot,
-    connection_uri,
-    default_dac_label,
-    domain_name,
-)
+from builder.image.fetch import is_url
 from builder.local_facts import IsoFacts, LocalFacts, read_local_facts
 from builder.models import FileProvisioner, ShellProvisioner, Template
 from builder.paths import cache_dir
@@ -58,8 +49,17 @@ from builder.placeholders import (
 )
 from builder.provision import inline_script
 from builder.redact import redact
-from builder.seed import nocloud_meta_data, nocloud_user_data
 from builder.template import LoadedTemplate
+from builder.vm.libvirt import (
+    Disk,
+    DomainMetadata,
+    DomainSpec,
+    KernelBoot,
+    connection_uri,
+    default_dac_label,
+    domain_name,
+)
+from builder.vm.seed import nocloud_meta_data, nocloud_user_data
 from distros import Distro, resolve
 
 # Names in the work directory (the install step writes them; the domain specs name them).

@@ -18,7 +18,7 @@ from pathlib import Path
 from builder.errors import BuildError, UsageError, indent
 from builder.models import FileProvisioner, RebootProvisioner, ShellProvisioner
 from builder.quoting import shell_quote
-from builder.ssh import SSHSession
+from builder.vm.ssh import SSHSession
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,6 @@ import tempfile
 from pathlib import Path
 
 from builder.errors import UsageError
-from builder.libvirt import Disk, domain_xml
 from builder.masking import mask_for, masked_files
 from builder.plan import (
     BOOT_DOMAIN_FILE,
@@ -28,6 +27,7 @@ from builder.plan import (
     BuildPlan,
     render_runtime,
 )
+from builder.vm.libvirt import Disk, domain_xml
 
 log = logging.getLogger(__name__)
 __all__ = ["mask_for", "render", "rendered_files"]

@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import quote
 
 from builder import __version__
-from builder.disk import atomic_output
+from builder.image.disk import atomic_output
 from builder.inventory import Inventory, Package
 
 SBOM_SUFFIX = "spdx.json"

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ValidationError
 
 from builder import redact, template_checks
 from builder.errors import Problem, TemplateError
-from builder.fetch import is_url
+from builder.image.fetch import is_url
 from builder.layer_merge import REMOVE_KEY, LayerMerge, duplicate_names
 from builder.models import Template, Variable
 from builder.toml_lines import KeyPath, line_of

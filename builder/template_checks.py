@@ -20,7 +20,7 @@ from builder.answers import (
 )
 from builder.azure_prep import prep_facts
 from builder.errors import AzbuildError, UsageError
-from builder.fetch import is_url, local_iso, resolve_checksum
+from builder.image.fetch import is_url, local_iso, resolve_checksum
 from builder.local_facts import read_image_facts, read_iso_facts
 from builder.models import Template
 from builder.toml_lines import KeyPath
@@ -132,7 +132,7 @@ def _readable_tree(loc: KeyPath, directory: Path) -> Found:
 
 
 def _public_key(loc: KeyPath, path: Path) -> Found:
-    from builder.keys import load_public_key  # paramiko: only when a key file is named
+    from builder.vm.keys import load_public_key  # paramiko: only when a key file is named
 
     try:
         load_public_key(path)
@@ -142,7 +142,7 @@ def _public_key(loc: KeyPath, path: Path) -> Found:
 
 
 def _private_key(loc: KeyPath, path: Path) -> Found:
-    from builder.keys import load_private_key  # paramiko: only when a key file is named
+    from builder.vm.keys import load_private_key  # paramiko: only when a key file is named
 
     try:
         load_private_key(path)

@@ -22,8 +22,8 @@ from tomlkit import items
 from tomlkit.container import Container
 from tomlkit.exceptions import ParseError
 
-from builder.disk import atomic_output
 from builder.errors import UsageError
+from builder.image.disk import atomic_output
 
 # Stands for "one blank line here, unless there is one" before a table header, until the
 # lines above the header are known (private-use characters: never in a TOML header's indent).

@@ -16,7 +16,6 @@ from pathlib import Path
 
 from builder import log as azlog
 from builder.context import BuildContext, on_failure
-from builder.disk import atomic_output
 from builder.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -24,7 +23,8 @@ from builder.errors import (
     AzbuildError,
     Terminated,
 )
-from builder.gc import claim_work_dir
+from builder.housekeeping.gc import claim_work_dir
+from builder.image.disk import atomic_output
 from builder.manifest import Failure, write_manifest
 from builder.paths import BOOT_CONSOLE, BUILD_LOG, KEPT_ON_FAILURE, work_root
 from builder.redact import redact

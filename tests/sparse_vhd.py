@@ -6,8 +6,8 @@ import os
 import random
 from pathlib import Path
 
+from builder.image.vhd import build_footer
 from builder.units import MiB
-from builder.vhd import build_footer
 
 CHUNK = 4 * MiB
 

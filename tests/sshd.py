@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from builder.keys import KeyPair
+from builder.vm.keys import KeyPair
 
 SSHD = Path("/usr/sbin/sshd")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from builder import accel
+from builder.vm import accel
 
 
 @pytest.fixture

@@ -37,9 +37,9 @@ from builder.answers import (
 )
 from builder.cli import main
 from builder.errors import UsageError
-from builder.iso import open_iso, read_file
+from builder.image.iso import open_iso, read_file
 from builder.models import Template
-from builder.volume import write_volume
+from builder.vm.volume import write_volume
 from distros import Distro, resolve
 from distros.rhel import RhelLike
 

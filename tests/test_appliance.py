@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.appliance import _LaunchWatchdog, _qemu_children, backend_settings
+from builder.vm.appliance import _LaunchWatchdog, _qemu_children, backend_settings
 
 
 def test_settings_follow_the_accelerator(monkeypatch: pytest.MonkeyPatch) -> None:

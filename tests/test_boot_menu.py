@@ -9,8 +9,8 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, cast
 
-from builder.guest import GRUB_COUNTDOWN, skip_boot_menu
-from builder.serial import SerialLog, clean
+from builder.vm.guest import GRUB_COUNTDOWN, skip_boot_menu
+from builder.vm.serial import SerialLog, clean
 
 # Shaped like what GRUB 2 writes to a serial terminal (vt100 cursor moves, colours, the
 # countdown line redrawn each second).

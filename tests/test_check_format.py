@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 
 from builder.cli import main
-from builder.convert import convert_image
 from builder.errors import BuildError, UsageError
+from builder.image.convert import convert_image
+from builder.image.vhd import FOOTER_SIZE, build_footer, footer_checksum
 from builder.offline_check.check import run_check
 from builder.offline_check.image import verify_vhd
-from builder.report import CheckResult
+from builder.report.check_report import CheckResult
 from builder.requirements import GUEST_IDS
 from builder.units import GiB, MiB
-from builder.vhd import FOOTER_SIZE, build_footer, footer_checksum
 
 # These images hold bytes, not an operating system: only R01/R02 are judged here
 # (the guest checks have their own corpus tests).

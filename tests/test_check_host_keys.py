@@ -11,7 +11,7 @@ import pytest
 from builder.azure_prep import host_keygen_unit
 from builder.offline_check.judge import HOST_KEYGEN_RE, CloudInitState, judge_host_keys
 from builder.offline_check.units import UnitSet, parse_unit, units_running
-from builder.report import Status
+from builder.report.check_report import Status
 from distros import resolve
 
 LIB = "/lib/systemd/system"

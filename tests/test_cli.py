@@ -341,7 +341,7 @@ EXIT_CASES = [
              ["build", "{dir}/t.toml", "--output-dir", "{dir}/base.qcow2"],
              "is a file", {"t.toml": DISK_BASE}, build=True),
     # A mirror that refuses connections (port 1 of the loopback): the fetch step gives up
-    # within its retry policy (builder/download.py), before any VM.
+    # within its retry policy (builder/image/download.py), before any VM.
     ExitCase("3-input-unavailable", 3, ["build", "{dir}/t.toml", "--output-dir", "{dir}/out"],
              "cannot fetch the ISO http://127.0.0.1:1/debian-12.iso",
              {"t.toml": DISK_BASE.replace('disk_image = "base.qcow2"',

@@ -17,11 +17,11 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from builder.convert import convert_image, raw_to_vhd
-from builder.disk import allocated_bytes
 from builder.errors import BuildError, UsageError
+from builder.image.convert import convert_image, raw_to_vhd
+from builder.image.disk import allocated_bytes
+from builder.image.vhd import FOOTER_SIZE, MAX_SIZE, MIN_SIZE, parse_footer
 from builder.units import GiB, MiB
-from builder.vhd import FOOTER_SIZE, MAX_SIZE, MIN_SIZE, parse_footer
 
 
 def make_sparse(path: Path, size: int, chunks: dict[int, bytes]) -> None:

@@ -1,4 +1,4 @@
-"""`azbuild diff` (builder/diff.py) on manifests written by the real manifest writer:
+"""`azbuild diff` (builder/report/diff.py) on manifests written by the real manifest writer:
 the comparison, its exact text and JSON, and the exit codes of the real command line.
 Diffing images (the inventory read on the spot) needs the libguestfs appliance:
 tests/e2e/test_inventory_image.py."""
@@ -17,7 +17,11 @@ from test_manifest import context, validate
 
 from builder.cli import main
 from builder.context import BuildContext, BuildOptions
-from builder.diff import (
+from builder.errors import UsageError
+from builder.inventory import Inventory, Kernel, Package
+from builder.manifest import write_manifest
+from builder.report.check_report import CheckResult, Report
+from builder.report.diff import (
     Change,
     Comparison,
     compare,
@@ -27,10 +31,6 @@ from builder.diff import (
     to_json,
     to_table,
 )
-from builder.errors import UsageError
-from builder.inventory import Inventory, Kernel, Package
-from builder.manifest import write_manifest
-from builder.report import CheckResult, Report
 from builder.template import load_template
 from builder.units import MiB
 from distros import resolve

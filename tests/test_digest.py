@@ -1,7 +1,7 @@
-"""builder.digest: sparse hashing, the VHD digest derived from the RAW's, background hashing.
+"""builder.image.digest: sparse hashing, the VHD digest derived from the RAW's, background hashing.
 
 Every digest is compared with hashlib over the real file's bytes; the VHDs are made by
-builder.convert.raw_to_vhd, as a build's export step makes them."""
+builder.image.convert.raw_to_vhd, as a build's export step makes them."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from builder.convert import raw_to_vhd
-from builder.digest import CHUNK, BackgroundDigests, artifact_digests, sha256_file
-from builder.disk import copy_sparse
+from builder.image.convert import raw_to_vhd
+from builder.image.digest import CHUNK, BackgroundDigests, artifact_digests, sha256_file
+from builder.image.disk import copy_sparse
 from builder.units import MiB
 
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from builder.disk import allocated_bytes, atomic_output, copy_sparse, detect_image_format
 from builder.errors import UsageError
+from builder.image.disk import allocated_bytes, atomic_output, copy_sparse, detect_image_format
+from builder.image.vhd import build_footer
 from builder.units import MiB
-from builder.vhd import build_footer
 
 
 def make_sparse(path: Path, size: int, chunks: dict[int, bytes]) -> None:
@@ -156,7 +156,7 @@ def test_copy_sparse_across_filesystems_falls_back_to_read_write(tmp_path: Path)
 def test_copy_sparse_reflinks_where_the_filesystem_can(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="builder.disk")
+    caplog.set_level(logging.DEBUG, logger="builder.image.disk")
     with mounted("xfs", tmp_path / "x", 320) as mnt:
         src, dst = mnt / "src", mnt / "dst"
         make_sparse(src, 40 * MiB, {MiB: os.urandom(8 * MiB)})

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from builder.download import RetryPolicy
 from builder.errors import EXIT_INPUT_UNAVAILABLE, BuildError, FetchError, UsageError
-from builder.fetch import fetch_iso, parse_checksum_file
+from builder.image.download import RetryPolicy
+from builder.image.fetch import fetch_iso, parse_checksum_file
 
 PAYLOAD = os.urandom(3 * 1024 * 1024 + 123)  # a few chunks, not a multiple of the chunk size
 SHA256 = hashlib.sha256(PAYLOAD).hexdigest()

@@ -21,10 +21,10 @@ import pytest
 import unreachable
 
 from builder.cli import main
-from builder.download import DEFAULT_POLICY, RetryPolicy
 from builder.errors import EXIT_INPUT_UNAVAILABLE, FetchError
-from builder.fetch import fetch_iso
-from builder.summary import SUMMARY_FILE
+from builder.image.download import DEFAULT_POLICY, RetryPolicy
+from builder.image.fetch import fetch_iso
+from builder.report.summary import SUMMARY_FILE
 
 REPO = Path(__file__).resolve().parent.parent
 DIGEST = "sha256:" + "0" * 64
@@ -68,7 +68,7 @@ def test_a_name_that_does_not_resolve_fails_at_once(tmp_path: Path) -> None:
     code = f"""
 import json, time
 from builder.errors import FetchError
-from builder.fetch import fetch_iso
+from builder.image.fetch import fetch_iso
 for checksum in ({DIGEST!r}, "file:http://sums.invalid/SHA256SUMS"):
     started = time.monotonic()
     try:

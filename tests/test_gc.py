@@ -15,10 +15,10 @@ from typing import Any
 import libvirt
 import pytest
 
-from builder.gc import claim_work_dir, collect_garbage
-from builder.libvirt import DomainMetadata, connected, list_azbuild_domains, remove_domain
+from builder.housekeeping.gc import claim_work_dir, collect_garbage
 from builder.manifest import MANIFEST_FILE
 from builder.paths import CACHE_ENV, WORK_ENV
+from builder.vm.libvirt import DomainMetadata, connected, list_azbuild_domains, remove_domain
 
 TEST_URI = "test:///default"
 

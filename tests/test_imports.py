@@ -8,6 +8,8 @@
 - Imports run pipeline -> steps -> context: a step never imports builder.pipeline nor
   another step (builder/steps/__init__.py, the list of steps, imports them all).
 - The distro plugins import nothing from the engine but its error types.
+- The packages that group builder/ by concern (cache, housekeeping, image, report, vm)
+  re-export nothing: their __init__.py is a docstring, and imports name the real module.
 """
 
 from __future__ import annotations
@@ -192,7 +194,7 @@ def test_the_steps_are_found() -> None:
 
 
 @pytest.mark.parametrize("module", [
-    "builder.context", "builder.guest", "builder.stages", "builder.work_dir"])
+    "builder.context", "builder.vm.guest", "builder.cache.chain", "builder.work_dir"])
 def test_what_the_steps_share_imports_no_step_nor_the_pipeline(module: str) -> None:
     wrong = [imp.target for imp in GRAPH[module]
              if imp.target == "builder.pipeline" or imp.target.startswith("builder.steps")]
@@ -233,3 +235,18 @@ def test_the_offline_check_package_loads_none_of_its_modules() -> None:
     assert GRAPH["builder.offline_check"] == []
     assert {"builder.offline_check.check", "builder.offline_check.guest_checks",
             "builder.offline_check.image"} <= set(OFFLINE_CHECK)
+
+
+CONCERNS = ("builder.cache", "builder.housekeeping", "builder.image", "builder.report",
+            "builder.vm")
+
+
+@pytest.mark.parametrize("package", CONCERNS)
+def test_a_concern_package_reexports_nothing(package: str) -> None:
+    # builder/<concern>/ only groups modules; an import names the module that defines the
+    # name, so the package's __init__.py imports nothing and defines nothing but its
+    # docstring.
+    assert GRAPH[package] == []
+    tree = ast.parse(MODULES[package].read_text())
+    assert ast.get_docstring(tree) and len(tree.body) == 1, package
+    assert any(m.startswith(f"{package}.") for m in MODULES), package

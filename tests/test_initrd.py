@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from builder.initrd import append_to_initrd, newc_archive
-from builder.initrd_list import list_initrd
+from builder.image.initrd import append_to_initrd, newc_archive
+from builder.image.initrd_list import list_initrd
 
 
 def read_initrd(data: bytes) -> dict[str, bytes]:
     """Regular files as the kernel would leave them: later archives win (an independent
-    reader, builder/initrd_list.py, not this module's writer)."""
+    reader, builder/image/initrd_list.py, not this module's writer)."""
     return {e.name: e.data for e in list_initrd(data) if e.is_file}
 
 needs_cpio = pytest.mark.skipif(shutil.which("cpio") is None, reason="cpio not installed")

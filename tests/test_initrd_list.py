@@ -1,4 +1,4 @@
-"""builder/initrd_list.py against archives made by real tools (cpio, gzip, xz, zstd, lz4,
+"""builder/image/initrd_list.py against archives made by real tools (cpio, gzip, xz, zstd, lz4,
 bzip2) and against the initrds Debian's initramfs-tools made in the cached root."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from builder.initrd import newc_archive
-from builder.initrd_list import (
+from builder.image.initrd import newc_archive
+from builder.image.initrd_list import (
     InitrdError,
     kernel_versions_in,
     list_initrd,

@@ -14,14 +14,14 @@ import pytest
 
 from builder.cli import main
 from builder.context import BuildContext, BuildOptions
-from builder.convert import convert_image
-from builder.disk import detect_image_format
 from builder.errors import UsageError
-from builder.inputs import raw_extents, verify_image
+from builder.image.convert import convert_image
+from builder.image.disk import detect_image_format
+from builder.image.inputs import raw_extents, verify_image
+from builder.image.vhd import build_footer
 from builder.steps.source_disk import prepare_disk
 from builder.template import load_template
 from builder.units import MiB
-from builder.vhd import build_footer
 from distros import resolve
 
 

@@ -34,7 +34,7 @@ from builder.inventory import (
     write_inventory,
 )
 from builder.offline_check.parsers import grub_kernel_lines
-from builder.report import Report
+from builder.report.check_report import Report
 from builder.sbom import package_url, sbom_document, sbom_path, write_sbom
 from builder.steps.export import CheckFailed, write_image_sbom
 

@@ -11,7 +11,7 @@ import pycdlib
 import pytest
 
 from builder.errors import BuildError, UsageError
-from builder.iso import extract_files, installer_and_label, treeinfo_images
+from builder.image.iso import extract_files, installer_and_label, treeinfo_images
 from distros import resolve
 
 KERNEL = b"MZ fake kernel " * 100

@@ -9,7 +9,13 @@ import paramiko
 import pytest
 
 from builder.errors import UsageError
-from builder.keys import KeyPair, fingerprint, load_private_key, load_public_key, parse_public_line
+from builder.vm.keys import (
+    KeyPair,
+    fingerprint,
+    load_private_key,
+    load_public_key,
+    parse_public_line,
+)
 
 needs_keygen = pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="no ssh-keygen")
 

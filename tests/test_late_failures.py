@@ -125,7 +125,7 @@ def test_host_key_file_with_an_image_source_is_valid(
 def test_a_directory_as_file_provisioner_source_is_valid(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A file provisioner uploads a directory as a tree (builder.ssh), so it is no error."""
+    """A file provisioner uploads a directory as a tree (builder.vm.ssh), so it is no error."""
     _qcow2(tmp_path / "base.qcow2", "64M")
     (tmp_path / "conf.d").mkdir()
     (tmp_path / "conf.d" / "a.conf").write_text("a")

@@ -335,7 +335,7 @@ def test_a_removal_that_cannot_be_done_is_an_error_at_its_line(
 
 
 def test_a_provisioners_name_is_no_part_of_its_cache_key(tmp_path: Path) -> None:
-    from builder.cache_keys import provisioner_key
+    from builder.cache.keys import provisioner_key
     from builder.models import ShellProvisioner
 
     plain = ShellProvisioner(type="shell", inline=["true"])

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.libvirt import (
+from builder.vm.libvirt import (
     SESSION_URI,
     SYSTEM_URI,
     Disk,
@@ -255,7 +255,7 @@ def test_libvirt_schema_accepts(spec: DomainSpec, tmp_path: Path) -> None:
 
 
 def test_connection_hint_names_the_libvirt_group_for_users_on_system() -> None:
-    from builder.libvirt import connection_hint
+    from builder.vm.libvirt import connection_hint
 
     error = ("Failed to connect socket to '/var/run/libvirt/libvirt-sock': "
              "Permission denied")
@@ -272,7 +272,7 @@ def test_root_on_the_session_uri_is_refused_before_anything_starts() -> None:
     import pytest
 
     from builder.errors import UsageError
-    from builder.libvirt import refuse_unsupported_uri
+    from builder.vm.libvirt import refuse_unsupported_uri
 
     with pytest.raises(UsageError, match="qemu:///session as root is not supported"):
         refuse_unsupported_uri("qemu:///session", 0)

@@ -27,7 +27,7 @@ from builder.manifest import (
     source_digest,
     write_manifest,
 )
-from builder.report import CheckResult, Report
+from builder.report.check_report import CheckResult, Report
 from builder.steps import export
 from builder.steps.export import CheckFailed
 from builder.steps.source_disk import prepare_disk
@@ -307,7 +307,7 @@ def test_an_unwritable_log_file_is_a_usage_error(
 
 
 def test_a_dead_build_s_log_and_failed_manifest_are_salvaged(tmp_path: Path) -> None:
-    from builder.salvage import DIED, record, salvage
+    from builder.housekeeping.salvage import DIED, record, salvage
 
     ctx = context(tmp_path)
     assert ctx.work_dir is not None
@@ -335,7 +335,7 @@ def test_a_dead_build_s_log_and_failed_manifest_are_salvaged(tmp_path: Path) -> 
 def test_a_build_that_died_before_its_first_record_leaves_nothing_to_salvage(
     tmp_path: Path,
 ) -> None:
-    from builder.salvage import salvage
+    from builder.housekeeping.salvage import salvage
 
     (tmp_path / "work").mkdir()
     assert salvage(tmp_path / "work") == []

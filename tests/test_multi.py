@@ -39,14 +39,14 @@ from builder.multi import (
     Runner,
     mem_available,
     memory_decision,
-    plan,
+    plan_jobs,
     route_variables,
     run_builds,
     summary_path,
     tag_line,
 )
-from builder.report import CheckResult, Report
-from builder.summary import (
+from builder.report.check_report import CheckResult, Report
+from builder.report.summary import (
     SUMMARY_FILE,
     Summary,
     entry_from_manifest,
@@ -211,7 +211,7 @@ def test_a_shared_var_file_sets_what_each_template_declares(
     b = template(tmp_path, "b", image, variables='colour = "blue"\n')
     var_file = tmp_path / "vars.toml"
     var_file.write_text('size = "3"\ncolour = "red"\n')
-    jobs, problems = plan([str(a), str(b)], Options(var_files=[var_file],
+    jobs, problems = plan_jobs([str(a), str(b)], Options(var_files=[var_file],
                                                     output_dir=tmp_path / "out"))
     assert problems == []
     assert [job.argv[-1] for job in jobs] == ["--shared-var-files"] * 2

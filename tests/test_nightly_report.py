@@ -26,9 +26,9 @@ from builder.context import BuildContext, BuildOptions
 from builder.errors import BuildError
 from builder.inventory import Inventory
 from builder.manifest import CacheStage, Simulation, SimulationLine, write_manifest
-from builder.nightly_report import collect
 from builder.paths import BUILD_LOG, INSTALL_CONSOLE
-from builder.report import CheckResult, Report
+from builder.report.check_report import CheckResult, Report
+from builder.report.nightly import collect
 from builder.requirements import TITLES
 from builder.sbom import sbom_document, sbom_path, write_sbom
 from builder.template import load_template
@@ -314,8 +314,8 @@ def test_build_junit_of_a_real_failed_build(
 def test_junit_of_a_several_template_run_from_its_summary(nightly: Path,
                                                           tmp_path: Path) -> None:
     """summary.json as a several-template build writes it: built, failed, not started."""
-    from builder.junit import cases_of_summary, write_junit
-    from builder.summary import entry_from_manifest, new_summary, write_summary
+    from builder.report.junit import cases_of_summary, write_junit
+    from builder.report.summary import entry_from_manifest, new_summary, write_summary
 
     latest = nightly / NIGHTS[1]
     entries = [entry_from_manifest(name=name, template=tmp_path / f"{name}.toml",
@@ -398,7 +398,7 @@ def test_a_build_that_wrote_no_manifest_is_the_latest_from_its_summary(
 ) -> None:
     """A third night stopped before web's turn: summary.json lists it without a manifest.
     The report must not show the night before's success as web's latest."""
-    from builder.summary import entry_from_manifest, new_summary, write_summary
+    from builder.report.summary import entry_from_manifest, new_summary, write_summary
 
     night = nightly / "20261202"
     entry = entry_from_manifest(name="web", template=tmp_path / "web.toml",

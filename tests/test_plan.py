@@ -13,8 +13,6 @@ from test_iso import make_iso
 from builder.answers import hash_password
 from builder.cli import main
 from builder.context import BuildContext, BuildOptions
-from builder.keys import KeyPair
-from builder.libvirt import Disk, domain_xml
 from builder.local_facts import LocalFacts, read_iso_facts, read_local_facts
 from builder.plan import (
     CMDLINE_FILE,
@@ -27,6 +25,8 @@ from builder.plan import (
 )
 from builder.render import rendered_files
 from builder.template import load_template
+from builder.vm.keys import KeyPair
+from builder.vm.libvirt import Disk, domain_xml
 from distros import resolve
 
 REPO = Path(__file__).resolve().parents[1]
@@ -135,7 +135,7 @@ def test_the_seed_step_writes_the_plans_seed_and_records_it(tmp_path: Path) -> N
     instance-id; the record is render's file byte for byte."""
     from contextlib import ExitStack
 
-    from builder.iso import open_iso, read_file
+    from builder.image.iso import open_iso, read_file
     from builder.steps.boot import write_seed_volume
 
     loaded = load_template(REPO / "examples" / "cloud-image.toml")
@@ -216,16 +216,16 @@ def test_the_install_step_feeds_the_plans_answer_files_and_cmdline(
 
 def test_the_iso_is_read_once_while_it_is_unchanged(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import builder.iso
+    import builder.image.iso
 
     opened: list[Path] = []
-    real_open = builder.iso.open_iso
+    real_open = builder.image.iso.open_iso
 
     def counting_open(iso: Path):  # type: ignore[no-untyped-def]
         opened.append(iso)
         return real_open(iso)
 
-    monkeypatch.setattr(builder.iso, "open_iso", counting_open)
+    monkeypatch.setattr(builder.image.iso, "open_iso", counting_open)
     iso = make_iso(tmp_path / "alma.iso", RHEL_INSTALLER, label="ALMA-9")
     loaded = load_template(_rhel(tmp_path, "alma.iso"))
     # validate's checks, the plan's facts and the install step all ask: one reading.

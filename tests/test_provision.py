@@ -16,7 +16,7 @@ from sshd import SshServer, sshd_available
 from builder.errors import BuildError, UsageError
 from builder.models import FileProvisioner, RebootProvisioner, ShellProvisioner
 from builder.provision import describe, inline_script, run_provisioners
-from builder.ssh import SSHSession, wait_for_ssh
+from builder.vm.ssh import SSHSession, wait_for_ssh
 
 pytestmark = pytest.mark.skipif(sshd_available() is not None, reason=str(sshd_available()))
 

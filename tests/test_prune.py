@@ -13,8 +13,8 @@ import pytest
 
 from builder.cli import main
 from builder.context import BuildContext, BuildOptions
+from builder.housekeeping.prune import REMOVING_PREFIX
 from builder.manifest import MANIFEST_FILE, Failure, write_manifest
-from builder.prune import REMOVING_PREFIX
 from builder.template import load_template
 from distros import resolve
 

@@ -19,14 +19,14 @@ from azurite import Azurite
 from sparse_vhd import make_sparse_vhd
 
 from builder.cli import main
-from builder.digest import sha256_file
-from builder.disk import allocated_bytes
+from builder.image.digest import sha256_file
+from builder.image.disk import allocated_bytes
+from builder.image.vhd import build_footer
 from builder.publish import ranges
 from builder.publish.auth import CONNECTION_STRING_ENV, choose_auth, parse_container_url
 from builder.publish.blob import META_READY, META_SHA256, META_STATE, publish_blob
 from builder.publish.ranges import MAX_PUT, PAGE
 from builder.units import GiB, MiB
-from builder.vhd import build_footer
 
 if TYPE_CHECKING:
     from builder.context import BuildContext
@@ -396,8 +396,8 @@ def test_the_build_step_publishes_and_the_manifest_records_it(
     the VM part of the build is not needed for it (tests/e2e has the whole build)."""
     from contextlib import ExitStack
 
-    from builder.report import Report
-    from builder.steps import export, plan
+    from builder.report.check_report import Report
+    from builder.steps import export, step_list
     from builder.steps.publish import PublishFailed, publish
 
     out = tmp_path / "out"
@@ -406,7 +406,7 @@ def test_the_build_step_publishes_and_the_manifest_records_it(
     data = make_sparse_vhd(image, 64 * MiB, 8 * MiB, extent=4 * MiB, zero_extent=MiB)
     ctx = _step_context(azurite, tmp_path, monkeypatch, "stepped", "stepped-1.vhd")
     loaded = ctx.loaded
-    names = [name for name, _ in plan(ctx)]
+    names = [name for name, _ in step_list(ctx)]
     assert names[-4:] == ["check", "simulate", "publish", "manifest"]
     ctx.artifacts["vhd"] = image
     ctx.report = Report(str(image))  # the check step passed (no failure)
@@ -449,8 +449,8 @@ def test_the_build_step_reuses_the_manifests_digest_of_an_unchanged_image(
 
     import builder.publish.blob
     import builder.steps.publish
-    from builder.digest import BackgroundDigests
-    from builder.report import Report
+    from builder.image.digest import BackgroundDigests
+    from builder.report.check_report import Report
     from builder.steps.publish import publish
 
     hashed_here: list[Path] = []

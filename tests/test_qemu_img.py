@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from builder.qemu_img import (
+from builder.vm.qemu_img import (
     chain_to_raw_argv,
     check_argv,
     convert_to_raw_argv,

@@ -1,4 +1,4 @@
-"""`azbuild render` of every bundled example, and the step plan of each kind of source:
+"""`azbuild render` of every bundled example, and the step list of each kind of source:
 what a build would feed the VM, written without downloading anything or starting one."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from builder.context import BuildContext, BuildOptions
 from builder.plan import LABEL_AT_BUILD_TIME
 from builder.provision import inline_script
 from builder.render import _write_all, mask_for
-from builder.steps import plan
+from builder.steps import step_list
 from builder.template import load_template
 from distros import resolve
 
@@ -107,24 +107,24 @@ def test_rendered_domains_pass_libvirts_schema(tmp_path: Path) -> None:
             assert proc.returncode == 0, (example.name, name, proc.stdout, proc.stderr)
 
 
-def _plan_names(example: Path) -> list[str]:
+def _step_names(example: Path) -> list[str]:
     loaded = load_template(example)
     template = loaded.template
     ctx = BuildContext(loaded=loaded, options=BuildOptions(),
                        distro=resolve(template.distro.name, template.distro.version),
                        uri="qemu:///system", output_dir=Path("/nonexistent"), build_id="0")
-    return [name for name, _ in plan(ctx)]
+    return [name for name, _ in step_list(ctx)]
 
 
 def test_iso_builds_install_then_boot_the_disk() -> None:
-    names = _plan_names(REPO / "examples" / "demo.toml")
+    names = _step_names(REPO / "examples" / "demo.toml")
     assert names[:4] == ["prepare", "fetch", "accelerator", "install"]
     assert "source disk" not in names and "seed" not in names
     assert names[4:6] == ["boot", "connect"]
 
 
 def test_disk_image_builds_copy_and_seed() -> None:
-    names = _plan_names(REPO / "examples" / "cloud-image.toml")
+    names = _step_names(REPO / "examples" / "cloud-image.toml")
     assert names[:4] == ["prepare", "source disk", "seed", "accelerator"]
     assert "install" not in names
 

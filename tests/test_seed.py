@@ -9,7 +9,7 @@ from pathlib import Path
 import pycdlib
 import pytest
 
-from builder.seed import (
+from builder.vm.seed import (
     CIDATA_LABEL,
     new_instance_id,
     nocloud_meta_data,

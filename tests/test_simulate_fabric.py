@@ -26,9 +26,9 @@ import pytest
 from agents import AgentsUnavailable, agent_modules, probe
 
 from builder.errors import AzbuildError, UsageError
-from builder.keys import KeyPair
 from builder.simulate.fabric import Fabric
 from builder.simulate.ovf_env import Provisioning, ovf_env_xml, write_provisioning_media
+from builder.vm.keys import KeyPair
 
 GUEST_MAC = "52:54:00:12:34:56"
 CUSTOM_DATA = b"#cloud-config\nruncmd: [touch /var/tmp/custom-data-ran]\n"

@@ -1,4 +1,4 @@
-"""builder.ssh against a real OpenSSH server on 127.0.0.1 (tests/sshd.py)."""
+"""builder.vm.ssh against a real OpenSSH server on 127.0.0.1 (tests/sshd.py)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import pytest
 from sshd import SshServer, free_port, sshd_available
 
 from builder.errors import BuildError, UsageError
-from builder.keys import KeyPair
-from builder.ssh import CommandTimeout, ConnectionLost, SSHSession, wait_for_ssh, wrap_command
+from builder.vm.keys import KeyPair
+from builder.vm.ssh import CommandTimeout, ConnectionLost, SSHSession, wait_for_ssh, wrap_command
 
 pytestmark = pytest.mark.skipif(sshd_available() is not None, reason=str(sshd_available()))
 
@@ -221,7 +221,7 @@ def test_dead_domain_aborts_at_once(silent_port: int) -> None:
 
 def test_progress_lines(silent_port: int, caplog: pytest.LogCaptureFixture) -> None:
     key = KeyPair.generate()
-    caplog.set_level(logging.INFO, logger="builder.ssh")
+    caplog.set_level(logging.INFO, logger="builder.vm.ssh")
     with pytest.raises(BuildError):
         wait_for_ssh("127.0.0.1", silent_port, username="root", host_key=key.public_line,
                      pkey=key.to_paramiko(), timeout=1.0, progress_every=0.3)

@@ -17,27 +17,27 @@ from typing import Any
 import pytest
 
 from builder.answers import AnswerContext, hash_password, render_answer_files
-from builder.cache_keys import (
+from builder.cache.chain import chain_keys, longest_cached_prefix
+from builder.cache.keys import (
     install_key,
     provisioner_key,
     source_key,
     stable_password_hash,
 )
+from builder.cache.prune import Listed, list_entries, plan_prune, prune
+from builder.cache.store import STAGE_FORMAT, StageCache, StoredKeys, stage_key
 from builder.cli import main
-from builder.keys import KeyPair
 from builder.local_facts import LocalFacts
 from builder.models import FileProvisioner, ShellProvisioner, Template
 from builder.plan import BuildPlan, make_plan
-from builder.qemu_img import (
+from builder.template import LoadedTemplate
+from builder.vm.keys import KeyPair
+from builder.vm.qemu_img import (
     chain_to_raw_argv,
     create_overlay_argv,
     create_qcow2_argv,
     raw_to_qcow2_argv,
 )
-from builder.stage_cache import STAGE_FORMAT, StageCache, StoredKeys, stage_key
-from builder.stage_prune import Listed, list_entries, plan_prune, prune
-from builder.stages import chain_keys, longest_cached_prefix
-from builder.template import LoadedTemplate
 from distros import resolve
 
 MiB = 1024 * 1024
@@ -275,8 +275,8 @@ def test_stored_keys_are_private_and_come_back(tmp_path: Path) -> None:
 _WORKER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from builder.stage_cache import StageCache
-    from builder.qemu_img import create_qcow2_argv
+    from builder.cache.store import StageCache
+    from builder.vm.qemu_img import create_qcow2_argv
     from builder.run import run
     cache = StageCache(Path(sys.argv[1]))
     key, go = sys.argv[2], Path(sys.argv[3])
@@ -411,7 +411,7 @@ def test_prune_leaves_an_entry_a_build_is_using(tmp_path: Path) -> None:
 
 
 def test_plan_prune_removes_orphans() -> None:
-    from builder.stage_cache import Entry
+    from builder.cache.store import Entry
     orphan = Entry(key="9" * 64, parent="0" * 64, kind="provision", description="x",
                    template="t", size=1, sha256="0" * 64, created="2026-01-01T00:00:00+00:00")
     assert plan_prune([Listed(orphan, time.time())], older_than=None, max_size=None,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from builder.libvirt import _STARTED_OR_NO_BOOT
-from builder.serial import SerialLog
+from builder.vm.libvirt import _STARTED_OR_NO_BOOT
+from builder.vm.serial import SerialLog
 
 # Shaped like OVMF's console when the disk holds nothing to boot (PXE tried first).
 OVMF_NOTHING_TO_BOOT = (

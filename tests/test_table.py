@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from builder.table import aligned
+from builder.report.table import aligned
 
 
 def test_columns_are_padded_to_the_widest_cell_and_the_last_is_not() -> None:

@@ -1,5 +1,5 @@
 """`azbuild validate` inspects a source disk image with the checks the build's source-disk
-step makes (builder/inputs.py): a file that is no disk image, or a truncated one, is exit 2
+step makes (builder/image/inputs.py): a file that is no disk image, or a truncated one, is exit 2
 naming the file and what it looks like; the build refuses it the same way, before any VM.
 `validate --strict` makes a source missing now an error. Real files, real qemu-img."""
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from builder.fetch import file_digest
-from builder.verified import records_dir, remembered_digest
+from builder.image.fetch import file_digest
+from builder.image.verified import records_dir, remembered_digest
 
 
 class CountingDigest:

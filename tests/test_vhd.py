@@ -10,8 +10,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from builder.errors import UsageError
-from builder.units import GiB, MiB
-from builder.vhd import (
+from builder.image.vhd import (
     FOOTER_SIZE,
     MAX_SIZE,
     MIN_SIZE,
@@ -22,6 +21,7 @@ from builder.vhd import (
     parse_footer,
     vhd_timestamp,
 )
+from builder.units import GiB, MiB
 
 # 2026-01-01T00:00:00Z is 26 years after the VHD epoch, 7 of them leap years (2000..2024):
 # (26 * 365 + 7) * 86400 = 820540800 = 0x30E87580.

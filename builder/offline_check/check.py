@@ -7,14 +7,14 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from builder.disk import detect_image_format
 from builder.errors import UsageError
-from builder.inputs import verify_image
+from builder.image.disk import detect_image_format
+from builder.image.inputs import verify_image
 from builder.inventory import Inventory, read_inventory
 from builder.offline_check.guest_checks import guest_checks
 from builder.offline_check.image import format_checks
 from builder.offline_check.parsers import KernelLine
-from builder.report import CheckResult, Report
+from builder.report.check_report import CheckResult, Report
 from builder.requirements import GUEST_IDS, ID_RANGE, TITLES
 
 _ID = re.compile(r"^R(\d{1,2})$")

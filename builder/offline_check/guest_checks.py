@@ -6,7 +6,7 @@ first, before anything mounts them, because mounting an ext4 that needs
 recovery replays its journal into the overlay and would hide the problem. Then
 the OS is mounted read-only (facts.py), and the rules (rules_*.py) read its files
 through the adapter (adapter.py), parse them (parsers.py) and judge them (judge.py).
-Initrds are downloaded and listed on the host by builder/initrd_list.py.
+Initrds are downloaded and listed on the host by builder/image/initrd_list.py.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from builder.appliance import Drive, launch
 from builder.errors import CommandError, UsageError
 from builder.offline_check.adapter import Guest
 from builder.offline_check.facts import Facts, gather, mount_os, scan_block_devices
@@ -41,9 +40,10 @@ from builder.offline_check.rules_system import (
     check_waagent_conf,
     cloud_init_state,
 )
-from builder.qemu_img import info_argv
-from builder.report import CheckResult
+from builder.report.check_report import CheckResult
 from builder.run import run
+from builder.vm.appliance import Drive, launch
+from builder.vm.qemu_img import info_argv
 
 log = logging.getLogger(__name__)
 IMAGE_FORMATS = ("raw", "qcow2", "vpc", "vhdx")

@@ -5,12 +5,9 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from builder.disk import ImageFormat, detect_image_format
 from builder.errors import BuildError
-from builder.quoting import shell_join
-from builder.report import CheckResult
-from builder.units import MiB, format_size
-from builder.vhd import (
+from builder.image.disk import ImageFormat, detect_image_format
+from builder.image.vhd import (
     ALL_ONES_64,
     COOKIE,
     DISK_TYPE_FIXED,
@@ -20,6 +17,9 @@ from builder.vhd import (
     VhdFooter,
     parse_footer,
 )
+from builder.quoting import shell_join
+from builder.report.check_report import CheckResult
+from builder.units import MiB, format_size
 
 
 def verify_vhd(path: Path) -> list[CheckResult]:

@@ -10,7 +10,7 @@ from pathlib import PurePosixPath
 
 from builder.offline_check.parsers import shadow_password_field, version_tuple, where
 from builder.offline_check.units import UnitSet, masked_running, units_running
-from builder.report import Status
+from builder.report.check_report import Status
 from builder.requirements import (
     AGENT,
     CRASHKERNEL_AUTO,

@@ -10,7 +10,7 @@ import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from builder.initrd_list import module_name
+from builder.image.initrd_list import module_name
 from builder.requirements import INITRAMFS_TOOLS_INIT
 
 

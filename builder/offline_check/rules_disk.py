@@ -20,7 +20,7 @@ from builder.offline_check.disklabel import (
 from builder.offline_check.facts import Facts
 from builder.offline_check.judge import judge_fallback_loader
 from builder.offline_check.parsers import fstab_swaps
-from builder.report import CheckResult
+from builder.report.check_report import CheckResult
 from builder.requirements import (
     FALLBACK_LOADER,
     R14_BIOS_SKIP,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import PurePosixPath
 
-from builder.initrd_list import InitrdError, kernel_versions_in, list_initrd, module_name
+from builder.image.initrd_list import InitrdError, kernel_versions_in, list_initrd, module_name
 from builder.offline_check.adapter import Guest, is_reg, listed
 from builder.offline_check.facts import Facts
 from builder.offline_check.judge import (
@@ -20,7 +20,7 @@ from builder.offline_check.parsers import (
     initramfs_sleep_line,
     initrd_version,
 )
-from builder.report import CheckResult, Status
+from builder.report.check_report import CheckResult, Status
 from builder.requirements import (
     CRASHKERNEL_AUTO,
     FORBIDDEN_ARGS,

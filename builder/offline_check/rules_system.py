@@ -22,7 +22,7 @@ from builder.offline_check.judge import (
 )
 from builder.offline_check.parsers import cloud_datasources, parse_key_values, shadow_password_field
 from builder.offline_check.units import UNIT_DIRS, UnitSet
-from builder.report import CheckResult, Status
+from builder.report.check_report import CheckResult, Status
 from builder.requirements import (
     AGENT_STATE,
     AUTHORIZED_KEYS,

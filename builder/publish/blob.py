@@ -19,8 +19,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from builder import __version__
-from builder.digest import sha256_file
 from builder.errors import AzbuildError, BuildError, UsageError
+from builder.image.digest import sha256_file
 from builder.publish import ranges
 from builder.publish.auth import AUTH_DESCRIPTIONS, AuthMethod, open_container, parse_container_url
 from builder.publish.progress import Progress, human_bytes
@@ -133,7 +133,7 @@ def inspect_image(image: Path, force: bool, ready: bool | None = None,
                   sha256: str | None = None) -> LocalImage:
     """Refuse what is not a fixed whole-MiB VHD, or not ready without --force; hash it
     unless its digest `sha256` is known."""
-    from builder.disk import detect_image_format
+    from builder.image.disk import detect_image_format
     from builder.offline_check.image import format_checks
 
     if not image.is_file():

@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from builder.disk import data_ranges as data_ranges  # re-exported for the uploader
+from builder.image.disk import data_ranges as data_ranges  # re-exported for the uploader
 
 PAGE = 512  # a page blob's unit: every write starts and ends on it
 MAX_PUT = 4 * 1024 * 1024  # the most one Put Page request may carry

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from builder.appliance import Drive, launch
+from builder.vm.appliance import Drive, launch
 
 log = logging.getLogger("builder.simulate")
 

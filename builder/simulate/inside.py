@@ -30,7 +30,7 @@ from builder.simulate.machine import GUEST_IP, GUEST_MAC, IMDS_IP, qemu_argv
 from builder.simulate.outcome import SimulationOutcome
 from builder.simulate.ovf_env import Provisioning, write_provisioning_media
 from builder.simulate.probes import check_first_boot
-from builder.ssh import wait_for_ssh
+from builder.vm.ssh import wait_for_ssh
 
 log = logging.getLogger("builder.simulate")
 

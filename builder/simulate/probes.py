@@ -12,7 +12,7 @@ import time
 from builder.errors import AzbuildError
 from builder.simulate.config import SimulationConfig
 from builder.simulate.outcome import SimulationOutcome
-from builder.ssh import SSHSession
+from builder.vm.ssh import SSHSession
 
 log = logging.getLogger(__name__)
 

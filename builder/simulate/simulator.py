@@ -25,11 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from builder.disk import detect_image_format
 from builder.errors import BuildError, UsageError, indent
-from builder.gc import claim_work_dir
-from builder.keys import KeyPair
-from builder.libvirt import free_port
+from builder.housekeeping.gc import claim_work_dir
+from builder.image.disk import detect_image_format
 from builder.offline_check.disklabel import (
     ESP_GPT_TYPE,
     SECTOR,
@@ -43,6 +41,8 @@ from builder.simulate.config import SimulationConfig
 from builder.simulate.diagnosis import diagnose
 from builder.simulate.machine import OVMF_CODE, OVMF_VARS, Firmware, SimulatedVm
 from builder.simulate.outcome import SimulationOutcome
+from builder.vm.keys import KeyPair
+from builder.vm.libvirt import free_port
 
 log = logging.getLogger("builder.simulate")
 

@@ -17,7 +17,7 @@ from builder.steps import (
 )
 
 
-def plan(ctx: BuildContext) -> list[tuple[str, Step]]:
+def step_list(ctx: BuildContext) -> list[tuple[str, Step]]:
     """The ordered steps of this build (Packer's step list, in one place)."""
     steps: list[tuple[str, Step]] = [("prepare", prepare.prepare)]
     if fetch.needed(ctx):

@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 from contextlib import ExitStack
 
-from builder.accel import choose_accelerator
 from builder.context import BuildContext
-from builder.guest import boot_disk, open_session
 from builder.plan import SEED_FILE
-from builder.seed import CIDATA_LABEL
-from builder.volume import write_volume
+from builder.vm.accel import choose_accelerator
+from builder.vm.guest import boot_disk, open_session
+from builder.vm.seed import CIDATA_LABEL
+from builder.vm.volume import write_volume
 
 log = logging.getLogger(__name__)
 

@@ -10,15 +10,15 @@ from functools import partial
 from pathlib import Path
 
 from builder import manifest
+from builder.cache.chain import flatten_to_raw
 from builder.context import BuildContext, on_failure
-from builder.convert import raw_to_vhd
-from builder.digest import BackgroundDigests
-from builder.disk import atomic_output, copy_sparse
 from builder.errors import BuildError, indent
+from builder.image.convert import raw_to_vhd
+from builder.image.digest import BackgroundDigests
+from builder.image.disk import atomic_output, copy_sparse
 from builder.offline_check.check import run_check
 from builder.paths import BUILD_LOG
 from builder.sbom import sbom_document, sbom_path, write_sbom
-from builder.stages import flatten_to_raw
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 An ISO is downloaded into the cache (or found there, or read where it lies) and
 verified; a source disk image's checksum file is read (fetched when it is a URL). A
 step of its own, so that an input that cannot be fetched fails as `fetch` with exit
-code 3 ("input unavailable", builder/download.py), not as the install or the copy.
+code 3 ("input unavailable", builder/image/download.py), not as the install or the copy.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import logging
 from contextlib import ExitStack
 
 from builder.context import BuildContext
-from builder.fetch import fetch_iso, resolve_checksum
+from builder.image.fetch import fetch_iso, resolve_checksum
 
 log = logging.getLogger(__name__)
 

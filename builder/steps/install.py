@@ -18,22 +18,22 @@ from pathlib import Path
 from typing import Literal
 
 from builder.answers import answer_media, installer_failure_regex
+from builder.cache.chain import adopt_stored_keys, record_stage, start_from_longest_prefix
+from builder.cache.store import Entry, StageCache, StoredKeys
 from builder.context import BuildContext, timed_guest_wait
 from builder.errors import BuildError, indent
-from builder.guest import runtime, start_domain
-from builder.initrd import append_to_initrd
-from builder.iso import extract_files
-from builder.libvirt import Disk, RunningDomain
+from builder.image.initrd import append_to_initrd
+from builder.image.iso import extract_files
 from builder.local_facts import read_iso_facts
 from builder.manifest import source_digest
 from builder.paths import INSTALL_CONSOLE
 from builder.plan import ANSWER_VOLUME_FILE, CMDLINE_FILE, INITRD_FILE
-from builder.qemu_img import create_qcow2_argv
 from builder.redact import redact
 from builder.run import run
-from builder.stage_cache import Entry, StageCache, StoredKeys
-from builder.stages import adopt_stored_keys, record_stage, start_from_longest_prefix
-from builder.volume import write_volume
+from builder.vm.guest import runtime, start_domain
+from builder.vm.libvirt import Disk, RunningDomain
+from builder.vm.qemu_img import create_qcow2_argv
+from builder.vm.volume import write_volume
 
 log = logging.getLogger(__name__)
 

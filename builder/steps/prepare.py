@@ -10,9 +10,9 @@ from pathlib import Path
 from builder.answers import hash_password
 from builder.context import BuildContext
 from builder.errors import UsageError
-from builder.keys import KeyPair, load_public_key
 from builder.manifest import MANIFEST_FILE
 from builder.sbom import sbom_path
+from builder.vm.keys import KeyPair, load_public_key
 from builder.work_dir import make_work_dir
 
 log = logging.getLogger(__name__)

@@ -8,12 +8,12 @@ import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
+from builder.cache.chain import store_cache_point
 from builder.context import BuildContext, timed_guest_wait
 from builder.errors import BuildError, indent
-from builder.guest import open_session
 from builder.provision import run_provisioners
-from builder.ssh import SSHSession
-from builder.stages import store_cache_point
+from builder.vm.guest import open_session
+from builder.vm.ssh import SSHSession
 
 log = logging.getLogger(__name__)
 

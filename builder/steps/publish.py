@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from builder.context import BuildContext
-from builder.digest import sha256_file
 from builder.errors import AzbuildError, BuildError
+from builder.image.digest import sha256_file
 from builder.publish.arm import ImageFacts, compute_client, create_gallery_version, create_image
 from builder.publish.blob import publish_blob
 from builder.publish.entries import AzureGallery, AzureImage, AzurePageBlob, PublishEntry

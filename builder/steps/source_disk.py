@@ -9,18 +9,18 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Literal
 
-from builder.cache_keys import source_key
+from builder.cache.chain import adopt_stored_keys, record_stage, start_from_longest_prefix
+from builder.cache.keys import source_key
+from builder.cache.store import StageCache, StoredKeys
 from builder.context import BuildContext
-from builder.disk import ImageFormat, copy_sparse, detect_image_format
 from builder.errors import UsageError
-from builder.fetch import resolve_checksum, verify_local_file
-from builder.inputs import verify_source_image
+from builder.image.disk import ImageFormat, copy_sparse, detect_image_format
+from builder.image.fetch import resolve_checksum, verify_local_file
+from builder.image.inputs import verify_source_image
 from builder.manifest import source_digest
-from builder.qemu_img import convert_to_raw_argv, raw_to_qcow2_argv, virtual_size
 from builder.run import run
-from builder.stage_cache import StageCache, StoredKeys
-from builder.stages import adopt_stored_keys, record_stage, start_from_longest_prefix
 from builder.units import format_size
+from builder.vm.qemu_img import convert_to_raw_argv, raw_to_qcow2_argv, virtual_size
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ import pytest
 from azurite import ACCOUNT, KEY
 from userenv import user_env
 
-from builder.libvirt import connection_uri, open_connection
 from builder.run import run
+from builder.vm.libvirt import connection_uri, open_connection
 
 log = logging.getLogger(__name__)
 

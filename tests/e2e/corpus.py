@@ -32,12 +32,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from builder.appliance import Drive, launch
 from builder.azure_prep import host_keygen_unit
-from builder.initrd_list import list_initrd, modules_in
+from builder.image.initrd_list import list_initrd, modules_in
 from builder.paths import cache_dir
 from builder.requirements import HOST_KEYGEN_UNIT, HOST_KEYGEN_UNIT_DIR
 from builder.run import run
+from builder.vm.appliance import Drive, launch
 from distros import resolve
 
 log = logging.getLogger(__name__)

@@ -29,8 +29,10 @@ from spdx_tools.spdx.parser.json.json_parser import parse_from_file as parse_spd
 from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
 from userenv import user_env
 
-from builder.appliance import Drive, launch
-from builder.libvirt import (
+from builder.manifest import manifest_json_schema
+from builder.run import run
+from builder.vm.appliance import Drive, launch
+from builder.vm.libvirt import (
     Disk,
     DomainMetadata,
     DomainSpec,
@@ -38,8 +40,6 @@ from builder.libvirt import (
     domain_name,
     running_domain,
 )
-from builder.manifest import manifest_json_schema
-from builder.run import run
 
 pytestmark = pytest.mark.e2e
 
@@ -385,7 +385,7 @@ def test_base_breaks_every_fixable_requirement(hostile_base: Path) -> None:
 
 def test_azure_preparation_is_in_the_image(guest_files: Any, tmp_path: Path) -> None:
     """R03..R12 and R15 asserted from the exported image's own files."""
-    from builder.initrd_list import list_initrd_file, modules_in
+    from builder.image.initrd_list import list_initrd_file, modules_in
 
     g = guest_files
     # R03: the root filesystem is a plain partition.
@@ -559,7 +559,7 @@ firmware = "uefi"
 
 def _wrong_host_key(cloud_image: Path, tmp: Path) -> tuple[Outcome, str]:
     """Pinning a key the guest does not have: the guest's own key is refused at once."""
-    from builder.keys import KeyPair
+    from builder.vm.keys import KeyPair
 
     pinned = KeyPair.generate("pinned")
     pinned.write_public(tmp / "host.pub")

@@ -31,7 +31,7 @@ from test_build import (
 from test_iso_install import DEMO, demo_iso, iso_vars
 from userenv import user_env
 
-from builder.summary import summary_json_schema
+from builder.report.summary import summary_json_schema
 
 pytestmark = pytest.mark.e2e
 

@@ -15,12 +15,12 @@ from corpus import EXPECTED, ensure_corpus, image_name
 
 from builder.errors import UsageError
 from builder.offline_check.guest_checks import guest_checks
-from builder.report import CheckResult
+from builder.report.check_report import CheckResult
 
 pytestmark = pytest.mark.e2e
 
 # No LIBGUESTFS_* variable is set: the appliance runs on azbuild's own accelerator
-# decision (builder/appliance.py), the path every user takes.
+# decision (builder/vm/appliance.py), the path every user takes.
 
 R_IDS = [f"R{n:02d}" for n in range(3, 16)]
 _results: dict[str, tuple[list[CheckResult], float]] = {}

@@ -30,8 +30,8 @@ import pytest
 from test_build import AZBUILD
 from userenv import user_env
 
-from builder.appliance import Drive, launch
 from builder.run import run
+from builder.vm.appliance import Drive, launch
 
 pytestmark = pytest.mark.e2e
 

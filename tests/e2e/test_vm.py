@@ -17,10 +17,11 @@ from typing import Any, Literal
 import paramiko
 import pytest
 
-from builder.accel import choose_accelerator, host_kernel
 from builder.errors import BuildError
-from builder.gc import OWNER_FILE, claim_work_dir, collect_garbage
-from builder.libvirt import (
+from builder.housekeeping.gc import OWNER_FILE, claim_work_dir, collect_garbage
+from builder.run import run
+from builder.vm.accel import choose_accelerator, host_kernel
+from builder.vm.libvirt import (
     Disk,
     DomainMetadata,
     DomainSpec,
@@ -31,8 +32,7 @@ from builder.libvirt import (
     free_port,
     running_domain,
 )
-from builder.run import run
-from builder.seed import write_seed
+from builder.vm.seed import write_seed
 
 pytestmark = pytest.mark.e2e
 log = logging.getLogger(__name__)

@@ -17,7 +17,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from builder.disk import (
+from builder.errors import BuildError, UsageError
+from builder.image.disk import (
     ImageFormat,
     atomic_output,
     copy_sparse,
@@ -25,13 +26,12 @@ from builder.disk import (
     fsync_dir,
     refuse_existing,
 )
-from builder.errors import BuildError, UsageError
-from builder.inputs import verify_image
+from builder.image.inputs import verify_image
+from builder.image.vhd import FOOTER_SIZE, aligned_size, build_footer, check_size
 from builder.offline_check.image import verify_vhd
-from builder.qemu_img import convert_to_raw_argv, virtual_size
 from builder.run import run
 from builder.units import format_size
-from builder.vhd import FOOTER_SIZE, aligned_size, build_footer, check_size
+from builder.vm.qemu_img import convert_to_raw_argv, virtual_size
 
 log = logging.getLogger(__name__)
 

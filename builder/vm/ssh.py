@@ -43,8 +43,8 @@ from typing import Any
 import paramiko
 
 from builder.errors import BuildError, UsageError, indent
-from builder.keys import fingerprint_blob, parse_public_line
 from builder.quoting import shell_join, shell_quote
+from builder.vm.keys import fingerprint_blob, parse_public_line
 from builder.waits import FIRST_REPORT, WaitReporter
 
 log = logging.getLogger(__name__)

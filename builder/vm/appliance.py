@@ -3,7 +3,7 @@
 libguestfs's own choice is to try KVM whenever /dev/kvm exists and fall back to TCG
 only when that fails. On a host whose KVM runs firmware but hangs in the kernel, that
 "fails" after about twenty minutes. So the appliance never decides for itself: it
-runs on the answer of azbuild's KVM probe (builder/accel.py, cached per host boot),
+runs on the answer of azbuild's KVM probe (builder/vm/accel.py, cached per host boot),
 its launch is bounded, and a long launch says what it waits for.
 """
 
@@ -45,8 +45,8 @@ def backend_settings(accelerator: Literal["kvm", "tcg"]) -> list[str]:
 
 def appliance_accelerator(uri: str | None = None) -> Literal["kvm", "tcg"]:
     """The accelerator a standalone command's appliance uses: the KVM probe's answer."""
-    from builder.accel import choose_accelerator
-    from builder.libvirt import connection_uri
+    from builder.vm.accel import choose_accelerator
+    from builder.vm.libvirt import connection_uri
 
     return choose_accelerator("auto", connection_uri(uri)).accelerator
 

@@ -12,15 +12,15 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Literal
 
-from builder.cache_keys import provisioner_key
+from builder.cache.keys import provisioner_key
+from builder.cache.store import Entry, StageCache
 from builder.context import BuildContext, timed_guest_wait
 from builder.errors import BuildError
-from builder.guest import boot_disk, open_session
 from builder.manifest import CacheStage
 from builder.provision import AnyProvisioner, describe
-from builder.qemu_img import chain_to_raw_argv, create_overlay_argv
 from builder.run import run
-from builder.stage_cache import Entry, StageCache
+from builder.vm.guest import boot_disk, open_session
+from builder.vm.qemu_img import chain_to_raw_argv, create_overlay_argv
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+from builder.report.table import aligned
 from builder.requirements import TITLES
-from builder.table import aligned
 
 if TYPE_CHECKING:
     from builder.inventory import Inventory

@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from builder.volume import write_volume
+from builder.vm.volume import write_volume
 
 CIDATA_LABEL = "CIDATA"
 

@@ -29,7 +29,9 @@ from pathlib import Path
 from typing import Literal
 
 from builder.errors import AzbuildError, BuildError
-from builder.libvirt import (
+from builder.locks import removable_lock
+from builder.paths import cache_dir
+from builder.vm.libvirt import (
     DomainMetadata,
     DomainSpec,
     KernelBoot,
@@ -37,8 +39,6 @@ from builder.libvirt import (
     domain_name,
     running_domain,
 )
-from builder.locks import removable_lock
-from builder.paths import cache_dir
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from builder.errors import UsageError
 from builder.manifest import MANIFEST_FILE
-from builder.table import aligned
+from builder.report.table import aligned
 
 # The sections in the order they are shown.
 SECTIONS = ("status", "packages", "kernels", "kernel arguments", "services", "requirements",
@@ -273,7 +273,7 @@ def _read_manifest(path: Path) -> dict[str, Any]:
 
 def image_snapshot(image: Path) -> Snapshot:
     """Check `image` offline and read its inventory (one appliance launch)."""
-    from builder.disk import detect_image_format
+    from builder.image.disk import detect_image_format
     from builder.offline_check.check import run_check
 
     report = run_check(image, skip=[], inventory=True)

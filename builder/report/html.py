@@ -16,10 +16,10 @@ from urllib.parse import quote
 import jinja2
 
 from builder import __version__
-from builder.diff import Change
-from builder.disk import write_named_output
-from builder.nightly_report import Build, Row, RunReport
+from builder.image.disk import write_named_output
 from builder.redact import redact
+from builder.report.diff import Change
+from builder.report.nightly import Build, Row, RunReport
 
 log = logging.getLogger(__name__)
 

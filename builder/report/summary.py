@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from builder import __version__
-from builder.disk import atomic_output
+from builder.image.disk import atomic_output
 from builder.manifest import MANIFEST_FILE
 from builder.records import Record, document_config
 

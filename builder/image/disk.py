@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder.errors import UsageError
-from builder.vhd import COOKIE, DISK_TYPE_DYNAMIC, DISK_TYPE_FIXED, FOOTER_SIZE, parse_footer
+from builder.image.vhd import COOKIE, DISK_TYPE_DYNAMIC, DISK_TYPE_FIXED, FOOTER_SIZE, parse_footer
 
 log = logging.getLogger(__name__)
 

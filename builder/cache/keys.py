@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from builder.cache.store import STAGE_FORMAT, stage_key
 from builder.models import FileProvisioner, RebootProvisioner, ShellProvisioner
-from builder.stage_cache import STAGE_FORMAT, stage_key
 
 # Stand-ins for the per-build values of the answer files. They are valid enough for
 # AnswerContext's checks; they never reach a guest.

@@ -2,8 +2,8 @@
 and what changed against the previous good build of the same template.
 
 The builds are found as `azbuild prune` finds them (a directory holding a manifest.json, at
-any depth); the comparison is `azbuild diff`'s (builder/diff.py). This module only reads:
-the HTML page (builder/report_page.py) and the JUnit file (builder/junit.py) are made from
+any depth); the comparison is `azbuild diff`'s (builder/report/diff.py). This module only reads:
+the HTML page (builder/report/html.py) and the JUnit file (builder/report/junit.py) are made from
 what it returns.
 """
 
@@ -16,14 +16,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from builder.diff import Change, compare, manifest_snapshot
 from builder.errors import UsageError
+from builder.housekeeping.prune import scan
 from builder.manifest import MANIFEST_FILE
 from builder.paths import BOOT_CONSOLE, BUILD_LOG, INSTALL_CONSOLE
-from builder.prune import scan
+from builder.report.diff import Change, compare, manifest_snapshot
+from builder.report.summary import SUMMARY_FILE
+from builder.report.table import aligned
 from builder.sbom import sbom_path
-from builder.summary import SUMMARY_FILE
-from builder.table import aligned
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from builder.digest import Stamp
+from builder.image.digest import Stamp
 from builder.paths import cache_dir
 
 log = logging.getLogger(__name__)

@@ -25,10 +25,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from builder.digest import sha256_file
-from builder.disk import fsync_dir
-from builder.keys import KeyPair, fingerprint
+from builder.image.digest import sha256_file
+from builder.image.disk import fsync_dir
 from builder.paths import cache_dir
+from builder.vm.keys import KeyPair, fingerprint
 
 log = logging.getLogger(__name__)
 

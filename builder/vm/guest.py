@@ -10,8 +10,10 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from builder.context import BuildContext, timed_guest_wait
-from builder.keys import load_private_key
-from builder.libvirt import (
+from builder.paths import BOOT_CONSOLE
+from builder.plan import Runtime
+from builder.vm.keys import load_private_key
+from builder.vm.libvirt import (
     Disk,
     DomainMetadata,
     DomainSpec,
@@ -20,9 +22,7 @@ from builder.libvirt import (
     free_port,
     running_domain,
 )
-from builder.paths import BOOT_CONSOLE
-from builder.plan import Runtime
-from builder.ssh import SSHSession, wait_for_ssh
+from builder.vm.ssh import SSHSession, wait_for_ssh
 
 log = logging.getLogger(__name__)
 

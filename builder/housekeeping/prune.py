@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from builder.errors import AzbuildError, UsageError
 from builder.manifest import MANIFEST_FILE
-from builder.summary import SUMMARY_FILE
+from builder.report.summary import SUMMARY_FILE
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ def _scan_into(directory: Path, found: Scan) -> bool:
     return something
 
 
-def plan(builds: list[Build], keep: int) -> list[Decision]:
+def decide(builds: list[Build], keep: int) -> list[Decision]:
     """For each template, newest first (ties: the later path first): the `keep` newest good
     builds kept, and the builds that are not good while newer than the newest good one."""
     by_template: dict[str, list[Build]] = {}
@@ -280,7 +280,7 @@ def prune(output_dir: Path, keep: int, dry_run: bool,
         said(Event("not removed" if error else "remove", path,
                    f"an interrupted prune's{': ' + error if error else ''}"))
     gone: set[Path] = set()
-    for decision in plan(found.builds, keep):
+    for decision in decide(found.builds, keep):
         build = decision.build
         if not decision.remove:
             said(Event("keep", build.path, decision.reason, build))

@@ -6,7 +6,7 @@ Conventions this module defines:
   since boot, from /proc/PID/stat) on the second, so a recycled PID is not
   mistaken for the owner (`claim_work_dir` writes it);
 - every domain azbuild starts is named `azbuild-...` and carries azbuild
-  metadata naming the owning PID (see builder/libvirt.py).
+  metadata naming the owning PID (see builder/vm/libvirt.py).
 A work directory or domain is leftover when its owner is gone. A domain with
 the prefix but no metadata is leftover too (nothing else should use the name).
 """
@@ -19,8 +19,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from builder.cache.store import StageCache
 from builder.errors import indent
-from builder.libvirt import (
+from builder.housekeeping.salvage import salvage
+from builder.locks import OUTPUT_LOCK_PATTERN, remove_stale_locks
+from builder.paths import work_root
+from builder.vm.libvirt import (
     FoundDomain,
     connected,
     connection_uri,
@@ -29,10 +33,6 @@ from builder.libvirt import (
     process_start_ticks,
     remove_domain,
 )
-from builder.locks import OUTPUT_LOCK_PATTERN, remove_stale_locks
-from builder.paths import work_root
-from builder.salvage import salvage
-from builder.stage_cache import StageCache
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 
-from builder.disk import write_named_output
+from builder.image.disk import write_named_output
 from builder.manifest import MANIFEST_FILE
 from builder.paths import BUILD_LOG
 from builder.redact import redact

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from builder.stage_cache import Entry, StageCache
-from builder.table import aligned
+from builder.cache.store import Entry, StageCache
+from builder.report.table import aligned
 from builder.units import format_size
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ A URL is downloaded once into `cache_dir()/iso/<algorithm>-<digest>.iso`
 that file without any request for the ISO. An interrupted download continues
 from its `.part` file with an HTTP Range request. Nothing boots an ISO that has
 not matched its checksum. Every request, the checksum file's too, follows the one
-retry policy of builder/download.py; a download that failed for good leaves a failure
+retry policy of builder/image/download.py; a download that failed for good leaves a failure
 record beside its lock, so that the builds that waited on the lock get the same answer
 instead of trying again one after the other.
 """
@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from builder.download import (
+from builder.errors import BuildError, FetchError, UsageError, indent
+from builder.image.download import (
     DEFAULT_POLICY,
     AttemptFailed,
     Failure,
@@ -39,9 +40,8 @@ from builder.download import (
     read_all,
     retrying,
 )
-from builder.errors import BuildError, FetchError, UsageError, indent
+from builder.image.verified import remembered_digest
 from builder.paths import cache_dir
-from builder.verified import remembered_digest
 from builder.waits import reported_wait
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ def fetch_iso(iso: str, checksum: str, *, policy: RetryPolicy = DEFAULT_POLICY) 
     GNU or BSD checksum file listing the ISO's file name. A download that does
     not match is removed and raises BuildError with both digests; a local file
     that does not match raises UsageError (and is left alone). A URL that cannot be
-    fetched raises FetchError (builder/download.py).
+    fetched raises FetchError (builder/image/download.py).
     """
     expected = resolve_checksum(checksum, iso, policy=policy)
     if not is_url(iso):
@@ -297,7 +297,7 @@ def _locked(lock_path: Path, url: str) -> Iterator[None]:
 
 def download(url: str, part: Path, *, policy: RetryPolicy = DEFAULT_POLICY) -> None:
     """Download `url` into `part`, continuing what is already there, under `policy`
-    (builder/download.py): an attempt that brought new bytes starts the count again."""
+    (builder/image/download.py): an attempt that brought new bytes starts the count again."""
     sizes = [_size(part)]
 
     def attempt() -> None:

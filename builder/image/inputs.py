@@ -30,12 +30,12 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from builder.digest import Stamp
-from builder.disk import ImageFormat, foreign_format
 from builder.errors import UsageError, indent
-from builder.qemu_img import check_argv
+from builder.image.digest import Stamp
+from builder.image.disk import ImageFormat, foreign_format
+from builder.image.vhd import FOOTER_SIZE, parse_footer
 from builder.run import run
-from builder.vhd import FOOTER_SIZE, parse_footer
+from builder.vm.qemu_img import check_argv
 
 log = logging.getLogger(__name__)
 

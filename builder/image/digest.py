@@ -1,7 +1,7 @@
 """SHA-256 of disk images, as cheaply as it can be had.
 
 - Holes are hashed as zeros from one preallocated buffer, never read from disk
-  (SEEK_DATA/SEEK_HOLE through builder.disk.data_ranges).
+  (SEEK_DATA/SEEK_HOLE through builder.image.disk.data_ranges).
 - A build's fixed VHD holds its RAW's bytes, then zeros up to a whole MiB, then the
   512-byte footer: its digest is the RAW's hash state, copied, fed that tail.
 - A build hashes its artifacts in a background thread while the offline check runs;
@@ -20,8 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from builder.disk import data_ranges
-from builder.vhd import FOOTER_SIZE, aligned_size
+from builder.image.disk import data_ranges
+from builder.image.vhd import FOOTER_SIZE, aligned_size
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ the other, compressed or not, with zero padding between them, and later files
 overwrite earlier ones. Appending a small archive holding `/preseed.cfg` to the
 Debian installer's `initrd.gz` is therefore enough for the installer to find it
 (d-i's initrd-preseed loads it by itself; boot with `auto=true priority=critical`).
-Reading initrds back is builder/initrd_list.py's job.
+Reading initrds back is builder/image/initrd_list.py's job.
 """
 
 from __future__ import annotations

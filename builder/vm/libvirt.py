@@ -28,7 +28,7 @@ from typing import Any, Literal
 import libvirt
 
 from builder.errors import BuildError, UsageError, indent
-from builder.serial import SerialLog
+from builder.vm.serial import SerialLog
 from builder.waits import WaitReporter
 
 log = logging.getLogger(__name__)

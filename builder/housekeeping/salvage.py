@@ -19,8 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from builder.disk import atomic_output
 from builder.errors import EXIT_FAILED
+from builder.image.disk import atomic_output
 from builder.manifest import MANIFEST_FILE, Failure, build_manifest
 from builder.paths import BUILD_LOG
 from builder.redact import redact_data
