@@ -64,9 +64,6 @@ SERIAL = """\
       <target port="0" />
     </serial>
     <memballoon model="none" />
-    <rng model="virtio">
-      <backend model="random">/dev/urandom</backend>
-    </rng>
 """
 MAIN_DISK = """\
     <disk type="file" device="disk">

@@ -236,10 +236,6 @@ def domain_xml(spec: DomainSpec) -> str:
     _sub(serial, "source", path=str(spec.serial_log))
     _sub(serial, "target", port="0")
     _sub(devices, "memballoon", model="none")
-    # Entropy from the host: without it a TCG guest gathers its own, and on a reboot its
-    # seed service held cloud-init and sshd back until "crng init done", 36 s in.
-    rng = _sub(devices, "rng", model="virtio")
-    _sub(rng, "backend", "/dev/urandom", model="random")
     if spec.dac_label is not None:
         seclabel = _sub(domain, "seclabel", type="static", model="dac", relabel="no")
         _sub(seclabel, "label", spec.dac_label)
