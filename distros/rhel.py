@@ -105,8 +105,8 @@ class RhelLike(Distro):
         efi = f"/boot/efi/EFI/{self.efi_vendor}"
         if self.major <= 7:
             # Microsoft's guides: NetworkManager ignores the Accelerated Networking VFs
-            # from 8 on, and on every Oracle Linux.
-            facts = replace(facts, grubby=False, nm_unmanaged_sriov=self.name == "oracle")
+            # from 8 on (and on every Oracle Linux: its own prep_facts).
+            facts = replace(facts, grubby=False, nm_unmanaged_sriov=False)
         if self.major <= 6:
             return replace(
                 facts, package_manager="yum", service_manager="sysv", bootloader="grub-legacy",
@@ -174,4 +174,7 @@ class Oracle(RhelLike):
     agent_in_appstream = False
 
     def prep_facts(self) -> PrepFacts:
-        return replace(super().prep_facts(), agent_repository=f"ol{self.major}_addons")
+        # Microsoft's Oracle guide has NetworkManager ignore the Accelerated Networking VFs
+        # on every release, 7 included.
+        return replace(super().prep_facts(), nm_unmanaged_sriov=True,
+                       agent_repository=f"ol{self.major}_addons")
